@@ -1,0 +1,193 @@
+//! Coalescing of concurrent identical misses: the first request for a key
+//! leads and calls the upstream; the others follow and wait for its answer.
+//!
+//! A leader that fails, or whose answer may not be stored, releases its
+//! followers with nothing; each then tries again on its own (one of them
+//! becomes the next leader). Followers therefore never fail with a leader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
+
+/// State of one upstream call, as followers see it.
+#[derive(Debug, Clone)]
+enum Flight {
+    InProgress,
+    /// `Some`: the stored answer. `None`: nothing to share; try again.
+    Landed(Option<Arc<CachedResponse>>),
+}
+
+type Registry = Mutex<HashMap<CacheKey, Arc<watch::Sender<Flight>>>>;
+
+/// The upstream calls in progress, by key.
+#[derive(Default)]
+pub struct Flights {
+    in_progress: Arc<Registry>,
+}
+
+/// What a request does about a miss.
+pub enum Join {
+    /// Call the upstream, then [`Leader::land`].
+    Lead(Leader),
+    /// Wait for the leader with [`Follower::wait`].
+    Follow(Follower),
+    /// Too many are waiting on this key already: call the upstream alone.
+    Alone,
+}
+
+/// The right and duty to call the upstream for a key. Dropping it without
+/// landing releases the followers empty-handed.
+pub struct Leader {
+    key: CacheKey,
+    sender: Arc<watch::Sender<Flight>>,
+    registry: Arc<Registry>,
+}
+
+/// A request waiting for a leader.
+pub struct Follower {
+    receiver: watch::Receiver<Flight>,
+}
+
+/// How a follower's wait ended.
+#[derive(Debug)]
+pub enum Landing {
+    /// The leader stored this answer.
+    Answer(Arc<CachedResponse>),
+    /// The leader got nothing shareable; try again.
+    Nothing,
+    /// Waited `wait_timeout` in vain.
+    TimedOut,
+}
+
+impl Flights {
+    /// Joins the flight for `key`, leading it if there is none.
+    pub fn join(&self, key: CacheKey, max_followers: usize) -> Join {
+        let mut map = match self.in_progress.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(sender) = map.get(&key) {
+            if sender.receiver_count() >= max_followers {
+                return Join::Alone;
+            }
+            return Join::Follow(Follower {
+                receiver: sender.subscribe(),
+            });
+        }
+        let (sender, _) = watch::channel(Flight::InProgress);
+        let sender = Arc::new(sender);
+        map.insert(key, Arc::clone(&sender));
+        Join::Lead(Leader {
+            key,
+            sender,
+            registry: Arc::clone(&self.in_progress),
+        })
+    }
+
+    /// Number of keys with an upstream call in progress.
+    pub fn in_progress(&self) -> usize {
+        self.in_progress.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Leader {
+    /// Hands the stored answer (or `None`) to every follower.
+    pub fn land(self, answer: Option<Arc<CachedResponse>>) {
+        self.finish(answer);
+    }
+
+    fn finish(&self, answer: Option<Arc<CachedResponse>>) {
+        // Unregister first: a request arriving after this point finds the
+        // answer in the cache, or leads a new flight.
+        if let Ok(mut map) = self.registry.lock() {
+            if map
+                .get(&self.key)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.sender))
+            {
+                map.remove(&self.key);
+            }
+        }
+        self.sender.send_replace(Flight::Landed(answer));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if matches!(*self.sender.borrow(), Flight::InProgress) {
+            self.finish(None);
+        }
+    }
+}
+
+impl Follower {
+    /// Waits for the leader for at most `timeout`.
+    pub async fn wait(mut self, timeout: Duration) -> Landing {
+        let landed = self
+            .receiver
+            .wait_for(|flight| matches!(flight, Flight::Landed(_)));
+        match tokio::time::timeout(timeout, landed).await {
+            Ok(Ok(flight)) => match &*flight {
+                Flight::Landed(Some(answer)) => Landing::Answer(Arc::clone(answer)),
+                _ => Landing::Nothing,
+            },
+            // The leader vanished without a word: treat it as nothing.
+            Ok(Err(_)) => Landing::Nothing,
+            Err(_) => Landing::TimedOut,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn answer() -> Arc<CachedResponse> {
+        Arc::new(CachedResponse::new(HeaderMap::new(), b"{}", Duration::from_secs(5)))
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_answer() {
+        let flights = Flights::default();
+        let key = CacheKey([7; 32]);
+        let Join::Lead(leader) = flights.join(key, 10) else { panic!("first must lead") };
+        let waits: Vec<_> = (0..5)
+            .map(|_| match flights.join(key, 10) {
+                Join::Follow(f) => tokio::spawn(f.wait(Duration::from_secs(5))),
+                _ => panic!("later requests must follow"),
+            })
+            .collect();
+        leader.land(Some(answer()));
+        for wait in waits {
+            assert!(matches!(wait.await.unwrap(), Landing::Answer(_)));
+        }
+        assert_eq!(flights.in_progress(), 0);
+        assert!(matches!(flights.join(key, 10), Join::Lead(_)), "a landed flight is gone");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_releases_followers_empty_handed() {
+        let flights = Flights::default();
+        let key = CacheKey([8; 32]);
+        let leader = flights.join(key, 10);
+        let Join::Follow(follower) = flights.join(key, 10) else { panic!() };
+        drop(leader);
+        assert!(matches!(follower.wait(Duration::from_secs(5)).await, Landing::Nothing));
+        assert_eq!(flights.in_progress(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_is_bounded_in_time_and_count() {
+        let flights = Flights::default();
+        let key = CacheKey([9; 32]);
+        let _leader = flights.join(key, 1);
+        let Join::Follow(follower) = flights.join(key, 1) else { panic!() };
+        assert!(matches!(flights.join(key, 1), Join::Alone));
+        assert!(matches!(follower.wait(Duration::from_millis(20)).await, Landing::TimedOut));
+    }
+}

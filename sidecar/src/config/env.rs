@@ -1,0 +1,112 @@
+//! `${NAME}` and `${NAME:-fallback}` expansion in configuration text.
+
+/// A variable referenced by the configuration has no value.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// `${NAME}` with `NAME` unset and no fallback.
+    #[error("line {line}: environment variable {name} is not set; export it or write ${{{name}:-fallback}}")]
+    Unset {
+        /// 1-based line of the reference.
+        line: usize,
+        /// The variable.
+        name: String,
+    },
+    /// `${` without a closing `}` or with an invalid name.
+    #[error("line {line}: malformed variable reference {text:?}; write ${{NAME}} or ${{NAME:-fallback}} (or $${{ for a literal)")]
+    Malformed {
+        /// 1-based line of the reference.
+        line: usize,
+        /// The text from `${` on.
+        text: String,
+    },
+}
+
+/// Replaces `${NAME}` / `${NAME:-fallback}` using `lookup`; `$${` is a literal `${`.
+pub fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, EnvError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        let line = text[..text.len() - after.len()].matches('\n').count() + 1;
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix("${") {
+            let malformed = || EnvError::Malformed {
+                line,
+                text: after.chars().take(40).collect(),
+            };
+            let end = body.find('}').ok_or_else(malformed)?;
+            let inner = &body[..end];
+            let (name, fallback) = match inner.split_once(":-") {
+                Some((name, fallback)) => (name, Some(fallback)),
+                None => (inner, None),
+            };
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(malformed());
+            }
+            match (lookup(name), fallback) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(fallback)) => out.push_str(fallback),
+                (None, None) => {
+                    return Err(EnvError::Unset {
+                        line,
+                        name: name.to_string(),
+                    })
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "TOKEN").then(|| "s3cret".to_string())
+    }
+
+    #[test]
+    fn expands_set_and_fallback() {
+        let out = expand_env("a: ${TOKEN}\nb: ${MISSING:-x}\nc: $5", env).unwrap();
+        assert_eq!(out, "a: s3cret\nb: x\nc: $5");
+    }
+
+    #[test]
+    fn literal_escape() {
+        assert_eq!(expand_env("a: $${TOKEN}", env).unwrap(), "a: ${TOKEN}");
+    }
+
+    #[test]
+    fn unset_names_variable_and_line() {
+        let err = expand_env("a: 1\nb: ${NOPE}\n", env).unwrap_err();
+        assert!(matches!(err, EnvError::Unset { line: 2, ref name } if name == "NOPE"));
+        assert!(err.to_string().contains("NOPE"));
+    }
+
+    #[test]
+    fn malformed_is_reported() {
+        assert!(matches!(
+            expand_env("a: ${TOKEN", env),
+            Err(EnvError::Malformed { line: 1, .. })
+        ));
+        assert!(matches!(
+            expand_env("a: ${1X}", env),
+            Err(EnvError::Malformed { .. })
+        ));
+    }
+}

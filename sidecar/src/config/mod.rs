@@ -1,0 +1,523 @@
+//! The proxy's configuration: the YAML file's types, loading with `${ENV}`
+//! expansion, and validation that names every mistake by its key path.
+//!
+//! The types are public and serializable so that other tools (the operator)
+//! render the same file the proxy reads instead of keeping a copy.
+
+mod env;
+mod validate;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use env::expand_env;
+pub use validate::{ConfigIssue, ConfigIssues};
+
+/// The commented default configuration printed by `relaycache config init`.
+/// Parsing it yields [`Config::default`] (a test holds the two together).
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file asked for.
+        path: String,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// A `${NAME}` had no value and no fallback.
+    #[error("{0}")]
+    Env(#[from] env::EnvError),
+    /// The YAML did not match the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Key path of the offending value (`.` is the whole document).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values parsed but do not make sense together.
+    #[error("{0}")]
+    Invalid(#[from] ConfigIssues),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, limits and timeouts on the client side.
+    pub server: ServerConfig,
+    /// Where requests go; the first whose path prefix matches wins.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// What is cached, for how long, and for whom.
+    pub cache: CacheConfig,
+    /// Log level and format.
+    pub log: LogConfig,
+}
+
+/// Client-side listeners and limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Traffic listener, `host:port`.
+    pub listen: String,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`, `/stats`, purge).
+    pub admin_listen: String,
+    /// Bearer token required by purge; empty disables purge.
+    pub admin_token: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+    /// Time a client has to send its request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send the body of a cached route.
+    #[serde(with = "humantime_serde")]
+    pub client_body_timeout: Duration,
+    /// Longest wait for in-flight requests on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8787".into(),
+            admin_listen: "127.0.0.1:9787".into(),
+            admin_token: String::new(),
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One upstream API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Base URL, `http://` or `https://`; a path in it is prefixed to requests.
+    pub url: String,
+    /// Path prefixes routed here; empty means every path.
+    pub paths: Vec<String>,
+    /// Time to open a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time from request sent to response headers.
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Time for the whole exchange.
+    #[serde(with = "humantime_serde")]
+    pub total_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            paths: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(600),
+            total_timeout: Duration::from_secs(900),
+        }
+    }
+}
+
+impl UpstreamConfig {
+    fn named(name: &str, url: &str, paths: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            url: url.into(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// How the proxy caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Memory cache in this process.
+    Single,
+    /// Member or client of a replicated cluster.
+    Ha,
+    /// Plain pass-through proxy.
+    Disabled,
+}
+
+/// Who may read an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Isolation {
+    /// Entries are keyed to a hash of the caller's credential.
+    Credential,
+    /// Every caller shares entries.
+    Shared,
+    /// Entries are keyed to the value of this header (lower case).
+    Header(String),
+}
+
+impl Serialize for Isolation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Isolation::Credential => s.serialize_str("credential"),
+            Isolation::Shared => s.serialize_str("shared"),
+            Isolation::Header(name) => s.serialize_str(&format!("header:{name}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Isolation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        match raw.as_str() {
+            "credential" => Ok(Isolation::Credential),
+            "shared" => Ok(Isolation::Shared),
+            other => match other.strip_prefix("header:") {
+                Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                    Ok(Isolation::Header(name.to_ascii_lowercase()))
+                }
+                _ => Err(serde::de::Error::custom(format!(
+                    "unknown isolation {other:?}: use credential, shared or header:<header-name>"
+                ))),
+            },
+        }
+    }
+}
+
+/// Hash function of the cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyHash {
+    /// BLAKE3 (default, fastest).
+    Blake3,
+    /// SHA-256, for deployments that require it.
+    Sha256,
+}
+
+/// How the cache key is formed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Hash function.
+    pub hash: KeyHash,
+    /// Dotted body paths left out of the key.
+    pub ignore_fields: Vec<String>,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        Self {
+            hash: KeyHash::Blake3,
+            ignore_fields: vec!["metadata.user_id".into()],
+        }
+    }
+}
+
+/// Request coalescing of concurrent identical misses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoalesceConfig {
+    /// Whether identical concurrent misses share one upstream call.
+    pub enabled: bool,
+    /// Longest a follower waits before calling the upstream itself.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
+    /// Most followers on one key.
+    pub max_waiters: usize,
+}
+
+impl Default for CoalesceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            wait_timeout: Duration::from_secs(600),
+            max_waiters: 1024,
+        }
+    }
+}
+
+/// The in-process (L1) tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Bytes of answers kept (headers and body).
+    pub max_cost: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_cost: 100 * 1024 * 1024,
+        }
+    }
+}
+
+/// Failure-detection timings of an HA cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Same host.
+    Local,
+    /// One data centre.
+    Lan,
+    /// Across regions.
+    Wan,
+}
+
+/// Cluster settings (mode `ha`), with the seed cache's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    /// Run a cluster member (true) or a client of one (false).
+    pub embedded: bool,
+    /// gRPC address for peers and clients.
+    pub bind_addr: String,
+    /// Other members, `host:port`.
+    pub peers: Vec<String>,
+    /// Members used by a client.
+    pub addresses: Vec<String>,
+    /// Copies of each entry.
+    pub replica_count: u32,
+    /// Answers needed for a read.
+    pub read_quorum: u32,
+    /// Acknowledgements needed for a write.
+    pub write_quorum: u32,
+    /// Live members needed to use the cluster at all.
+    pub member_count_quorum: u32,
+    /// Failure-detection timings.
+    pub environment: Environment,
+    /// Time to hand entries off on leave.
+    #[serde(with = "humantime_serde")]
+    pub leave_timeout: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            bind_addr: "0.0.0.0:3320".into(),
+            peers: Vec::new(),
+            addresses: Vec::new(),
+            replica_count: 2,
+            read_quorum: 1,
+            write_quorum: 1,
+            member_count_quorum: 1,
+            environment: Environment::Lan,
+            leave_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The object-storage tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReserveConfig {
+    /// Store URL; empty disables the tier.
+    pub url: String,
+    /// How long an entry is kept after its last read.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for ReserveConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            retention: Duration::from_secs(720 * 3600),
+        }
+    }
+}
+
+/// What is cached, for how long and for whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Caching mode.
+    pub mode: Mode,
+    /// Default TTL of stored answers.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Longest TTL a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Tenant isolation.
+    pub isolation: Isolation,
+    /// Record complete SSE streams.
+    pub streaming: bool,
+    /// POST paths whose answers are cached.
+    pub routes: Vec<String>,
+    /// Largest answer stored.
+    pub max_entry_bytes: u64,
+    /// Key formation.
+    pub key: KeyConfig,
+    /// Coalescing of identical misses.
+    pub coalesce: CoalesceConfig,
+    /// L1 memory tier.
+    pub memory: MemoryConfig,
+    /// Cluster settings.
+    pub ha: HaConfig,
+    /// Object-storage tier.
+    pub reserve: ReserveConfig,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Single,
+            ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(720 * 3600),
+            isolation: Isolation::Credential,
+            streaming: false,
+            routes: [
+                "/v1/messages",
+                "/v1/chat/completions",
+                "/v1/completions",
+                "/v1/embeddings",
+                "/v1/responses",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            max_entry_bytes: 8 * 1024 * 1024,
+            key: KeyConfig::default(),
+            coalesce: CoalesceConfig::default(),
+            memory: MemoryConfig::default(),
+            ha: HaConfig::default(),
+            reserve: ReserveConfig::default(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Default level filter; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            upstreams: vec![
+                UpstreamConfig::named("anthropic", "https://api.anthropic.com", &["/v1/messages"]),
+                UpstreamConfig::named("openai", "https://api.openai.com", &[]),
+            ],
+            cache: CacheConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses YAML text (after `${ENV}` expansion) and validates it.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let expanded = expand_env(text, |name| std::env::var(name).ok())?;
+        let config = Self::parse_expanded(&expanded)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, expands, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    fn parse_expanded(text: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let message = err.into_inner().to_string();
+            ConfigError::Parse { path, message }
+        })
+    }
+
+    /// Renders the configuration as YAML (without comments).
+    pub fn to_yaml(&self) -> String {
+        // Serializing plain data structs to YAML cannot fail.
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commented_default_is_the_builtin_default() {
+        let parsed = Config::parse_expanded(DEFAULT_CONFIG_YAML).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn serialized_config_round_trips() {
+        let mut config = Config::default();
+        config.cache.isolation = Isolation::Header("x-team".into());
+        let again = Config::parse_expanded(&config.to_yaml()).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn type_errors_name_the_key_path() {
+        let err = Config::from_yaml("cache:\n  memory:\n    max_cost: lots\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("cache.memory.max_cost:"), "{text}");
+
+        let err = Config::from_yaml("upstreams:\n  - name: a\n    url: http://x\n    timeout: 3s\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("upstreams[0]") && text.contains("timeout"), "{text}");
+    }
+
+    #[test]
+    fn isolation_forms() {
+        let config = Config::from_yaml("cache:\n  isolation: header:X-Team\n").unwrap();
+        assert_eq!(config.cache.isolation, Isolation::Header("x-team".into()));
+        let err = Config::from_yaml("cache:\n  isolation: everyone\n").unwrap_err();
+        assert!(err.to_string().contains("cache.isolation"), "{err}");
+    }
+}

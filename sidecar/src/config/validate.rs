@@ -1,0 +1,256 @@
+//! Checks that parsed values make sense, collecting every problem at once.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::{Config, Mode};
+
+/// One problem, at a key path, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path such as `upstreams[1].url`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigIssues(pub Vec<ConfigIssue>);
+
+impl fmt::Display for ConfigIssues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", issue.path, issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Collector(Vec<ConfigIssue>);
+
+impl Collector {
+    fn check(&mut self, ok: bool, path: impl Into<String>, message: impl Into<String>) {
+        if !ok {
+            self.0.push(ConfigIssue {
+                path: path.into(),
+                message: message.into(),
+            });
+        }
+    }
+
+    fn socket_addr(&mut self, value: &str, path: &str) {
+        self.check(
+            value.parse::<SocketAddr>().is_ok(),
+            path,
+            format!("{value:?} is not an address; write IP:PORT such as \"127.0.0.1:8787\""),
+        );
+    }
+
+    fn path_prefix(&mut self, value: &str, path: String) {
+        self.check(
+            value.starts_with('/'),
+            path,
+            format!("{value:?} must start with '/', such as \"/v1/messages\""),
+        );
+    }
+}
+
+impl Config {
+    /// Returns every problem in the configuration, each at its key path.
+    pub fn validate(&self) -> Result<(), ConfigIssues> {
+        let mut c = Collector::default();
+        let server = &self.server;
+        c.socket_addr(&server.listen, "server.listen");
+        c.socket_addr(&server.admin_listen, "server.admin_listen");
+        c.check(
+            server.listen != server.admin_listen,
+            "server.admin_listen",
+            "must differ from server.listen; the admin endpoints need their own port",
+        );
+        c.check(
+            server.max_body_bytes > 0,
+            "server.max_body_bytes",
+            "must be greater than 0",
+        );
+        for (field, value) in [
+            ("header_read_timeout", server.header_read_timeout),
+            ("client_body_timeout", server.client_body_timeout),
+        ] {
+            c.check(
+                !value.is_zero(),
+                format!("server.{field}"),
+                "must be longer than 0s",
+            );
+        }
+
+        c.check(
+            !self.upstreams.is_empty(),
+            "upstreams",
+            "needs at least one upstream, such as {name: anthropic, url: \"https://api.anthropic.com\"}",
+        );
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let at = |field: &str| format!("upstreams[{i}].{field}");
+            c.check(!upstream.name.is_empty(), at("name"), "must not be empty");
+            let url_ok = url::Url::parse(&upstream.url)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            c.check(
+                url_ok,
+                at("url"),
+                format!(
+                    "{:?} is not an http(s) URL; write e.g. \"https://api.anthropic.com\"",
+                    upstream.url
+                ),
+            );
+            for (j, prefix) in upstream.paths.iter().enumerate() {
+                c.path_prefix(prefix, at(&format!("paths[{j}]")));
+            }
+            for (field, value) in [
+                ("connect_timeout", upstream.connect_timeout),
+                ("first_byte_timeout", upstream.first_byte_timeout),
+                ("total_timeout", upstream.total_timeout),
+            ] {
+                c.check(!value.is_zero(), at(field), "must be longer than 0s");
+            }
+            c.check(
+                upstream.total_timeout >= upstream.first_byte_timeout,
+                at("total_timeout"),
+                "must be at least first_byte_timeout",
+            );
+        }
+        for (i, name) in self.upstreams.iter().map(|u| &u.name).enumerate() {
+            let first = self.upstreams.iter().position(|u| &u.name == name);
+            c.check(
+                first == Some(i) || name.is_empty(),
+                format!("upstreams[{i}].name"),
+                format!("{name:?} is used twice; give each upstream its own name"),
+            );
+        }
+
+        let cache = &self.cache;
+        c.check(
+            cache.mode != Mode::Ha,
+            "cache.mode",
+            "ha is not available in this release; use single (or disabled)",
+        );
+        c.check(
+            cache.reserve.url.is_empty(),
+            "cache.reserve.url",
+            "the reserve tier is not available in this release; leave it empty",
+        );
+        c.check(!cache.ttl.is_zero(), "cache.ttl", "must be longer than 0s");
+        c.check(
+            cache.max_ttl >= cache.ttl,
+            "cache.max_ttl",
+            "must be at least cache.ttl",
+        );
+        for (i, route) in cache.routes.iter().enumerate() {
+            c.path_prefix(route, format!("cache.routes[{i}]"));
+        }
+        c.check(
+            cache.max_entry_bytes > 0,
+            "cache.max_entry_bytes",
+            "must be greater than 0",
+        );
+        c.check(
+            cache.memory.max_cost >= 1024 * 1024,
+            "cache.memory.max_cost",
+            "must be at least 1048576 (1 MiB)",
+        );
+        c.check(
+            cache.max_entry_bytes <= cache.memory.max_cost,
+            "cache.max_entry_bytes",
+            "must not exceed cache.memory.max_cost",
+        );
+        for (i, field) in cache.key.ignore_fields.iter().enumerate() {
+            c.check(
+                !field.is_empty() && field.split('.').all(|part| !part.is_empty()),
+                format!("cache.key.ignore_fields[{i}]"),
+                format!("{field:?} is not a dotted field path such as \"metadata.user_id\""),
+            );
+        }
+        c.check(
+            cache.coalesce.max_waiters > 0,
+            "cache.coalesce.max_waiters",
+            "must be greater than 0 (set coalesce.enabled: false to turn coalescing off)",
+        );
+        c.check(
+            !cache.coalesce.wait_timeout.is_zero(),
+            "cache.coalesce.wait_timeout",
+            "must be longer than 0s",
+        );
+        c.check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            "log.level",
+            format!(
+                "{:?} is not a level; use error, warn, info, debug or trace",
+                self.log.level
+            ),
+        );
+
+        if c.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigIssues(c.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues(yaml: &str) -> Vec<ConfigIssue> {
+        match Config::from_yaml(yaml) {
+            Err(super::super::ConfigError::Invalid(issues)) => issues.0,
+            other => panic!("expected validation issues, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_mistake_is_named_by_path() {
+        let found = issues(
+            r#"
+server:
+  listen: "8787"
+  admin_listen: "8787"
+upstreams:
+  - name: a
+    url: "ftp://example.com"
+    paths: ["v1/messages"]
+  - name: a
+    url: "https://ok.example.com"
+cache:
+  ttl: 2h
+  max_ttl: 1h
+  memory:
+    max_cost: 10
+"#,
+        );
+        let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
+        for expected in [
+            "server.listen",
+            "server.admin_listen",
+            "upstreams[0].url",
+            "upstreams[0].paths[0]",
+            "upstreams[1].name",
+            "cache.max_ttl",
+            "cache.memory.max_cost",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+        }
+        assert!(found.iter().all(|i| !i.message.is_empty()));
+    }
+
+    #[test]
+    fn ha_and_reserve_are_refused_until_available() {
+        let found = issues("cache:\n  mode: ha\n  reserve:\n    url: file:///tmp/x\n");
+        let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["cache.mode", "cache.reserve.url"]);
+    }
+}

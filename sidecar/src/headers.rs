@@ -1,0 +1,98 @@
+//! Header names RelayCache adds, and the hop-by-hop rules of a proxy.
+
+use http::HeaderMap;
+
+/// `hit | miss | bypass | refresh`.
+pub const STATUS: &str = "x-relaycache-status";
+/// `memory` (later `peer`, `reserve`) on hits.
+pub const TIER: &str = "x-relaycache-tier";
+/// The entry's key, usable with the purge endpoint.
+pub const KEY: &str = "x-relaycache-key";
+
+/// What the cache did with a request, sent in `x-relaycache-status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue)]
+pub enum CacheStatus {
+    /// Answered from a tier.
+    Hit,
+    /// Not found; asked the upstream.
+    Miss,
+    /// Not cacheable or caching turned off for this request.
+    Bypass,
+    /// `Cache-Control: no-cache`: asked the upstream and replaced the entry.
+    Refresh,
+}
+
+impl CacheStatus {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+            CacheStatus::Refresh => "refresh",
+        }
+    }
+
+    /// The header value, ready to insert.
+    pub fn header_value(self) -> http::HeaderValue {
+        http::HeaderValue::from_static(self.as_str())
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus `proxy-*` credentials meant for us, never for the upstream.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in listed {
+        headers.remove(name.as_str());
+    }
+    let hop: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name.as_str()))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_listed_and_standard_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("x-api-key", "k".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-api-key"));
+    }
+}

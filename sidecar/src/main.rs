@@ -1,0 +1,101 @@
+//! The `relaycache` command: `serve`, `config init`, `config validate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use relaycache::config::{Config, DEFAULT_CONFIG_YAML};
+
+#[derive(Parser)]
+#[command(name = "relaycache", version, about = "A caching reverse proxy for LLM APIs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file; without one the built-in defaults apply
+        /// (`relaycache config init` prints them).
+        #[arg(short, long, env = "RELAYCACHE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration, every key commented.
+    Init,
+    /// Check a configuration file and name every mistake.
+    Validate {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Config { command: ConfigCommand::Init } => {
+            print!("{DEFAULT_CONFIG_YAML}");
+            ExitCode::SUCCESS
+        }
+        Command::Config { command: ConfigCommand::Validate { file } } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{}: invalid configuration:\n{err}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config } => match serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("relaycache: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &path {
+        Some(path) => Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))?,
+        None => Config::default(),
+    };
+    relaycache::telemetry::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(relaycache::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers, Ctrl-C via the portable path still works.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

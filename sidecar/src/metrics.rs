@@ -1,0 +1,210 @@
+//! Prometheus metrics and the `/stats` summary.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::headers::CacheStatus;
+use crate::tier::TierStats;
+
+/// Label of request counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// What the cache did.
+    pub cache_status: CacheStatus,
+}
+
+/// Label of upstream metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Upstream name from the config.
+    pub upstream: String,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests on cache routes by cache status.
+    pub requests: Family<StatusLabels, Counter>,
+    /// Requests that waited for another request's identical upstream call.
+    pub coalesced_waits: Counter,
+    /// Answers stored in memory.
+    pub stores: Counter,
+    /// Answers removed from memory to make room.
+    pub evictions: Counter,
+    /// Time to the upstream's response headers.
+    pub upstream_latency: Family<UpstreamLabels, Histogram>,
+    /// Upstream exchanges that failed (unreachable, timeout, broken body).
+    pub upstream_errors: Family<UpstreamLabels, Counter>,
+    /// Prompt tokens not paid for again thanks to hits.
+    pub input_tokens_saved: Counter,
+    /// Completion tokens not paid for again thanks to hits.
+    pub output_tokens_saved: Counter,
+    /// Answer bytes served from the cache.
+    pub bytes_served_from_cache: Counter,
+    /// Entries in memory (set when scraped).
+    pub entries: Gauge<i64, AtomicI64>,
+    /// Bytes in memory (set when scraped).
+    pub bytes: Gauge<i64, AtomicI64>,
+}
+
+fn upstream_histogram() -> Histogram {
+    // 1 ms … ~65 s: LLM answers span cached-prompt quick to long generations.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `relaycache` prefix.
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("relaycache");
+        let requests = Family::<StatusLabels, Counter>::default();
+        registry.register("requests", "Requests on cache routes, by cache status", requests.clone());
+        let coalesced_waits = Counter::default();
+        registry.register(
+            "coalesced_waits",
+            "Requests that waited for an identical in-flight upstream call",
+            coalesced_waits.clone(),
+        );
+        let stores = Counter::default();
+        registry.register("stores", "Answers stored in memory", stores.clone());
+        let evictions = Counter::default();
+        registry.register("evictions", "Answers evicted from memory to make room", evictions.clone());
+        let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(upstream_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "upstream_first_byte",
+            "Time from request sent to the upstream's response headers",
+            prometheus_client::registry::Unit::Seconds,
+            upstream_latency.clone(),
+        );
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        registry.register("upstream_errors", "Failed upstream exchanges", upstream_errors.clone());
+        let input_tokens_saved = Counter::default();
+        registry.register(
+            "input_tokens_saved",
+            "Prompt tokens of answers served from cache",
+            input_tokens_saved.clone(),
+        );
+        let output_tokens_saved = Counter::default();
+        registry.register(
+            "output_tokens_saved",
+            "Completion tokens of answers served from cache",
+            output_tokens_saved.clone(),
+        );
+        let bytes_served_from_cache = Counter::default();
+        registry.register(
+            "served_from_cache_bytes",
+            "Answer bytes served from cache instead of the upstream",
+            bytes_served_from_cache.clone(),
+        );
+        let entries = Gauge::<i64, AtomicI64>::default();
+        registry.register("memory_entries", "Answers held in memory", entries.clone());
+        let bytes = Gauge::<i64, AtomicI64>::default();
+        registry.register("memory_bytes", "Bytes held in memory (weighed)", bytes.clone());
+        Self {
+            registry: root,
+            requests,
+            coalesced_waits,
+            stores,
+            evictions,
+            upstream_latency,
+            upstream_errors,
+            input_tokens_saved,
+            output_tokens_saved,
+            bytes_served_from_cache,
+            entries,
+            bytes,
+        }
+    }
+
+    /// Counts one request on a cache route.
+    pub fn count_request(&self, cache_status: CacheStatus) {
+        self.requests.get_or_create(&StatusLabels { cache_status }).inc();
+    }
+
+    fn requests_with(&self, cache_status: CacheStatus) -> u64 {
+        self.requests.get_or_create(&StatusLabels { cache_status }).get()
+    }
+
+    /// Records the upstream's time to headers.
+    pub fn observe_upstream(&self, upstream: &str, elapsed: Duration) {
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels { upstream: upstream.to_string() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failed upstream exchange.
+    pub fn count_upstream_error(&self, upstream: &str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels { upstream: upstream.to_string() })
+            .inc();
+    }
+
+    /// Prometheus text exposition, after refreshing the memory gauges.
+    pub fn encode(&self, memory: TierStats) -> String {
+        self.entries.set(i64::try_from(memory.entries).unwrap_or(i64::MAX));
+        self.bytes.set(i64::try_from(memory.bytes).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// The `/stats` summary.
+    pub fn stats(&self, memory: TierStats) -> Stats {
+        let hits = self.requests_with(CacheStatus::Hit);
+        let misses = self.requests_with(CacheStatus::Miss) + self.requests_with(CacheStatus::Refresh);
+        let lookups = hits + misses;
+        Stats {
+            hits,
+            misses,
+            bypasses: self.requests_with(CacheStatus::Bypass),
+            coalesced_waits: self.coalesced_waits.get(),
+            key_count: memory.entries,
+            bytes_used: memory.bytes,
+            evictions: self.evictions.get(),
+            hit_ratio: if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+            input_tokens_saved: self.input_tokens_saved.get(),
+            output_tokens_saved: self.output_tokens_saved.get(),
+        }
+    }
+}
+
+/// The `/stats` JSON body.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Stats {
+    /// Answers served from cache.
+    pub hits: u64,
+    /// Lookups that went to the upstream (misses and refreshes).
+    pub misses: u64,
+    /// Requests on cache routes that were not cached.
+    pub bypasses: u64,
+    /// Requests that waited for an identical upstream call.
+    pub coalesced_waits: u64,
+    /// Entries in memory.
+    pub key_count: u64,
+    /// Bytes in memory.
+    pub bytes_used: u64,
+    /// Entries evicted to make room.
+    pub evictions: u64,
+    /// hits / (hits + misses).
+    pub hit_ratio: f64,
+    /// Prompt tokens saved by hits.
+    pub input_tokens_saved: u64,
+    /// Completion tokens saved by hits.
+    pub output_tokens_saved: u64,
+}

@@ -1,0 +1,486 @@
+//! The request path: route, read the body, key it, look it up, coalesce
+//! identical misses, call the upstream, stream the answer back while
+//! recording it, and store what is complete.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::access_log::{AccessLog, LoggedBody};
+use crate::body::{boxed, full, ChannelBody, DeadlineBody, DeadlineExceeded, ProxyBody};
+use crate::coalesce::{Flights, Join, Landing, Leader};
+use crate::config::{CacheConfig, Config, Mode};
+use crate::entry::{self, CachedResponse};
+use crate::headers::{self, CacheStatus};
+use crate::key::{CacheKey, KeyBuilder, KeyParts};
+use crate::metrics::Metrics;
+use crate::policy::RequestPolicy;
+use crate::reply;
+use crate::tier::MemoryTier;
+use crate::upstream::{error_chain, Upstream, UpstreamError, Upstreams};
+
+/// Frames buffered between the upstream reader and a slow client.
+const CLIENT_BUFFER_FRAMES: usize = 32;
+/// Times a follower starts over after leaders that had nothing to share.
+const MAX_FOLLOW_ATTEMPTS: usize = 3;
+
+/// Why the proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// An upstream could not be set up.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// The caching part of the proxy; absent in `disabled` mode.
+struct CacheLayer {
+    settings: CacheConfig,
+    keys: KeyBuilder,
+    memory: MemoryTier,
+    flights: Flights,
+}
+
+impl CacheLayer {
+    fn is_route(&self, path: &str) -> bool {
+        self.settings.routes.iter().any(|r| r == path)
+    }
+}
+
+/// The caching reverse proxy.
+pub struct Proxy {
+    upstreams: Upstreams,
+    cache: Option<CacheLayer>,
+    max_body_bytes: u64,
+    client_body_timeout: Duration,
+    memory: MemoryTier,
+    metrics: Arc<Metrics>,
+}
+
+/// A cache route's request after its body was read and keyed.
+struct Keyed {
+    parts: Parts,
+    body: Bytes,
+    key: CacheKey,
+    policy: RequestPolicy,
+}
+
+impl Proxy {
+    /// Builds the proxy from a validated configuration.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
+        let memory = MemoryTier::new(config.cache.memory.max_cost, metrics.evictions.clone());
+        let cache = (config.cache.mode != Mode::Disabled).then(|| CacheLayer {
+            settings: config.cache.clone(),
+            keys: KeyBuilder::new(&config.cache.key, config.cache.isolation.clone()),
+            memory: memory.clone(),
+            flights: Flights::default(),
+        });
+        Ok(Self {
+            upstreams: Upstreams::new(&config.upstreams)?,
+            cache,
+            max_body_bytes: config.server.max_body_bytes,
+            client_body_timeout: config.server.client_body_timeout,
+            memory,
+            metrics,
+        })
+    }
+
+    /// The memory tier (for the admin endpoints).
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    /// Handles one client request; never fails, errors become responses.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+        let mut log = AccessLog::new(request.method().clone(), request.uri().path());
+        let response = self.route(request, &mut log).await;
+        log.status = response.status();
+        if let Some(status) = log.cache_status {
+            self.metrics.count_request(status);
+        }
+        response.map(|body| boxed(LoggedBody::new(body, log)))
+    }
+
+    async fn route(self: &Arc<Self>, request: Request<Incoming>, log: &mut AccessLog) -> Response<ProxyBody> {
+        let path = request.uri().path().to_string();
+        let Some(upstream) = self.upstreams.route(&path).cloned() else {
+            return reply::error(
+                &path,
+                StatusCode::NOT_FOUND,
+                &format!("no upstream serves {path}; add an upstream whose paths include it, or one without paths"),
+            );
+        };
+        log.upstream = Some(Arc::clone(&upstream.name));
+        if declared_length(&request).is_some_and(|len| len > self.max_body_bytes) {
+            return self.too_large(&path);
+        }
+        let cache = match &self.cache {
+            Some(cache) if request.method() == Method::POST && cache.is_route(&path) => cache,
+            _ => return self.pass_through(request, &upstream).await,
+        };
+        let policy = RequestPolicy::from_headers(request.headers(), cache.settings.ttl, cache.settings.max_ttl);
+        if policy.bypass {
+            log.cache_status = Some(CacheStatus::Bypass);
+            return self.pass_through(request, &upstream).await.tagged(CacheStatus::Bypass);
+        }
+
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(body, &path).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let mut json: Value = match serde_json::from_slice(&body) {
+            Ok(value @ Value::Object(_)) => value,
+            // Not ours to judge: the upstream answers bad JSON with its own 400.
+            _ => return self.bypass(parts, body, &upstream, log).await,
+        };
+        let streamed = json.get("stream") == Some(&Value::Bool(true));
+        if streamed && !cache.settings.streaming {
+            return self.bypass(parts, body, &upstream, log).await;
+        }
+        let Some(tenant) = cache.keys.tenant(&parts.headers) else {
+            return self.bypass(parts, body, &upstream, log).await;
+        };
+        let key = cache.keys.key(
+            KeyParts {
+                tenant: &tenant,
+                method: parts.method.as_str(),
+                path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                headers: &parts.headers,
+                namespace: policy.namespace.as_deref(),
+            },
+            &mut json,
+        );
+        let keyed = Keyed { parts, body, key, policy };
+        self.lookup_or_fetch(cache, keyed, &upstream, log).await
+    }
+
+    async fn lookup_or_fetch(
+        self: &Arc<Self>,
+        cache: &CacheLayer,
+        keyed: Keyed,
+        upstream: &Arc<Upstream>,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        let status = if keyed.policy.lookup { CacheStatus::Miss } else { CacheStatus::Refresh };
+        let coalesce = &cache.settings.coalesce;
+        for _ in 0..MAX_FOLLOW_ATTEMPTS {
+            if keyed.policy.lookup {
+                if let Some(entry) = cache.memory.lookup(&keyed.key).await {
+                    return self.serve_hit(&entry, &keyed.key, log);
+                }
+            }
+            if !coalesce.enabled {
+                break;
+            }
+            match cache.flights.join(keyed.key, coalesce.max_waiters) {
+                Join::Lead(leader) => return self.fetch(keyed, upstream, status, Some(leader), log).await,
+                Join::Alone => break,
+                Join::Follow(follower) => {
+                    self.metrics.coalesced_waits.inc();
+                    log.coalesced = true;
+                    match follower.wait(coalesce.wait_timeout).await {
+                        Landing::Answer(entry) => return self.serve_hit(&entry, &keyed.key, log),
+                        Landing::Nothing => continue,
+                        Landing::TimedOut => break,
+                    }
+                }
+            }
+        }
+        self.fetch(keyed, upstream, status, None, log).await
+    }
+
+    fn serve_hit(&self, entry: &CachedResponse, key: &CacheKey, log: &mut AccessLog) -> Response<ProxyBody> {
+        log.cache_status = Some(CacheStatus::Hit);
+        log.tier = Some("memory");
+        self.metrics.input_tokens_saved.inc_by(entry.usage.input);
+        self.metrics.output_tokens_saved.inc_by(entry.usage.output);
+        self.metrics.bytes_served_from_cache.inc_by(entry.body.len() as u64);
+        let mut response = Response::new(full(entry.body.clone()));
+        *response.headers_mut() = entry::hit_headers(entry, "memory", &key.to_string());
+        response
+    }
+
+    /// Calls the upstream in a task of its own, so that neither a client
+    /// that goes away nor a slow one stops the answer from being stored and
+    /// handed to the followers.
+    async fn fetch(
+        self: &Arc<Self>,
+        keyed: Keyed,
+        upstream: &Arc<Upstream>,
+        status: CacheStatus,
+        leader: Option<Leader>,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        log.cache_status = Some(status);
+        let path = keyed.parts.uri.path().to_string();
+        let (head_tx, head_rx) = oneshot::channel();
+        let this = Arc::clone(self);
+        let upstream = Arc::clone(upstream);
+        tokio::spawn(async move {
+            this.fetch_and_record(keyed, upstream, status, leader, head_tx).await;
+        });
+        match head_rx.await {
+            Ok(response) => response,
+            Err(_) => reply::error(
+                &path,
+                StatusCode::BAD_GATEWAY,
+                "the upstream call ended without an answer; retry the request",
+            ),
+        }
+    }
+
+    async fn fetch_and_record(
+        self: Arc<Self>,
+        keyed: Keyed,
+        upstream: Arc<Upstream>,
+        status: CacheStatus,
+        leader: Option<Leader>,
+        head_tx: oneshot::Sender<Response<ProxyBody>>,
+    ) {
+        let Keyed { parts, body, key, policy } = keyed;
+        let path = parts.uri.path().to_string();
+        let deadline = Instant::now() + upstream.total_timeout;
+        let request = match upstream_request(parts, full(body), &upstream, true) {
+            Ok(request) => request,
+            Err(err) => {
+                let _ = head_tx.send(reply::error(&path, err.status(), &err.to_string()));
+                return;
+            }
+        };
+        let sent = Instant::now();
+        let response = match upstream.send(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                self.upstream_failed(&upstream, &err);
+                let _ = head_tx.send(reply::error(&path, err.status(), &err.to_string()));
+                return;
+            }
+        };
+        self.metrics.observe_upstream(&upstream.name, sent.elapsed());
+        let (mut head, incoming) = response.into_parts();
+        let storable = policy.store
+            && head.status == StatusCode::OK
+            && !entry::upstream_forbids_store(&head.headers)
+            && declared_length_of(&head.headers).is_none_or(|len| len <= self.cache_limit());
+        headers::strip_hop_by_hop(&mut head.headers);
+        head.headers.insert(headers::STATUS, status.header_value());
+        if let Ok(value) = HeaderValue::from_str(&key.to_string()) {
+            head.headers.insert(headers::KEY, value);
+        }
+        if !storable {
+            // Nothing to record: hand the upstream body straight over.
+            drop(leader);
+            let body = DeadlineBody::new(incoming, deadline, upstream.total_timeout);
+            let _ = head_tx.send(Response::from_parts(head, boxed(body)));
+            return;
+        }
+
+        let kept_headers = entry::stored_headers(&head.headers);
+        let (frames, client_body) = ChannelBody::new(CLIENT_BUFFER_FRAMES);
+        let _ = head_tx.send(Response::from_parts(head, boxed(client_body)));
+        let recorded = self.relay_and_record(incoming, frames, deadline, &upstream).await;
+        let complete = recorded
+            .as_ref()
+            .is_some_and(|body| !entry::is_event_stream(&kept_headers) || entry::sse_is_complete(body));
+        let answer = match recorded {
+            Some(body) if complete => {
+                let entry = Arc::new(CachedResponse::new(kept_headers, &body, policy.ttl));
+                self.memory.insert(key, Arc::clone(&entry)).await;
+                self.metrics.stores.inc();
+                Some(entry)
+            }
+            _ => None,
+        };
+        if let Some(leader) = leader {
+            leader.land(answer);
+        }
+    }
+
+    /// Streams the upstream body to the client as it arrives and records it.
+    /// Returns the whole body if it arrived completely and fits an entry.
+    /// Keeps reading after the client leaves: the answer is paid for and
+    /// others may be waiting for it.
+    async fn relay_and_record(
+        &self,
+        mut incoming: Incoming,
+        frames: crate::body::FrameSender,
+        deadline: Instant,
+        upstream: &Upstream,
+    ) -> Option<BytesMut> {
+        let limit = self.cache_limit();
+        let mut record = Some(BytesMut::new());
+        let mut client = Some(frames);
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, incoming.frame()).await {
+                Ok(None) => return record,
+                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Err(err))) => {
+                    self.metrics.count_upstream_error(&upstream.name);
+                    tracing::warn!(upstream = %upstream.name, error = %error_chain(&err), "upstream answer broke off; not stored");
+                    if let Some(client) = client {
+                        let _ = client.send(Err(Box::new(err))).await;
+                    }
+                    return None;
+                }
+                Err(_) => {
+                    self.metrics.count_upstream_error(&upstream.name);
+                    tracing::warn!(upstream = %upstream.name, "upstream answer exceeded total_timeout; not stored");
+                    if let Some(client) = client {
+                        let _ = client.send(Err(Box::new(DeadlineExceeded(upstream.total_timeout)))).await;
+                    }
+                    return None;
+                }
+            };
+            if let (Some(data), Some(buffer)) = (frame.data_ref(), record.as_mut()) {
+                if (buffer.len() + data.len()) as u64 > limit {
+                    record = None;
+                } else {
+                    buffer.extend_from_slice(data);
+                }
+            }
+            if let Some(sender) = &client {
+                if sender.send(Ok(frame)).await.is_err() {
+                    client = None;
+                }
+            }
+            if client.is_none() && record.is_none() {
+                return None;
+            }
+        }
+    }
+
+    fn cache_limit(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.settings.max_entry_bytes)
+    }
+
+    fn upstream_failed(&self, upstream: &Upstream, err: &UpstreamError) {
+        self.metrics.count_upstream_error(&upstream.name);
+        tracing::warn!(upstream = %upstream.name, error = %err, "upstream call failed");
+    }
+
+    /// Reads a cache route's body within the size and time limits.
+    async fn read_body(&self, body: Incoming, path: &str) -> Result<Bytes, Response<ProxyBody>> {
+        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let read = Limited::new(body, limit).collect();
+        match tokio::time::timeout(self.client_body_timeout, read).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(self.too_large(path)),
+            Ok(Err(err)) => Err(reply::error(
+                path,
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the request body: {err}; send it again"),
+            )),
+            Err(_) => Err(reply::error(
+                path,
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive within server.client_body_timeout; send it again",
+            )),
+        }
+    }
+
+    fn too_large(&self, path: &str) -> Response<ProxyBody> {
+        reply::error(
+            path,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "request body exceeds {} bytes; send a smaller request or raise server.max_body_bytes",
+                self.max_body_bytes
+            ),
+        )
+    }
+
+    /// Forwards an already-read body without caching.
+    async fn bypass(&self, parts: Parts, body: Bytes, upstream: &Upstream, log: &mut AccessLog) -> Response<ProxyBody> {
+        log.cache_status = Some(CacheStatus::Bypass);
+        self.forward(parts, full(body), upstream).await.tagged(CacheStatus::Bypass)
+    }
+
+    /// Forwards a request whose body is streamed as it arrives.
+    async fn pass_through(&self, request: Request<Incoming>, upstream: &Upstream) -> Response<ProxyBody> {
+        let (parts, body) = request.into_parts();
+        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        self.forward(parts, boxed(Limited::new(body, limit)), upstream).await
+    }
+
+    async fn forward(&self, parts: Parts, body: ProxyBody, upstream: &Upstream) -> Response<ProxyBody> {
+        let path = parts.uri.path().to_string();
+        let deadline = Instant::now() + upstream.total_timeout;
+        let request = match upstream_request(parts, body, upstream, false) {
+            Ok(request) => request,
+            Err(err) => return reply::error(&path, err.status(), &err.to_string()),
+        };
+        let sent = Instant::now();
+        match upstream.send(request).await {
+            Ok(response) => {
+                self.metrics.observe_upstream(&upstream.name, sent.elapsed());
+                let (mut head, incoming) = response.into_parts();
+                headers::strip_hop_by_hop(&mut head.headers);
+                let body = DeadlineBody::new(incoming, deadline, upstream.total_timeout);
+                Response::from_parts(head, boxed(body))
+            }
+            Err(err) => {
+                self.upstream_failed(upstream, &err);
+                reply::error(&path, err.status(), &err.to_string())
+            }
+        }
+    }
+}
+
+/// Rewrites a client request for the upstream: its URI, no hop-by-hop or
+/// RelayCache control headers, no Host (the client sets the upstream's).
+/// On cache routes the answer is asked for uncompressed, so one stored
+/// copy serves every client whatever encodings it accepts.
+fn upstream_request(
+    mut parts: Parts,
+    body: ProxyBody,
+    upstream: &Upstream,
+    identity_encoding: bool,
+) -> Result<Request<ProxyBody>, UpstreamError> {
+    parts.uri = upstream.uri_for(parts.uri.path_and_query().map_or("/", |p| p.as_str()))?;
+    parts.version = http::Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(http::header::HOST);
+    let ours: Vec<http::HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-relaycache"))
+        .cloned()
+        .collect();
+    for name in ours {
+        parts.headers.remove(name);
+    }
+    if identity_encoding {
+        parts.headers.remove(http::header::ACCEPT_ENCODING);
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    declared_length_of(request.headers())
+}
+
+fn declared_length_of(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+trait Tagged {
+    fn tagged(self, status: CacheStatus) -> Self;
+}
+
+impl Tagged for Response<ProxyBody> {
+    fn tagged(mut self, status: CacheStatus) -> Self {
+        self.headers_mut().insert(headers::STATUS, status.header_value());
+        self
+    }
+}

@@ -1,0 +1,102 @@
+//! Accepting connections: HTTP/1.1 and h2c on one port, header-read
+//! timeouts, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::ProxyBody;
+
+/// Connection settings of a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerSettings {
+    /// Time a client has to send request headers.
+    pub header_read_timeout: Duration,
+    /// Longest wait for in-flight requests once shutdown begins.
+    pub shutdown_timeout: Duration,
+}
+
+/// Binds `addr`, saying what to change when it cannot.
+pub async fn bind(addr: &str, key: &str) -> Result<TcpListener, std::io::Error> {
+    TcpListener::bind(addr).await.map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!("cannot listen on {addr} ({err}); free the port or change {key}"),
+        )
+    })
+}
+
+/// Serves `listener` with `handler` until `shutdown` turns true, then lets
+/// in-flight requests finish for up to `shutdown_timeout`. Returns whether
+/// every connection closed in time.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    settings: ListenerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        log_connection_error(peer, err.as_ref());
+                    }
+                });
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tokio::time::timeout(settings.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_ok()
+}
+
+fn log_connection_error(peer: SocketAddr, err: &(dyn std::error::Error + 'static)) {
+    // Clients closing early and header-read timeouts are routine.
+    tracing::debug!(%peer, error = %err, "connection ended with an error");
+}

@@ -1,0 +1,152 @@
+//! L1: answers in this process's memory, a moka cache weighed by bytes with
+//! a TTL per entry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::Expiry;
+use prometheus_client::metrics::counter::Counter;
+
+use super::{Tier, TierFuture, TierStats};
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
+
+/// Gives each entry the TTL it was stored with.
+struct EntryTtl;
+
+impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<CachedResponse>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<CachedResponse>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The in-memory tier.
+#[derive(Clone)]
+pub struct MemoryTier {
+    cache: Cache<CacheKey, Arc<CachedResponse>>,
+    evictions: Counter,
+}
+
+impl MemoryTier {
+    /// A tier holding at most `max_cost` bytes of answers, counting
+    /// entries evicted for room in `evictions`.
+    pub fn new(max_cost: u64, evictions: Counter) -> Self {
+        let counter = evictions.clone();
+        let cache = Cache::builder()
+            .max_capacity(max_cost)
+            .weigher(|_key: &CacheKey, entry: &Arc<CachedResponse>| entry.weight())
+            .expire_after(EntryTtl)
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    counter.inc();
+                }
+            })
+            .build();
+        Self { cache, evictions }
+    }
+
+    /// The entry under `key`, without going through the boxed trait call.
+    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        self.cache.get(key).await
+    }
+
+    /// Stores `entry`.
+    pub async fn insert(&self, key: CacheKey, entry: Arc<CachedResponse>) {
+        self.cache.insert(key, entry).await;
+    }
+
+    /// Up-to-date counters (runs moka's pending maintenance first).
+    pub async fn current_stats(&self) -> TierStats {
+        self.cache.run_pending_tasks().await;
+        TierStats {
+            entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+            evictions: self.evictions.get(),
+        }
+    }
+}
+
+impl Tier for MemoryTier {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>> {
+        Box::pin(async move { Ok(self.lookup(key).await) })
+    }
+
+    fn set<'a>(&'a self, key: CacheKey, entry: Arc<CachedResponse>) -> TierFuture<'a, ()> {
+        Box::pin(async move {
+            self.insert(key, entry).await;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, bool> {
+        Box::pin(async move { Ok(self.cache.remove(key).await.is_some()) })
+    }
+
+    fn clear(&self) -> TierFuture<'_, ()> {
+        Box::pin(async move {
+            self.cache.invalidate_all();
+            self.cache.run_pending_tasks().await;
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> TierFuture<'_, Option<TierStats>> {
+        Box::pin(async move { Ok(Some(self.current_stats().await)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn entry(bytes: usize, ttl: Duration) -> Arc<CachedResponse> {
+        Arc::new(CachedResponse::new(HeaderMap::new(), &vec![b'x'; bytes], ttl))
+    }
+
+    #[tokio::test]
+    async fn stores_expires_and_deletes() {
+        let tier = MemoryTier::new(1 << 20, Counter::default());
+        let key = CacheKey([1; 32]);
+        tier.set(key, entry(10, Duration::from_millis(200))).await.unwrap();
+        assert!(tier.exists(&key).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(tier.get(&key).await.unwrap().is_none(), "expired entries are never served");
+
+        tier.set(key, entry(10, Duration::from_secs(60))).await.unwrap();
+        assert!(tier.delete(&key).await.unwrap());
+        assert!(!tier.exists(&key).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn weighs_by_bytes_and_evicts() {
+        let tier = MemoryTier::new(100_000, Counter::default());
+        for i in 0..50u8 {
+            tier.insert(CacheKey([i; 32]), entry(10_000, Duration::from_secs(60))).await;
+        }
+        let stats = tier.current_stats().await;
+        assert!(stats.bytes <= 100_000, "{stats:?}");
+        assert!(stats.entries < 50 && stats.evictions > 0, "{stats:?}");
+    }
+}

@@ -1,0 +1,71 @@
+//! Cache tiers, nearest first: memory (L1); peers (L2) and the reserve
+//! (L3) slot in behind the same interface.
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
+
+pub use memory::MemoryTier;
+
+/// A boxed future, so tiers can be used behind `dyn Tier`.
+pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, TierError>> + Send + 'a>>;
+
+/// A tier could not do what was asked. Callers treat it as a miss and carry on.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// The tier's backend is unreachable or refused the operation.
+    #[error("{tier} tier unavailable: {reason}")]
+    Unavailable {
+        /// Tier name.
+        tier: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Counters a tier can report for `/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TierStats {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held (as the tier weighs them).
+    pub bytes: u64,
+    /// Entries removed to make room.
+    pub evictions: u64,
+}
+
+/// One level of the cache, in the spirit of the seed's Cache interface.
+/// `set` carries the TTL inside the entry.
+pub trait Tier: Send + Sync {
+    /// Short name used in `x-relaycache-tier`, logs and metrics.
+    fn name(&self) -> &'static str;
+    /// The fresh entry under `key`, if any.
+    fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>>;
+    /// Stores `entry` under `key` for `entry.ttl`.
+    fn set<'a>(&'a self, key: CacheKey, entry: Arc<CachedResponse>) -> TierFuture<'a, ()>;
+    /// Removes `key`; true if something was removed.
+    fn delete<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, bool>;
+    /// Whether a fresh entry exists under `key`.
+    fn exists<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, bool> {
+        Box::pin(async move { Ok(self.get(key).await?.is_some()) })
+    }
+    /// Removes every entry.
+    fn clear(&self) -> TierFuture<'_, ()>;
+    /// Flushes and releases resources before exit.
+    fn close(&self) -> TierFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Counters, for tiers that keep them.
+    fn stats(&self) -> TierFuture<'_, Option<TierStats>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Checks the backend is reachable, for tiers that have one.
+    fn ping(&self) -> TierFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
