@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
 /// Error type of every body the proxy produces.
@@ -32,34 +31,12 @@ where
     body.map_err(Into::into).boxed()
 }
 
-/// A body fed frame by frame from another task. The sender learns that the
+/// A body fed frame by frame from another task; the sender learns that the
 /// client went away when `send` fails.
-pub struct ChannelBody {
-    frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
-}
+pub type ChannelBody = http_body_util::channel::Channel<Bytes, BoxError>;
 
 /// Feeds a [`ChannelBody`].
-pub type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
-
-impl ChannelBody {
-    /// A body and its sender, buffering up to `capacity` frames.
-    pub fn new(capacity: usize) -> (FrameSender, Self) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (tx, Self { frames: rx })
-    }
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.frames.poll_recv(cx)
-    }
-}
+pub type FrameSender = http_body_util::channel::Sender<Bytes, BoxError>;
 
 /// The upstream exchange took longer than its total timeout.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::body::{boxed, full, ChannelBody, DeadlineBody, DeadlineExceeded, ProxyBody};
+use crate::body::{boxed, full, ChannelBody, DeadlineBody, DeadlineExceeded, FrameSender, ProxyBody};
 use crate::coalesce::{Flights, Join, Landing, Leader};
 use crate::config::{CacheConfig, Config, Mode};
 use crate::entry::{self, CachedResponse};
@@ -311,7 +311,7 @@ impl Proxy {
     async fn relay_and_record(
         &self,
         mut incoming: Incoming,
-        frames: crate::body::FrameSender,
+        frames: FrameSender,
         deadline: Instant,
         upstream: &Upstream,
     ) -> Option<BytesMut> {
@@ -326,7 +326,7 @@ impl Proxy {
                     self.metrics.count_upstream_error(&upstream.name);
                     tracing::warn!(upstream = %upstream.name, error = %error_chain(&err), "upstream answer broke off; not stored");
                     if let Some(client) = client {
-                        let _ = client.send(Err(Box::new(err))).await;
+                        client.abort(Box::new(err));
                     }
                     return None;
                 }
@@ -334,7 +334,7 @@ impl Proxy {
                     self.metrics.count_upstream_error(&upstream.name);
                     tracing::warn!(upstream = %upstream.name, "upstream answer exceeded total_timeout; not stored");
                     if let Some(client) = client {
-                        let _ = client.send(Err(Box::new(DeadlineExceeded(upstream.total_timeout)))).await;
+                        client.abort(Box::new(DeadlineExceeded(upstream.total_timeout)));
                     }
                     return None;
                 }
@@ -346,8 +346,8 @@ impl Proxy {
                     buffer.extend_from_slice(data);
                 }
             }
-            if let Some(sender) = &client {
-                if sender.send(Ok(frame)).await.is_err() {
+            if let Some(sender) = client.as_mut() {
+                if sender.send(frame).await.is_err() {
                     client = None;
                 }
             }

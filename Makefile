@@ -1,0 +1,45 @@
+# RelayCache developer entry points. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+CONFIG ?=
+
+.PHONY: help run demo build release test toolchain fmt fmt-check lint unit bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+run: ## Run the proxy on its embedded default (single mode, 0.0.0.0:8787 -> api.anthropic.com)
+	$(CARGO) run --release -p relaycache -- serve $(if $(CONFIG),--config $(CONFIG))
+
+demo: release ## Offline demo: the mock upstream behind relaycache on 127.0.0.1:8787
+	scripts/demo.sh
+
+build: ## Debug build of every crate
+	$(CARGO) build --workspace
+
+release: ## Release build of the proxy and the mock upstream
+	$(CARGO) build --release -p relaycache -p mock-upstream
+
+toolchain: ## Make sure rustfmt and clippy are installed
+	@command -v cargo-fmt >/dev/null && command -v cargo-clippy >/dev/null || rustup component add rustfmt clippy
+
+fmt: toolchain ## Format the code
+	$(CARGO) fmt --all
+
+fmt-check: toolchain
+	$(CARGO) fmt --all -- --check
+
+lint: toolchain ## Clippy with warnings as errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: ## Every Rust test (unit and integration)
+	$(CARGO) test --workspace
+
+test: fmt-check lint unit ## Everything CI runs: format check, clippy, all tests
+	@echo "make test: all checks passed"
+
+bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)
+	scripts/bench.sh
+
+clean:
+	$(CARGO) clean
