@@ -75,12 +75,19 @@ impl AccessLog {
 pub struct LoggedBody {
     inner: ProxyBody,
     log: AccessLog,
+    declared_length: Option<u64>,
 }
 
 impl LoggedBody {
     /// Wraps `inner`; `log` is written once the body is done with.
-    pub fn new(inner: ProxyBody, log: AccessLog) -> Self {
-        Self { inner, log }
+    /// `declared_length` is the response's Content-Length: the server stops
+    /// polling once that many bytes went out, so reaching it means complete.
+    pub fn new(inner: ProxyBody, log: AccessLog, declared_length: Option<u64>) -> Self {
+        Self {
+            inner,
+            log,
+            declared_length,
+        }
     }
 }
 
@@ -117,7 +124,7 @@ impl Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        if self.inner.is_end_stream() {
+        if self.inner.is_end_stream() || self.declared_length == Some(self.log.bytes) {
             self.log.completed = true;
         }
         self.log.write();

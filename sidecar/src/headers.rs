@@ -10,7 +10,7 @@ pub const TIER: &str = "x-relaycache-tier";
 pub const KEY: &str = "x-relaycache-key";
 
 /// What the cache did with a request, sent in `x-relaycache-status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CacheStatus {
     /// Answered from a tier.
     Hit,
@@ -36,6 +36,15 @@ impl CacheStatus {
     /// The header value, ready to insert.
     pub fn header_value(self) -> http::HeaderValue {
         http::HeaderValue::from_static(self.as_str())
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for CacheStatus {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
     }
 }
 

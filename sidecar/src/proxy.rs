@@ -105,7 +105,8 @@ impl Proxy {
         if let Some(status) = log.cache_status {
             self.metrics.count_request(status);
         }
-        response.map(|body| boxed(LoggedBody::new(body, log)))
+        let declared = declared_length_of(response.headers());
+        response.map(|body| boxed(LoggedBody::new(body, log, declared)))
     }
 
     async fn route(self: &Arc<Self>, request: Request<Incoming>, log: &mut AccessLog) -> Response<ProxyBody> {

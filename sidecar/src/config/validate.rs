@@ -68,7 +68,7 @@ impl Config {
         c.socket_addr(&server.listen, "server.listen");
         c.socket_addr(&server.admin_listen, "server.admin_listen");
         c.check(
-            server.listen != server.admin_listen,
+            server.listen != server.admin_listen || server.listen.ends_with(":0"),
             "server.admin_listen",
             "must differ from server.listen; the admin endpoints need their own port",
         );

@@ -1,0 +1,230 @@
+//! Test harness: a real `relaycache` process on loopback in front of the
+//! mock upstream (in this test process, on a real socket), and a plain
+//! HTTP client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use relaycache::config::{Config, LogFormat, UpstreamConfig};
+
+pub use mock_upstream::{MockOptions, MockUpstream};
+
+/// A running relaycache process.
+pub struct Relay {
+    child: Child,
+    /// Traffic listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A config pointing every path at `upstream`, listening on free ports,
+/// logging JSON.
+pub fn config_for(upstream: &str) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.admin_listen = "127.0.0.1:0".into();
+    config.upstreams = vec![UpstreamConfig {
+        name: "mock".into(),
+        url: upstream.into(),
+        ..UpstreamConfig::default()
+    }];
+    config.log.format = LogFormat::Json;
+    config
+}
+
+impl Relay {
+    /// Starts relaycache with `config` and waits until it listens.
+    pub fn start(config: &Config) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relaycache.yaml");
+        std::fs::write(&path, config.to_yaml()).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relaycache"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn relaycache");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("relaycache listening") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("relaycache did not report listening within 20s");
+        let fields: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        let addr = fields["traffic"].as_str().unwrap().parse().unwrap();
+        let admin = fields["admin"].as_str().unwrap().parse().unwrap();
+        Self { child, addr, admin, logs, _dir: dir }
+    }
+
+    /// `http://ADDR/path` on the traffic listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://ADMIN/path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The access-log lines (one per request) parsed as JSON.
+    pub fn access_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "request")
+            .collect()
+    }
+
+    /// Waits until `n` access-log lines were written (they are written when
+    /// a response body is done with).
+    pub async fn wait_for_access_logs(&self, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let logs = self.access_logs();
+            if logs.len() >= n {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("expected {n} access-log lines, got {:?}", self.access_logs());
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "relaycache did not exit in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `/stats` JSON.
+    pub async fn stats(&self) -> serde_json::Value {
+        let reply = get(&self.admin_url("/stats")).await;
+        assert_eq!(reply.status, 200);
+        reply.json()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// `x-relaycache-status`.
+    pub fn cache_status(&self) -> &str {
+        self.header("x-relaycache-status")
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("no answer within 30s")
+        .expect("request failed");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    Reply { status, headers, body }
+}
+
+/// POST with the usual Anthropic headers and credential `key`.
+pub async fn post_messages(relay: &Relay, key: &str, body: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut headers = vec![
+        ("x-api-key", key),
+        ("anthropic-version", "2023-06-01"),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    send(Method::POST, &relay.url("/v1/messages"), &headers, body.to_string()).await
+}
+
+/// GET a URL.
+pub async fn get(url: &str) -> Reply {
+    send(Method::GET, url, &[], Bytes::new()).await
+}
+
+/// A small Messages request; `tag` makes it unique.
+pub fn question(tag: &str) -> String {
+    serde_json::json!({
+        "model": "claude-test",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": format!("question {tag}")}]
+    })
+    .to_string()
+}
+
+/// Starts the mock upstream on a free port.
+pub async fn mock() -> MockUpstream {
+    MockUpstream::start("127.0.0.1:0", MockOptions::default()).await.expect("mock upstream")
+}
