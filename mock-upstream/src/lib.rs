@@ -9,6 +9,7 @@
 //! - `x-mock-gate: NAME` holds the answer (streams: after the first event)
 //!   until [`MockUpstream::release`] is called for `NAME`;
 //! - `x-mock-break-after: N` breaks a stream off after N events;
+//! - `x-mock-event-delay-ms: N` pauses between stream events;
 //! - `x-mock-answer-bytes: N` sets the answer size.
 //!
 //! Every answer carries `x-mock-call: N` (calls so far) and echoes the
@@ -153,7 +154,9 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut stop: oneshot::Rece
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(answer(state, request).await) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -167,11 +170,16 @@ fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -186,22 +194,41 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
     if let Ok(mut last) = state.last_headers.lock() {
         *last = parts.headers.clone();
     }
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let mut response = respond(&state, &parts, &bytes, call).await;
     let headers = response.headers_mut();
     headers.insert("x-mock-call", HeaderValue::from(call));
-    for (name, echo) in [("host", "x-mock-saw-host"), ("accept-encoding", "x-mock-saw-accept-encoding")] {
+    for (name, echo) in [
+        ("host", "x-mock-saw-host"),
+        ("accept-encoding", "x-mock-saw-accept-encoding"),
+    ] {
         if let Some(value) = parts.headers.get(name) {
             headers.insert(echo, value.clone());
         }
     }
-    if parts.headers.keys().any(|k| k.as_str().starts_with("x-relaycache")) {
-        headers.insert("x-mock-saw-relaycache-header", HeaderValue::from_static("1"));
+    if parts
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-relaycache"))
+    {
+        headers.insert(
+            "x-mock-saw-relaycache-header",
+            HeaderValue::from_static("1"),
+        );
     }
     response
 }
 
-async fn respond(state: &State, parts: &http::request::Parts, body: &Bytes, call: u64) -> Response<Body> {
+async fn respond(
+    state: &State,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    call: u64,
+) -> Response<Body> {
     let headers = &parts.headers;
     if let Some(ms) = number(headers, "x-mock-delay-ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -219,7 +246,11 @@ async fn respond(state: &State, parts: &http::request::Parts, body: &Bytes, call
                 "application/json",
                 json!({"calls": call - 1}).to_string(),
             ),
-            _ => anthropic_error(StatusCode::NOT_FOUND, "not_found_error", "no such path on the mock"),
+            _ => anthropic_error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "no such path on the mock",
+            ),
         };
     }
     let failing = state
@@ -227,14 +258,24 @@ async fn respond(state: &State, parts: &http::request::Parts, body: &Bytes, call
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
     if failing {
-        return anthropic_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "mock failure");
+        return anthropic_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "mock failure",
+        );
     }
-    if let Some(status) = number(headers, "x-mock-status").and_then(|s| StatusCode::from_u16(s as u16).ok()) {
+    if let Some(status) =
+        number(headers, "x-mock-status").and_then(|s| StatusCode::from_u16(s as u16).ok())
+    {
         return anthropic_error(status, "api_error", "mock status");
     }
     let is_llm = matches!(
         path,
-        "/v1/messages" | "/v1/chat/completions" | "/v1/completions" | "/v1/responses" | "/v1/embeddings"
+        "/v1/messages"
+            | "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/responses"
+            | "/v1/embeddings"
     );
     if !is_llm {
         return full(
@@ -253,8 +294,13 @@ async fn respond(state: &State, parts: &http::request::Parts, body: &Bytes, call
             )
         }
     };
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_string();
-    let size = number(headers, "x-mock-answer-bytes").map_or(state.options.answer_bytes, |n| n as usize);
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-model")
+        .to_string();
+    let size =
+        number(headers, "x-mock-answer-bytes").map_or(state.options.answer_bytes, |n| n as usize);
     let text = answer_text(body, size);
     let input_tokens = (body.len() / 4).max(1) as u64;
     let output_tokens = (text.len() / 4).max(1) as u64;
@@ -267,7 +313,9 @@ async fn respond(state: &State, parts: &http::request::Parts, body: &Bytes, call
             openai_events(&model, &text, call)
         };
         let break_after = number(headers, "x-mock-break-after").map(|n| n as usize);
-        return stream(events, gate, break_after, state.options.event_delay);
+        let delay = number(headers, "x-mock-event-delay-ms")
+            .map_or(state.options.event_delay, Duration::from_millis);
+        return stream(events, gate, break_after, delay);
     }
     if let Some(gate) = gate {
         gate.notified().await;
@@ -292,16 +340,22 @@ async fn respond(state: &State, parts: &http::request::Parts, body: &Bytes, call
         }),
     };
     let mut response = full(StatusCode::OK, "application/json", value.to_string());
-    response
-        .headers_mut()
-        .insert("request-id", HeaderValue::from_str(&format!("req_mock_{call}")).unwrap_or(HeaderValue::from_static("req")));
+    response.headers_mut().insert(
+        "request-id",
+        HeaderValue::from_str(&format!("req_mock_{call}"))
+            .unwrap_or(HeaderValue::from_static("req")),
+    );
     response
 }
 
 /// Deterministic text for a request: the same body always gets the same text.
 fn answer_text(body: &[u8], size: usize) -> String {
-    let seed = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
-    let words = ["relay", "cache", "answer", "token", "model", "prompt", "stream", "reply"];
+    let seed = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let words = [
+        "relay", "cache", "answer", "token", "model", "prompt", "stream", "reply",
+    ];
     let mut text = String::with_capacity(size + 16);
     let mut x = seed;
     while text.len() < size {
@@ -346,7 +400,10 @@ fn anthropic_events(model: &str, text: &str, input: u64, output: u64, call: u64)
             &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
         ));
     }
-    events.push(sse(Some("content_block_stop"), &json!({"type": "content_block_stop", "index": 0})));
+    events.push(sse(
+        Some("content_block_stop"),
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
     events.push(sse(
         Some("message_delta"),
         &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
@@ -371,7 +428,12 @@ fn openai_events(model: &str, text: &str, call: u64) -> Vec<Bytes> {
     events
 }
 
-fn stream(events: Vec<Bytes>, gate: Option<Arc<Notify>>, break_after: Option<usize>, delay: Duration) -> Response<Body> {
+fn stream(
+    events: Vec<Bytes>,
+    gate: Option<Arc<Notify>>,
+    break_after: Option<usize>,
+    delay: Duration,
+) -> Response<Body> {
     let (mut sender, body) = Channel::<Bytes, std::io::Error>::new(4);
     tokio::spawn(async move {
         for (i, event) in events.into_iter().enumerate() {
@@ -393,11 +455,13 @@ fn stream(events: Vec<Bytes>, gate: Option<Arc<Notify>>, break_after: Option<usi
         }
     });
     let mut response = Response::new(body.boxed());
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    response
-        .headers_mut()
-        .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     response
 }

@@ -6,7 +6,10 @@ use clap::Parser;
 use mock_upstream::{MockOptions, MockUpstream};
 
 #[derive(Parser)]
-#[command(name = "mock-upstream", about = "A local stand-in for the Anthropic and OpenAI APIs")]
+#[command(
+    name = "mock-upstream",
+    about = "A local stand-in for the Anthropic and OpenAI APIs"
+)]
 struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]

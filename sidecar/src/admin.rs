@@ -23,8 +23,18 @@ pub struct Admin {
 impl Admin {
     /// `token` protects purge; `None` disables purge. `ready` turns false
     /// when shutdown starts, so load balancers stop sending traffic.
-    pub fn new(memory: MemoryTier, metrics: Arc<Metrics>, token: Option<String>, ready: Arc<AtomicBool>) -> Self {
-        Self { memory, metrics, token, ready }
+    pub fn new(
+        memory: MemoryTier,
+        metrics: Arc<Metrics>,
+        token: Option<String>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            memory,
+            metrics,
+            token,
+            ready,
+        }
     }
 
     /// Handles one admin request.
@@ -52,9 +62,9 @@ impl Admin {
                 let stats = self.metrics.stats(self.memory.current_stats().await);
                 json(StatusCode::OK, &serde_json::to_value(stats).unwrap_or_default())
             }
-            (&Method::DELETE, "/cache") => match self.authorize(&request) {
-                Err(response) => response,
-                Ok(()) => match self.memory.clear().await {
+            (&Method::DELETE, "/cache") => match self.refusal(&request) {
+                Some(refusal) => refusal,
+                None => match self.memory.clear().await {
                     Ok(()) => {
                         tracing::info!("purged every entry");
                         json(StatusCode::OK, &serde_json::json!({"purged": "all"}))
@@ -62,9 +72,9 @@ impl Admin {
                     Err(err) => message(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
                 },
             },
-            (&Method::DELETE, p) if p.starts_with("/cache/") => match self.authorize(&request) {
-                Err(response) => response,
-                Ok(()) => {
+            (&Method::DELETE, p) if p.starts_with("/cache/") => match self.refusal(&request) {
+                Some(refusal) => refusal,
+                None => {
                     let Some(key) = CacheKey::from_hex(&p["/cache/".len()..]) else {
                         return message(
                             StatusCode::BAD_REQUEST,
@@ -87,9 +97,10 @@ impl Admin {
         }
     }
 
-    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Response<ProxyBody>> {
+    /// The response refusing a purge, or `None` when the caller may purge.
+    fn refusal(&self, request: &Request<Incoming>) -> Option<Response<ProxyBody>> {
         let Some(expected) = &self.token else {
-            return Err(message(
+            return Some(message(
                 StatusCode::FORBIDDEN,
                 "purge is disabled; set server.admin_token to enable it",
             ));
@@ -101,16 +112,17 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-            Ok(())
+            None
         } else {
             let mut response = message(
                 StatusCode::UNAUTHORIZED,
                 "purge needs the header Authorization: Bearer <server.admin_token>",
             );
-            response
-                .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(response)
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            Some(response)
         }
     }
 }
@@ -118,18 +130,20 @@ impl Admin {
 fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let mut response = Response::new(full(value.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

@@ -19,7 +19,9 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Wraps any body into a [`ProxyBody`].
@@ -92,4 +94,3 @@ where
         self.inner.size_hint()
     }
 }
-

@@ -148,14 +148,20 @@ mod tests {
     use http::HeaderMap;
 
     fn answer() -> Arc<CachedResponse> {
-        Arc::new(CachedResponse::new(HeaderMap::new(), b"{}", Duration::from_secs(5)))
+        Arc::new(CachedResponse::new(
+            HeaderMap::new(),
+            b"{}",
+            Duration::from_secs(5),
+        ))
     }
 
     #[tokio::test]
     async fn followers_get_the_leaders_answer() {
         let flights = Flights::default();
         let key = CacheKey([7; 32]);
-        let Join::Lead(leader) = flights.join(key, 10) else { panic!("first must lead") };
+        let Join::Lead(leader) = flights.join(key, 10) else {
+            panic!("first must lead")
+        };
         let waits: Vec<_> = (0..5)
             .map(|_| match flights.join(key, 10) {
                 Join::Follow(f) => tokio::spawn(f.wait(Duration::from_secs(5))),
@@ -167,7 +173,10 @@ mod tests {
             assert!(matches!(wait.await.unwrap(), Landing::Answer(_)));
         }
         assert_eq!(flights.in_progress(), 0);
-        assert!(matches!(flights.join(key, 10), Join::Lead(_)), "a landed flight is gone");
+        assert!(
+            matches!(flights.join(key, 10), Join::Lead(_)),
+            "a landed flight is gone"
+        );
     }
 
     #[tokio::test]
@@ -175,9 +184,14 @@ mod tests {
         let flights = Flights::default();
         let key = CacheKey([8; 32]);
         let leader = flights.join(key, 10);
-        let Join::Follow(follower) = flights.join(key, 10) else { panic!() };
+        let Join::Follow(follower) = flights.join(key, 10) else {
+            panic!()
+        };
         drop(leader);
-        assert!(matches!(follower.wait(Duration::from_secs(5)).await, Landing::Nothing));
+        assert!(matches!(
+            follower.wait(Duration::from_secs(5)).await,
+            Landing::Nothing
+        ));
         assert_eq!(flights.in_progress(), 0);
     }
 
@@ -186,8 +200,13 @@ mod tests {
         let flights = Flights::default();
         let key = CacheKey([9; 32]);
         let _leader = flights.join(key, 1);
-        let Join::Follow(follower) = flights.join(key, 1) else { panic!() };
+        let Join::Follow(follower) = flights.join(key, 1) else {
+            panic!()
+        };
         assert!(matches!(flights.join(key, 1), Join::Alone));
-        assert!(matches!(follower.wait(Duration::from_millis(20)).await, Landing::TimedOut));
+        assert!(matches!(
+            follower.wait(Duration::from_millis(20)).await,
+            Landing::TimedOut
+        ));
     }
 }

@@ -155,8 +155,12 @@ fn sse_usage(body: &[u8]) -> TokenUsage {
     let text = String::from_utf8_lossy(body);
     let mut usage = TokenUsage::default();
     for line in text.lines() {
-        let Some(data) = line.strip_prefix("data:") else { continue };
-        let Ok(event) = serde_json::from_str::<Value>(data.trim()) else { continue };
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+            continue;
+        };
         let found = event
             .get("usage")
             .or_else(|| event.pointer("/message/usage"))
@@ -189,9 +193,22 @@ mod tests {
     #[test]
     fn anthropic_and_openai_usage() {
         let a = json_usage(br#"{"usage":{"input_tokens":12,"output_tokens":34}}"#);
-        assert_eq!(a, TokenUsage { input: 12, output: 34 });
-        let o = json_usage(br#"{"usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11}}"#);
-        assert_eq!(o, TokenUsage { input: 5, output: 6 });
+        assert_eq!(
+            a,
+            TokenUsage {
+                input: 12,
+                output: 34
+            }
+        );
+        let o =
+            json_usage(br#"{"usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11}}"#);
+        assert_eq!(
+            o,
+            TokenUsage {
+                input: 5,
+                output: 6
+            }
+        );
         assert_eq!(json_usage(b"not json"), TokenUsage::default());
     }
 
@@ -200,7 +217,13 @@ mod tests {
         let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
 event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n\
 event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-        assert_eq!(sse_usage(body), TokenUsage { input: 25, output: 15 });
+        assert_eq!(
+            sse_usage(body),
+            TokenUsage {
+                input: 25,
+                output: 15
+            }
+        );
         assert!(sse_is_complete(body));
         assert!(!sse_is_complete(&body[..body.len() - 50]));
         assert!(sse_is_complete(b"data: {}\n\ndata: [DONE]\n\n"));

@@ -141,7 +141,11 @@ impl KeyBuilder {
                 let credential = headers
                     .get("x-api-key")
                     .map(|v| (&b"x-api-key"[..], v))
-                    .or_else(|| headers.get(http::header::AUTHORIZATION).map(|v| (&b"authorization"[..], v)));
+                    .or_else(|| {
+                        headers
+                            .get(http::header::AUTHORIZATION)
+                            .map(|v| (&b"authorization"[..], v))
+                    });
                 match credential {
                     Some((name, value)) => {
                         hasher.field(name);
@@ -176,7 +180,12 @@ impl KeyBuilder {
         hasher.field(parts.path.as_bytes());
         for name in KEYED_HEADERS {
             // Repeated headers are joined in order; absent differs from empty.
-            let values: Vec<&[u8]> = parts.headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+            let values: Vec<&[u8]> = parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
             hasher.field(&(values.len() as u64).to_le_bytes());
             for value in values {
                 hasher.field(value);
@@ -257,7 +266,6 @@ fn write_json_string(s: &str, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn builder(isolation: Isolation) -> KeyBuilder {
         KeyBuilder::new(&KeyConfig::default(), isolation)
@@ -291,18 +299,30 @@ mod tests {
 
     #[test]
     fn canonical_form_sorts_keys_and_drops_whitespace() {
-        let value: Value = serde_json::from_str(r#"{ "b": [1, {"z":1, "a":"x\n"}], "a": null }"#).unwrap();
+        let value: Value =
+            serde_json::from_str(r#"{ "b": [1, {"z":1, "a":"x\n"}], "a": null }"#).unwrap();
         let mut out = Vec::new();
         write_canonical(&value, &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":null,"b":[1,{"a":"x\n","z":1}]}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":null,"b":[1,{"a":"x\n","z":1}]}"#
+        );
     }
 
     #[test]
     fn same_question_same_key() {
         let b = builder(Isolation::Credential);
         let h = headers(&[("x-api-key", "k1"), ("anthropic-version", "2023-06-01")]);
-        let a = key_of(&b, &h, r#"{"model":"m","max_tokens":5,"metadata":{"user_id":"u1"}}"#);
-        let c = key_of(&b, &h, r#"{ "max_tokens": 5, "model": "m", "metadata": {"user_id": "u2"} }"#);
+        let a = key_of(
+            &b,
+            &h,
+            r#"{"model":"m","max_tokens":5,"metadata":{"user_id":"u1"}}"#,
+        );
+        let c = key_of(
+            &b,
+            &h,
+            r#"{ "max_tokens": 5, "model": "m", "metadata": {"user_id": "u2"} }"#,
+        );
         assert_eq!(a, c);
     }
 
@@ -314,8 +334,15 @@ mod tests {
         assert_ne!(base, key_of(&b, &h, r#"{"model":"m","stream":true}"#));
         assert_ne!(base, key_of(&b, &h, r#"{"model":"m2","stream":false}"#));
         let other_version = headers(&[("x-api-key", "k1"), ("anthropic-version", "2024-01-01")]);
-        assert_ne!(base, key_of(&b, &other_version, r#"{"model":"m","stream":false}"#));
-        let beta = headers(&[("x-api-key", "k1"), ("anthropic-version", "2023-06-01"), ("anthropic-beta", "x")]);
+        assert_ne!(
+            base,
+            key_of(&b, &other_version, r#"{"model":"m","stream":false}"#)
+        );
+        let beta = headers(&[
+            ("x-api-key", "k1"),
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-beta", "x"),
+        ]);
         assert_ne!(base, key_of(&b, &beta, r#"{"model":"m","stream":false}"#));
     }
 

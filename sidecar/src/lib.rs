@@ -48,12 +48,20 @@ pub enum RunError {
 
 /// Runs the proxy until `shutdown` resolves, then drains. Returns once both
 /// listeners have stopped.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(&config, Arc::clone(&metrics))?);
     let ready = Arc::new(AtomicBool::new(false));
     let token = Some(config.server.admin_token.clone()).filter(|t| !t.is_empty());
-    let admin = Arc::new(Admin::new(proxy.memory().clone(), metrics, token, Arc::clone(&ready)));
+    let admin = Arc::new(Admin::new(
+        proxy.memory().clone(),
+        metrics,
+        token,
+        Arc::clone(&ready),
+    ));
 
     let traffic = server::bind(&config.server.listen, "server.listen").await?;
     let admin_listener = server::bind(&config.server.admin_listen, "server.admin_listen").await?;
@@ -75,8 +83,18 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         move |request| Arc::clone(&proxy).handle(request)
     };
     let admin_handler = move |request| Arc::clone(&admin).handle(request);
-    let traffic_task = tokio::spawn(server::serve(traffic, proxy_handler, settings, stop_rx.clone()));
-    let admin_task = tokio::spawn(server::serve(admin_listener, admin_handler, settings, stop_rx));
+    let traffic_task = tokio::spawn(server::serve(
+        traffic,
+        proxy_handler,
+        settings,
+        stop_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(server::serve(
+        admin_listener,
+        admin_handler,
+        settings,
+        stop_rx,
+    ));
     ready.store(true, Ordering::Release);
 
     shutdown.await;
@@ -86,7 +104,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let drained = traffic_task.await.unwrap_or(false);
     let _ = admin_task.await;
     if !drained {
-        tracing::warn!("some requests were still running at the shutdown deadline and were cut off");
+        tracing::warn!(
+            "some requests were still running at the shutdown deadline and were cut off"
+        );
     }
     let _ = proxy.memory().close().await;
     tracing::info!("relaycache stopped");

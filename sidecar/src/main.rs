@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use relaycache::config::{Config, DEFAULT_CONFIG_YAML};
 
 #[derive(Parser)]
-#[command(name = "relaycache", version, about = "A caching reverse proxy for LLM APIs")]
+#[command(
+    name = "relaycache",
+    version,
+    about = "A caching reverse proxy for LLM APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,11 +47,15 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Config { command: ConfigCommand::Init } => {
+        Command::Config {
+            command: ConfigCommand::Init,
+        } => {
             print!("{DEFAULT_CONFIG_YAML}");
             ExitCode::SUCCESS
         }
-        Command::Config { command: ConfigCommand::Validate { file } } => match Config::load(&file) {
+        Command::Config {
+            command: ConfigCommand::Validate { file },
+        } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
@@ -69,7 +77,8 @@ fn main() -> ExitCode {
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = match &path {
-        Some(path) => Config::load(path).with_context(|| format!("invalid configuration {}", path.display()))?,
+        Some(path) => Config::load(path)
+            .with_context(|| format!("invalid configuration {}", path.display()))?,
         None => Config::default(),
     };
     relaycache::telemetry::init(&config.log);

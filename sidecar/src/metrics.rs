@@ -57,7 +57,9 @@ pub struct Metrics {
 
 fn upstream_histogram() -> Histogram {
     // 1 ms … ~65 s: LLM answers span cached-prompt quick to long generations.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 17,
+    ))
 }
 
 impl Default for Metrics {
@@ -72,7 +74,11 @@ impl Metrics {
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("relaycache");
         let requests = Family::<StatusLabels, Counter>::default();
-        registry.register("requests", "Requests on cache routes, by cache status", requests.clone());
+        registry.register(
+            "requests",
+            "Requests on cache routes, by cache status",
+            requests.clone(),
+        );
         let coalesced_waits = Counter::default();
         registry.register(
             "coalesced_waits",
@@ -82,8 +88,14 @@ impl Metrics {
         let stores = Counter::default();
         registry.register("stores", "Answers stored in memory", stores.clone());
         let evictions = Counter::default();
-        registry.register("evictions", "Answers evicted from memory to make room", evictions.clone());
-        let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(upstream_histogram as fn() -> Histogram);
+        registry.register(
+            "evictions",
+            "Answers evicted from memory to make room",
+            evictions.clone(),
+        );
+        let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(
+            upstream_histogram as fn() -> Histogram,
+        );
         registry.register_with_unit(
             "upstream_first_byte",
             "Time from request sent to the upstream's response headers",
@@ -91,7 +103,11 @@ impl Metrics {
             upstream_latency.clone(),
         );
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
-        registry.register("upstream_errors", "Failed upstream exchanges", upstream_errors.clone());
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges",
+            upstream_errors.clone(),
+        );
         let input_tokens_saved = Counter::default();
         registry.register(
             "input_tokens_saved",
@@ -113,7 +129,11 @@ impl Metrics {
         let entries = Gauge::<i64, AtomicI64>::default();
         registry.register("memory_entries", "Answers held in memory", entries.clone());
         let bytes = Gauge::<i64, AtomicI64>::default();
-        registry.register("memory_bytes", "Bytes held in memory (weighed)", bytes.clone());
+        registry.register(
+            "memory_bytes",
+            "Bytes held in memory (weighed)",
+            bytes.clone(),
+        );
         Self {
             registry: root,
             requests,
@@ -132,31 +152,41 @@ impl Metrics {
 
     /// Counts one request on a cache route.
     pub fn count_request(&self, cache_status: CacheStatus) {
-        self.requests.get_or_create(&StatusLabels { cache_status }).inc();
+        self.requests
+            .get_or_create(&StatusLabels { cache_status })
+            .inc();
     }
 
     fn requests_with(&self, cache_status: CacheStatus) -> u64 {
-        self.requests.get_or_create(&StatusLabels { cache_status }).get()
+        self.requests
+            .get_or_create(&StatusLabels { cache_status })
+            .get()
     }
 
     /// Records the upstream's time to headers.
     pub fn observe_upstream(&self, upstream: &str, elapsed: Duration) {
         self.upstream_latency
-            .get_or_create(&UpstreamLabels { upstream: upstream.to_string() })
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_string(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a failed upstream exchange.
     pub fn count_upstream_error(&self, upstream: &str) {
         self.upstream_errors
-            .get_or_create(&UpstreamLabels { upstream: upstream.to_string() })
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_string(),
+            })
             .inc();
     }
 
     /// Prometheus text exposition, after refreshing the memory gauges.
     pub fn encode(&self, memory: TierStats) -> String {
-        self.entries.set(i64::try_from(memory.entries).unwrap_or(i64::MAX));
-        self.bytes.set(i64::try_from(memory.bytes).unwrap_or(i64::MAX));
+        self.entries
+            .set(i64::try_from(memory.entries).unwrap_or(i64::MAX));
+        self.bytes
+            .set(i64::try_from(memory.bytes).unwrap_or(i64::MAX));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -167,7 +197,8 @@ impl Metrics {
     /// The `/stats` summary.
     pub fn stats(&self, memory: TierStats) -> Stats {
         let hits = self.requests_with(CacheStatus::Hit);
-        let misses = self.requests_with(CacheStatus::Miss) + self.requests_with(CacheStatus::Refresh);
+        let misses =
+            self.requests_with(CacheStatus::Miss) + self.requests_with(CacheStatus::Refresh);
         let lookups = hits + misses;
         Stats {
             hits,
@@ -177,7 +208,11 @@ impl Metrics {
             key_count: memory.entries,
             bytes_used: memory.bytes,
             evictions: self.evictions.get(),
-            hit_ratio: if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+            hit_ratio: if lookups == 0 {
+                0.0
+            } else {
+                hits as f64 / lookups as f64
+            },
             input_tokens_saved: self.input_tokens_saved.get(),
             output_tokens_saved: self.output_tokens_saved.get(),
         }

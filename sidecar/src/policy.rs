@@ -124,12 +124,28 @@ mod tests {
     #[test]
     fn relaycache_headers() {
         assert!(policy(&[("x-relaycache", "OFF")]).bypass);
-        assert_eq!(policy(&[("x-relaycache-ttl", "5m")]).ttl, Duration::from_secs(300));
-        assert_eq!(policy(&[("x-relaycache-ttl", "90")]).ttl, Duration::from_secs(90));
-        assert_eq!(policy(&[("x-relaycache-ttl", "90d")]).ttl, DAY, "capped at max_ttl");
-        assert_eq!(policy(&[("x-relaycache-ttl", "soon")]).ttl, HOUR, "unparsable is ignored");
         assert_eq!(
-            policy(&[("x-relaycache-namespace", " eval-7 ")]).namespace.as_deref(),
+            policy(&[("x-relaycache-ttl", "5m")]).ttl,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            policy(&[("x-relaycache-ttl", "90")]).ttl,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            policy(&[("x-relaycache-ttl", "90d")]).ttl,
+            DAY,
+            "capped at max_ttl"
+        );
+        assert_eq!(
+            policy(&[("x-relaycache-ttl", "soon")]).ttl,
+            HOUR,
+            "unparsable is ignored"
+        );
+        assert_eq!(
+            policy(&[("x-relaycache-namespace", " eval-7 ")])
+                .namespace
+                .as_deref(),
             Some("eval-7")
         );
     }

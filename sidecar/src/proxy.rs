@@ -15,7 +15,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::body::{boxed, full, ChannelBody, DeadlineBody, DeadlineExceeded, FrameSender, ProxyBody};
+use crate::body::{
+    boxed, full, ChannelBody, DeadlineBody, DeadlineExceeded, FrameSender, ProxyBody,
+};
 use crate::coalesce::{Flights, Join, Landing, Leader};
 use crate::config::{CacheConfig, Config, Mode};
 use crate::entry::{self, CachedResponse};
@@ -109,7 +111,11 @@ impl Proxy {
         response.map(|body| boxed(LoggedBody::new(body, log, declared)))
     }
 
-    async fn route(self: &Arc<Self>, request: Request<Incoming>, log: &mut AccessLog) -> Response<ProxyBody> {
+    async fn route(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
         let path = request.uri().path().to_string();
         let Some(upstream) = self.upstreams.route(&path).cloned() else {
             return reply::error(
@@ -126,10 +132,17 @@ impl Proxy {
             Some(cache) if request.method() == Method::POST && cache.is_route(&path) => cache,
             _ => return self.pass_through(request, &upstream).await,
         };
-        let policy = RequestPolicy::from_headers(request.headers(), cache.settings.ttl, cache.settings.max_ttl);
+        let policy = RequestPolicy::from_headers(
+            request.headers(),
+            cache.settings.ttl,
+            cache.settings.max_ttl,
+        );
         if policy.bypass {
             log.cache_status = Some(CacheStatus::Bypass);
-            return self.pass_through(request, &upstream).await.tagged(CacheStatus::Bypass);
+            return self
+                .pass_through(request, &upstream)
+                .await
+                .tagged(CacheStatus::Bypass);
         }
 
         let (parts, body) = request.into_parts();
@@ -159,7 +172,12 @@ impl Proxy {
             },
             &mut json,
         );
-        let keyed = Keyed { parts, body, key, policy };
+        let keyed = Keyed {
+            parts,
+            body,
+            key,
+            policy,
+        };
         self.lookup_or_fetch(cache, keyed, &upstream, log).await
     }
 
@@ -170,7 +188,11 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
-        let status = if keyed.policy.lookup { CacheStatus::Miss } else { CacheStatus::Refresh };
+        let status = if keyed.policy.lookup {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Refresh
+        };
         let coalesce = &cache.settings.coalesce;
         for _ in 0..MAX_FOLLOW_ATTEMPTS {
             if keyed.policy.lookup {
@@ -182,7 +204,9 @@ impl Proxy {
                 break;
             }
             match cache.flights.join(keyed.key, coalesce.max_waiters) {
-                Join::Lead(leader) => return self.fetch(keyed, upstream, status, Some(leader), log).await,
+                Join::Lead(leader) => {
+                    return self.fetch(keyed, upstream, status, Some(leader), log).await
+                }
                 Join::Alone => break,
                 Join::Follow(follower) => {
                     self.metrics.coalesced_waits.inc();
@@ -198,12 +222,19 @@ impl Proxy {
         self.fetch(keyed, upstream, status, None, log).await
     }
 
-    fn serve_hit(&self, entry: &CachedResponse, key: &CacheKey, log: &mut AccessLog) -> Response<ProxyBody> {
+    fn serve_hit(
+        &self,
+        entry: &CachedResponse,
+        key: &CacheKey,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
         log.cache_status = Some(CacheStatus::Hit);
         log.tier = Some("memory");
         self.metrics.input_tokens_saved.inc_by(entry.usage.input);
         self.metrics.output_tokens_saved.inc_by(entry.usage.output);
-        self.metrics.bytes_served_from_cache.inc_by(entry.body.len() as u64);
+        self.metrics
+            .bytes_served_from_cache
+            .inc_by(entry.body.len() as u64);
         let mut response = Response::new(full(entry.body.clone()));
         *response.headers_mut() = entry::hit_headers(entry, "memory", &key.to_string());
         response
@@ -226,7 +257,8 @@ impl Proxy {
         let this = Arc::clone(self);
         let upstream = Arc::clone(upstream);
         tokio::spawn(async move {
-            this.fetch_and_record(keyed, upstream, status, leader, head_tx).await;
+            this.fetch_and_record(keyed, upstream, status, leader, head_tx)
+                .await;
         });
         match head_rx.await {
             Ok(response) => response,
@@ -246,7 +278,12 @@ impl Proxy {
         leader: Option<Leader>,
         head_tx: oneshot::Sender<Response<ProxyBody>>,
     ) {
-        let Keyed { parts, body, key, policy } = keyed;
+        let Keyed {
+            parts,
+            body,
+            key,
+            policy,
+        } = keyed;
         let path = parts.uri.path().to_string();
         let deadline = Instant::now() + upstream.total_timeout;
         let request = match upstream_request(parts, full(body), &upstream, true) {
@@ -265,7 +302,8 @@ impl Proxy {
                 return;
             }
         };
-        self.metrics.observe_upstream(&upstream.name, sent.elapsed());
+        self.metrics
+            .observe_upstream(&upstream.name, sent.elapsed());
         let (mut head, incoming) = response.into_parts();
         let storable = policy.store
             && head.status == StatusCode::OK
@@ -287,10 +325,12 @@ impl Proxy {
         let kept_headers = entry::stored_headers(&head.headers);
         let (frames, client_body) = ChannelBody::new(CLIENT_BUFFER_FRAMES);
         let _ = head_tx.send(Response::from_parts(head, boxed(client_body)));
-        let recorded = self.relay_and_record(incoming, frames, deadline, &upstream).await;
-        let complete = recorded
-            .as_ref()
-            .is_some_and(|body| !entry::is_event_stream(&kept_headers) || entry::sse_is_complete(body));
+        let recorded = self
+            .relay_and_record(incoming, frames, deadline, &upstream)
+            .await;
+        let complete = recorded.as_ref().is_some_and(|body| {
+            !entry::is_event_stream(&kept_headers) || entry::sse_is_complete(body)
+        });
         let answer = match recorded {
             Some(body) if complete => {
                 let entry = Arc::new(CachedResponse::new(kept_headers, &body, policy.ttl));
@@ -359,7 +399,9 @@ impl Proxy {
     }
 
     fn cache_limit(&self) -> u64 {
-        self.cache.as_ref().map_or(0, |c| c.settings.max_entry_bytes)
+        self.cache
+            .as_ref()
+            .map_or(0, |c| c.settings.max_entry_bytes)
     }
 
     fn upstream_failed(&self, upstream: &Upstream, err: &UpstreamError) {
@@ -373,7 +415,9 @@ impl Proxy {
         let read = Limited::new(body, limit).collect();
         match tokio::time::timeout(self.client_body_timeout, read).await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(self.too_large(path)),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+                Err(self.too_large(path))
+            }
             Ok(Err(err)) => Err(reply::error(
                 path,
                 StatusCode::BAD_REQUEST,
@@ -399,19 +443,37 @@ impl Proxy {
     }
 
     /// Forwards an already-read body without caching.
-    async fn bypass(&self, parts: Parts, body: Bytes, upstream: &Upstream, log: &mut AccessLog) -> Response<ProxyBody> {
+    async fn bypass(
+        &self,
+        parts: Parts,
+        body: Bytes,
+        upstream: &Upstream,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
         log.cache_status = Some(CacheStatus::Bypass);
-        self.forward(parts, full(body), upstream).await.tagged(CacheStatus::Bypass)
+        self.forward(parts, full(body), upstream)
+            .await
+            .tagged(CacheStatus::Bypass)
     }
 
     /// Forwards a request whose body is streamed as it arrives.
-    async fn pass_through(&self, request: Request<Incoming>, upstream: &Upstream) -> Response<ProxyBody> {
+    async fn pass_through(
+        &self,
+        request: Request<Incoming>,
+        upstream: &Upstream,
+    ) -> Response<ProxyBody> {
         let (parts, body) = request.into_parts();
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
-        self.forward(parts, boxed(Limited::new(body, limit)), upstream).await
+        self.forward(parts, boxed(Limited::new(body, limit)), upstream)
+            .await
     }
 
-    async fn forward(&self, parts: Parts, body: ProxyBody, upstream: &Upstream) -> Response<ProxyBody> {
+    async fn forward(
+        &self,
+        parts: Parts,
+        body: ProxyBody,
+        upstream: &Upstream,
+    ) -> Response<ProxyBody> {
         let path = parts.uri.path().to_string();
         let deadline = Instant::now() + upstream.total_timeout;
         let request = match upstream_request(parts, body, upstream, false) {
@@ -421,7 +483,8 @@ impl Proxy {
         let sent = Instant::now();
         match upstream.send(request).await {
             Ok(response) => {
-                self.metrics.observe_upstream(&upstream.name, sent.elapsed());
+                self.metrics
+                    .observe_upstream(&upstream.name, sent.elapsed());
                 let (mut head, incoming) = response.into_parts();
                 headers::strip_hop_by_hop(&mut head.headers);
                 let body = DeadlineBody::new(incoming, deadline, upstream.total_timeout);
@@ -481,7 +544,8 @@ trait Tagged {
 
 impl Tagged for Response<ProxyBody> {
     fn tagged(mut self, status: CacheStatus) -> Self {
-        self.headers_mut().insert(headers::STATUS, status.header_value());
+        self.headers_mut()
+            .insert(headers::STATUS, status.header_value());
         self
     }
 }

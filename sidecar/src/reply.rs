@@ -55,11 +55,21 @@ mod tests {
 
     #[tokio::test]
     async fn anthropic_and_openai_shapes() {
-        let a = json(error("/v1/messages", StatusCode::PAYLOAD_TOO_LARGE, "too big")).await;
+        let a = json(error(
+            "/v1/messages",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too big",
+        ))
+        .await;
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "request_too_large");
         assert_eq!(a["error"]["message"], "too big");
-        let o = json(error("/v1/chat/completions", StatusCode::BAD_GATEWAY, "down")).await;
+        let o = json(error(
+            "/v1/chat/completions",
+            StatusCode::BAD_GATEWAY,
+            "down",
+        ))
+        .await;
         assert_eq!(o["error"]["type"], "server_error");
         assert_eq!(o["error"]["message"], "down");
     }

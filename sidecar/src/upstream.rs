@@ -154,7 +154,10 @@ impl Upstream {
     }
 
     /// Sends `request`, waiting at most the first-byte timeout for headers.
-    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.first_byte_timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) if err.is_connect() => Err(UpstreamError::Unreachable {
@@ -225,7 +228,10 @@ mod tests {
             upstream("openai", "http://o.example:8080/base/", &[]),
         ])
         .unwrap();
-        assert_eq!(&*ups.route("/v1/messages/count_tokens").unwrap().name, "anthropic");
+        assert_eq!(
+            &*ups.route("/v1/messages/count_tokens").unwrap().name,
+            "anthropic"
+        );
         let openai = ups.route("/v1/chat/completions").unwrap();
         assert_eq!(&*openai.name, "openai");
         assert_eq!(

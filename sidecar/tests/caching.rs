@@ -21,7 +21,10 @@ async fn identical_request_is_a_hit_with_the_same_answer() {
     assert_eq!(second.header("x-relaycache-tier"), "memory");
     assert_eq!(second.header("age"), "0");
     assert_eq!(second.header("content-type"), "application/json");
-    assert_eq!(first.header("x-relaycache-key"), second.header("x-relaycache-key"));
+    assert_eq!(
+        first.header("x-relaycache-key"),
+        second.header("x-relaycache-key")
+    );
     assert_eq!(first.body, second.body);
     assert_eq!(upstream.calls(), 1);
 }
@@ -33,14 +36,38 @@ async fn key_ignores_formatting_and_configured_fields_but_not_content() {
     let base = r#"{"model":"m","max_tokens":5,"metadata":{"user_id":"alice"},"messages":[{"role":"user","content":"hi"}]}"#;
     let reordered = r#"{ "messages": [ {"content": "hi", "role": "user"} ],
         "metadata": {"user_id": "bob"}, "max_tokens": 5, "model": "m" }"#;
-    assert_eq!(post_messages(&relay, "k", base, &[]).await.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "k", reordered, &[]).await.cache_status(), "hit");
+    assert_eq!(
+        post_messages(&relay, "k", base, &[]).await.cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", reordered, &[])
+            .await
+            .cache_status(),
+        "hit"
+    );
     let other_content = base.replace("hi", "hello");
-    assert_eq!(post_messages(&relay, "k", &other_content, &[]).await.cache_status(), "miss");
+    assert_eq!(
+        post_messages(&relay, "k", &other_content, &[])
+            .await
+            .cache_status(),
+        "miss"
+    );
     let streamed_false = base.replace(r#""model":"m""#, r#""model":"m","stream":false"#);
-    assert_eq!(post_messages(&relay, "k", &streamed_false, &[]).await.cache_status(), "miss", "stream stays in the key");
-    let other_version = post_messages(&relay, "k", base, &[("anthropic-version", "2099-01-01")]).await;
-    assert_eq!(other_version.cache_status(), "miss", "anthropic-version is part of the key");
+    assert_eq!(
+        post_messages(&relay, "k", &streamed_false, &[])
+            .await
+            .cache_status(),
+        "miss",
+        "stream stays in the key"
+    );
+    let other_version =
+        post_messages(&relay, "k", base, &[("anthropic-version", "2099-01-01")]).await;
+    assert_eq!(
+        other_version.cache_status(),
+        "miss",
+        "anthropic-version is part of the key"
+    );
     assert_eq!(upstream.calls(), 4);
 }
 
@@ -48,17 +75,35 @@ async fn key_ignores_formatting_and_configured_fields_but_not_content() {
 async fn one_credential_never_reads_what_another_stored() {
     let upstream = mock().await;
     let relay = Relay::start(&config_for(&upstream.url()));
-    assert_eq!(post_messages(&relay, "sk-alice", &question("t"), &[]).await.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "sk-bob", &question("t"), &[]).await.cache_status(), "miss");
+    assert_eq!(
+        post_messages(&relay, "sk-alice", &question("t"), &[])
+            .await
+            .cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&relay, "sk-bob", &question("t"), &[])
+            .await
+            .cache_status(),
+        "miss"
+    );
     let bearer = send(
         Method::POST,
         &relay.url("/v1/messages"),
-        &[("authorization", "Bearer sk-alice"), ("anthropic-version", "2023-06-01")],
+        &[
+            ("authorization", "Bearer sk-alice"),
+            ("anthropic-version", "2023-06-01"),
+        ],
         question("t"),
     )
     .await;
     assert_eq!(bearer.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "sk-alice", &question("t"), &[]).await.cache_status(), "hit");
+    assert_eq!(
+        post_messages(&relay, "sk-alice", &question("t"), &[])
+            .await
+            .cache_status(),
+        "hit"
+    );
     assert_eq!(upstream.calls(), 3);
 }
 
@@ -68,18 +113,53 @@ async fn shared_and_header_isolation() {
     let mut config = config_for(&upstream.url());
     config.cache.isolation = Isolation::Shared;
     let shared = Relay::start(&config);
-    assert_eq!(post_messages(&shared, "sk-1", &question("s"), &[]).await.cache_status(), "miss");
-    assert_eq!(post_messages(&shared, "sk-2", &question("s"), &[]).await.cache_status(), "hit");
+    assert_eq!(
+        post_messages(&shared, "sk-1", &question("s"), &[])
+            .await
+            .cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&shared, "sk-2", &question("s"), &[])
+            .await
+            .cache_status(),
+        "hit"
+    );
 
     config.cache.isolation = Isolation::Header("x-team".into());
     let by_team = Relay::start(&config);
     let team_a = [("x-team", "a")];
-    assert_eq!(post_messages(&by_team, "k", &question("h"), &team_a).await.cache_status(), "miss");
-    assert_eq!(post_messages(&by_team, "k", &question("h"), &team_a).await.cache_status(), "hit");
-    assert_eq!(post_messages(&by_team, "k", &question("h"), &[("x-team", "b")]).await.cache_status(), "miss");
+    assert_eq!(
+        post_messages(&by_team, "k", &question("h"), &team_a)
+            .await
+            .cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&by_team, "k", &question("h"), &team_a)
+            .await
+            .cache_status(),
+        "hit"
+    );
+    assert_eq!(
+        post_messages(&by_team, "k", &question("h"), &[("x-team", "b")])
+            .await
+            .cache_status(),
+        "miss"
+    );
     // Without the header there is no tenant: never cached.
-    assert_eq!(post_messages(&by_team, "k", &question("h"), &[]).await.cache_status(), "bypass");
-    assert_eq!(post_messages(&by_team, "k", &question("h"), &[]).await.cache_status(), "bypass");
+    assert_eq!(
+        post_messages(&by_team, "k", &question("h"), &[])
+            .await
+            .cache_status(),
+        "bypass"
+    );
+    assert_eq!(
+        post_messages(&by_team, "k", &question("h"), &[])
+            .await
+            .cache_status(),
+        "bypass"
+    );
 }
 
 #[tokio::test]
@@ -89,9 +169,20 @@ async fn per_request_controls() {
     let q = question("controls");
 
     // no-store: answered, not kept.
-    assert_eq!(post_messages(&relay, "k", &q, &[("cache-control", "no-store")]).await.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "k", &q, &[]).await.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "k", &q, &[]).await.cache_status(), "hit");
+    assert_eq!(
+        post_messages(&relay, "k", &q, &[("cache-control", "no-store")])
+            .await
+            .cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", &q, &[]).await.cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", &q, &[]).await.cache_status(),
+        "hit"
+    );
     // no-cache: skips the lookup and refreshes the entry.
     let refreshed = post_messages(&relay, "k", &q, &[("cache-control", "no-cache")]).await;
     assert_eq!(refreshed.cache_status(), "refresh");
@@ -106,8 +197,14 @@ async fn per_request_controls() {
     assert_eq!(upstream.calls(), 4);
     // Namespaces separate entries.
     let ns = [("x-relaycache-namespace", "eval-1")];
-    assert_eq!(post_messages(&relay, "k", &q, &ns).await.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "k", &q, &ns).await.cache_status(), "hit");
+    assert_eq!(
+        post_messages(&relay, "k", &q, &ns).await.cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", &q, &ns).await.cache_status(),
+        "hit"
+    );
 }
 
 #[tokio::test]
@@ -118,15 +215,45 @@ async fn ttl_from_config_and_request() {
     let relay = Relay::start(&config);
     let short = question("ttl-default");
     let long = question("ttl-long");
-    assert_eq!(post_messages(&relay, "k", &short, &[]).await.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "k", &long, &[("x-relaycache-ttl", "1h")]).await.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "k", &short, &[]).await.cache_status(), "hit");
+    assert_eq!(
+        post_messages(&relay, "k", &short, &[]).await.cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", &long, &[("x-relaycache-ttl", "1h")])
+            .await
+            .cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", &short, &[]).await.cache_status(),
+        "hit"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(post_messages(&relay, "k", &short, &[]).await.cache_status(), "miss", "expired after 1s");
-    assert_eq!(post_messages(&relay, "k", &long, &[]).await.cache_status(), "hit", "kept for the 1h asked for");
+    assert_eq!(
+        post_messages(&relay, "k", &short, &[]).await.cache_status(),
+        "miss",
+        "expired after 1s"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", &long, &[]).await.cache_status(),
+        "hit",
+        "kept for the 1h asked for"
+    );
     let max_age = question("max-age");
-    assert_eq!(post_messages(&relay, "k", &max_age, &[("cache-control", "max-age=0")]).await.cache_status(), "miss");
-    assert_eq!(post_messages(&relay, "k", &max_age, &[]).await.cache_status(), "miss", "max-age=0 stores nothing");
+    assert_eq!(
+        post_messages(&relay, "k", &max_age, &[("cache-control", "max-age=0")])
+            .await
+            .cache_status(),
+        "miss"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", &max_age, &[])
+            .await
+            .cache_status(),
+        "miss",
+        "max-age=0 stores nothing"
+    );
 }
 
 #[tokio::test]
@@ -149,10 +276,26 @@ async fn other_paths_and_methods_pass_through_untouched() {
     let models = get(&relay.url("/v1/models")).await;
     assert_eq!(models.status, 200);
     assert_eq!(models.json()["data"][0]["id"], "mock-model");
-    assert_eq!(models.cache_status(), "", "not a cache route: no cache headers");
-    let upload = send(Method::POST, &relay.url("/v1/files"), &[("x-api-key", "k")], vec![b'x'; 300_000]).await;
+    assert_eq!(
+        models.cache_status(),
+        "",
+        "not a cache route: no cache headers"
+    );
+    let upload = send(
+        Method::POST,
+        &relay.url("/v1/files"),
+        &[("x-api-key", "k")],
+        vec![b'x'; 300_000],
+    )
+    .await;
     assert_eq!(upload.json()["received_bytes"], 300_000);
-    let again = send(Method::POST, &relay.url("/v1/files"), &[("x-api-key", "k")], vec![b'x'; 300_000]).await;
+    let again = send(
+        Method::POST,
+        &relay.url("/v1/files"),
+        &[("x-api-key", "k")],
+        vec![b'x'; 300_000],
+    )
+    .await;
     assert_eq!(again.cache_status(), "");
     assert_eq!(upstream.calls(), 3);
 }
@@ -165,16 +308,39 @@ async fn headers_are_rewritten_for_the_upstream() {
         &relay,
         "k",
         &question("hdr"),
-        &[("accept-encoding", "gzip"), ("connection", "keep-alive, x-hop"), ("x-hop", "1"), ("x-relaycache-ttl", "60")],
+        &[
+            ("accept-encoding", "gzip"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("x-relaycache-ttl", "60"),
+        ],
     )
     .await;
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("x-mock-saw-host"), upstream.addr.to_string(), "Host is the upstream's");
-    assert_eq!(reply.header("x-mock-saw-accept-encoding"), "", "cache routes ask for identity encoding");
+    assert_eq!(
+        reply.header("x-mock-saw-host"),
+        upstream.addr.to_string(),
+        "Host is the upstream's"
+    );
+    assert_eq!(
+        reply.header("x-mock-saw-accept-encoding"),
+        "",
+        "cache routes ask for identity encoding"
+    );
     let seen = upstream.last_request_headers();
-    assert!(!seen.contains_key("x-hop"), "headers named by Connection are hop-by-hop");
-    assert!(!seen.contains_key("x-relaycache-ttl"), "our controls stay with us");
-    assert_eq!(seen.get("x-api-key").unwrap(), "k", "the credential is forwarded");
+    assert!(
+        !seen.contains_key("x-hop"),
+        "headers named by Connection are hop-by-hop"
+    );
+    assert!(
+        !seen.contains_key("x-relaycache-ttl"),
+        "our controls stay with us"
+    );
+    assert_eq!(
+        seen.get("x-api-key").unwrap(),
+        "k",
+        "the credential is forwarded"
+    );
 }
 
 #[tokio::test]
@@ -182,11 +348,17 @@ async fn openai_chat_completions_are_cached_too() {
     let upstream = mock().await;
     let relay = Relay::start(&config_for(&upstream.url()));
     let body = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
-    let headers = [("authorization", "Bearer sk-o"), ("content-type", "application/json")];
+    let headers = [
+        ("authorization", "Bearer sk-o"),
+        ("content-type", "application/json"),
+    ];
     let url = relay.url("/v1/chat/completions");
     let first = send(Method::POST, &url, &headers, body).await;
     let second = send(Method::POST, &url, &headers, body).await;
-    assert_eq!((first.cache_status(), second.cache_status()), ("miss", "hit"));
+    assert_eq!(
+        (first.cache_status(), second.cache_status()),
+        ("miss", "hit")
+    );
     assert_eq!(second.json()["object"], "chat.completion");
     assert_eq!(upstream.calls(), 1);
 }

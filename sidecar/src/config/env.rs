@@ -21,17 +21,31 @@ pub enum EnvError {
     },
 }
 
-/// Replaces `${NAME}` / `${NAME:-fallback}` using `lookup`; `$${` is a literal `${`.
-pub fn expand_env(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, EnvError> {
+/// Replaces `${NAME}` / `${NAME:-fallback}` using `lookup`; `$${` is a
+/// literal `${`. Comment lines are left as they are, so documentation in a
+/// config file may mention variables that are not set.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, EnvError> {
     let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            expand_line(line, index + 1, &lookup, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn expand_line(
+    text: &str,
+    line: usize,
+    lookup: &impl Fn(&str) -> Option<String>,
+    out: &mut String,
+) -> Result<(), EnvError> {
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        let line = text[..text.len() - after.len()].matches('\n').count() + 1;
         if let Some(stripped) = after.strip_prefix("$${") {
             out.push_str("${");
             rest = stripped;
@@ -69,7 +83,7 @@ pub fn expand_env(
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -84,6 +98,15 @@ mod tests {
     fn expands_set_and_fallback() {
         let out = expand_env("a: ${TOKEN}\nb: ${MISSING:-x}\nc: $5", env).unwrap();
         assert_eq!(out, "a: s3cret\nb: x\nc: $5");
+    }
+
+    #[test]
+    fn comment_lines_are_not_expanded() {
+        let text = "# set ${UNSET_THING} to configure\na: ${TOKEN}\n";
+        assert_eq!(
+            expand_env(text, env).unwrap(),
+            "# set ${UNSET_THING} to configure\na: s3cret\n"
+        );
     }
 
     #[test]

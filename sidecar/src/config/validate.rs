@@ -242,7 +242,10 @@ cache:
             "cache.max_ttl",
             "cache.memory.max_cost",
         ] {
-            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
         }
         assert!(found.iter().all(|i| !i.message.is_empty()));
     }

@@ -122,19 +122,30 @@ mod tests {
     use http::HeaderMap;
 
     fn entry(bytes: usize, ttl: Duration) -> Arc<CachedResponse> {
-        Arc::new(CachedResponse::new(HeaderMap::new(), &vec![b'x'; bytes], ttl))
+        Arc::new(CachedResponse::new(
+            HeaderMap::new(),
+            &vec![b'x'; bytes],
+            ttl,
+        ))
     }
 
     #[tokio::test]
     async fn stores_expires_and_deletes() {
         let tier = MemoryTier::new(1 << 20, Counter::default());
         let key = CacheKey([1; 32]);
-        tier.set(key, entry(10, Duration::from_millis(200))).await.unwrap();
+        tier.set(key, entry(10, Duration::from_millis(200)))
+            .await
+            .unwrap();
         assert!(tier.exists(&key).await.unwrap());
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(tier.get(&key).await.unwrap().is_none(), "expired entries are never served");
+        assert!(
+            tier.get(&key).await.unwrap().is_none(),
+            "expired entries are never served"
+        );
 
-        tier.set(key, entry(10, Duration::from_secs(60))).await.unwrap();
+        tier.set(key, entry(10, Duration::from_secs(60)))
+            .await
+            .unwrap();
         assert!(tier.delete(&key).await.unwrap());
         assert!(!tier.exists(&key).await.unwrap());
     }
@@ -143,7 +154,8 @@ mod tests {
     async fn weighs_by_bytes_and_evicts() {
         let tier = MemoryTier::new(100_000, Counter::default());
         for i in 0..50u8 {
-            tier.insert(CacheKey([i; 32]), entry(10_000, Duration::from_secs(60))).await;
+            tier.insert(CacheKey([i; 32]), entry(10_000, Duration::from_secs(60)))
+                .await;
         }
         let stats = tier.current_stats().await;
         assert!(stats.bytes <= 100_000, "{stats:?}");

@@ -77,7 +77,13 @@ impl Relay {
         let fields: serde_json::Value = serde_json::from_str(&line).expect("json log line");
         let addr = fields["traffic"].as_str().unwrap().parse().unwrap();
         let admin = fields["admin"].as_str().unwrap().parse().unwrap();
-        Self { child, addr, admin, logs, _dir: dir }
+        Self {
+            child,
+            addr,
+            admin,
+            logs,
+            _dir: dir,
+        }
     }
 
     /// `http://ADDR/path` on the traffic listener.
@@ -114,7 +120,10 @@ impl Relay {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("expected {n} access-log lines, got {:?}", self.access_logs());
+        panic!(
+            "expected {n} access-log lines, got {:?}",
+            self.access_logs()
+        );
     }
 
     /// Sends SIGTERM.
@@ -133,7 +142,10 @@ impl Relay {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "relaycache did not exit in {timeout:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "relaycache did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -164,7 +176,10 @@ pub struct Reply {
 impl Reply {
     /// A header as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// `x-relaycache-status`.
@@ -175,13 +190,21 @@ impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 }
 
 /// Sends a request and reads the whole answer.
-pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder().method(method).uri(url);
     for (name, value) in headers {
@@ -194,8 +217,17 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: imp
         .expect("request failed");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    Reply { status, headers, body }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// POST with the usual Anthropic headers and credential `key`.
@@ -206,7 +238,13 @@ pub async fn post_messages(relay: &Relay, key: &str, body: &str, extra: &[(&str,
         ("content-type", "application/json"),
     ];
     headers.extend_from_slice(extra);
-    send(Method::POST, &relay.url("/v1/messages"), &headers, body.to_string()).await
+    send(
+        Method::POST,
+        &relay.url("/v1/messages"),
+        &headers,
+        body.to_string(),
+    )
+    .await
 }
 
 /// GET a URL.
@@ -226,5 +264,7 @@ pub fn question(tag: &str) -> String {
 
 /// Starts the mock upstream on a free port.
 pub async fn mock() -> MockUpstream {
-    MockUpstream::start("127.0.0.1:0", MockOptions::default()).await.expect("mock upstream")
+    MockUpstream::start("127.0.0.1:0", MockOptions::default())
+        .await
+        .expect("mock upstream")
 }

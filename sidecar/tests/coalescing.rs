@@ -1,0 +1,111 @@
+//! Concurrent identical misses make one upstream call, and the waiters do
+//! not fail with the leader.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn concurrent_identical_misses_make_one_upstream_call() {
+    let upstream = mock().await;
+    let relay = std::sync::Arc::new(Relay::start(&config_for(&upstream.url())));
+    let q = question("herd");
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let relay = std::sync::Arc::clone(&relay);
+            let q = q.clone();
+            tokio::spawn(async move {
+                post_messages(&relay, "k", &q, &[("x-mock-delay-ms", "400")]).await
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, 200);
+        bodies.push(reply.body);
+    }
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "one upstream call for 20 identical requests"
+    );
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    let stats = relay.stats().await;
+    assert_eq!(stats["coalesced_waits"], 19);
+}
+
+#[tokio::test]
+async fn waiters_survive_the_leaders_client_going_away() {
+    let upstream = mock().await;
+    let relay = std::sync::Arc::new(Relay::start(&config_for(&upstream.url())));
+    let q = question("leader-leaves");
+    let gate = [("x-mock-gate", "leader-leaves")];
+
+    let leader = {
+        let relay = std::sync::Arc::clone(&relay);
+        let q = q.clone();
+        tokio::spawn(async move { post_messages(&relay, "k", &q, &gate).await })
+    };
+    while upstream.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let follower = {
+        let relay = std::sync::Arc::clone(&relay);
+        let q = q.clone();
+        tokio::spawn(async move { post_messages(&relay, "k", &q, &gate).await })
+    };
+    // Give the follower time to join the flight, then drop the leader's client.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    leader.abort();
+    let _ = leader.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    upstream.release("leader-leaves");
+
+    let reply = tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.cache_status(), "hit", "served the leader's answer");
+    assert_eq!(upstream.calls(), 1);
+    // The answer the leader's client abandoned was still stored.
+    assert_eq!(
+        post_messages(&relay, "k", &q, &[]).await.cache_status(),
+        "hit"
+    );
+}
+
+#[tokio::test]
+async fn waiters_retry_when_the_leader_fails() {
+    let upstream = mock().await;
+    let relay = std::sync::Arc::new(Relay::start(&config_for(&upstream.url())));
+    let q = question("leader-fails");
+    upstream.fail_next(1);
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let relay = std::sync::Arc::clone(&relay);
+            let q = q.clone();
+            tokio::spawn(async move {
+                post_messages(&relay, "k", &q, &[("x-mock-delay-ms", "300")]).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.unwrap().status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 500],
+        "only the leader sees its failure"
+    );
+    assert_eq!(
+        upstream.calls(),
+        2,
+        "the first follower led the retry, the rest waited for it"
+    );
+}

@@ -1,0 +1,112 @@
+//! Streamed (SSE) answers: passed through as they arrive; recorded only
+//! when complete and enabled.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+fn streamed_question(tag: &str) -> String {
+    serde_json::json!({"model": "m", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": tag}]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn first_event_is_not_held_back() {
+    let upstream = mock().await;
+    let relay = Relay::start(&config_for(&upstream.url()));
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = Request::post(relay.url("/v1/messages"))
+        .header("x-api-key", "k")
+        .header("x-mock-gate", "first-event")
+        .body(Full::new(Bytes::from(streamed_question("incremental"))))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    // The mock holds the rest of the stream until released: the first event
+    // can only arrive here if the proxy forwards it as it comes.
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("first event held back by the proxy")
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8(first.into_data().unwrap().to_vec()).unwrap();
+    assert!(first.starts_with("event: message_start"), "{first}");
+    upstream.release("first-event");
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("event: message_stop"));
+}
+
+#[tokio::test]
+async fn streams_are_not_cached_by_default() {
+    let upstream = mock().await;
+    let relay = Relay::start(&config_for(&upstream.url()));
+    let q = streamed_question("default");
+    assert_eq!(
+        post_messages(&relay, "k", &q, &[]).await.cache_status(),
+        "bypass"
+    );
+    assert_eq!(
+        post_messages(&relay, "k", &q, &[]).await.cache_status(),
+        "bypass"
+    );
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test]
+async fn complete_streams_are_replayed_when_enabled() {
+    let upstream = mock().await;
+    let mut config = config_for(&upstream.url());
+    config.cache.streaming = true;
+    let relay = Relay::start(&config);
+    let q = streamed_question("replay");
+    let first = post_messages(&relay, "k", &q, &[]).await;
+    assert_eq!(first.cache_status(), "miss");
+    let second = post_messages(&relay, "k", &q, &[]).await;
+    assert_eq!(second.cache_status(), "hit");
+    assert_eq!(second.header("content-type"), "text/event-stream");
+    assert_eq!(first.body, second.body, "the same events, byte for byte");
+    assert_eq!(upstream.calls(), 1);
+    let stats = relay.stats().await;
+    assert!(
+        stats["output_tokens_saved"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn broken_streams_are_not_stored() {
+    let upstream = mock().await;
+    let mut config = config_for(&upstream.url());
+    config.cache.streaming = true;
+    let relay = Relay::start(&config);
+    let q = streamed_question("broken");
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = Request::post(relay.url("/v1/messages"))
+        .header("x-api-key", "k")
+        .header("x-mock-break-after", "3")
+        .header("x-mock-event-delay-ms", "20")
+        .body(Full::new(Bytes::from(q.clone())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the client sees the break too"
+    );
+    let again = post_messages(&relay, "k", &q, &[]).await;
+    assert_eq!(
+        again.cache_status(),
+        "miss",
+        "a broken stream was not stored"
+    );
+    assert_eq!(upstream.calls(), 2);
+}
