@@ -50,7 +50,7 @@ impl Admin {
                 }
             }
             (&Method::GET, "/metrics") => {
-                let stats = self.memory.current_stats().await;
+                let stats = self.memory.current_stats();
                 let mut response = text(StatusCode::OK, &self.metrics.encode(stats));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
@@ -59,7 +59,7 @@ impl Admin {
                 response
             }
             (&Method::GET, "/stats") => {
-                let stats = self.metrics.stats(self.memory.current_stats().await);
+                let stats = self.metrics.stats(self.memory.current_stats());
                 json(StatusCode::OK, &serde_json::to_value(stats).unwrap_or_default())
             }
             (&Method::DELETE, "/cache") => match self.refusal(&request) {

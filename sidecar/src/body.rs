@@ -33,13 +33,6 @@ where
     body.map_err(Into::into).boxed()
 }
 
-/// A body fed frame by frame from another task; the sender learns that the
-/// client went away when `send` fails.
-pub type ChannelBody = http_body_util::channel::Channel<Bytes, BoxError>;
-
-/// Feeds a [`ChannelBody`].
-pub type FrameSender = http_body_util::channel::Sender<Bytes, BoxError>;
-
 /// The upstream exchange took longer than its total timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("upstream answer exceeded the total timeout of {0:?}; raise upstreams[].total_timeout if answers legitimately take longer")]

@@ -149,7 +149,7 @@ mod tests {
 
     fn answer() -> Arc<CachedResponse> {
         Arc::new(CachedResponse::new(
-            HeaderMap::new(),
+            &HeaderMap::new(),
             b"{}",
             Duration::from_secs(5),
         ))

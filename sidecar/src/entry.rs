@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
@@ -17,12 +17,14 @@ pub struct TokenUsage {
 }
 
 /// A complete 200 answer, ready to be served again.
+///
+/// Headers and body live in one exact-size buffer (an encoded header block,
+/// then the body), so an entry costs one allocation close to its size and a
+/// hit serves the body and header values as zero-copy slices of it.
 #[derive(Debug, Clone)]
 pub struct CachedResponse {
-    /// Response headers worth replaying (see [`stored_headers`]).
-    pub headers: HeaderMap,
-    /// The body exactly as the upstream sent it.
-    pub body: Bytes,
+    data: Bytes,
+    header_len: usize,
     /// When the upstream answered.
     pub created: SystemTime,
     /// How long it may be served.
@@ -31,41 +33,156 @@ pub struct CachedResponse {
     pub usage: TokenUsage,
 }
 
-/// Fixed bookkeeping per entry counted against the memory budget, so that
-/// many tiny entries cannot exceed it.
-const ENTRY_OVERHEAD: usize = 160;
+/// Bookkeeping per entry outside its buffer (the cache's node, key, the
+/// entry struct), counted against the memory budget so that `max_cost`
+/// tracks real memory even for many small entries.
+const ENTRY_OVERHEAD: usize = 512;
 
 impl CachedResponse {
-    /// Builds an entry, copying `body` into an exact-size buffer so that a
-    /// growable read buffer's spare capacity is not kept alive in the cache.
-    pub fn new(headers: HeaderMap, body: &[u8], ttl: Duration) -> Self {
-        let usage = if is_event_stream(&headers) {
-            sse_usage(body)
-        } else {
-            json_usage(body)
-        };
-        Self {
-            headers,
-            body: Bytes::copy_from_slice(body),
-            created: SystemTime::now(),
-            ttl,
-            usage,
+    /// An entry for a complete answer (headers are filtered with [`stored_headers`]).
+    pub fn new(headers: &HeaderMap, body: &[u8], ttl: Duration) -> Self {
+        let mut recorder = EntryRecorder::new(headers, Some(body.len() as u64), u64::MAX);
+        recorder.push(body);
+        recorder.build(ttl)
+    }
+
+    /// The body exactly as the upstream sent it.
+    pub fn body(&self) -> Bytes {
+        self.data.slice(self.header_len..)
+    }
+
+    /// Length of the body.
+    pub fn body_len(&self) -> usize {
+        self.data.len() - self.header_len
+    }
+
+    /// The stored response headers.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let block = &self.data[..self.header_len];
+        let mut at = 0;
+        while at + 4 <= block.len() {
+            let name_len = usize::from(u16::from_le_bytes([block[at], block[at + 1]]));
+            let value_len = usize::from(u16::from_le_bytes([block[at + 2], block[at + 3]]));
+            let name_at = at + 4;
+            let value_at = name_at + name_len;
+            at = value_at + value_len;
+            if at > block.len() {
+                break;
+            }
+            let name = HeaderName::from_bytes(&block[name_at..value_at]);
+            let value = HeaderValue::from_maybe_shared(self.data.slice(value_at..at));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
         }
+        headers
     }
 
     /// Bytes this entry costs in memory, for the cache's weigher.
     pub fn weight(&self) -> u32 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
-            .sum();
-        u32::try_from(self.body.len() + headers + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+        u32::try_from(self.data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
     }
 
     /// Whole seconds since the upstream answered (the `age` header).
     pub fn age_secs(&self) -> u64 {
         self.created.elapsed().map(|d| d.as_secs()).unwrap_or(0)
+    }
+}
+
+/// Records an answer into an entry as it streams past, up to a size limit.
+pub struct EntryRecorder {
+    buffer: Option<BytesMut>,
+    header_len: usize,
+    limit: u64,
+    event_stream: bool,
+}
+
+impl EntryRecorder {
+    /// Starts an entry for a response with `headers`; `body_len` (the
+    /// Content-Length, if any) lets the buffer be allocated once, exactly.
+    /// Bodies longer than `limit` are not recorded.
+    pub fn new(headers: &HeaderMap, body_len: Option<u64>, limit: u64) -> Self {
+        let kept: Vec<(&HeaderName, &HeaderValue)> = headers
+            .iter()
+            .filter(|(name, value)| {
+                !is_unstorable_header(name)
+                    && name.as_str().len() <= 0xffff
+                    && value.len() <= 0xffff
+            })
+            .collect();
+        let header_len: usize = kept
+            .iter()
+            .map(|(n, v)| 4 + n.as_str().len() + v.len())
+            .sum();
+        let body_capacity = body_len.filter(|len| *len <= limit).unwrap_or(0);
+        let capacity = header_len + usize::try_from(body_capacity).unwrap_or(0);
+        let mut buffer = BytesMut::with_capacity(capacity);
+        for (name, value) in kept {
+            // Both lengths were checked to fit in u16 above.
+            buffer.extend_from_slice(&(name.as_str().len() as u16).to_le_bytes());
+            buffer.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            buffer.extend_from_slice(name.as_str().as_bytes());
+            buffer.extend_from_slice(value.as_bytes());
+        }
+        Self {
+            buffer: (body_len.unwrap_or(0) <= limit).then_some(buffer),
+            header_len,
+            limit,
+            event_stream: is_event_stream(headers),
+        }
+    }
+
+    /// Appends body bytes; returns false once the body is over the limit
+    /// (nothing more is recorded).
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        if let Some(buffer) = self.buffer.as_mut() {
+            if (buffer.len() - self.header_len + data.len()) as u64 > self.limit {
+                self.buffer = None;
+            } else {
+                buffer.extend_from_slice(data);
+            }
+        }
+        self.buffer.is_some()
+    }
+
+    /// Whether the body is still being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.buffer.is_some()
+    }
+
+    /// The entry, if the recorded body is one worth keeping: within the
+    /// limit, and for event streams ending in their terminal event.
+    pub fn finish(self, ttl: Duration) -> Option<CachedResponse> {
+        let buffer = self.buffer.as_ref()?;
+        if self.event_stream && !sse_is_complete(&buffer[self.header_len..]) {
+            return None;
+        }
+        Some(self.build(ttl))
+    }
+
+    fn build(self, ttl: Duration) -> CachedResponse {
+        let buffer = self.buffer.unwrap_or_default();
+        // Keep exactly what was recorded: a buffer that grew keeps spare
+        // capacity, which would live as long as the entry.
+        let data = if buffer.len() == buffer.capacity() {
+            buffer.freeze()
+        } else {
+            Bytes::copy_from_slice(&buffer)
+        };
+        let body = &data[self.header_len..];
+        let usage = if self.event_stream {
+            sse_usage(body)
+        } else {
+            json_usage(body)
+        };
+        CachedResponse {
+            header_len: self.header_len,
+            data,
+            created: SystemTime::now(),
+            ttl,
+            usage,
+        }
     }
 }
 
@@ -105,17 +222,6 @@ fn is_unstorable_header(name: &HeaderName) -> bool {
         || name.starts_with("x-relaycache")
 }
 
-/// The subset of an upstream response's headers kept with an entry.
-pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !is_unstorable_header(name) {
-            kept.append(name.clone(), value.clone());
-        }
-    }
-    kept
-}
-
 /// Whether the upstream forbids storing this response.
 pub fn upstream_forbids_store(headers: &HeaderMap) -> bool {
     headers
@@ -142,11 +248,30 @@ fn usage_of(value: &Value) -> TokenUsage {
     }
 }
 
+/// Only `usage` is read; serde skips the rest of the answer without
+/// building it.
+#[derive(serde::Deserialize)]
+struct AnswerUsage {
+    #[serde(default)]
+    usage: Option<UsageFields>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageFields {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
 fn json_usage(body: &[u8]) -> TokenUsage {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("usage").map(usage_of))
-        .unwrap_or_default()
+    match serde_json::from_slice::<AnswerUsage>(body) {
+        Ok(AnswerUsage { usage: Some(u) }) => TokenUsage {
+            input: u.input_tokens.unwrap_or(0) + u.prompt_tokens.unwrap_or(0),
+            output: u.output_tokens.unwrap_or(0) + u.completion_tokens.unwrap_or(0),
+        },
+        _ => TokenUsage::default(),
+    }
 }
 
 /// Tokens of a streamed answer: Anthropic reports input in `message_start`
@@ -176,7 +301,7 @@ fn sse_usage(body: &[u8]) -> TokenUsage {
 
 /// Adds the answer headers of a cache hit.
 pub fn hit_headers(entry: &CachedResponse, tier: &'static str, key: &str) -> HeaderMap {
-    let mut headers = entry.headers.clone();
+    let mut headers = entry.headers();
     headers.insert(crate::headers::STATUS, HeaderValue::from_static("hit"));
     headers.insert(crate::headers::TIER, HeaderValue::from_static(tier));
     if let Ok(value) = HeaderValue::from_str(key) {
@@ -237,17 +362,56 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         h.insert("connection", "close".parse().unwrap());
         h.insert("anthropic-ratelimit-tokens-remaining", "9".parse().unwrap());
         h.insert("request-id", "req_1".parse().unwrap());
-        let kept = stored_headers(&h);
+        let kept = CachedResponse::new(&h, b"{}", Duration::from_secs(1)).headers();
         assert_eq!(kept.len(), 2);
         assert!(kept.contains_key("content-type") && kept.contains_key("request-id"));
     }
 
     #[test]
-    fn entry_body_is_exact_size_and_weighed() {
-        let mut buf = bytes::BytesMut::with_capacity(1 << 16);
-        buf.extend_from_slice(&[b'a'; 100]);
-        let entry = CachedResponse::new(HeaderMap::new(), &buf, Duration::from_secs(1));
-        assert_eq!(entry.body.len(), 100);
-        assert!(entry.weight() as usize >= 100 + ENTRY_OVERHEAD);
+    fn entry_is_one_exact_buffer_and_round_trips() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert(
+            "x-custom",
+            "v\u{e9}"
+                .parse::<HeaderValue>()
+                .unwrap_or(HeaderValue::from_static("v")),
+        );
+        let body = br#"{"usage":{"input_tokens":3,"output_tokens":4}}"#;
+        let entry = CachedResponse::new(&h, body, Duration::from_secs(1));
+        assert_eq!(&entry.body()[..], &body[..]);
+        assert_eq!(entry.headers(), h);
+        assert_eq!(
+            entry.usage,
+            TokenUsage {
+                input: 3,
+                output: 4
+            }
+        );
+        assert!(entry.weight() as usize >= body.len() + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn recorder_limits_and_completeness() {
+        let mut json = HeaderMap::new();
+        json.insert("content-type", "application/json".parse().unwrap());
+        let mut recorder = EntryRecorder::new(&json, None, 10);
+        assert!(recorder.push(b"0123456789"));
+        assert!(!recorder.push(b"x"), "over the limit");
+        assert!(recorder.finish(Duration::from_secs(1)).is_none());
+
+        let mut sse = HeaderMap::new();
+        sse.insert("content-type", "text/event-stream".parse().unwrap());
+        let mut broken = EntryRecorder::new(&sse, None, 1 << 20);
+        broken.push(b"event: message_start\ndata: {}\n\n");
+        assert!(
+            broken.finish(Duration::from_secs(1)).is_none(),
+            "no terminal event"
+        );
+        let mut whole = EntryRecorder::new(&sse, None, 1 << 20);
+        whole.push(b"event: message_start\ndata: {}\n\n");
+        whole.push(b"event: message_stop\ndata: {}\n\n");
+        let entry = whole.finish(Duration::from_secs(1)).unwrap();
+        assert!(entry.body().ends_with(b"data: {}\n\n"));
     }
 }

@@ -258,7 +258,13 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
 }
 
 fn write_json_string(s: &str, out: &mut Vec<u8>) {
-    if serde_json::to_writer(&mut *out, s).is_err() {
+    // Most strings in a prompt need no escaping; copy those straight through.
+    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
         out.extend_from_slice(b"\"\"");
     }
 }
@@ -307,6 +313,22 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"a":null,"b":[1,{"a":"x\n","z":1}]}"#
         );
+    }
+
+    #[test]
+    fn plain_and_escaped_strings_match_serde() {
+        for text in [
+            "plain text",
+            "quote \" here",
+            "back\\slash",
+            "tab\tnew\nline",
+            "\u{1}",
+            "caf\u{e9} \u{1F600}",
+        ] {
+            let mut ours = Vec::new();
+            write_json_string(text, &mut ours);
+            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
     }
 
     #[test]

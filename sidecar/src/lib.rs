@@ -17,6 +17,7 @@ pub mod key;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod recording;
 pub mod reply;
 pub mod server;
 pub mod telemetry;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -15,22 +15,19 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::body::{
-    boxed, full, ChannelBody, DeadlineBody, DeadlineExceeded, FrameSender, ProxyBody,
-};
+use crate::body::{boxed, full, DeadlineBody, ProxyBody};
 use crate::coalesce::{Flights, Join, Landing, Leader};
 use crate::config::{CacheConfig, Config, Mode};
-use crate::entry::{self, CachedResponse};
+use crate::entry::{self, CachedResponse, EntryRecorder};
 use crate::headers::{self, CacheStatus};
 use crate::key::{CacheKey, KeyBuilder, KeyParts};
 use crate::metrics::Metrics;
 use crate::policy::RequestPolicy;
+use crate::recording::{Destination, RecordingBody};
 use crate::reply;
 use crate::tier::MemoryTier;
-use crate::upstream::{error_chain, Upstream, UpstreamError, Upstreams};
+use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
-/// Frames buffered between the upstream reader and a slow client.
-const CLIENT_BUFFER_FRAMES: usize = 32;
 /// Times a follower starts over after leaders that had nothing to share.
 const MAX_FOLLOW_ATTEMPTS: usize = 3;
 
@@ -196,7 +193,7 @@ impl Proxy {
         let coalesce = &cache.settings.coalesce;
         for _ in 0..MAX_FOLLOW_ATTEMPTS {
             if keyed.policy.lookup {
-                if let Some(entry) = cache.memory.lookup(&keyed.key).await {
+                if let Some(entry) = cache.memory.lookup(&keyed.key) {
                     return self.serve_hit(&entry, &keyed.key, log);
                 }
             }
@@ -234,8 +231,8 @@ impl Proxy {
         self.metrics.output_tokens_saved.inc_by(entry.usage.output);
         self.metrics
             .bytes_served_from_cache
-            .inc_by(entry.body.len() as u64);
-        let mut response = Response::new(full(entry.body.clone()));
+            .inc_by(entry.body_len() as u64);
+        let mut response = Response::new(full(entry.body()));
         *response.headers_mut() = entry::hit_headers(entry, "memory", &key.to_string());
         response
     }
@@ -322,80 +319,29 @@ impl Proxy {
             return;
         }
 
-        let kept_headers = entry::stored_headers(&head.headers);
-        let (frames, client_body) = ChannelBody::new(CLIENT_BUFFER_FRAMES);
-        let _ = head_tx.send(Response::from_parts(head, boxed(client_body)));
-        let recorded = self
-            .relay_and_record(incoming, frames, deadline, &upstream)
-            .await;
-        let complete = recorded.as_ref().is_some_and(|body| {
-            !entry::is_event_stream(&kept_headers) || entry::sse_is_complete(body)
-        });
-        let answer = match recorded {
-            Some(body) if complete => {
-                let entry = Arc::new(CachedResponse::new(kept_headers, &body, policy.ttl));
-                self.memory.insert(key, Arc::clone(&entry)).await;
-                self.metrics.stores.inc();
-                Some(entry)
-            }
-            _ => None,
+        let recorder = EntryRecorder::new(
+            &head.headers,
+            declared_length_of(&head.headers),
+            self.cache_limit(),
+        );
+        let destination = Destination {
+            key,
+            ttl: policy.ttl,
+            memory: self.memory.clone(),
+            metrics: Arc::clone(&self.metrics),
+            leader,
+            upstream: Arc::clone(&upstream.name),
         };
-        if let Some(leader) = leader {
-            leader.land(answer);
-        }
-    }
-
-    /// Streams the upstream body to the client as it arrives and records it.
-    /// Returns the whole body if it arrived completely and fits an entry.
-    /// Keeps reading after the client leaves: the answer is paid for and
-    /// others may be waiting for it.
-    async fn relay_and_record(
-        &self,
-        mut incoming: Incoming,
-        frames: FrameSender,
-        deadline: Instant,
-        upstream: &Upstream,
-    ) -> Option<BytesMut> {
-        let limit = self.cache_limit();
-        let mut record = Some(BytesMut::new());
-        let mut client = Some(frames);
-        loop {
-            let frame = match tokio::time::timeout_at(deadline, incoming.frame()).await {
-                Ok(None) => return record,
-                Ok(Some(Ok(frame))) => frame,
-                Ok(Some(Err(err))) => {
-                    self.metrics.count_upstream_error(&upstream.name);
-                    tracing::warn!(upstream = %upstream.name, error = %error_chain(&err), "upstream answer broke off; not stored");
-                    if let Some(client) = client {
-                        client.abort(Box::new(err));
-                    }
-                    return None;
-                }
-                Err(_) => {
-                    self.metrics.count_upstream_error(&upstream.name);
-                    tracing::warn!(upstream = %upstream.name, "upstream answer exceeded total_timeout; not stored");
-                    if let Some(client) = client {
-                        client.abort(Box::new(DeadlineExceeded(upstream.total_timeout)));
-                    }
-                    return None;
-                }
-            };
-            if let (Some(data), Some(buffer)) = (frame.data_ref(), record.as_mut()) {
-                if (buffer.len() + data.len()) as u64 > limit {
-                    record = None;
-                } else {
-                    buffer.extend_from_slice(data);
-                }
-            }
-            if let Some(sender) = client.as_mut() {
-                if sender.send(frame).await.is_err() {
-                    client = None;
-                }
-            }
-            if client.is_none() && record.is_none() {
-                return None;
-            }
-        }
+        let body = RecordingBody::new(
+            incoming,
+            recorder,
+            destination,
+            deadline,
+            upstream.total_timeout,
+        );
+        // If the client left meanwhile, dropping the response here hands the
+        // answer to a task that finishes recording it.
+        let _ = head_tx.send(Response::from_parts(head, boxed(body)));
     }
 
     fn cache_limit(&self) -> u64 {

@@ -92,6 +92,7 @@ async fn broken_streams_are_not_stored() {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let request = Request::post(relay.url("/v1/messages"))
         .header("x-api-key", "k")
+        .header("anthropic-version", "2023-06-01")
         .header("x-mock-break-after", "3")
         .header("x-mock-event-delay-ms", "20")
         .body(Full::new(Bytes::from(q.clone())))
@@ -109,4 +110,47 @@ async fn broken_streams_are_not_stored() {
         "a broken stream was not stored"
     );
     assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_answer_is_still_stored_when_its_client_leaves_midway() {
+    let upstream = mock().await;
+    let mut config = config_for(&upstream.url());
+    config.cache.streaming = true;
+    let relay = Relay::start(&config);
+    let q = streamed_question("abandoned");
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = Request::post(relay.url("/v1/messages"))
+        .header("x-api-key", "k")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-mock-gate", "abandoned")
+        .body(Full::new(Bytes::from(q.clone())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    drop(body); // the client leaves after the first event
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    upstream.release("abandoned");
+
+    let mut replay = None;
+    for _ in 0..50 {
+        let reply = post_messages(&relay, "k", &q, &[]).await;
+        if reply.cache_status() == "hit" {
+            replay = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replay = replay.expect("the abandoned answer was recorded and stored");
+    assert!(String::from_utf8_lossy(&replay.body).contains("event: message_stop"));
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "recorded from the first call, not fetched again"
+    );
 }

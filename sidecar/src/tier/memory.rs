@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::sync::Cache;
 use moka::Expiry;
 use prometheus_client::metrics::counter::Counter;
 
@@ -62,19 +62,20 @@ impl MemoryTier {
         Self { cache, evictions }
     }
 
-    /// The entry under `key`, without going through the boxed trait call.
-    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
-        self.cache.get(key).await
+    /// The entry under `key`. Synchronous: a memory lookup never waits on
+    /// I/O, and the request path avoids a boxed future for it.
+    pub fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        self.cache.get(key)
     }
 
     /// Stores `entry`.
-    pub async fn insert(&self, key: CacheKey, entry: Arc<CachedResponse>) {
-        self.cache.insert(key, entry).await;
+    pub fn insert(&self, key: CacheKey, entry: Arc<CachedResponse>) {
+        self.cache.insert(key, entry);
     }
 
     /// Up-to-date counters (runs moka's pending maintenance first).
-    pub async fn current_stats(&self) -> TierStats {
-        self.cache.run_pending_tasks().await;
+    pub fn current_stats(&self) -> TierStats {
+        self.cache.run_pending_tasks();
         TierStats {
             entries: self.cache.entry_count(),
             bytes: self.cache.weighted_size(),
@@ -89,30 +90,30 @@ impl Tier for MemoryTier {
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>> {
-        Box::pin(async move { Ok(self.lookup(key).await) })
+        Box::pin(async move { Ok(self.lookup(key)) })
     }
 
     fn set<'a>(&'a self, key: CacheKey, entry: Arc<CachedResponse>) -> TierFuture<'a, ()> {
         Box::pin(async move {
-            self.insert(key, entry).await;
+            self.insert(key, entry);
             Ok(())
         })
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, bool> {
-        Box::pin(async move { Ok(self.cache.remove(key).await.is_some()) })
+        Box::pin(async move { Ok(self.cache.remove(key).is_some()) })
     }
 
     fn clear(&self) -> TierFuture<'_, ()> {
         Box::pin(async move {
             self.cache.invalidate_all();
-            self.cache.run_pending_tasks().await;
+            self.cache.run_pending_tasks();
             Ok(())
         })
     }
 
     fn stats(&self) -> TierFuture<'_, Option<TierStats>> {
-        Box::pin(async move { Ok(Some(self.current_stats().await)) })
+        Box::pin(async move { Ok(Some(self.current_stats())) })
     }
 }
 
@@ -123,7 +124,7 @@ mod tests {
 
     fn entry(bytes: usize, ttl: Duration) -> Arc<CachedResponse> {
         Arc::new(CachedResponse::new(
-            HeaderMap::new(),
+            &HeaderMap::new(),
             &vec![b'x'; bytes],
             ttl,
         ))
@@ -154,10 +155,9 @@ mod tests {
     async fn weighs_by_bytes_and_evicts() {
         let tier = MemoryTier::new(100_000, Counter::default());
         for i in 0..50u8 {
-            tier.insert(CacheKey([i; 32]), entry(10_000, Duration::from_secs(60)))
-                .await;
+            tier.insert(CacheKey([i; 32]), entry(10_000, Duration::from_secs(60)));
         }
-        let stats = tier.current_stats().await;
+        let stats = tier.current_stats();
         assert!(stats.bytes <= 100_000, "{stats:?}");
         assert!(stats.entries < 50 && stats.evictions > 0, "{stats:?}");
     }

@@ -1,0 +1,202 @@
+//! The body of a miss: relays the upstream's answer to the client frame by
+//! frame while recording it, and stores the entry when the answer is
+//! complete. A client that leaves early does not stop the recording: the
+//! rest of the answer is read by a task of its own, because it is paid for
+//! and other requests may be waiting for it.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{BoxError, DeadlineExceeded};
+use crate::coalesce::Leader;
+use crate::entry::EntryRecorder;
+use crate::key::CacheKey;
+use crate::metrics::Metrics;
+use crate::tier::MemoryTier;
+use crate::upstream::error_chain;
+
+/// Where a finished recording goes.
+pub struct Destination {
+    /// Key to store under.
+    pub key: CacheKey,
+    /// TTL of the entry.
+    pub ttl: Duration,
+    /// The tier that keeps it.
+    pub memory: MemoryTier,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Followers to hand the entry to.
+    pub leader: Option<Leader>,
+    /// Upstream name, for logs and metrics.
+    pub upstream: Arc<str>,
+}
+
+impl Destination {
+    /// Stores a complete recording (if worth keeping) and releases followers.
+    fn complete(self, recorder: EntryRecorder) {
+        let entry = recorder.finish(self.ttl).map(Arc::new);
+        if entry.is_none() {
+            tracing::debug!(key = %self.key, "answer not stored: over max_entry_bytes or an incomplete stream");
+        }
+        if let Some(entry) = &entry {
+            self.memory.insert(self.key, Arc::clone(entry));
+            self.metrics.stores.inc();
+        }
+        if let Some(leader) = self.leader {
+            leader.land(entry);
+        }
+    }
+
+    /// Gives up on a recording; followers try on their own.
+    fn fail(self, reason: &str) {
+        self.metrics.count_upstream_error(&self.upstream);
+        tracing::warn!(upstream = %self.upstream, reason, "upstream answer broke off; not stored");
+    }
+}
+
+/// Relays and records an upstream body.
+pub struct RecordingBody {
+    /// `None` only once handed to the task that finishes an abandoned answer.
+    incoming: Option<Incoming>,
+    /// `Some` until the recording is completed or given up.
+    recording: Option<(EntryRecorder, Destination)>,
+    deadline: Instant,
+    sleep: Pin<Box<Sleep>>,
+    limit: Duration,
+}
+
+impl RecordingBody {
+    /// Relays `incoming` into `recorder`, for `destination`, failing at
+    /// `deadline` (`limit` is the configured total timeout, for the error).
+    pub fn new(
+        incoming: Incoming,
+        recorder: EntryRecorder,
+        destination: Destination,
+        deadline: Instant,
+        limit: Duration,
+    ) -> Self {
+        Self {
+            incoming: Some(incoming),
+            recording: Some((recorder, destination)),
+            deadline,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            limit,
+        }
+    }
+
+    fn complete_if_ended(&mut self) {
+        if self.incoming.as_ref().is_none_or(Body::is_end_stream) {
+            if let Some((recorder, destination)) = self.recording.take() {
+                destination.complete(recorder);
+            }
+        }
+    }
+}
+
+impl Body for RecordingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(incoming) = this.incoming.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some((recorder, _))) =
+                    (frame.data_ref(), this.recording.as_mut())
+                {
+                    recorder.push(data);
+                }
+                this.complete_if_ended();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                if let Some((_, destination)) = this.recording.take() {
+                    destination.fail(&error_chain(&err));
+                }
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
+            Poll::Ready(None) => {
+                if let Some((recorder, destination)) = this.recording.take() {
+                    destination.complete(recorder);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    if let Some((_, destination)) = this.recording.take() {
+                        destination.fail("total_timeout exceeded");
+                    }
+                    Poll::Ready(Some(Err(Box::new(DeadlineExceeded(this.limit)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming
+            .as_ref()
+            .map(Body::size_hint)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RecordingBody {
+    fn drop(&mut self) {
+        self.complete_if_ended();
+        let Some((recorder, destination)) = self.recording.take() else {
+            return;
+        };
+        if !recorder.is_recording() && destination.leader.is_none() {
+            return; // Too big to keep and nobody waiting: let the upstream go.
+        }
+        let (Ok(runtime), Some(incoming)) =
+            (tokio::runtime::Handle::try_current(), self.incoming.take())
+        else {
+            return;
+        };
+        let deadline = self.deadline;
+        tracing::debug!(key = %destination.key, "client left before the answer ended; finishing it in the background");
+        runtime.spawn(finish_abandoned(incoming, recorder, destination, deadline));
+    }
+}
+
+/// Reads the rest of an answer whose client went away, then stores it.
+async fn finish_abandoned(
+    mut incoming: Incoming,
+    mut recorder: EntryRecorder,
+    destination: Destination,
+    deadline: Instant,
+) {
+    loop {
+        match tokio::time::timeout_at(deadline, incoming.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    recorder.push(data);
+                }
+            }
+            Ok(None) => return destination.complete(recorder),
+            Ok(Some(Err(err))) => return destination.fail(&error_chain(&err)),
+            Err(_) => return destination.fail("total_timeout exceeded"),
+        }
+    }
+}
