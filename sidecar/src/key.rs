@@ -17,6 +17,9 @@ use crate::config::{Isolation, KeyConfig, KeyHash};
 /// Version of the key derivation; part of every key.
 pub const KEY_FORMAT: &[u8] = b"relaycache-key/1";
 
+/// Version of the raw-request key (see [`KeyBuilder::raw_key`]).
+pub const RAW_KEY_FORMAT: &[u8] = b"relaycache-raw/1";
+
 /// Request headers that change the answer and so are part of the key.
 pub const KEYED_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
@@ -172,9 +175,19 @@ impl KeyBuilder {
         }
         let mut canonical = Vec::with_capacity(1024);
         write_canonical(body, &mut canonical);
+        self.hash_parts(KEY_FORMAT, parts, &canonical)
+    }
 
+    /// A key over the body's exact bytes, before any parsing. The same bytes
+    /// always give the same [`key`](Self::key), so a raw key seen once can
+    /// stand for its key: byte-identical repeats skip JSON canonicalization.
+    pub fn raw_key(&self, parts: KeyParts<'_>, body: &[u8]) -> CacheKey {
+        self.hash_parts(RAW_KEY_FORMAT, parts, body)
+    }
+
+    fn hash_parts(&self, format: &[u8], parts: KeyParts<'_>, body: &[u8]) -> CacheKey {
         let mut hasher = self.hasher();
-        hasher.field(KEY_FORMAT);
+        hasher.field(format);
         hasher.field(&parts.tenant.0);
         hasher.field(parts.method.as_bytes());
         hasher.field(parts.path.as_bytes());
@@ -198,7 +211,7 @@ impl KeyBuilder {
             }
             None => hasher.field(b"no-ns"),
         }
-        hasher.field(&canonical);
+        hasher.field(body);
         CacheKey(hasher.finish())
     }
 }

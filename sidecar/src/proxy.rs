@@ -45,7 +45,14 @@ struct CacheLayer {
     keys: KeyBuilder,
     memory: MemoryTier,
     flights: Flights,
+    /// Raw-request key → key, recorded when a request hits, so that
+    /// byte-identical repeats find their entry without parsing JSON.
+    aliases: moka::sync::Cache<CacheKey, CacheKey>,
 }
+
+/// Memory budget per alias slot: one alias (~200 bytes) per 8 KiB of
+/// `max_cost` keeps aliases within ~2.5% of the cache's own memory.
+const ALIAS_BUDGET_BYTES: u64 = 8192;
 
 impl CacheLayer {
     fn is_route(&self, path: &str) -> bool {
@@ -68,6 +75,7 @@ struct Keyed {
     parts: Parts,
     body: Bytes,
     key: CacheKey,
+    raw_key: CacheKey,
     policy: RequestPolicy,
 }
 
@@ -80,6 +88,10 @@ impl Proxy {
             keys: KeyBuilder::new(&config.cache.key, config.cache.isolation.clone()),
             memory: memory.clone(),
             flights: Flights::default(),
+            aliases: moka::sync::Cache::builder()
+                .max_capacity((config.cache.memory.max_cost / ALIAS_BUDGET_BYTES).max(1024))
+                .time_to_live(config.cache.max_ttl)
+                .build(),
         });
         Ok(Self {
             upstreams: Upstreams::new(&config.upstreams)?,
@@ -147,6 +159,23 @@ impl Proxy {
             Ok(body) => body,
             Err(response) => return response,
         };
+        let Some(tenant) = cache.keys.tenant(&parts.headers) else {
+            return self.bypass(parts, body, &upstream, log).await;
+        };
+        let key_parts = KeyParts {
+            tenant: &tenant,
+            method: parts.method.as_str(),
+            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers: &parts.headers,
+            namespace: policy.namespace.as_deref(),
+        };
+        let raw_key = cache.keys.raw_key(key_parts, &body);
+        if policy.lookup {
+            let known = cache.aliases.get(&raw_key);
+            if let Some((key, entry)) = known.and_then(|k| Some((k, cache.memory.lookup(&k)?))) {
+                return self.serve_hit(&entry, &key, log);
+            }
+        }
         let mut json: Value = match serde_json::from_slice(&body) {
             Ok(value @ Value::Object(_)) => value,
             // Not ours to judge: the upstream answers bad JSON with its own 400.
@@ -156,23 +185,12 @@ impl Proxy {
         if streamed && !cache.settings.streaming {
             return self.bypass(parts, body, &upstream, log).await;
         }
-        let Some(tenant) = cache.keys.tenant(&parts.headers) else {
-            return self.bypass(parts, body, &upstream, log).await;
-        };
-        let key = cache.keys.key(
-            KeyParts {
-                tenant: &tenant,
-                method: parts.method.as_str(),
-                path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-                headers: &parts.headers,
-                namespace: policy.namespace.as_deref(),
-            },
-            &mut json,
-        );
+        let key = cache.keys.key(key_parts, &mut json);
         let keyed = Keyed {
             parts,
             body,
             key,
+            raw_key,
             policy,
         };
         self.lookup_or_fetch(cache, keyed, &upstream, log).await
@@ -194,6 +212,7 @@ impl Proxy {
         for _ in 0..MAX_FOLLOW_ATTEMPTS {
             if keyed.policy.lookup {
                 if let Some(entry) = cache.memory.lookup(&keyed.key) {
+                    cache.aliases.insert(keyed.raw_key, keyed.key);
                     return self.serve_hit(&entry, &keyed.key, log);
                 }
             }
@@ -280,6 +299,7 @@ impl Proxy {
             body,
             key,
             policy,
+            ..
         } = keyed;
         let path = parts.uri.path().to_string();
         let deadline = Instant::now() + upstream.total_timeout;

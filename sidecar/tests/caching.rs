@@ -375,3 +375,35 @@ async fn disabled_mode_is_a_plain_proxy() {
     assert_eq!(second.cache_status(), "");
     assert_eq!(upstream.calls(), 2);
 }
+
+#[tokio::test]
+async fn byte_identical_repeats_and_reformatted_requests_share_an_entry() {
+    // Repeats of the exact bytes take the raw-key shortcut once a request
+    // hit; a reformatted body still finds the entry by its canonical key.
+    let upstream = mock().await;
+    let relay = Relay::start(&config_for(&upstream.url()));
+    let compact = r#"{"model":"m","messages":[{"role":"user","content":"alias"}]}"#;
+    let spaced = r#"{ "messages": [{"role": "user", "content": "alias"}], "model": "m" }"#;
+    assert_eq!(
+        post_messages(&relay, "k", compact, &[])
+            .await
+            .cache_status(),
+        "miss"
+    );
+    for body in [compact, compact, spaced, spaced, compact] {
+        assert_eq!(
+            post_messages(&relay, "k", body, &[]).await.cache_status(),
+            "hit"
+        );
+    }
+    // The shortcut never crosses tenants or bypasses controls.
+    assert_eq!(
+        post_messages(&relay, "other", compact, &[])
+            .await
+            .cache_status(),
+        "miss"
+    );
+    let refresh = post_messages(&relay, "k", compact, &[("cache-control", "no-cache")]).await;
+    assert_eq!(refresh.cache_status(), "refresh");
+    assert_eq!(upstream.calls(), 3);
+}
