@@ -12,21 +12,9 @@ async fn concurrent_identical_misses_make_one_upstream_call() {
     let upstream = mock().await;
     let relay = std::sync::Arc::new(Relay::start(&config_for(&upstream.url())));
     let q = question("herd");
-    let requests: Vec<_> = (0..20)
-        .map(|_| {
-            let relay = std::sync::Arc::clone(&relay);
-            let q = q.clone();
-            tokio::spawn(async move {
-                post_messages(&relay, "k", &q, &[("x-mock-delay-ms", "400")]).await
-            })
-        })
-        .collect();
-    let mut bodies = Vec::new();
-    for request in requests {
-        let reply = request.await.unwrap();
-        assert_eq!(reply.status, 200);
-        bodies.push(reply.body);
-    }
+    let replies = post_concurrently(&relay, 20, &q, &[("x-mock-delay-ms", "400")]).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let bodies: Vec<_> = replies.into_iter().map(|r| r.body).collect();
     assert_eq!(
         upstream.calls(),
         1,
@@ -84,19 +72,8 @@ async fn waiters_retry_when_the_leader_fails() {
     let relay = std::sync::Arc::new(Relay::start(&config_for(&upstream.url())));
     let q = question("leader-fails");
     upstream.fail_next(1);
-    let requests: Vec<_> = (0..5)
-        .map(|_| {
-            let relay = std::sync::Arc::clone(&relay);
-            let q = q.clone();
-            tokio::spawn(async move {
-                post_messages(&relay, "k", &q, &[("x-mock-delay-ms", "300")]).await
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for request in requests {
-        statuses.push(request.await.unwrap().status);
-    }
+    let replies = post_concurrently(&relay, 5, &q, &[("x-mock-delay-ms", "300")]).await;
+    let mut statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
     statuses.sort_unstable();
     assert_eq!(
         statuses,

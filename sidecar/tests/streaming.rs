@@ -5,12 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 
 fn streamed_question(tag: &str) -> String {
     serde_json::json!({"model": "m", "max_tokens": 64, "stream": true,
@@ -22,13 +18,8 @@ fn streamed_question(tag: &str) -> String {
 async fn first_event_is_not_held_back() {
     let upstream = mock().await;
     let relay = Relay::start(&config_for(&upstream.url()));
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = Request::post(relay.url("/v1/messages"))
-        .header("x-api-key", "k")
-        .header("x-mock-gate", "first-event")
-        .body(Full::new(Bytes::from(streamed_question("incremental"))))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
+    let q = streamed_question("incremental");
+    let response = open_messages(&relay, "k", &q, &[("x-mock-gate", "first-event")]).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.into_body();
     // The mock holds the rest of the stream until released: the first event
@@ -89,15 +80,8 @@ async fn broken_streams_are_not_stored() {
     config.cache.streaming = true;
     let relay = Relay::start(&config);
     let q = streamed_question("broken");
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = Request::post(relay.url("/v1/messages"))
-        .header("x-api-key", "k")
-        .header("anthropic-version", "2023-06-01")
-        .header("x-mock-break-after", "3")
-        .header("x-mock-event-delay-ms", "20")
-        .body(Full::new(Bytes::from(q.clone())))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
+    let breaking = [("x-mock-break-after", "3"), ("x-mock-event-delay-ms", "20")];
+    let response = open_messages(&relay, "k", &q, &breaking).await;
     assert_eq!(response.status(), 200);
     assert!(
         response.into_body().collect().await.is_err(),
@@ -119,21 +103,13 @@ async fn an_answer_is_still_stored_when_its_client_leaves_midway() {
     config.cache.streaming = true;
     let relay = Relay::start(&config);
     let q = streamed_question("abandoned");
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = Request::post(relay.url("/v1/messages"))
-        .header("x-api-key", "k")
-        .header("anthropic-version", "2023-06-01")
-        .header("x-mock-gate", "abandoned")
-        .body(Full::new(Bytes::from(q.clone())))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
+    let response = open_messages(&relay, "k", &q, &[("x-mock-gate", "abandoned")]).await;
     let mut body = response.into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
         .unwrap();
     assert!(first.is_some());
     drop(body); // the client leaves after the first event
-    drop(client);
     tokio::time::sleep(Duration::from_millis(200)).await;
     upstream.release("abandoned");
 

@@ -268,3 +268,46 @@ pub async fn mock() -> MockUpstream {
         .await
         .expect("mock upstream")
 }
+
+/// Sends a Messages request with credential `key` and returns the response
+/// as soon as its headers arrive, so a test can read the body frame by frame.
+pub async fn open_messages(
+    relay: &Relay,
+    key: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> http::Response<hyper::body::Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::post(relay.url("/v1/messages"))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    client.request(request).await.expect("request failed")
+}
+
+/// Sends `n` identical Messages requests at once and returns their replies.
+pub async fn post_concurrently(
+    relay: &Arc<Relay>,
+    n: usize,
+    body: &str,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<Reply> {
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let relay = Arc::clone(relay);
+            let body = body.to_string();
+            let extra = extra.to_vec();
+            tokio::spawn(async move { post_messages(&relay, "k", &body, &extra).await })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(n);
+    for request in requests {
+        replies.push(request.await.expect("request task"));
+    }
+    replies
+}
