@@ -32,6 +32,8 @@ pub struct AccessLog {
     pub tier: Option<&'static str>,
     /// Whether the request waited for an identical upstream call.
     pub coalesced: bool,
+    /// Whether the answer came from the reserve tier.
+    pub reserve_used: bool,
     bytes: u64,
     completed: bool,
 }
@@ -48,6 +50,7 @@ impl AccessLog {
             cache_status: None,
             tier: None,
             coalesced: false,
+            reserve_used: false,
             bytes: 0,
             completed: false,
         }
@@ -63,6 +66,7 @@ impl AccessLog {
             tier = self.tier.unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             coalesced = self.coalesced,
+            reserve_used = self.reserve_used,
             latency_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             bytes = self.bytes,
             completed = self.completed,

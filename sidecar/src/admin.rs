@@ -10,11 +10,13 @@ use subtle::ConstantTimeEq;
 use crate::body::{full, ProxyBody};
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
-use crate::tier::{MemoryTier, Tier};
+use crate::tier::reserve::ReserveTier;
+use crate::tier::{MemoryTier, Tier, TierStats};
 
 /// State the admin endpoints read.
 pub struct Admin {
     memory: MemoryTier,
+    reserve: Option<ReserveTier>,
     metrics: Arc<Metrics>,
     token: Option<String>,
     ready: Arc<AtomicBool>,
@@ -25,12 +27,14 @@ impl Admin {
     /// when shutdown starts, so load balancers stop sending traffic.
     pub fn new(
         memory: MemoryTier,
+        reserve: Option<ReserveTier>,
         metrics: Arc<Metrics>,
         token: Option<String>,
         ready: Arc<AtomicBool>,
     ) -> Self {
         Self {
             memory,
+            reserve,
             metrics,
             token,
             ready,
@@ -50,8 +54,8 @@ impl Admin {
                 }
             }
             (&Method::GET, "/metrics") => {
-                let stats = self.memory.current_stats();
-                let mut response = text(StatusCode::OK, &self.metrics.encode(stats));
+                let (memory, reserve) = self.census();
+                let mut response = text(StatusCode::OK, &self.metrics.encode(memory, reserve));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -59,18 +63,21 @@ impl Admin {
                 response
             }
             (&Method::GET, "/stats") => {
-                let stats = self.metrics.stats(self.memory.current_stats());
+                let (memory, reserve) = self.census();
+                let stats = self.metrics.stats(memory, reserve);
                 json(StatusCode::OK, &serde_json::to_value(stats).unwrap_or_default())
             }
             (&Method::DELETE, "/cache") => match self.refusal(&request) {
                 Some(refusal) => refusal,
-                None => match self.memory.clear().await {
-                    Ok(()) => {
-                        tracing::info!("purged every entry");
-                        json(StatusCode::OK, &serde_json::json!({"purged": "all"}))
+                None => {
+                    for tier in self.tiers() {
+                        if let Err(err) = tier.clear().await {
+                            return message(StatusCode::BAD_GATEWAY, &format!("{err}; retry the purge"));
+                        }
                     }
-                    Err(err) => message(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
-                },
+                    tracing::info!("purged every entry");
+                    json(StatusCode::OK, &serde_json::json!({"purged": "all"}))
+                }
             },
             (&Method::DELETE, p) if p.starts_with("/cache/") => match self.refusal(&request) {
                 Some(refusal) => refusal,
@@ -81,13 +88,15 @@ impl Admin {
                             "the key must be the 64 hex characters of an x-relaycache-key header",
                         );
                     };
-                    match self.memory.delete(&key).await {
-                        Ok(removed) => {
-                            tracing::info!(%key, removed, "purged one entry");
-                            json(StatusCode::OK, &serde_json::json!({"purged": key.to_string(), "removed": removed}))
+                    let mut removed = false;
+                    for tier in self.tiers() {
+                        match tier.delete(&key).await {
+                            Ok(found) => removed |= found,
+                            Err(err) => return message(StatusCode::BAD_GATEWAY, &format!("{err}; retry the purge")),
                         }
-                        Err(err) => message(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
                     }
+                    tracing::info!(%key, removed, "purged one entry");
+                    json(StatusCode::OK, &serde_json::json!({"purged": key.to_string(), "removed": removed}))
                 }
             },
             _ => message(
@@ -95,6 +104,24 @@ impl Admin {
                 "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats or DELETE /cache[/KEY]",
             ),
         }
+    }
+
+    /// Every tier, nearest first.
+    fn tiers(&self) -> Vec<&dyn Tier> {
+        let mut tiers: Vec<&dyn Tier> = vec![&self.memory];
+        if let Some(reserve) = &self.reserve {
+            tiers.push(reserve);
+        }
+        tiers
+    }
+
+    fn census(&self) -> (TierStats, TierStats) {
+        let reserve = self
+            .reserve
+            .as_ref()
+            .map(ReserveTier::census)
+            .unwrap_or_default();
+        (self.memory.current_stats(), reserve)
     }
 
     /// The response refusing a purge, or `None` when the caller may purge.

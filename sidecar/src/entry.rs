@@ -46,6 +46,22 @@ impl CachedResponse {
         recorder.build(ttl)
     }
 
+    /// An entry read back from a longer-lived tier, keeping its original
+    /// creation time and token usage; `ttl` runs from `created`.
+    pub fn restore(
+        headers: &HeaderMap,
+        body: &[u8],
+        created: SystemTime,
+        ttl: Duration,
+        usage: TokenUsage,
+    ) -> Self {
+        let mut entry = Self::new(headers, body, ttl);
+        entry.created = created;
+        entry.ttl = created.elapsed().map(|age| ttl + age).unwrap_or(ttl);
+        entry.usage = usage;
+        entry
+    }
+
     /// The body exactly as the upstream sent it.
     pub fn body(&self) -> Bytes {
         self.data.slice(self.header_len..)

@@ -59,6 +59,7 @@ pub async fn run(
     let token = Some(config.server.admin_token.clone()).filter(|t| !t.is_empty());
     let admin = Arc::new(Admin::new(
         proxy.memory().clone(),
+        proxy.reserve().cloned(),
         metrics,
         token,
         Arc::clone(&ready),
@@ -110,6 +111,9 @@ pub async fn run(
         );
     }
     let _ = proxy.memory().close().await;
+    if let Some(reserve) = proxy.reserve() {
+        let _ = reserve.close().await;
+    }
     tracing::info!("relaycache stopped");
     Ok(())
 }

@@ -28,6 +28,111 @@ pub struct UpstreamLabels {
     pub upstream: String,
 }
 
+/// Metrics of the reserve (object-storage) tier.
+#[derive(Default)]
+pub struct ReserveMetrics {
+    /// Answers served from the reserve.
+    pub reads: Counter,
+    /// Entries written.
+    pub writes: Counter,
+    /// Store operations that failed.
+    pub failures: Counter,
+    /// Writes dropped because the queue was full.
+    pub dropped: Counter,
+    /// Answers kept out (TTL below min_ttl or too large).
+    pub not_admitted: Counter,
+    /// Retention extensions written.
+    pub extensions: Counter,
+    /// Entries removed because they could not be read.
+    pub removed: Counter,
+    /// Entries removed by the sweeper because they expired.
+    pub expired: Counter,
+    /// Answer bytes served from the reserve instead of the upstream.
+    pub upstream_bytes_saved: Counter,
+    /// Prompt tokens of answers served from the reserve.
+    pub input_tokens_saved: Counter,
+    /// Completion tokens of answers served from the reserve.
+    pub output_tokens_saved: Counter,
+    /// Entries at the last complete sweep.
+    pub entries: Gauge<i64, AtomicI64>,
+    /// Bytes at the last complete sweep.
+    pub bytes: Gauge<i64, AtomicI64>,
+    /// Store writes under way.
+    pub in_flight: std::sync::atomic::AtomicU64,
+}
+
+impl ReserveMetrics {
+    /// Store writes under way.
+    pub fn writes_in_flight(&self) -> u64 {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let counters: [(&str, &str, &Counter); 11] = [
+            ("reads", "Answers served from the reserve", &self.reads),
+            ("writes", "Entries written to the reserve", &self.writes),
+            (
+                "failures",
+                "Reserve store operations that failed",
+                &self.failures,
+            ),
+            (
+                "dropped",
+                "Reserve writes dropped because the queue was full",
+                &self.dropped,
+            ),
+            (
+                "not_admitted",
+                "Answers kept out of the reserve (TTL or size)",
+                &self.not_admitted,
+            ),
+            (
+                "extensions",
+                "Reserve retention extensions written",
+                &self.extensions,
+            ),
+            (
+                "removed",
+                "Unreadable reserve entries removed",
+                &self.removed,
+            ),
+            (
+                "expired",
+                "Expired reserve entries removed by the sweeper",
+                &self.expired,
+            ),
+            (
+                "upstream_bytes_saved",
+                "Answer bytes served from the reserve",
+                &self.upstream_bytes_saved,
+            ),
+            (
+                "input_tokens_saved",
+                "Prompt tokens of answers served from the reserve",
+                &self.input_tokens_saved,
+            ),
+            (
+                "output_tokens_saved",
+                "Completion tokens of answers served from the reserve",
+                &self.output_tokens_saved,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "entries",
+            "Reserve entries at the last complete sweep",
+            self.entries.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Reserve bytes at the last complete sweep",
+            self.bytes.clone(),
+        );
+    }
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +161,8 @@ pub struct Metrics {
     /// The request counters by status, resolved once: counting a request
     /// must not take the family's lock and hash its labels.
     by_status: [Counter; 4],
+    /// The reserve tier.
+    pub reserve: ReserveMetrics,
 }
 
 fn status_index(status: CacheStatus) -> usize {
@@ -146,6 +253,8 @@ impl Metrics {
             "Bytes held in memory (weighed)",
             bytes.clone(),
         );
+        let reserve = ReserveMetrics::default();
+        reserve.register(registry.sub_registry_with_prefix("reserve"));
         let by_status = [
             CacheStatus::Hit,
             CacheStatus::Miss,
@@ -158,6 +267,7 @@ impl Metrics {
                 .clone()
         });
         Self {
+            reserve,
             by_status,
             registry: root,
             requests,
@@ -201,8 +311,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition, after refreshing the memory gauges.
-    pub fn encode(&self, memory: TierStats) -> String {
+    /// Prometheus text exposition, after refreshing the tier gauges.
+    pub fn encode(&self, memory: TierStats, reserve: TierStats) -> String {
+        self.reserve
+            .entries
+            .set(i64::try_from(reserve.entries).unwrap_or(i64::MAX));
+        self.reserve
+            .bytes
+            .set(i64::try_from(reserve.bytes).unwrap_or(i64::MAX));
         self.entries
             .set(i64::try_from(memory.entries).unwrap_or(i64::MAX));
         self.bytes
@@ -215,7 +331,8 @@ impl Metrics {
     }
 
     /// The `/stats` summary.
-    pub fn stats(&self, memory: TierStats) -> Stats {
+    pub fn stats(&self, memory: TierStats, reserve: TierStats) -> Stats {
+        let r = &self.reserve;
         let hits = self.requests_with(CacheStatus::Hit);
         let misses =
             self.requests_with(CacheStatus::Miss) + self.requests_with(CacheStatus::Refresh);
@@ -235,6 +352,19 @@ impl Metrics {
             },
             input_tokens_saved: self.input_tokens_saved.get(),
             output_tokens_saved: self.output_tokens_saved.get(),
+            reserve: ReserveStats {
+                entries: reserve.entries,
+                bytes: reserve.bytes,
+                reads: r.reads.get(),
+                writes: r.writes.get(),
+                failures: r.failures.get(),
+                dropped: r.dropped.get(),
+                not_admitted: r.not_admitted.get(),
+                expired: r.expired.get(),
+                upstream_bytes_saved: r.upstream_bytes_saved.get(),
+                input_tokens_saved: r.input_tokens_saved.get(),
+                output_tokens_saved: r.output_tokens_saved.get(),
+            },
         }
     }
 }
@@ -261,5 +391,34 @@ pub struct Stats {
     /// Prompt tokens saved by hits.
     pub input_tokens_saved: u64,
     /// Completion tokens saved by hits.
+    pub output_tokens_saved: u64,
+    /// The reserve tier.
+    pub reserve: ReserveStats,
+}
+
+/// The reserve part of `/stats`.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ReserveStats {
+    /// Entries at the last complete sweep.
+    pub entries: u64,
+    /// Bytes at the last complete sweep.
+    pub bytes: u64,
+    /// Answers served from the reserve.
+    pub reads: u64,
+    /// Entries written.
+    pub writes: u64,
+    /// Store operations that failed.
+    pub failures: u64,
+    /// Writes dropped because the queue was full.
+    pub dropped: u64,
+    /// Answers kept out (TTL or size).
+    pub not_admitted: u64,
+    /// Expired entries removed.
+    pub expired: u64,
+    /// Upstream answer bytes the reserve saved.
+    pub upstream_bytes_saved: u64,
+    /// Prompt tokens the reserve saved.
+    pub input_tokens_saved: u64,
+    /// Completion tokens the reserve saved.
     pub output_tokens_saved: u64,
 }

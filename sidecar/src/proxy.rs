@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::policy::RequestPolicy;
 use crate::recording::{Destination, RecordingBody};
 use crate::reply;
+use crate::tier::reserve::{ReserveError, ReserveTier};
 use crate::tier::MemoryTier;
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
@@ -37,6 +38,9 @@ pub enum ProxyError {
     /// An upstream could not be set up.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The reserve store could not be opened.
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
 }
 
 /// The caching part of the proxy; absent in `disabled` mode.
@@ -48,6 +52,8 @@ struct CacheLayer {
     /// Raw-request key → key, recorded when a request hits, so that
     /// byte-identical repeats find their entry without parsing JSON.
     aliases: moka::sync::Cache<CacheKey, CacheKey>,
+    /// L3, when configured.
+    reserve: Option<ReserveTier>,
 }
 
 /// Memory budget per alias slot: one alias (~200 bytes) per 8 KiB of
@@ -83,7 +89,12 @@ impl Proxy {
     /// Builds the proxy from a validated configuration.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
         let memory = MemoryTier::new(config.cache.memory.max_cost, metrics.evictions.clone());
-        let cache = (config.cache.mode != Mode::Disabled).then(|| CacheLayer {
+        let caching = config.cache.mode != Mode::Disabled;
+        let reserve = match &config.cache.reserve {
+            r if caching && !r.url.is_empty() => Some(ReserveTier::open(r, Arc::clone(&metrics))?),
+            _ => None,
+        };
+        let cache = caching.then(|| CacheLayer {
             settings: config.cache.clone(),
             keys: KeyBuilder::new(&config.cache.key, config.cache.isolation.clone()),
             memory: memory.clone(),
@@ -92,6 +103,7 @@ impl Proxy {
                 .max_capacity((config.cache.memory.max_cost / ALIAS_BUDGET_BYTES).max(1024))
                 .time_to_live(config.cache.max_ttl)
                 .build(),
+            reserve,
         });
         Ok(Self {
             upstreams: Upstreams::new(&config.upstreams)?,
@@ -106,6 +118,11 @@ impl Proxy {
     /// The memory tier (for the admin endpoints).
     pub fn memory(&self) -> &MemoryTier {
         &self.memory
+    }
+
+    /// The reserve tier, when configured.
+    pub fn reserve(&self) -> Option<&ReserveTier> {
+        self.cache.as_ref().and_then(|c| c.reserve.as_ref())
     }
 
     /// Handles one client request; never fails, errors become responses.
@@ -173,7 +190,7 @@ impl Proxy {
         if policy.lookup {
             let known = cache.aliases.get(&raw_key);
             if let Some((key, entry)) = known.and_then(|k| Some((k, cache.memory.lookup(&k)?))) {
-                return self.serve_hit(&entry, &key, log);
+                return self.serve_hit(&entry, &key, "memory", log);
             }
         }
         let mut json: Value = match serde_json::from_slice(&body) {
@@ -213,7 +230,7 @@ impl Proxy {
             if keyed.policy.lookup {
                 if let Some(entry) = cache.memory.lookup(&keyed.key) {
                     cache.aliases.insert(keyed.raw_key, keyed.key);
-                    return self.serve_hit(&entry, &keyed.key, log);
+                    return self.serve_hit(&entry, &keyed.key, "memory", log);
                 }
             }
             if !coalesce.enabled {
@@ -221,38 +238,67 @@ impl Proxy {
             }
             match cache.flights.join(keyed.key, coalesce.max_waiters) {
                 Join::Lead(leader) => {
-                    return self.fetch(keyed, upstream, status, Some(leader), log).await
+                    return self
+                        .fill(cache, keyed, upstream, status, Some(leader), log)
+                        .await
                 }
                 Join::Alone => break,
                 Join::Follow(follower) => {
                     self.metrics.coalesced_waits.inc();
                     log.coalesced = true;
                     match follower.wait(coalesce.wait_timeout).await {
-                        Landing::Answer(entry) => return self.serve_hit(&entry, &keyed.key, log),
+                        Landing::Answer(entry) => {
+                            return self.serve_hit(&entry, &keyed.key, "memory", log)
+                        }
                         Landing::Nothing => continue,
                         Landing::TimedOut => break,
                     }
                 }
             }
         }
-        self.fetch(keyed, upstream, status, None, log).await
+        self.fill(cache, keyed, upstream, status, None, log).await
+    }
+
+    /// Below memory: the reserve, then the upstream. A reserve hit is
+    /// promoted to memory and handed to the followers.
+    async fn fill(
+        self: &Arc<Self>,
+        cache: &CacheLayer,
+        keyed: Keyed,
+        upstream: &Arc<Upstream>,
+        status: CacheStatus,
+        leader: Option<Leader>,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        if let (true, Some(reserve)) = (keyed.policy.lookup, &cache.reserve) {
+            if let Some(entry) = reserve.lookup(&keyed.key).await {
+                cache.memory.insert(keyed.key, Arc::clone(&entry));
+                if let Some(leader) = leader {
+                    leader.land(Some(Arc::clone(&entry)));
+                }
+                log.reserve_used = true;
+                return self.serve_hit(&entry, &keyed.key, "reserve", log);
+            }
+        }
+        self.fetch(keyed, upstream, status, leader, log).await
     }
 
     fn serve_hit(
         &self,
         entry: &CachedResponse,
         key: &CacheKey,
+        tier: &'static str,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
         log.cache_status = Some(CacheStatus::Hit);
-        log.tier = Some("memory");
+        log.tier = Some(tier);
         self.metrics.input_tokens_saved.inc_by(entry.usage.input);
         self.metrics.output_tokens_saved.inc_by(entry.usage.output);
         self.metrics
             .bytes_served_from_cache
             .inc_by(entry.body_len() as u64);
         let mut response = Response::new(full(entry.body()));
-        *response.headers_mut() = entry::hit_headers(entry, "memory", &key.to_string());
+        *response.headers_mut() = entry::hit_headers(entry, tier, &key.to_string());
         response
     }
 
@@ -351,6 +397,7 @@ impl Proxy {
             metrics: Arc::clone(&self.metrics),
             leader,
             upstream: Arc::clone(&upstream.name),
+            reserve: self.reserve().cloned(),
         };
         let body = RecordingBody::new(
             incoming,

@@ -21,6 +21,7 @@ use crate::coalesce::Leader;
 use crate::entry::EntryRecorder;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
+use crate::tier::reserve::ReserveTier;
 use crate::tier::MemoryTier;
 use crate::upstream::error_chain;
 
@@ -38,6 +39,8 @@ pub struct Destination {
     pub leader: Option<Leader>,
     /// Upstream name, for logs and metrics.
     pub upstream: Arc<str>,
+    /// The long-lived tier that gets a copy, when configured.
+    pub reserve: Option<ReserveTier>,
 }
 
 impl Destination {
@@ -50,6 +53,9 @@ impl Destination {
         if let Some(entry) = &entry {
             self.memory.insert(self.key, Arc::clone(entry));
             self.metrics.stores.inc();
+            if let Some(reserve) = &self.reserve {
+                reserve.admit(self.key, entry);
+            }
         }
         if let Some(leader) = self.leader {
             leader.land(entry);

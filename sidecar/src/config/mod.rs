@@ -321,11 +321,27 @@ impl Default for HaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReserveConfig {
-    /// Store URL; empty disables the tier.
+    /// Store URL (`file://`, `s3://`, `gs://`, `az://`, `memory://`); empty disables the tier.
     pub url: String,
-    /// How long an entry is kept after its last read.
+    /// How long an entry is kept after it was written or last read.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Answers stored with a shorter TTL stay out of the reserve.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Larger answers stay out of the reserve.
+    pub max_entry_bytes: u64,
+    /// Entries waiting to be written; when full, new ones are dropped (and counted).
+    pub queue: usize,
+    /// Time between sweeps that remove expired entries.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Objects a sweep examines at most; the next sweep carries on from there.
+    pub sweep_batch: usize,
+    /// Options passed to the store, e.g. `aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_allow_http`. The usual environment
+    /// variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) are read as well.
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ReserveConfig {
@@ -333,6 +349,12 @@ impl Default for ReserveConfig {
         Self {
             url: String::new(),
             retention: Duration::from_secs(720 * 3600),
+            min_ttl: Duration::from_secs(600),
+            max_entry_bytes: 4 * 1024 * 1024,
+            queue: 1024,
+            sweep_interval: Duration::from_secs(600),
+            sweep_batch: 1000,
+            options: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -138,11 +138,38 @@ impl Config {
             "cache.mode",
             "ha is not available in this release; use single (or disabled)",
         );
-        c.check(
-            cache.reserve.url.is_empty(),
-            "cache.reserve.url",
-            "the reserve tier is not available in this release; leave it empty",
-        );
+        let reserve = &cache.reserve;
+        if !reserve.url.is_empty() {
+            let scheme = url::Url::parse(&reserve.url).map(|u| u.scheme().to_string());
+            c.check(
+                matches!(scheme.as_deref(), Ok("file" | "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" | "memory")),
+                "cache.reserve.url",
+                format!(
+                    "{:?} is not a store URL; use file:///path, s3://bucket/prefix, gs://bucket, az://container or memory://",
+                    reserve.url
+                ),
+            );
+            c.check(
+                !reserve.retention.is_zero(),
+                "cache.reserve.retention",
+                "must be longer than 0s",
+            );
+            c.check(
+                reserve.queue > 0,
+                "cache.reserve.queue",
+                "must be greater than 0",
+            );
+            c.check(
+                reserve.sweep_batch > 0,
+                "cache.reserve.sweep_batch",
+                "must be greater than 0",
+            );
+            c.check(
+                !reserve.sweep_interval.is_zero(),
+                "cache.reserve.sweep_interval",
+                "must be longer than 0s",
+            );
+        }
         c.check(!cache.ttl.is_zero(), "cache.ttl", "must be longer than 0s");
         c.check(
             cache.max_ttl >= cache.ttl,
@@ -251,9 +278,13 @@ cache:
     }
 
     #[test]
-    fn ha_and_reserve_are_refused_until_available() {
-        let found = issues("cache:\n  mode: ha\n  reserve:\n    url: file:///tmp/x\n");
+    fn ha_is_refused_until_available_and_reserve_urls_are_checked() {
+        let found = issues("cache:\n  mode: ha\n  reserve:\n    url: ftp://x/y\n    queue: 0\n");
         let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
-        assert_eq!(paths, ["cache.mode", "cache.reserve.url"]);
+        assert_eq!(
+            paths,
+            ["cache.mode", "cache.reserve.url", "cache.reserve.queue"]
+        );
+        assert!(Config::from_yaml("cache:\n  reserve:\n    url: file:///tmp/x\n").is_ok());
     }
 }

@@ -13,8 +13,13 @@ use super::{Tier, TierFuture, TierStats};
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
-/// Gives each entry the TTL it was stored with.
+/// Expires each entry at `created + ttl`, so an entry restored from a
+/// longer-lived tier keeps its original deadline rather than a new full TTL.
 struct EntryTtl;
+
+fn remaining(entry: &CachedResponse) -> Duration {
+    entry.ttl.saturating_sub(entry.created.elapsed().unwrap_or_default())
+}
 
 impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {
     fn expire_after_create(
@@ -23,7 +28,7 @@ impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {
         value: &Arc<CachedResponse>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(remaining(value))
     }
 
     fn expire_after_update(
@@ -33,7 +38,7 @@ impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(remaining(value))
     }
 }
 

@@ -1,7 +1,8 @@
-//! Cache tiers, nearest first: memory (L1); peers (L2) and the reserve
-//! (L3) slot in behind the same interface.
+//! Cache tiers, nearest first: memory (L1), peers (L2, to come) and the
+//! reserve in object storage (L3), behind one interface.
 
 pub mod memory;
+pub mod reserve;
 
 use std::future::Future;
 use std::pin::Pin;
