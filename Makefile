@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CONFIG ?=
 
-.PHONY: help run demo build release test toolchain fmt fmt-check lint unit bench clean
+.PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,7 +32,10 @@ fmt-check: toolchain
 lint: toolchain ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: ## Every Rust test (unit and integration)
+test-deps: ## Install what the tests need: moto, a local S3-compatible server
+	@command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]'
+
+unit: test-deps ## Every Rust test (unit and integration)
 	$(CARGO) test --workspace
 
 test: fmt-check lint unit ## Everything CI runs: format check, clippy, all tests

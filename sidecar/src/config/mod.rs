@@ -333,6 +333,12 @@ pub struct ReserveConfig {
     pub max_entry_bytes: u64,
     /// Entries waiting to be written; when full, new ones are dropped (and counted).
     pub queue: usize,
+    /// Longest a request waits for the store before treating it as a miss.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Longest a background write may take before it is abandoned (and counted).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Time between sweeps that remove expired entries.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
@@ -352,6 +358,8 @@ impl Default for ReserveConfig {
             min_ttl: Duration::from_secs(600),
             max_entry_bytes: 4 * 1024 * 1024,
             queue: 1024,
+            read_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(600),
             sweep_batch: 1000,
             options: std::collections::BTreeMap::new(),

@@ -18,7 +18,9 @@ use crate::key::CacheKey;
 struct EntryTtl;
 
 fn remaining(entry: &CachedResponse) -> Duration {
-    entry.ttl.saturating_sub(entry.created.elapsed().unwrap_or_default())
+    entry
+        .ttl
+        .saturating_sub(entry.created.elapsed().unwrap_or_default())
 }
 
 impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {

@@ -194,9 +194,25 @@ impl ReserveTier {
         Ok(Self { inner, jobs })
     }
 
-    /// The live entry under `key`, if the reserve has one. Store errors and
-    /// undecodable entries are misses (and counted; the latter removed).
+    /// The live entry under `key`, if the reserve has one. Store errors, a
+    /// store slower than `read_timeout`, and undecodable entries are misses
+    /// (and counted; undecodable entries are removed).
     pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        let timeout = self.inner.settings.read_timeout;
+        match tokio::time::timeout(timeout, self.read(key)).await {
+            Ok(found) => found,
+            Err(_) => {
+                self.inner.metrics.reserve.failures.inc();
+                tracing::warn!(
+                    ?timeout,
+                    "reserve store did not answer within read_timeout; treating it as a miss"
+                );
+                None
+            }
+        }
+    }
+
+    async fn read(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
         let inner = &self.inner;
         let (meta_path, body_path) = inner.paths(key);
         let (meta, body) = tokio::join!(inner.store.get(&meta_path), inner.store.get(&body_path));
@@ -358,6 +374,20 @@ impl Inner {
     }
 
     async fn run(&self, job: Job) {
+        let timeout = self.settings.write_timeout;
+        if tokio::time::timeout(timeout, self.run_job(job))
+            .await
+            .is_err()
+        {
+            self.metrics.reserve.failures.inc();
+            tracing::warn!(
+                ?timeout,
+                "reserve write did not finish within write_timeout; abandoned"
+            );
+        }
+    }
+
+    async fn run_job(&self, job: Job) {
         let reserve = &self.metrics.reserve;
         match job {
             Job::Write { key, entry } => match self.write(&key, &entry).await {
@@ -597,8 +627,14 @@ mod tests {
         assert_eq!(found.usage, stored.usage);
         // The TTL still runs from the original creation.
         assert!(found.ttl.abs_diff(Duration::from_secs(60)) < Duration::from_millis(50));
-        let drift = stored.created.duration_since(found.created).unwrap_or_default();
-        assert!(drift < Duration::from_millis(1), "created is kept (to the millisecond)");
+        let drift = stored
+            .created
+            .duration_since(found.created)
+            .unwrap_or_default();
+        assert!(
+            drift < Duration::from_millis(1),
+            "created is kept (to the millisecond)"
+        );
         assert_eq!(metrics.reserve.reads.get(), 1);
         assert_eq!(metrics.reserve.input_tokens_saved.get(), 7);
         assert!(reserve.lookup(&CacheKey([4; 32])).await.is_none());

@@ -311,3 +311,104 @@ pub async fn post_concurrently(
     }
     replies
 }
+
+/// A local S3-compatible server (moto), for the reserve tier's tests.
+pub struct S3Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl S3Server {
+    /// Starts moto's server. `None` (with a note on stderr) where moto is
+    /// not installed and this is not CI; `make test` installs it, and CI
+    /// must not skip.
+    pub fn start(extra_env: &[(&str, &str)]) -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let mut command = Command::new("moto_server");
+        command
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipped: cannot start moto_server ({err}); `make test` installs it");
+                return None;
+            }
+            Err(err) => panic!("moto_server is required in CI: {err}"),
+        };
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let server = Self { child, endpoint };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("moto_server did not listen on {port} within 10s");
+    }
+
+    /// Creates a bucket (moto accepts unsigned requests when auth is off).
+    pub async fn create_bucket(&self, name: &str) {
+        let reply = send(
+            Method::PUT,
+            &format!("{}/{name}", self.endpoint),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "create bucket: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+
+    /// Store options for relaycache's `cache.reserve.options`.
+    pub fn options(&self, key_id: &str) -> std::collections::BTreeMap<String, String> {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", key_id),
+            ("aws_secret_access_key", "relaycache-test-secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Relay {
+    /// Polls `/stats` until `pick` returns true, at most 15 s.
+    pub async fn wait_for_stats(
+        &self,
+        what: &str,
+        pick: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        for _ in 0..300 {
+            let stats = self.stats().await;
+            if pick(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not reached; last stats {}", self.stats().await);
+    }
+}
