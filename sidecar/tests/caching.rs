@@ -407,3 +407,32 @@ async fn byte_identical_repeats_and_reformatted_requests_share_an_entry() {
     assert_eq!(refresh.cache_status(), "refresh");
     assert_eq!(upstream.calls(), 3);
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_too() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let upstream = mock().await;
+    let relay = Relay::start(&config_for(&upstream.url()));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let request = http::Request::post(relay.url("/v1/messages"))
+            .header("x-api-key", "k")
+            .body(Full::new(Bytes::from(question("h2"))))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        statuses.push(
+            response.headers()["x-relaycache-status"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(statuses, ["miss", "hit"]);
+    assert_eq!(upstream.calls(), 1);
+}
