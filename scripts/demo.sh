@@ -18,10 +18,10 @@ for _ in $(seq 50); do
 done
 
 ask() {
-  curl -sS -o /dev/null -w '%{http_code} in %{time_total}s  ' -D - http://127.0.0.1:8787/v1/messages \
+  curl -sS -o /dev/null -w 'HTTP %{http_code} in %{time_total}s\n' -D - http://127.0.0.1:8787/v1/messages \
     -H 'x-api-key: demo-key' -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
     -d '{"model":"claude-demo","max_tokens":64,"messages":[{"role":"user","content":"Hello, cache"}]}' \
-    | grep -i -E '^x-relaycache-(status|tier)' | tr -d '\r' | tr '\n' ' '
+    | grep -i -E '^(x-relaycache-(status|tier)|HTTP [0-9]+ in)' | tr -d '\r' | tr '\n' ' '
   echo
 }
 echo "first ask:  $(ask)"
