@@ -82,6 +82,47 @@ pub struct MockUpstream {
 impl MockUpstream {
     /// Starts serving on `addr` (use port 0 for any free port).
     pub async fn start(addr: &str, options: MockOptions) -> std::io::Result<Self> {
+        Self::start_with(addr, options, None).await
+    }
+
+    /// Starts serving HTTPS on `addr` with the PEM certificate chain and
+    /// key; ALPN offers h2 and http/1.1.
+    pub async fn start_tls(
+        addr: &str,
+        options: MockOptions,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> std::io::Result<Self> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |e: &dyn std::fmt::Display| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+        };
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| invalid(&e))?;
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(&e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::start_with(
+            addr,
+            options,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn start_with(
+        addr: &str,
+        options: MockOptions,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -89,7 +130,7 @@ impl MockUpstream {
             ..State::default()
         });
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(serve(listener, Arc::clone(&state), stopped));
+        tokio::spawn(serve(listener, Arc::clone(&state), tls, stopped));
         Ok(Self {
             addr,
             state,
@@ -136,7 +177,12 @@ impl Drop for MockUpstream {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<State>, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -149,14 +195,26 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut stop: oneshot::Rece
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
         let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(answer(state, request).await) }
             });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
         });
     }
 }
@@ -202,6 +260,12 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
     let mut response = respond(&state, &parts, &bytes, call).await;
     let headers = response.headers_mut();
     headers.insert("x-mock-call", HeaderValue::from(call));
+    let version = if parts.version == http::Version::HTTP_2 {
+        "h2"
+    } else {
+        "http/1.1"
+    };
+    headers.insert("x-mock-saw-version", HeaderValue::from_static(version));
     for (name, echo) in [
         ("host", "x-mock-saw-host"),
         ("accept-encoding", "x-mock-saw-accept-encoding"),

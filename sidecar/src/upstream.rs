@@ -108,11 +108,7 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| UpstreamError::Tls {
-                name: config.name.clone(),
-                reason: e.to_string(),
-            })?
+            .with_tls_config(tls_config(config)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -175,6 +171,38 @@ impl Upstream {
             }),
         }
     }
+}
+
+/// TLS settings of an upstream: the public web roots plus its `ca_file`.
+fn tls_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let tls_error = |reason: String| UpstreamError::Tls {
+        name: config.name.clone(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if !config.ca_file.is_empty() {
+        let certs = CertificateDer::pem_file_iter(&config.ca_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| tls_error(format!("cannot read ca_file {:?}: {e}", config.ca_file)))?;
+        if certs.is_empty() {
+            return Err(tls_error(format!(
+                "ca_file {:?} holds no certificate",
+                config.ca_file
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(format!("ca_file {:?}: {e}", config.ca_file)))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(e.to_string()))
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// An error and its causes on one line.

@@ -152,3 +152,39 @@ async fn slow_clients_are_cut_off() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(upstream.calls(), 0);
 }
+
+#[tokio::test]
+async fn total_timeout_cuts_off_a_stalled_stream_and_stores_nothing() {
+    let upstream = mock().await;
+    let mut config = config_for(&upstream.url());
+    config.cache.streaming = true;
+    config.upstreams[0].first_byte_timeout = Duration::from_millis(400);
+    config.upstreams[0].total_timeout = Duration::from_millis(600);
+    let relay = Relay::start(&config);
+    let q = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"slow"}]}"#;
+    // ~15 events 200 ms apart: the head arrives at once, the rest too late.
+    let slow = [("x-mock-event-delay-ms", "200")];
+    let response = open_messages(&relay, "k", q, &slow).await;
+    assert_eq!(response.status(), 200);
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_body_util::BodyExt::collect(response.into_body()),
+    )
+    .await;
+    assert!(
+        read.expect("the proxy cut the stream off").is_err(),
+        "the client sees the cut"
+    );
+    let again = post_messages(&relay, "k", q, &[]).await;
+    assert_eq!(
+        again.cache_status(),
+        "miss",
+        "a cut-off answer is not stored"
+    );
+    relay
+        .wait_for_stats("upstream error counted", |s| s["misses"] == 2)
+        .await;
+    let metrics = get(&relay.admin_url("/metrics")).await;
+    assert!(String::from_utf8_lossy(&metrics.body)
+        .contains("relaycache_upstream_errors_total{upstream=\"mock\"} 1"));
+}

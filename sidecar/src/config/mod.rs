@@ -107,6 +107,9 @@ pub struct UpstreamConfig {
     pub url: String,
     /// Path prefixes routed here; empty means every path.
     pub paths: Vec<String>,
+    /// PEM file of extra certificate authorities to trust for this upstream
+    /// (a private gateway); the public web roots are always trusted.
+    pub ca_file: String,
     /// Time to open a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -124,6 +127,7 @@ impl Default for UpstreamConfig {
             name: String::new(),
             url: String::new(),
             paths: Vec::new(),
+            ca_file: String::new(),
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(600),
             total_timeout: Duration::from_secs(900),

@@ -107,6 +107,14 @@ impl Config {
                     upstream.url
                 ),
             );
+            c.check(
+                upstream.ca_file.is_empty() || std::path::Path::new(&upstream.ca_file).is_file(),
+                at("ca_file"),
+                format!(
+                    "{:?} is not a readable file; give the path of a PEM file of CA certificates",
+                    upstream.ca_file
+                ),
+            );
             for (j, prefix) in upstream.paths.iter().enumerate() {
                 c.path_prefix(prefix, at(&format!("paths[{j}]")));
             }
@@ -250,6 +258,7 @@ upstreams:
   - name: a
     url: "ftp://example.com"
     paths: ["v1/messages"]
+    ca_file: "/nonexistent/ca.pem"
   - name: a
     url: "https://ok.example.com"
 cache:
@@ -265,6 +274,7 @@ cache:
             "server.admin_listen",
             "upstreams[0].url",
             "upstreams[0].paths[0]",
+            "upstreams[0].ca_file",
             "upstreams[1].name",
             "cache.max_ttl",
             "cache.memory.max_cost",
