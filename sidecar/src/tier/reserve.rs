@@ -437,11 +437,12 @@ impl Inner {
             };
             last = Some(object.location.clone());
             census.1 += object.size;
-            let Some(hex) = object
-                .location
-                .filename()
-                .and_then(|f| f.strip_suffix(".meta"))
-            else {
+            let name = object.location.filename().unwrap_or_default();
+            if let Some(hex) = name.strip_suffix(".body") {
+                self.remove_if_orphan(hex, &object).await;
+                continue;
+            }
+            let Some(hex) = name.strip_suffix(".meta") else {
                 continue;
             };
             let Some(key) = CacheKey::from_hex(hex) else {
@@ -478,6 +479,35 @@ impl Inner {
             None
         } else {
             last
+        }
+    }
+}
+
+impl Inner {
+    /// Removes a body whose metadata never arrived (the process stopped
+    /// between the two writes), once no write in flight can still add it.
+    async fn remove_if_orphan(&self, hex: &str, body: &object_store::ObjectMeta) {
+        let Some(key) = CacheKey::from_hex(hex) else {
+            return;
+        };
+        let age = (chrono::Utc::now() - body.last_modified)
+            .to_std()
+            .unwrap_or_default();
+        if age < self.settings.write_timeout * 2 {
+            return;
+        }
+        let (meta_path, _) = self.paths(&key);
+        match self.store.head(&meta_path).await {
+            Err(object_store::Error::NotFound { .. }) => {
+                match self.store.delete(&body.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        self.metrics.reserve.removed.inc();
+                    }
+                    Err(err) => self.failed("sweep", &err),
+                }
+            }
+            Ok(_) => {}
+            Err(err) => self.failed("sweep", &err),
         }
     }
 }
@@ -705,5 +735,34 @@ mod tests {
         assert!(cursor.is_none());
         assert_eq!(reserve.census().entries, 4);
         assert_eq!(metrics.reserve.expired.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_bodies_whose_metadata_never_arrived() {
+        let metrics = Arc::new(Metrics::new());
+        let mut config = settings("memory://");
+        config.write_timeout = Duration::from_millis(10);
+        let reserve = ReserveTier::open(&config, Arc::clone(&metrics)).unwrap();
+        let key = CacheKey([30; 32]);
+        let (_, body_path) = reserve.inner.paths(&key);
+        reserve
+            .inner
+            .store
+            .put(&body_path, PutPayload::from_static(b"{}"))
+            .await
+            .unwrap();
+        let kept = CacheKey([31; 32]);
+        reserve.admit(kept, &entry(Duration::from_secs(60)));
+        written(&reserve, &metrics, 1).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        reserve.inner.sweep(None, &mut (0, 0)).await;
+        assert!(matches!(
+            reserve.inner.store.head(&body_path).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+        assert!(
+            reserve.lookup(&kept).await.is_some(),
+            "complete entries stay"
+        );
     }
 }
