@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CONFIG ?=
 
-.PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit bench clean
+.PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ unit: test-deps ## Every Rust test (unit and integration)
 
 test: fmt-check lint unit ## Everything CI runs: format check, clippy, all tests
 	@echo "make test: all checks passed"
+
+e2e-bin: ## Build the control-plane binaries (kube-apiserver, etcd, kwok, helm, ...) into .e2e-bin/ (cached)
+	e2e/build-binaries.sh
+
+e2e-smoke: e2e-bin ## Start a real control plane on loopback, check it, stop it
+	e2e/smoke-control-plane.sh
 
 bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)
 	scripts/bench.sh
