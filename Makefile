@@ -6,7 +6,7 @@ CONFIG ?=
 .PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 run: ## Run the proxy on its embedded default (single mode, 0.0.0.0:8787 -> api.anthropic.com)
 	$(CARGO) run --release -p relaycache -- serve $(if $(CONFIG),--config $(CONFIG))
