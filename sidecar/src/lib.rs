@@ -10,7 +10,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod coalesce;
-pub mod config;
+pub use relaycache_config as config;
 pub mod entry;
 pub mod headers;
 pub mod key;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{Config, Mode};
+use super::{Config, HaConfig, Mode};
 
 /// One problem, at a key path, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,95 @@ impl Collector {
             path,
             format!("{value:?} must start with '/', such as \"/v1/messages\""),
         );
+    }
+}
+
+/// `host:port` with a name or an IP and a port number: what peer lists hold.
+fn is_host_port(value: &str) -> bool {
+    match value.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+fn check_ha(ha: &HaConfig, c: &mut Collector) {
+    const HOST_PORT: &str = "write host:port, such as \"relaycache-0.relaycache-peers:3320\"";
+    if ha.embedded {
+        c.socket_addr(&ha.bind_addr, "cache.ha.bind_addr");
+        for (i, peer) in ha.peers.iter().enumerate() {
+            c.check(
+                is_host_port(peer),
+                format!("cache.ha.peers[{i}]"),
+                format!("{peer:?} is not a peer address; {HOST_PORT}"),
+            );
+        }
+        c.check(
+            ha.advertise_addr.is_empty() || is_host_port(&ha.advertise_addr),
+            "cache.ha.advertise_addr",
+            format!("{:?} is not an address; {HOST_PORT}", ha.advertise_addr),
+        );
+    } else {
+        c.check(
+            !ha.addresses.is_empty(),
+            "cache.ha.addresses",
+            "a client (embedded: false) needs the address of at least one cluster member",
+        );
+        for (i, address) in ha.addresses.iter().enumerate() {
+            c.check(
+                is_host_port(address),
+                format!("cache.ha.addresses[{i}]"),
+                format!("{address:?} is not a member address; {HOST_PORT}"),
+            );
+        }
+    }
+    c.check(
+        ha.replica_count >= 1,
+        "cache.ha.replica_count",
+        "must be at least 1",
+    );
+    for (field, value) in [
+        ("read_quorum", ha.read_quorum),
+        ("write_quorum", ha.write_quorum),
+    ] {
+        c.check(
+            (1..=ha.replica_count.max(1)).contains(&value),
+            format!("cache.ha.{field}"),
+            format!(
+                "{value} is outside 1..=replica_count ({}); a quorum cannot need more copies than exist",
+                ha.replica_count
+            ),
+        );
+    }
+    c.check(
+        ha.member_count_quorum >= 1,
+        "cache.ha.member_count_quorum",
+        "must be at least 1",
+    );
+    c.check(
+        ha.repair_rate >= 1,
+        "cache.ha.repair_rate",
+        "must be at least 1 entry per second",
+    );
+    let tls = &ha.tls;
+    if tls.enabled() {
+        for (field, value) in [
+            ("cert_file", &tls.cert_file),
+            ("key_file", &tls.key_file),
+            ("ca_file", &tls.ca_file),
+        ] {
+            c.check(
+                !value.is_empty(),
+                format!("cache.ha.tls.{field}"),
+                "mutual TLS needs cert_file, key_file and ca_file together",
+            );
+            c.check(
+                value.is_empty() || std::path::Path::new(value).is_file(),
+                format!("cache.ha.tls.{field}"),
+                format!("{value:?} is not a readable file"),
+            );
+        }
     }
 }
 
@@ -141,11 +230,9 @@ impl Config {
         }
 
         let cache = &self.cache;
-        c.check(
-            cache.mode != Mode::Ha,
-            "cache.mode",
-            "ha is not available in this release; use single (or disabled)",
-        );
+        if cache.mode == Mode::Ha {
+            check_ha(&cache.ha, &mut c);
+        }
         let reserve = &cache.reserve;
         if !reserve.url.is_empty() {
             let scheme = url::Url::parse(&reserve.url).map(|u| u.scheme().to_string());
@@ -288,13 +375,30 @@ cache:
     }
 
     #[test]
-    fn ha_is_refused_until_available_and_reserve_urls_are_checked() {
-        let found = issues("cache:\n  mode: ha\n  reserve:\n    url: ftp://x/y\n    queue: 0\n");
+    fn ha_settings_and_reserve_urls_are_checked() {
+        let found = issues(
+            "cache:\n  mode: ha\n  ha:\n    peers: [\"a:3320\", \"b\"]\n    replica_count: 2\n    read_quorum: 3\n    write_quorum: 0\n    tls:\n      cert_file: /nonexistent.pem\n  reserve:\n    url: ftp://x/y\n    queue: 0\n",
+        );
         let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["cache.mode", "cache.reserve.url", "cache.reserve.queue"]
+            [
+                "cache.ha.peers[1]",
+                "cache.ha.read_quorum",
+                "cache.ha.write_quorum",
+                "cache.ha.tls.cert_file",
+                "cache.ha.tls.key_file",
+                "cache.ha.tls.ca_file",
+                "cache.reserve.url",
+                "cache.reserve.queue"
+            ]
         );
+        let client = issues("cache:\n  mode: ha\n  ha:\n    embedded: false\n");
+        assert_eq!(client[0].path, "cache.ha.addresses");
+        assert!(Config::from_yaml(
+            "cache:\n  mode: ha\n  ha:\n    embedded: false\n    addresses: [\"rc.default.svc:3320\"]\n"
+        )
+        .is_ok());
         assert!(Config::from_yaml("cache:\n  reserve:\n    url: file:///tmp/x\n").is_ok());
     }
 }

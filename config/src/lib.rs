@@ -285,9 +285,13 @@ pub struct HaConfig {
     pub embedded: bool,
     /// gRPC address for peers and clients.
     pub bind_addr: String,
-    /// Other members, `host:port`.
+    /// The `host:port` other members reach this one at. Empty: this host's
+    /// name and the port of `bind_addr`. A member also recognises itself in
+    /// `peers` by asking, so listing every member everywhere is fine.
+    pub advertise_addr: String,
+    /// Cluster members, `host:port`; names are re-resolved as they change.
     pub peers: Vec<String>,
-    /// Members used by a client.
+    /// Members used by a client (`embedded: false`).
     pub addresses: Vec<String>,
     /// Copies of each entry.
     pub replica_count: u32,
@@ -302,6 +306,14 @@ pub struct HaConfig {
     /// Time to hand entries off on leave.
     #[serde(with = "humantime_serde")]
     pub leave_timeout: Duration,
+    /// Entries per second that repair may copy to bring keys back to
+    /// `replica_count` after members join or restart.
+    pub repair_rate: u32,
+    /// Shared secret every peer and client must present. Prefer an
+    /// environment variable: `${RELAYCACHE_PEER_TOKEN}`.
+    pub token: String,
+    /// Mutual TLS between members and clients.
+    pub tls: PeerTlsConfig,
 }
 
 impl Default for HaConfig {
@@ -309,6 +321,7 @@ impl Default for HaConfig {
         Self {
             embedded: true,
             bind_addr: "0.0.0.0:3320".into(),
+            advertise_addr: String::new(),
             peers: Vec::new(),
             addresses: Vec::new(),
             replica_count: 2,
@@ -317,7 +330,29 @@ impl Default for HaConfig {
             member_count_quorum: 1,
             environment: Environment::Lan,
             leave_timeout: Duration::from_secs(5),
+            repair_rate: 200,
+            token: String::new(),
+            tls: PeerTlsConfig::default(),
         }
+    }
+}
+
+/// Mutual TLS on the gRPC port: all three files set turns it on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerTlsConfig {
+    /// This member's certificate chain (PEM).
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// The CA that signed every member's and client's certificate (PEM).
+    pub ca_file: String,
+}
+
+impl PeerTlsConfig {
+    /// Whether mutual TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty() || !self.key_file.is_empty() || !self.ca_file.is_empty()
     }
 }
 
