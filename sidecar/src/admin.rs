@@ -11,11 +11,12 @@ use crate::body::{full, ProxyBody};
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::tier::reserve::ReserveTier;
-use crate::tier::{MemoryTier, Tier, TierStats};
+use crate::tier::{MemoryTier, PeerTier, Tier, TierStats};
 
 /// State the admin endpoints read.
 pub struct Admin {
     memory: MemoryTier,
+    peers: Option<PeerTier>,
     reserve: Option<ReserveTier>,
     metrics: Arc<Metrics>,
     token: Option<String>,
@@ -27,6 +28,7 @@ impl Admin {
     /// when shutdown starts, so load balancers stop sending traffic.
     pub fn new(
         memory: MemoryTier,
+        peers: Option<PeerTier>,
         reserve: Option<ReserveTier>,
         metrics: Arc<Metrics>,
         token: Option<String>,
@@ -34,6 +36,7 @@ impl Admin {
     ) -> Self {
         Self {
             memory,
+            peers,
             reserve,
             metrics,
             token,
@@ -47,8 +50,15 @@ impl Admin {
         match (request.method(), path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => {
+                // Below the cluster's quorum the proxy still answers (from
+                // memory, reserve and upstream), so it stays ready and says why.
+                let detail = self
+                    .peers
+                    .as_ref()
+                    .map(|p| p.cluster().readiness_detail())
+                    .unwrap_or_default();
                 if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, "ready\n")
+                    text(StatusCode::OK, &format!("ready\n{detail}"))
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
                 }
@@ -109,6 +119,9 @@ impl Admin {
     /// Every tier, nearest first.
     fn tiers(&self) -> Vec<&dyn Tier> {
         let mut tiers: Vec<&dyn Tier> = vec![&self.memory];
+        if let Some(peers) = &self.peers {
+            tiers.push(peers);
+        }
         if let Some(reserve) = &self.reserve {
             tiers.push(reserve);
         }

@@ -7,6 +7,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
+use crate::version::Version;
+
 /// Tokens an answer cost, from its `usage`; a hit saves them again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
@@ -31,6 +33,9 @@ pub struct CachedResponse {
     pub ttl: Duration,
     /// Tokens the answer cost.
     pub usage: TokenUsage,
+    /// Orders copies of the same key across cluster members (zero outside
+    /// a cluster).
+    pub version: Version,
 }
 
 /// Bookkeeping per entry outside its buffer (the cache's node, key, the
@@ -72,6 +77,42 @@ impl CachedResponse {
         self.data.len() - self.header_len
     }
 
+    /// The encoded header block, as [`CachedResponse::from_parts`] takes it.
+    pub fn header_block(&self) -> Bytes {
+        self.data.slice(..self.header_len)
+    }
+
+    /// Rebuilds an entry from the parts another member sent; `None` when the
+    /// header block is malformed.
+    pub fn from_parts(
+        header_block: &[u8],
+        body: &[u8],
+        created: SystemTime,
+        ttl: Duration,
+        usage: TokenUsage,
+        version: Version,
+    ) -> Option<Self> {
+        if !header_block_is_well_formed(header_block) {
+            return None;
+        }
+        let mut data = Vec::with_capacity(header_block.len() + body.len());
+        data.extend_from_slice(header_block);
+        data.extend_from_slice(body);
+        Some(Self {
+            data: Bytes::from(data),
+            header_len: header_block.len(),
+            created,
+            ttl,
+            usage,
+            version,
+        })
+    }
+
+    /// Whether the entry may still be served.
+    pub fn is_fresh(&self) -> bool {
+        self.created.elapsed().map_or(true, |age| age < self.ttl)
+    }
+
     /// The stored response headers.
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -104,6 +145,29 @@ impl CachedResponse {
     pub fn age_secs(&self) -> u64 {
         self.created.elapsed().map(|d| d.as_secs()).unwrap_or(0)
     }
+}
+
+/// Whether `block` is a sequence of (name length, value length, name,
+/// value) records with valid header names and values, ending exactly.
+fn header_block_is_well_formed(block: &[u8]) -> bool {
+    let mut at = 0;
+    while at < block.len() {
+        if at + 4 > block.len() {
+            return false;
+        }
+        let name_len = usize::from(u16::from_le_bytes([block[at], block[at + 1]]));
+        let value_len = usize::from(u16::from_le_bytes([block[at + 2], block[at + 3]]));
+        let name_at = at + 4;
+        let value_at = name_at + name_len;
+        at = value_at + value_len;
+        if at > block.len()
+            || HeaderName::from_bytes(&block[name_at..value_at]).is_err()
+            || HeaderValue::from_bytes(&block[value_at..at]).is_err()
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// Records an answer into an entry as it streams past, up to a size limit.
@@ -198,6 +262,7 @@ impl EntryRecorder {
             created: SystemTime::now(),
             ttl,
             usage,
+            version: Version::default(),
         }
     }
 }

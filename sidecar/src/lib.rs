@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod cluster;
 pub mod coalesce;
 pub use relaycache_config as config;
 pub mod entry;
@@ -23,6 +24,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tier;
 pub mod upstream;
+pub mod version;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +47,9 @@ pub enum RunError {
     /// The proxy could not be built.
     #[error(transparent)]
     Proxy(#[from] proxy::ProxyError),
+    /// The cluster tier could not start.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains. Returns once both
@@ -57,13 +62,18 @@ pub async fn run(
     let proxy = Arc::new(Proxy::new(&config, Arc::clone(&metrics))?);
     let ready = Arc::new(AtomicBool::new(false));
     let token = Some(config.server.admin_token.clone()).filter(|t| !t.is_empty());
+    let cluster = proxy.peers().map(|peers| Arc::clone(peers.cluster()));
     let admin = Arc::new(Admin::new(
         proxy.memory().clone(),
+        proxy.peers().cloned(),
         proxy.reserve().cloned(),
         metrics,
         token,
         Arc::clone(&ready),
     ));
+    if let Some(cluster) = &cluster {
+        cluster.start().await?;
+    }
 
     let traffic = server::bind(&config.server.listen, "server.listen").await?;
     let admin_listener = server::bind(&config.server.admin_listen, "server.admin_listen").await?;
@@ -101,6 +111,9 @@ pub async fn run(
 
     shutdown.await;
     ready.store(false, Ordering::Release);
+    if let Some(cluster) = &cluster {
+        cluster.begin_leave();
+    }
     tracing::info!(deadline = ?config.server.shutdown_timeout, "shutting down: finishing in-flight requests");
     let _ = stop_tx.send(true);
     let drained = traffic_task.await.unwrap_or(false);
@@ -109,6 +122,10 @@ pub async fn run(
         tracing::warn!(
             "some requests were still running at the shutdown deadline and were cut off"
         );
+    }
+    if let Some(cluster) = &cluster {
+        cluster.hand_off().await;
+        cluster.stop();
     }
     let _ = proxy.memory().close().await;
     if let Some(reserve) = proxy.reserve() {

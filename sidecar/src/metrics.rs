@@ -133,6 +133,141 @@ impl ReserveMetrics {
     }
 }
 
+/// Label of hit counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// The tier that answered: memory, peer or reserve.
+    pub tier: &'static str,
+}
+
+/// Label of cluster calls.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerCallLabels {
+    /// The call: get, set, set_many, versions, delete, clear, ping.
+    pub op: &'static str,
+    /// ok or error.
+    pub outcome: &'static str,
+}
+
+/// Metrics of the cluster tier (mode `ha`).
+#[derive(Default)]
+pub struct ClusterMetrics {
+    /// Live members this process sees, itself included when a member.
+    pub members: Gauge<i64, AtomicI64>,
+    /// 1 while at least `member_count_quorum` members are live, else 0.
+    pub quorum: Gauge<i64, AtomicI64>,
+    /// Calls to other members, by call and outcome.
+    pub calls: Family<PeerCallLabels, Counter>,
+    /// Cluster writes finished (whether or not they met the quorum).
+    pub writes: Counter,
+    /// Cluster reads that got fewer than `read_quorum` answers.
+    pub read_quorum_failures: Counter,
+    /// Cluster writes acknowledged by fewer than `write_quorum` replicas.
+    pub write_quorum_failures: Counter,
+    /// Replica writes that failed (each replica counted).
+    pub replica_write_failures: Counter,
+    /// Lookups and writes skipped because the cluster was below quorum.
+    pub skipped_below_quorum: Counter,
+    /// Keys found with fewer copies than `replica_count` at the last repair pass.
+    pub under_replicated_keys: Gauge<i64, AtomicI64>,
+    /// Entries copied by repair.
+    pub repaired: Counter,
+    /// Entries handed to new owners on leave.
+    pub handed_off: Counter,
+    /// Calls refused for a missing or wrong token.
+    pub refused: Counter,
+    /// Membership changes seen (joins, leaves, failures).
+    pub membership_changes: Counter,
+}
+
+impl ClusterMetrics {
+    /// Counts one call to another member.
+    pub fn count_call(&self, op: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.calls
+            .get_or_create(&PeerCallLabels { op, outcome })
+            .inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        let gauges: [(&str, &str, &Gauge<i64, AtomicI64>); 3] = [
+            ("members", "Live cluster members seen", &self.members),
+            (
+                "quorum",
+                "1 while member_count_quorum members are live, else 0",
+                &self.quorum,
+            ),
+            (
+                "under_replicated_keys",
+                "Keys with fewer copies than replica_count at the last repair pass",
+                &self.under_replicated_keys,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        let counters: [(&str, &str, &Counter); 9] = [
+            ("writes", "Cluster writes finished", &self.writes),
+            (
+                "read_quorum_failures",
+                "Cluster reads with fewer answers than read_quorum",
+                &self.read_quorum_failures,
+            ),
+            (
+                "write_quorum_failures",
+                "Cluster writes with fewer acknowledgements than write_quorum",
+                &self.write_quorum_failures,
+            ),
+            (
+                "replica_write_failures",
+                "Replica writes that failed",
+                &self.replica_write_failures,
+            ),
+            (
+                "skipped_below_quorum",
+                "Cluster reads and writes skipped below member_count_quorum",
+                &self.skipped_below_quorum,
+            ),
+            ("repaired", "Entries copied by repair", &self.repaired),
+            (
+                "handed_off",
+                "Entries handed to new owners on leave",
+                &self.handed_off,
+            ),
+            (
+                "refused",
+                "Cluster calls refused for a missing or wrong token",
+                &self.refused,
+            ),
+            (
+                "membership_changes",
+                "Members that joined, left or failed",
+                &self.membership_changes,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register("calls", "Calls to other members", self.calls.clone());
+    }
+
+    fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            members: u64::try_from(self.members.get()).unwrap_or(0),
+            quorum: self.quorum.get() == 1,
+            writes: self.writes.get(),
+            read_quorum_failures: self.read_quorum_failures.get(),
+            write_quorum_failures: self.write_quorum_failures.get(),
+            replica_write_failures: self.replica_write_failures.get(),
+            skipped_below_quorum: self.skipped_below_quorum.get(),
+            under_replicated_keys: u64::try_from(self.under_replicated_keys.get()).unwrap_or(0),
+            repaired: self.repaired.get(),
+            handed_off: self.handed_off.get(),
+            refused: self.refused.get(),
+        }
+    }
+}
+
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -163,6 +298,12 @@ pub struct Metrics {
     by_status: [Counter; 4],
     /// The reserve tier.
     pub reserve: ReserveMetrics,
+    /// The cluster tier.
+    pub cluster: ClusterMetrics,
+    /// Hits by the tier that answered.
+    pub hits_by_tier: Family<TierLabels, Counter>,
+    /// The hit counters of memory, peer and reserve, resolved once.
+    by_tier: [Counter; 3],
 }
 
 fn status_index(status: CacheStatus) -> usize {
@@ -255,6 +396,14 @@ impl Metrics {
         );
         let reserve = ReserveMetrics::default();
         reserve.register(registry.sub_registry_with_prefix("reserve"));
+        let cluster = ClusterMetrics::default();
+        cluster.register(registry.sub_registry_with_prefix("cluster"));
+        let hits_by_tier = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "hits",
+            "Answers served from cache, by the tier that answered (memory, peer, reserve)",
+            hits_by_tier.clone(),
+        );
         let by_status = [
             CacheStatus::Hit,
             CacheStatus::Miss,
@@ -266,8 +415,13 @@ impl Metrics {
                 .get_or_create(&StatusLabels { cache_status })
                 .clone()
         });
+        let by_tier = ["memory", "peer", "reserve"]
+            .map(|tier| hits_by_tier.get_or_create(&TierLabels { tier }).clone());
         Self {
             reserve,
+            cluster,
+            hits_by_tier,
+            by_tier,
             by_status,
             registry: root,
             requests,
@@ -287,6 +441,19 @@ impl Metrics {
     /// Counts one request on a cache route.
     pub fn count_request(&self, cache_status: CacheStatus) {
         self.by_status[status_index(cache_status)].inc();
+    }
+
+    /// Counts a hit answered by `tier` (memory, peer or reserve).
+    pub fn count_hit(&self, tier: &'static str) {
+        match tier {
+            "memory" => self.by_tier[0].inc(),
+            "peer" => self.by_tier[1].inc(),
+            "reserve" => self.by_tier[2].inc(),
+            other => self
+                .hits_by_tier
+                .get_or_create(&TierLabels { tier: other })
+                .inc(),
+        };
     }
 
     fn requests_with(&self, cache_status: CacheStatus) -> u64 {
@@ -365,6 +532,8 @@ impl Metrics {
                 input_tokens_saved: r.input_tokens_saved.get(),
                 output_tokens_saved: r.output_tokens_saved.get(),
             },
+            peer_hits: self.by_tier[1].get(),
+            cluster: self.cluster.stats(),
         }
     }
 }
@@ -394,6 +563,39 @@ pub struct Stats {
     pub output_tokens_saved: u64,
     /// The reserve tier.
     pub reserve: ReserveStats,
+    /// Hits answered by another cluster member.
+    #[serde(default)]
+    pub peer_hits: u64,
+    /// The cluster tier (zeros outside mode `ha`).
+    #[serde(default)]
+    pub cluster: ClusterStats,
+}
+
+/// The cluster part of `/stats`.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ClusterStats {
+    /// Live members seen.
+    pub members: u64,
+    /// Whether member_count_quorum members are live.
+    pub quorum: bool,
+    /// Cluster writes finished.
+    pub writes: u64,
+    /// Reads with fewer answers than read_quorum.
+    pub read_quorum_failures: u64,
+    /// Writes with fewer acknowledgements than write_quorum.
+    pub write_quorum_failures: u64,
+    /// Replica writes that failed.
+    pub replica_write_failures: u64,
+    /// Reads and writes skipped below member_count_quorum.
+    pub skipped_below_quorum: u64,
+    /// Keys short of replica_count at the last repair pass.
+    pub under_replicated_keys: u64,
+    /// Entries copied by repair.
+    pub repaired: u64,
+    /// Entries handed off on leave.
+    pub handed_off: u64,
+    /// Calls refused for a missing or wrong token.
+    pub refused: u64,
 }
 
 /// The reserve part of `/stats`.

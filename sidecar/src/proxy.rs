@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, LoggedBody};
 use crate::body::{boxed, full, DeadlineBody, ProxyBody};
+use crate::cluster::{Cluster, ClusterError};
 use crate::coalesce::{Flights, Join, Landing, Leader};
 use crate::config::{CacheConfig, Config, Mode};
 use crate::entry::{self, CachedResponse, EntryRecorder};
@@ -27,6 +28,7 @@ use crate::recording::{Destination, RecordingBody};
 use crate::reply;
 use crate::tier::reserve::{ReserveError, ReserveTier};
 use crate::tier::MemoryTier;
+use crate::tier::PeerTier;
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 /// Times a follower starts over after leaders that had nothing to share.
@@ -41,6 +43,9 @@ pub enum ProxyError {
     /// The reserve store could not be opened.
     #[error(transparent)]
     Reserve(#[from] ReserveError),
+    /// The cluster settings could not be used.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// The caching part of the proxy; absent in `disabled` mode.
@@ -52,6 +57,8 @@ struct CacheLayer {
     /// Raw-request key → key, recorded when a request hits, so that
     /// byte-identical repeats find their entry without parsing JSON.
     aliases: moka::sync::Cache<CacheKey, CacheKey>,
+    /// L2, in mode `ha`.
+    peers: Option<PeerTier>,
     /// L3, when configured.
     reserve: Option<ReserveTier>,
 }
@@ -94,6 +101,17 @@ impl Proxy {
             r if caching && !r.url.is_empty() => Some(ReserveTier::open(r, Arc::clone(&metrics))?),
             _ => None,
         };
+        let peers = if config.cache.mode == Mode::Ha {
+            let cluster = Cluster::new(
+                &config.cache.ha,
+                memory.clone(),
+                reserve.clone(),
+                Arc::clone(&metrics),
+            )?;
+            Some(PeerTier::new(cluster))
+        } else {
+            None
+        };
         let cache = caching.then(|| CacheLayer {
             settings: config.cache.clone(),
             keys: KeyBuilder::new(&config.cache.key, config.cache.isolation.clone()),
@@ -103,6 +121,7 @@ impl Proxy {
                 .max_capacity((config.cache.memory.max_cost / ALIAS_BUDGET_BYTES).max(1024))
                 .time_to_live(config.cache.max_ttl)
                 .build(),
+            peers,
             reserve,
         });
         Ok(Self {
@@ -118,6 +137,11 @@ impl Proxy {
     /// The memory tier (for the admin endpoints).
     pub fn memory(&self) -> &MemoryTier {
         &self.memory
+    }
+
+    /// The cluster tier, in mode `ha`.
+    pub fn peers(&self) -> Option<&PeerTier> {
+        self.cache.as_ref().and_then(|c| c.peers.as_ref())
     }
 
     /// The reserve tier, when configured.
@@ -259,8 +283,9 @@ impl Proxy {
         self.fill(cache, keyed, upstream, status, None, log).await
     }
 
-    /// Below memory: the reserve, then the upstream. A reserve hit is
-    /// promoted to memory and handed to the followers.
+    /// Below memory: the cluster, the reserve, then the upstream. A hit
+    /// below memory is promoted to memory (a reserve hit to the cluster
+    /// too) and handed to the followers.
     async fn fill(
         self: &Arc<Self>,
         cache: &CacheLayer,
@@ -270,9 +295,24 @@ impl Proxy {
         leader: Option<Leader>,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
-        if let (true, Some(reserve)) = (keyed.policy.lookup, &cache.reserve) {
+        if !keyed.policy.lookup {
+            return self.fetch(keyed, upstream, status, leader, log).await;
+        }
+        if let Some(peers) = &cache.peers {
+            if let Some(entry) = peers.lookup(&keyed.key).await {
+                cache.memory.insert(keyed.key, Arc::clone(&entry));
+                if let Some(leader) = leader {
+                    leader.land(Some(Arc::clone(&entry)));
+                }
+                return self.serve_hit(&entry, &keyed.key, "peer", log);
+            }
+        }
+        if let Some(reserve) = &cache.reserve {
             if let Some(entry) = reserve.lookup(&keyed.key).await {
                 cache.memory.insert(keyed.key, Arc::clone(&entry));
+                if let Some(peers) = &cache.peers {
+                    peers.replicate(keyed.key, Arc::clone(&entry), false);
+                }
                 if let Some(leader) = leader {
                     leader.land(Some(Arc::clone(&entry)));
                 }
@@ -292,6 +332,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         log.cache_status = Some(CacheStatus::Hit);
         log.tier = Some(tier);
+        self.metrics.count_hit(tier);
         self.metrics.input_tokens_saved.inc_by(entry.usage.input);
         self.metrics.output_tokens_saved.inc_by(entry.usage.output);
         self.metrics
@@ -398,6 +439,7 @@ impl Proxy {
             leader,
             upstream: Arc::clone(&upstream.name),
             reserve: self.reserve().cloned(),
+            peers: self.peers().cloned(),
         };
         let body = RecordingBody::new(
             incoming,

@@ -22,7 +22,7 @@ use crate::entry::EntryRecorder;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::tier::reserve::ReserveTier;
-use crate::tier::MemoryTier;
+use crate::tier::{MemoryTier, PeerTier};
 use crate::upstream::error_chain;
 
 /// Where a finished recording goes.
@@ -41,20 +41,30 @@ pub struct Destination {
     pub upstream: Arc<str>,
     /// The long-lived tier that gets a copy, when configured.
     pub reserve: Option<ReserveTier>,
+    /// The cluster, in mode `ha`: it gets the copies (and its primary
+    /// owner writes the reserve's).
+    pub peers: Option<PeerTier>,
 }
 
 impl Destination {
     /// Stores a complete recording (if worth keeping) and releases followers.
     fn complete(self, recorder: EntryRecorder) {
-        let entry = recorder.finish(self.ttl).map(Arc::new);
+        let entry = recorder.finish(self.ttl).map(|mut entry| {
+            if let Some(peers) = &self.peers {
+                peers.stamp(&mut entry);
+            }
+            Arc::new(entry)
+        });
         if entry.is_none() {
             tracing::debug!(key = %self.key, "answer not stored: over max_entry_bytes or an incomplete stream");
         }
         if let Some(entry) = &entry {
             self.memory.insert(self.key, Arc::clone(entry));
             self.metrics.stores.inc();
-            if let Some(reserve) = &self.reserve {
-                reserve.admit(self.key, entry);
+            match (&self.peers, &self.reserve) {
+                (Some(peers), _) => peers.replicate(self.key, Arc::clone(entry), true),
+                (None, Some(reserve)) => reserve.admit(self.key, entry),
+                (None, None) => {}
             }
         }
         if let Some(leader) = self.leader {

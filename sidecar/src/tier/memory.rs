@@ -80,6 +80,15 @@ impl MemoryTier {
         self.cache.insert(key, entry);
     }
 
+    /// A snapshot of every fresh entry, for handoff and repair.
+    pub fn entries(&self) -> Vec<(CacheKey, Arc<CachedResponse>)> {
+        self.cache
+            .iter()
+            .filter(|(_, entry)| entry.is_fresh())
+            .map(|(key, entry)| (*key, entry))
+            .collect()
+    }
+
     /// Up-to-date counters (runs moka's pending maintenance first).
     pub fn current_stats(&self) -> TierStats {
         self.cache.run_pending_tasks();

@@ -1,7 +1,8 @@
-//! Cache tiers, nearest first: memory (L1), peers (L2, to come) and the
+//! Cache tiers, nearest first: memory (L1), peers (L2, mode `ha`) and the
 //! reserve in object storage (L3), behind one interface.
 
 pub mod memory;
+pub mod peer;
 pub mod reserve;
 
 use std::future::Future;
@@ -12,6 +13,7 @@ use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
 pub use memory::MemoryTier;
+pub use peer::PeerTier;
 
 /// A boxed future, so tiers can be used behind `dyn Tier`.
 pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, TierError>> + Send + 'a>>;

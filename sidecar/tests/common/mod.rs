@@ -187,6 +187,11 @@ impl Reply {
         self.header("x-relaycache-status")
     }
 
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
@@ -410,5 +415,68 @@ impl Relay {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("{what}: not reached; last stats {}", self.stats().await);
+    }
+}
+
+/// A free TCP port on loopback (bound and released; the kernel does not
+/// hand it out again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `count` gRPC addresses on loopback for a test cluster.
+pub fn member_addresses(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect()
+}
+
+/// A cluster member's config: mode ha on `grpc`, every address in `peers`
+/// (itself included, as a StatefulSet lists them), local timings.
+pub fn member_config(upstream: &str, grpc: &str, peers: &[String], replica_count: u32) -> Config {
+    let mut config = config_for(upstream);
+    config.cache.mode = relaycache::config::Mode::Ha;
+    let ha = &mut config.cache.ha;
+    ha.bind_addr = grpc.to_string();
+    ha.advertise_addr = grpc.to_string();
+    ha.peers = peers.to_vec();
+    ha.replica_count = replica_count;
+    ha.environment = relaycache::config::Environment::Local;
+    ha.leave_timeout = Duration::from_secs(5);
+    config
+}
+
+/// A client-mode config (an injected sidecar): memory plus the cluster.
+pub fn client_config(upstream: &str, members: &[String], replica_count: u32) -> Config {
+    let mut config = member_config(upstream, "127.0.0.1:0", &[], replica_count);
+    config.cache.ha.embedded = false;
+    config.cache.ha.addresses = members.to_vec();
+    config
+}
+
+impl Relay {
+    /// Kills the process with SIGKILL: no leave, no handoff.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until this process sees `n` live cluster members.
+    pub async fn wait_for_members(&self, n: u64) -> serde_json::Value {
+        self.wait_for_stats(&format!("{n} live members"), |s| {
+            s["cluster"]["members"] == n
+        })
+        .await
+    }
+
+    /// A counter from `/metrics`, by its exact series name with labels.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = get(&self.admin_url("/metrics")).await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 }

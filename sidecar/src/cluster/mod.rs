@@ -1,0 +1,267 @@
+//! The cache cluster (mode `ha`): members that share entries over gRPC.
+//!
+//! - [`membership`] probes the configured peers, re-resolving their names,
+//!   and keeps the view of live members;
+//! - [`placement`] gives each key its ordered replica set by rendezvous
+//!   hashing over that view;
+//! - [`replication`] reads from and writes to a key's replicas with quorums;
+//! - [`service`] answers other members and clients from this member's store;
+//! - [`handoff`] passes entries to their new owners when a member leaves,
+//!   and [`repair`] copies entries back to `replica_count` after changes;
+//! - [`security`] holds the shared token and mutual TLS;
+//! - [`wire`] converts entries to and from protocol messages.
+//!
+//! A member's store is its memory tier: entries it owns as a replica live
+//! beside those it keeps for its own clients.
+
+pub mod handoff;
+pub mod membership;
+pub mod placement;
+pub mod repair;
+pub mod replication;
+pub mod security;
+pub mod service;
+pub mod wire;
+
+/// Code generated from `proto/relaycache/cluster/v1/cluster.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("relaycache.cluster.v1");
+}
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::config::{Environment, HaConfig};
+use crate::metrics::Metrics;
+use crate::tier::reserve::ReserveTier;
+use crate::tier::MemoryTier;
+use crate::version::Clock;
+
+pub use membership::{Member, Membership, View};
+
+/// Failure-detection and call timings for an `environment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// Time between probes of each member.
+    pub probe_interval: Duration,
+    /// A probe unanswered for this long failed.
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes before a member counts as down.
+    pub failures_to_down: u32,
+    /// Longest a read or write waits for one replica.
+    pub call_timeout: Duration,
+    /// Time between repair passes when nothing changed.
+    pub repair_interval: Duration,
+    /// Time to let views settle after a membership change before repairing.
+    pub settle: Duration,
+}
+
+impl Timings {
+    /// The timings of `environment`.
+    pub fn for_environment(environment: Environment) -> Self {
+        let ms = Duration::from_millis;
+        match environment {
+            Environment::Local => Self {
+                probe_interval: ms(200),
+                probe_timeout: ms(200),
+                failures_to_down: 3,
+                call_timeout: ms(250),
+                repair_interval: Duration::from_secs(10),
+                settle: ms(600),
+            },
+            Environment::Lan => Self {
+                probe_interval: ms(1000),
+                probe_timeout: ms(1000),
+                failures_to_down: 3,
+                call_timeout: ms(500),
+                repair_interval: Duration::from_secs(60),
+                settle: ms(3000),
+            },
+            Environment::Wan => Self {
+                probe_interval: ms(3000),
+                probe_timeout: ms(3000),
+                failures_to_down: 5,
+                call_timeout: ms(2000),
+                repair_interval: Duration::from_secs(300),
+                settle: ms(10_000),
+            },
+        }
+    }
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The gRPC port could not be bound.
+    #[error("cannot listen on cache.ha.bind_addr {addr}: {source}; pick a free port or stop what holds it")]
+    Bind {
+        /// The configured address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS files could not be read or used.
+    #[error("cache.ha.tls: {0}")]
+    Tls(String),
+    /// A member address could not be turned into an endpoint.
+    #[error("cache.ha address {address:?} is not usable: {reason}")]
+    Address {
+        /// The configured address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One process's part in a cluster: a member (`embedded: true`) or a client.
+pub struct Cluster {
+    settings: HaConfig,
+    timings: Timings,
+    /// This member's id (its advertised address); `None` for a client.
+    self_id: Option<Arc<str>>,
+    clock: Clock,
+    membership: Membership,
+    memory: MemoryTier,
+    reserve: Option<ReserveTier>,
+    metrics: Arc<Metrics>,
+    leaving: AtomicBool,
+    /// Wakes repair when the membership changed.
+    changed: Notify,
+    /// Flips to true when the process stops, ending background tasks.
+    stopping: watch::Sender<bool>,
+}
+
+impl Cluster {
+    /// Builds the cluster state from validated settings. Nothing runs until
+    /// [`Cluster::start`].
+    pub fn new(
+        settings: &HaConfig,
+        memory: MemoryTier,
+        reserve: Option<ReserveTier>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let timings = Timings::for_environment(settings.environment);
+        let self_id: Option<Arc<str>> = settings
+            .embedded
+            .then(|| advertised_address(settings).into());
+        let origin = self_id
+            .as_deref()
+            .map_or_else(|| std::process::id().into(), placement::seed_of);
+        let connector = security::Connector::new(settings, timings)?;
+        let targets = if settings.embedded {
+            &settings.peers
+        } else {
+            &settings.addresses
+        };
+        let membership = Membership::new(self_id.clone(), targets, connector)?;
+        let (stopping, _) = watch::channel(false);
+        Ok(Arc::new(Self {
+            settings: settings.clone(),
+            timings,
+            self_id,
+            clock: Clock::new(origin),
+            membership,
+            memory,
+            reserve,
+            metrics,
+            leaving: AtomicBool::new(false),
+            changed: Notify::new(),
+            stopping,
+        }))
+    }
+
+    /// Binds the gRPC port (members only) and starts probing and repair.
+    /// Returns the address the port is bound to.
+    pub async fn start(self: &Arc<Self>) -> Result<Option<std::net::SocketAddr>, ClusterError> {
+        let bound = if self.settings.embedded {
+            Some(service::serve(Arc::clone(self)).await?)
+        } else {
+            None
+        };
+        tokio::spawn(membership::probe_loop(Arc::clone(self)));
+        if self.settings.embedded {
+            tokio::spawn(repair::repair_loop(Arc::clone(self)));
+        }
+        tracing::info!(
+            id = self.self_id.as_deref().unwrap_or("client"),
+            grpc = ?bound,
+            environment = ?self.settings.environment,
+            replica_count = self.settings.replica_count,
+            "cluster tier started"
+        );
+        Ok(bound)
+    }
+
+    /// The current view of live members.
+    pub fn view(&self) -> Arc<View> {
+        self.membership.view()
+    }
+
+    /// Whether enough members are live to use the cluster tier.
+    pub fn has_quorum(&self, view: &View) -> bool {
+        view.members.len() >= self.settings.member_count_quorum as usize
+    }
+
+    /// One line for `/readyz`: members seen and whether the tier is in use.
+    pub fn readiness_detail(&self) -> String {
+        let view = self.view();
+        let live = view.members.len();
+        let needed = self.settings.member_count_quorum;
+        if self.has_quorum(&view) {
+            format!("cluster: ok ({live} live members, member_count_quorum {needed})\n")
+        } else {
+            format!(
+                "cluster: below quorum ({live} live members, member_count_quorum {needed}); serving from memory, reserve and upstream only\n"
+            )
+        }
+    }
+
+    /// Whether this member announced that it is leaving.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
+    /// Announces the leave: probes answer `leaving`, so other members stop
+    /// placing keys here, and this member's own view drops itself.
+    pub fn begin_leave(&self) {
+        if self.settings.embedded && !self.leaving.swap(true, Ordering::AcqRel) {
+            self.membership.mark_leaving();
+            tracing::info!("leaving the cluster: other members stop placing keys here");
+        }
+    }
+
+    /// Stops background tasks and the gRPC port.
+    pub fn stop(&self) {
+        let _ = self.stopping.send(true);
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+}
+
+/// The address other members reach this one at: `advertise_addr`, or the
+/// host name with the port of `bind_addr`.
+fn advertised_address(settings: &HaConfig) -> String {
+    if !settings.advertise_addr.is_empty() {
+        return settings.advertise_addr.clone();
+    }
+    let port = settings
+        .bind_addr
+        .rsplit_once(':')
+        .map_or("3320", |(_, port)| port);
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{port}")
+}

@@ -1,0 +1,202 @@
+//! Reads and writes against a key's replicas. Calls fan out in parallel;
+//! each replica that fails is counted and the others carry on. A read
+//! needs `read_quorum` answers and returns the freshest copy among them; a
+//! write needs `write_quorum` acknowledgements, and a missed quorum is
+//! counted and logged, never hidden. Below `member_count_quorum` live
+//! members the cluster tier is skipped altogether.
+
+use std::sync::Arc;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::proto::{ClearRequest, DeleteRequest, GetRequest, SetRequest};
+use super::wire::{entry_from_wire, entry_to_wire};
+use super::Cluster;
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
+use crate::version::Version;
+
+impl Cluster {
+    /// A version for an entry about to be stored.
+    pub fn next_version(&self) -> Version {
+        self.clock.tick()
+    }
+
+    /// The freshest copy of `key` among its replicas, if `read_quorum`
+    /// replicas answered and one of them holds it.
+    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        let view = self.view();
+        if !self.has_quorum(&view) {
+            self.metrics.cluster.skipped_below_quorum.inc();
+            return None;
+        }
+        let replicas = view.replicas(key, self.settings.replica_count as usize);
+        // This member's own store was looked at first (it is L1).
+        let mut answers = replicas.iter().filter(|m| m.is_local()).count();
+        let needed = self.settings.read_quorum as usize;
+        let timeout = self.timings.call_timeout;
+        let mut calls: FuturesUnordered<_> = replicas
+            .iter()
+            .filter_map(|m| m.client.clone())
+            .map(|mut client| async move {
+                let request = GetRequest {
+                    key: key.0.to_vec(),
+                };
+                tokio::time::timeout(timeout, client.get(request)).await
+            })
+            .collect();
+        let mut freshest: Option<CachedResponse> = None;
+        while let Some(result) = calls.next().await {
+            match result {
+                Ok(Ok(reply)) => {
+                    self.metrics.cluster.count_call("get", true);
+                    answers += 1;
+                    let found = reply
+                        .into_inner()
+                        .entry
+                        .and_then(|e| entry_from_wire(&e))
+                        .filter(|(k, _)| k == key)
+                        .map(|(_, entry)| entry);
+                    if let Some(entry) = found {
+                        self.clock.observe(entry.version);
+                        if freshest.as_ref().is_none_or(|f| entry.version > f.version) {
+                            freshest = Some(entry);
+                        }
+                    }
+                }
+                Ok(Err(status)) => {
+                    self.metrics.cluster.count_call("get", false);
+                    tracing::debug!(%key, %status, "replica read failed");
+                }
+                Err(_) => {
+                    self.metrics.cluster.count_call("get", false);
+                    tracing::debug!(%key, ?timeout, "replica read timed out");
+                }
+            }
+            if answers >= needed && freshest.is_some() {
+                break;
+            }
+        }
+        if answers < needed {
+            self.metrics.cluster.read_quorum_failures.inc();
+            tracing::debug!(%key, answers, needed, "cluster read below read_quorum; treated as a miss");
+            return None;
+        }
+        freshest.map(Arc::new)
+    }
+
+    /// Writes `entry` (already versioned and in local memory) to its
+    /// replicas. `from_miss` marks the write that follows an upstream
+    /// answer: the key's primary owner then writes it to the reserve.
+    pub async fn replicate(&self, key: CacheKey, entry: Arc<CachedResponse>, from_miss: bool) {
+        let view = self.view();
+        let admit_locally = |why: &str| {
+            if let (true, Some(reserve)) = (from_miss, &self.reserve) {
+                tracing::trace!(%key, why, "writing the reserve copy here");
+                reserve.admit(key, &entry);
+            }
+        };
+        if !self.has_quorum(&view) {
+            self.metrics.cluster.skipped_below_quorum.inc();
+            self.metrics.cluster.writes.inc();
+            admit_locally("the cluster is below member_count_quorum");
+            return;
+        }
+        let replicas = view.replicas(&key, self.settings.replica_count as usize);
+        let mut acks = replicas.iter().filter(|m| m.is_local()).count();
+        if replicas.first().is_none_or(|primary| primary.is_local()) {
+            admit_locally("this member is the primary owner");
+        }
+        let message = entry_to_wire(&key, &entry);
+        let timeout = self
+            .timings
+            .call_timeout
+            .max(std::time::Duration::from_secs(2));
+        let mut calls: FuturesUnordered<_> = replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, m)| Some((rank, m.client.clone()?)))
+            .map(|(rank, mut client)| {
+                let request = SetRequest {
+                    entry: Some(message.clone()),
+                    admit_to_reserve: from_miss && rank == 0,
+                };
+                async move {
+                    (
+                        rank,
+                        tokio::time::timeout(timeout, client.set(request)).await,
+                    )
+                }
+            })
+            .collect();
+        while let Some((rank, result)) = calls.next().await {
+            let ok = matches!(result, Ok(Ok(_)));
+            self.metrics.cluster.count_call("set", ok);
+            if ok {
+                acks += 1;
+            } else {
+                self.metrics.cluster.replica_write_failures.inc();
+                if rank == 0 {
+                    // The primary owner did not take it: keep the reserve copy anyway.
+                    admit_locally("the primary owner did not acknowledge");
+                }
+            }
+        }
+        let needed = self.settings.write_quorum as usize;
+        self.metrics.cluster.writes.inc();
+        if acks < needed {
+            self.metrics.cluster.write_quorum_failures.inc();
+            tracing::warn!(
+                %key,
+                acks,
+                needed,
+                replicas = replicas.len(),
+                "cluster write missed write_quorum; the answer is served but may be missing from the cluster"
+            );
+        }
+    }
+
+    /// Removes `key` from every live member (members keep copies for their
+    /// own clients too). True if any member held it.
+    pub async fn delete_everywhere(&self, key: &CacheKey) -> bool {
+        let view = self.view();
+        let calls =
+            view.members
+                .iter()
+                .filter_map(|m| m.client.clone())
+                .map(|mut client| async move {
+                    let request = DeleteRequest {
+                        key: key.0.to_vec(),
+                    };
+                    tokio::time::timeout(self.timings.call_timeout, client.delete(request)).await
+                });
+        let mut removed = false;
+        for result in futures::future::join_all(calls).await {
+            let ok = matches!(result, Ok(Ok(_)));
+            self.metrics.cluster.count_call("delete", ok);
+            removed |= matches!(result, Ok(Ok(reply)) if reply.get_ref().removed);
+        }
+        removed
+    }
+
+    /// Removes every entry from every live member; the number of members
+    /// that did not confirm.
+    pub async fn clear_everywhere(&self) -> usize {
+        let view = self.view();
+        let calls =
+            view.members
+                .iter()
+                .filter_map(|m| m.client.clone())
+                .map(|mut client| async move {
+                    tokio::time::timeout(self.timings.call_timeout, client.clear(ClearRequest {}))
+                        .await
+                });
+        let mut failed = 0;
+        for result in futures::future::join_all(calls).await {
+            let ok = matches!(result, Ok(Ok(_)));
+            self.metrics.cluster.count_call("clear", ok);
+            failed += usize::from(!ok);
+        }
+        failed
+    }
+}

@@ -1,0 +1,186 @@
+//! Who may talk to the gRPC port: a shared token carried as a bearer
+//! header on every call, and optional mutual TLS with one CA for members
+//! and clients.
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
+use tonic::{Request, Status};
+
+use super::proto::cluster_client::ClusterClient;
+use super::{ClusterError, Timings};
+use crate::config::{HaConfig, PeerTlsConfig};
+use crate::metrics::Metrics;
+
+/// A client of one member, adding the token to every call.
+pub type PeerClient = ClusterClient<InterceptedService<Channel, AddToken>>;
+
+/// Adds `authorization: Bearer <token>` to outgoing calls.
+#[derive(Clone)]
+pub struct AddToken(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for AddToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Refuses calls without the configured token.
+#[derive(Clone)]
+pub struct CheckToken {
+    expected: Option<Arc<[u8]>>,
+    metrics: Arc<Metrics>,
+}
+
+impl CheckToken {
+    /// Checks for `token`; an empty token lets every call in.
+    pub fn new(token: &str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            expected: (!token.is_empty()).then(|| format!("Bearer {token}").into_bytes().into()),
+            metrics,
+        }
+    }
+}
+
+impl tonic::service::Interceptor for CheckToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if bool::from(presented.ct_eq(expected)) {
+            Ok(request)
+        } else {
+            self.metrics.cluster.refused.inc();
+            Err(Status::unauthenticated(
+                "missing or wrong cluster token; set cache.ha.token to the cluster's token",
+            ))
+        }
+    }
+}
+
+fn read_pem(path: &str, what: &str) -> Result<Vec<u8>, ClusterError> {
+    std::fs::read(path).map_err(|err| {
+        ClusterError::Tls(format!(
+            "cannot read the {what} {path:?}: {err}; check the file exists and is readable"
+        ))
+    })
+}
+
+/// The server side of mutual TLS, when configured: a client must present
+/// a certificate signed by `ca_file`.
+pub fn server_tls(tls: &PeerTlsConfig) -> Result<Option<ServerTlsConfig>, ClusterError> {
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let identity = Identity::from_pem(
+        read_pem(&tls.cert_file, "certificate")?,
+        read_pem(&tls.key_file, "private key")?,
+    );
+    let ca = Certificate::from_pem(read_pem(&tls.ca_file, "CA certificate")?);
+    Ok(Some(
+        ServerTlsConfig::new().identity(identity).client_ca_root(ca),
+    ))
+}
+
+/// Builds clients for member addresses with the token, TLS and timings.
+#[derive(Clone)]
+pub struct Connector {
+    token: AddToken,
+    tls: Option<(Identity, Certificate)>,
+    timings: Timings,
+    max_message_bytes: usize,
+}
+
+impl Connector {
+    /// A connector for `settings`.
+    pub fn new(settings: &HaConfig, timings: Timings) -> Result<Self, ClusterError> {
+        let token = if settings.token.is_empty() {
+            None
+        } else {
+            let value = format!("Bearer {}", settings.token).parse().map_err(|_| {
+                ClusterError::Tls(
+                    "cache.ha.token must be printable ASCII without line breaks".into(),
+                )
+            })?;
+            Some(value)
+        };
+        let tls = if settings.tls.enabled() {
+            let tls = &settings.tls;
+            Some((
+                Identity::from_pem(
+                    read_pem(&tls.cert_file, "certificate")?,
+                    read_pem(&tls.key_file, "private key")?,
+                ),
+                Certificate::from_pem(read_pem(&tls.ca_file, "CA certificate")?),
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            token: AddToken(token),
+            tls,
+            timings,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+        })
+    }
+
+    /// A client for `address` (`host:port`). Connects lazily, and resolves
+    /// the name again on every reconnect, so a pod that comes back under
+    /// the same name with a new IP is found.
+    pub fn client(&self, address: &str) -> Result<PeerClient, ClusterError> {
+        let bad = |reason: String| ClusterError::Address {
+            address: address.to_string(),
+            reason,
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(self.timings.probe_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(
+                self.timings
+                    .probe_interval
+                    .max(std::time::Duration::from_secs(1)),
+            )
+            .keep_alive_while_idle(true);
+        if let Some((identity, ca)) = &self.tls {
+            let host = address
+                .rsplit_once(':')
+                .map_or(address, |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            endpoint = endpoint
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(ca.clone())
+                        .identity(identity.clone())
+                        .domain_name(host),
+                )
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(
+            ClusterClient::with_interceptor(endpoint.connect_lazy(), self.token.clone())
+                .max_decoding_message_size(self.max_message_bytes)
+                .max_encoding_message_size(self.max_message_bytes),
+        )
+    }
+}
+
+/// Largest gRPC message: a batch of entries, or one entry of up to
+/// `cache.max_entry_bytes` (8 MiB by default) with room to spare.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

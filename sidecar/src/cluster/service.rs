@@ -1,0 +1,214 @@
+//! The gRPC service other members and clients call. Every call is answered
+//! from this member's own store and never forwarded, so no request loops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::proto::cluster_server::{Cluster as ClusterRpc, ClusterServer};
+use super::proto::{
+    ClearReply, ClearRequest, DeleteReply, DeleteRequest, GetManyReply, GetManyRequest, GetReply,
+    GetRequest, KeyVersion, PingReply, PingRequest, SetManyReply, SetManyRequest, SetReply,
+    SetRequest, VersionsReply, VersionsRequest,
+};
+use super::security::{server_tls, CheckToken, MAX_MESSAGE_BYTES};
+use super::wire::{
+    entry_from_wire, entry_to_wire, key_from_wire, version_from_wire, version_to_wire,
+};
+use super::{Cluster, ClusterError};
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
+use crate::tier::Tier;
+
+/// Most keys one batched call may carry.
+const MAX_BATCH_KEYS: usize = 4096;
+
+/// Binds `cache.ha.bind_addr` and serves the cluster protocol until the
+/// cluster stops. Returns the bound address.
+pub async fn serve(cluster: Arc<Cluster>) -> Result<SocketAddr, ClusterError> {
+    let addr = cluster.settings.bind_addr.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ClusterError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ClusterError::Bind { addr, source })?;
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = server_tls(&cluster.settings.tls)? {
+        builder = builder.tls_config(tls).map_err(|e| {
+            ClusterError::Tls(format!("{e}; check cert_file, key_file and ca_file"))
+        })?;
+    }
+    let mut stopping = cluster.stopping();
+    let router = builder.add_service(tonic::service::interceptor::InterceptedService::new(
+        ClusterServer::new(Service(Arc::clone(&cluster)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        CheckToken::new(&cluster.settings.token, Arc::clone(&cluster.metrics)),
+    ));
+    tokio::spawn(async move {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        if let Err(err) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+            tracing::error!(%err, "the cluster port stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// The service implementation.
+struct Service(Arc<Cluster>);
+
+fn bad_key() -> Status {
+    Status::invalid_argument("a key must be 32 bytes (the x-relaycache-key hash)")
+}
+
+fn too_many(n: usize) -> Status {
+    Status::invalid_argument(format!(
+        "{n} keys in one call; send at most {MAX_BATCH_KEYS}"
+    ))
+}
+
+impl Service {
+    /// Stores an entry unless a newer copy is held. True if stored.
+    fn store(&self, key: CacheKey, entry: CachedResponse, admit_to_reserve: bool) -> bool {
+        let cluster = &self.0;
+        cluster.clock.observe(entry.version);
+        let newer_held = cluster
+            .memory
+            .lookup(&key)
+            .is_some_and(|held| held.version >= entry.version);
+        if newer_held {
+            return false;
+        }
+        let entry = Arc::new(entry);
+        cluster.memory.insert(key, Arc::clone(&entry));
+        if let (true, Some(reserve)) = (admit_to_reserve, &cluster.reserve) {
+            reserve.admit(key, &entry);
+        }
+        true
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterRpc for Service {
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let cluster = &self.0;
+        let request = request.into_inner();
+        cluster
+            .clock
+            .observe(version_from_wire(request.clock.as_ref()));
+        if cluster.settings.embedded && !request.from.is_empty() {
+            cluster.membership.learn(&request.from);
+        }
+        Ok(Response::new(PingReply {
+            id: cluster.self_id.as_deref().unwrap_or_default().to_string(),
+            leaving: cluster.is_leaving(),
+            members: cluster.membership.live_ids(),
+            clock: Some(version_to_wire(cluster.clock.tick())),
+        }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
+        let key = key_from_wire(&request.get_ref().key).ok_or_else(bad_key)?;
+        let entry = self.0.memory.lookup(&key).map(|e| entry_to_wire(&key, &e));
+        Ok(Response::new(GetReply { entry }))
+    }
+
+    async fn get_many(
+        &self,
+        request: Request<GetManyRequest>,
+    ) -> Result<Response<GetManyReply>, Status> {
+        let keys = &request.get_ref().keys;
+        if keys.len() > MAX_BATCH_KEYS {
+            return Err(too_many(keys.len()));
+        }
+        let mut entries = Vec::new();
+        for raw in keys {
+            let key = key_from_wire(raw).ok_or_else(bad_key)?;
+            if let Some(entry) = self.0.memory.lookup(&key) {
+                entries.push(entry_to_wire(&key, &entry));
+            }
+        }
+        Ok(Response::new(GetManyReply { entries }))
+    }
+
+    async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetReply>, Status> {
+        let request = request.into_inner();
+        let wire = request
+            .entry
+            .ok_or_else(|| Status::invalid_argument("set needs an entry"))?;
+        let Some((key, entry)) = entry_from_wire(&wire) else {
+            // Expired in flight, or malformed: nothing to keep.
+            return Ok(Response::new(SetReply { stored: false }));
+        };
+        let stored = self.store(key, entry, request.admit_to_reserve);
+        Ok(Response::new(SetReply { stored }))
+    }
+
+    async fn set_many(
+        &self,
+        request: Request<SetManyRequest>,
+    ) -> Result<Response<SetManyReply>, Status> {
+        let entries = request.into_inner().entries;
+        if entries.len() > MAX_BATCH_KEYS {
+            return Err(too_many(entries.len()));
+        }
+        let mut stored = 0u32;
+        for wire in &entries {
+            if let Some((key, entry)) = entry_from_wire(wire) {
+                stored += u32::from(self.store(key, entry, false));
+            }
+        }
+        Ok(Response::new(SetManyReply { stored }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteReply>, Status> {
+        let key = key_from_wire(&request.get_ref().key).ok_or_else(bad_key)?;
+        let removed = self.0.memory.delete(&key).await.unwrap_or(false);
+        Ok(Response::new(DeleteReply { removed }))
+    }
+
+    async fn clear(&self, _request: Request<ClearRequest>) -> Result<Response<ClearReply>, Status> {
+        self.0
+            .memory
+            .clear()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!("cleared by a cluster purge");
+        Ok(Response::new(ClearReply {}))
+    }
+
+    async fn versions(
+        &self,
+        request: Request<VersionsRequest>,
+    ) -> Result<Response<VersionsReply>, Status> {
+        let keys = &request.get_ref().keys;
+        if keys.len() > MAX_BATCH_KEYS {
+            return Err(too_many(keys.len()));
+        }
+        let mut versions = Vec::with_capacity(keys.len());
+        for raw in keys {
+            let key = key_from_wire(raw).ok_or_else(bad_key)?;
+            versions.push(KeyVersion {
+                key: raw.clone(),
+                version: self
+                    .0
+                    .memory
+                    .lookup(&key)
+                    .map(|e| version_to_wire(e.version)),
+            });
+        }
+        Ok(Response::new(VersionsReply { versions }))
+    }
+}

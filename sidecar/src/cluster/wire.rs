@@ -1,0 +1,105 @@
+//! Entries and versions as protocol messages, and back. Everything that
+//! arrives is checked: a malformed entry is refused, never stored.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::proto;
+use crate::entry::{CachedResponse, TokenUsage};
+use crate::key::CacheKey;
+use crate::version::Version;
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A version as sent.
+pub fn version_to_wire(version: Version) -> proto::Version {
+    proto::Version {
+        wall_ms: version.wall_ms,
+        counter: version.counter,
+        origin: version.origin,
+    }
+}
+
+/// A version as received (absent: the oldest possible).
+pub fn version_from_wire(version: Option<&proto::Version>) -> Version {
+    version.map_or_else(Version::default, |v| Version {
+        wall_ms: v.wall_ms,
+        counter: v.counter,
+        origin: v.origin,
+    })
+}
+
+/// An entry as sent.
+pub fn entry_to_wire(key: &CacheKey, entry: &CachedResponse) -> proto::Entry {
+    proto::Entry {
+        key: key.0.to_vec(),
+        header_block: entry.header_block().to_vec(),
+        body: entry.body().to_vec(),
+        created_ms: unix_ms(entry.created),
+        ttl_ms: u64::try_from(entry.ttl.as_millis()).unwrap_or(u64::MAX),
+        input_tokens: entry.usage.input,
+        output_tokens: entry.usage.output,
+        version: Some(version_to_wire(entry.version)),
+    }
+}
+
+/// A key as received.
+pub fn key_from_wire(bytes: &[u8]) -> Option<CacheKey> {
+    Some(CacheKey(bytes.try_into().ok()?))
+}
+
+/// An entry as received; `None` when it is malformed or no longer fresh.
+pub fn entry_from_wire(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
+    let key = key_from_wire(&entry.key)?;
+    let created = UNIX_EPOCH.checked_add(Duration::from_millis(entry.created_ms))?;
+    let restored = CachedResponse::from_parts(
+        &entry.header_block,
+        &entry.body,
+        created,
+        Duration::from_millis(entry.ttl_ms),
+        TokenUsage {
+            input: entry.input_tokens,
+            output: entry.output_tokens,
+        },
+        version_from_wire(entry.version.as_ref()),
+    )?;
+    restored.is_fresh().then_some((key, restored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    #[test]
+    fn entries_survive_the_wire_and_garbage_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        let mut entry = CachedResponse::new(&headers, b"{\"ok\":true}", Duration::from_secs(60));
+        entry.version = Version {
+            wall_ms: 5,
+            counter: 2,
+            origin: 9,
+        };
+        let key = CacheKey([7; 32]);
+        let sent = entry_to_wire(&key, &entry);
+        let (got_key, got) = entry_from_wire(&sent).expect("a fresh entry decodes");
+        assert_eq!(got_key, key);
+        assert_eq!(got.body(), entry.body());
+        assert_eq!(got.headers(), entry.headers());
+        assert_eq!(got.version, entry.version);
+
+        let mut short_key = sent.clone();
+        short_key.key.pop();
+        assert!(entry_from_wire(&short_key).is_none());
+        let mut broken_headers = sent.clone();
+        broken_headers.header_block.truncate(3);
+        assert!(entry_from_wire(&broken_headers).is_none());
+        let mut expired = sent;
+        expired.created_ms = 1_000;
+        assert!(entry_from_wire(&expired).is_none());
+    }
+}

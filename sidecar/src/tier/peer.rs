@@ -1,0 +1,77 @@
+//! L2: the cache cluster as a tier. Reads ask the key's replicas; writes go
+//! to them in the background, so a response never waits for replication.
+
+use std::sync::Arc;
+
+use super::{Tier, TierFuture};
+use crate::cluster::Cluster;
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
+
+/// The cluster tier of a member or client.
+#[derive(Clone)]
+pub struct PeerTier {
+    cluster: Arc<Cluster>,
+}
+
+impl PeerTier {
+    /// A tier over `cluster`.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+
+    /// The cluster behind the tier.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The freshest copy among the key's replicas.
+    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        self.cluster.lookup(key).await
+    }
+
+    /// Stamps a new entry with the cluster's next version.
+    pub fn stamp(&self, entry: &mut CachedResponse) {
+        entry.version = self.cluster.next_version();
+    }
+
+    /// Replicates `entry` in the background. `from_miss`: it came from the
+    /// upstream, so the primary owner also writes it to the reserve.
+    pub fn replicate(&self, key: CacheKey, entry: Arc<CachedResponse>, from_miss: bool) {
+        let cluster = Arc::clone(&self.cluster);
+        tokio::spawn(async move { cluster.replicate(key, entry, from_miss).await });
+    }
+}
+
+impl Tier for PeerTier {
+    fn name(&self) -> &'static str {
+        "peer"
+    }
+
+    fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>> {
+        Box::pin(async move { Ok(self.lookup(key).await) })
+    }
+
+    fn set<'a>(&'a self, key: CacheKey, entry: Arc<CachedResponse>) -> TierFuture<'a, ()> {
+        Box::pin(async move {
+            self.cluster.replicate(key, entry, false).await;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, bool> {
+        Box::pin(async move { Ok(self.cluster.delete_everywhere(key).await) })
+    }
+
+    fn clear(&self) -> TierFuture<'_, ()> {
+        Box::pin(async move {
+            match self.cluster.clear_everywhere().await {
+                0 => Ok(()),
+                failed => Err(super::TierError::Unavailable {
+                    tier: "peer",
+                    reason: format!("{failed} member(s) did not confirm the purge"),
+                }),
+            }
+        })
+    }
+}
