@@ -168,7 +168,8 @@ pub struct ClusterMetrics {
     pub replica_write_failures: Counter,
     /// Lookups and writes skipped because the cluster was below quorum.
     pub skipped_below_quorum: Counter,
-    /// Keys found with fewer copies than `replica_count` at the last repair pass.
+    /// Keys the last repair pass found with fewer copies than
+    /// `replica_count` (before it copied them).
     pub under_replicated_keys: Gauge<i64, AtomicI64>,
     /// Entries copied by repair.
     pub repaired: Counter,
@@ -199,7 +200,7 @@ impl ClusterMetrics {
             ),
             (
                 "under_replicated_keys",
-                "Keys with fewer copies than replica_count at the last repair pass",
+                "Keys the last repair pass found short of replica_count, before copying them",
                 &self.under_replicated_keys,
             ),
         ];

@@ -202,3 +202,275 @@ async fn rolling_restart_keeps_the_hit_ratio() {
         "hit ratio during the rolling restart fell to {rolling_ratio:.3}"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_member_is_repaired_back_to_replica_count() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let mut members = start_cluster(&upstream.url(), &addresses, 2);
+    wait_all(&members, 3).await;
+    for i in 0..30 {
+        post_messages(&members[0], "k", &question(&format!("repair {i}")), &[]).await;
+    }
+    members[0]
+        .wait_for_stats("30 cluster writes", |s| s["cluster"]["writes"] == 30)
+        .await;
+
+    // kill -9: no handoff. The member comes back empty under the same name.
+    members[1].kill_hard();
+    for member in [&members[0], &members[2]] {
+        member.wait_for_members(2).await;
+    }
+    members[1] = Relay::start(&member_config(
+        &upstream.url(),
+        &addresses[1],
+        &addresses,
+        2,
+    ));
+    wait_all(&members, 3).await;
+    // Without a single request through it, repair copies its share back.
+    let back = members[1]
+        .wait_for_stats("entries repaired onto the restarted member", |s| {
+            s["key_count"].as_u64() >= Some(10)
+        })
+        .await;
+    let mut repaired = 0;
+    let mut found_short = 0;
+    for member in [&members[0], &members[2]] {
+        let stats = member.stats().await;
+        repaired += stats["cluster"]["repaired"].as_u64().unwrap();
+        found_short += stats["cluster"]["under_replicated_keys"].as_u64().unwrap();
+    }
+    assert!(
+        repaired >= back["key_count"].as_u64().unwrap(),
+        "repaired {repaired}, held {back}"
+    );
+    assert!(found_short > 0, "the pass counted the keys it found short");
+    assert_eq!(upstream.calls(), 30);
+}
+
+#[tokio::test]
+async fn the_freshest_version_wins_after_a_refresh() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let members = start_cluster(&upstream.url(), &addresses, 2);
+    wait_all(&members, 3).await;
+    let body = question("versioned");
+    let first = post_messages(&members[0], "k", &body, &[]).await;
+    assert_eq!(first.header("x-mock-call"), "1");
+    members[0]
+        .wait_for_stats("first write", |s| s["cluster"]["writes"] == 1)
+        .await;
+    let refreshed = post_messages(&members[1], "k", &body, &[("cache-control", "no-cache")]).await;
+    assert_eq!(
+        (refreshed.cache_status(), refreshed.header("x-mock-call")),
+        ("refresh", "2")
+    );
+    members[1]
+        .wait_for_stats("refresh write", |s| s["cluster"]["writes"] == 1)
+        .await;
+    // A reader that needs both replicas to answer gets the newer copy.
+    let mut config = client_config(&upstream.url(), &addresses, 2);
+    config.cache.ha.read_quorum = 2;
+    let client = Relay::start(&config);
+    client.wait_for_members(3).await;
+    let read = post_messages(&client, "k", &body, &[]).await;
+    assert_eq!(
+        (
+            read.cache_status(),
+            read.header("x-relaycache-tier"),
+            read.header("x-mock-call")
+        ),
+        ("hit", "peer", "2")
+    );
+}
+
+#[tokio::test]
+async fn below_member_count_quorum_the_cluster_tier_is_skipped_and_said() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let mut members: Vec<Relay> = addresses
+        .iter()
+        .map(|grpc| {
+            let mut config = member_config(&upstream.url(), grpc, &addresses, 3);
+            config.cache.ha.write_quorum = 3;
+            config.cache.ha.member_count_quorum = 3;
+            Relay::start(&config)
+        })
+        .collect();
+    wait_all(&members, 3).await;
+    let ready = get(&members[0].admin_url("/readyz")).await;
+    assert!(
+        ready.text().contains("cluster: ok (3 live members"),
+        "{}",
+        ready.text()
+    );
+
+    members[2].kill_hard();
+    members[0].wait_for_members(2).await;
+    let ready = get(&members[0].admin_url("/readyz")).await;
+    assert_eq!(
+        ready.status, 200,
+        "it still serves from memory and the upstream"
+    );
+    assert!(ready.text().contains("below quorum"), "{}", ready.text());
+    let reply = post_messages(&members[0], "k", &question("alone"), &[]).await;
+    assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
+    let again = post_messages(&members[0], "k", &question("alone"), &[]).await;
+    assert_eq!(
+        (again.cache_status(), again.header("x-relaycache-tier")),
+        ("hit", "memory")
+    );
+    let stats = members[0]
+        .wait_for_stats("a write skipped below quorum", |s| {
+            s["cluster"]["skipped_below_quorum"].as_u64() >= Some(2)
+        })
+        .await;
+    assert_eq!(stats["cluster"]["quorum"], false);
+    assert_eq!(
+        members[0].metric("relaycache_cluster_quorum").await,
+        0.0,
+        "the quorum gauge says so too"
+    );
+}
+
+#[tokio::test]
+async fn a_missed_write_quorum_is_counted_and_logged() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let mut members: Vec<Relay> = addresses
+        .iter()
+        .map(|grpc| {
+            let mut config = member_config(&upstream.url(), grpc, &addresses, 3);
+            config.cache.ha.write_quorum = 3;
+            Relay::start(&config)
+        })
+        .collect();
+    wait_all(&members, 3).await;
+    members[2].kill_hard();
+    members[0].wait_for_members(2).await;
+    // Two live members cannot give three acknowledgements.
+    let reply = post_messages(&members[0], "k", &question("short"), &[]).await;
+    assert_eq!(reply.status, 200, "the client still gets its answer");
+    members[0]
+        .wait_for_stats("the missed quorum", |s| {
+            s["cluster"]["write_quorum_failures"] == 1
+        })
+        .await;
+    assert!(members[0]
+        .logs()
+        .iter()
+        .any(|l| l.contains("missed write_quorum") && l.contains("\"acks\":2")));
+    // The copy that did land is still shared.
+    let other = post_messages(&members[1], "k", &question("short"), &[]).await;
+    assert_eq!(other.cache_status(), "hit");
+}
+
+#[tokio::test]
+async fn members_without_the_token_are_refused_and_it_is_never_logged() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let members: Vec<Relay> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, grpc)| {
+            let mut config = member_config(&upstream.url(), grpc, &addresses, 2);
+            config.cache.ha.token = if i < 2 { "s3cret-peer-token" } else { "wrong" }.into();
+            config.log.level = "debug".into();
+            Relay::start(&config)
+        })
+        .collect();
+    members[0].wait_for_members(2).await;
+    members[1].wait_for_members(2).await;
+    members[0]
+        .wait_for_stats("refused calls", |s| {
+            s["cluster"]["refused"].as_u64() > Some(0)
+        })
+        .await;
+    // The outsider sees nobody but itself, however long it probes.
+    members[2]
+        .wait_for_stats("refused by the others", |s| s["cluster"]["members"] == 1)
+        .await;
+    assert_eq!(members[0].stats().await["cluster"]["members"], 2);
+    post_messages(&members[0], "k", &question("secret"), &[]).await;
+    let hit = post_messages(&members[1], "k", &question("secret"), &[]).await;
+    assert_eq!(hit.cache_status(), "hit");
+    for member in &members {
+        assert!(
+            member
+                .logs()
+                .iter()
+                .all(|l| !l.contains("s3cret-peer-token")),
+            "the token was logged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_between_members() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca_file = write("ca.pem", &ca_pem);
+    let member_key = KeyPair::generate().unwrap();
+    let member_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&member_key, &issuer)
+        .unwrap();
+    let cert_file = write("member.pem", &member_cert.pem());
+    let key_file = write("member.key", &member_key.serialize_pem());
+
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let members: Vec<Relay> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, grpc)| {
+            let mut config = member_config(&upstream.url(), grpc, &addresses, 2);
+            if i < 2 {
+                config.cache.ha.tls.cert_file = cert_file.clone();
+                config.cache.ha.tls.key_file = key_file.clone();
+                config.cache.ha.tls.ca_file = ca_file.clone();
+            } else {
+                config.log.level = "debug".into();
+            }
+            Relay::start(&config)
+        })
+        .collect();
+    members[0].wait_for_members(2).await;
+    members[1].wait_for_members(2).await;
+    post_messages(&members[0], "k", &question("over tls"), &[]).await;
+    members[0]
+        .wait_for_stats("a write over TLS", |s| s["cluster"]["writes"] == 1)
+        .await;
+    let hit = post_messages(&members[1], "k", &question("over tls"), &[]).await;
+    assert_eq!(hit.cache_status(), "hit");
+    // A member without a certificate cannot join: its probes fail.
+    for _ in 0..200 {
+        if members[2]
+            .logs()
+            .iter()
+            .filter(|l| l.contains("probe refused"))
+            .count()
+            >= 6
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(members[2]
+        .logs()
+        .iter()
+        .any(|l| l.contains("probe refused")));
+    assert_eq!(members[2].stats().await["cluster"]["members"], 1);
+    assert_eq!(members[0].stats().await["cluster"]["members"], 2);
+}

@@ -106,11 +106,12 @@ impl Cluster {
                 }
             }
         }
-        let left = short.saturating_sub(repaired);
+        // What the pass found, before it copied anything: the figure that
+        // tells how often and how far the cluster falls short.
         self.metrics
             .cluster
             .under_replicated_keys
-            .set(i64::try_from(left).unwrap_or(i64::MAX));
+            .set(i64::try_from(short).unwrap_or(i64::MAX));
         if short > 0 {
             tracing::info!(
                 checked = entries.len(),
