@@ -26,6 +26,10 @@ enum Command {
         /// (`relaycache config init` prints them).
         #[arg(short, long, env = "RELAYCACHE_CONFIG")]
         config: Option<PathBuf>,
+        /// The configuration itself, as YAML text: how an injected sidecar
+        /// gets its config without a ConfigMap in the app's namespace.
+        #[arg(long, env = "RELAYCACHE_CONFIG_YAML", conflicts_with = "config")]
+        config_yaml: Option<String>,
     },
     /// Work with configuration files.
     Config {
@@ -65,7 +69,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config } => match serve(config) {
+        Command::Serve {
+            config,
+            config_yaml,
+        } => match serve(config, config_yaml) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("relaycache: {err:#}");
@@ -75,11 +82,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match &path {
-        Some(path) => Config::load(path)
+fn serve(path: Option<PathBuf>, inline: Option<String>) -> anyhow::Result<()> {
+    let config = match (&path, inline) {
+        (Some(path), _) => Config::load(path)
             .with_context(|| format!("invalid configuration {}", path.display()))?,
-        None => Config::default(),
+        (None, Some(text)) => Config::from_yaml(&text)
+            .context("invalid configuration in --config-yaml / RELAYCACHE_CONFIG_YAML")?,
+        (None, None) => Config::default(),
     };
     relaycache::telemetry::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -91,7 +91,8 @@ async fn kill_9_of_a_member_keeps_every_answer_available() {
     members[1].kill_hard();
     // A client-mode process (what an injected sidecar runs) starts with an
     // empty memory: every hit it gets comes from the surviving members.
-    let client = Relay::start(&client_config(&upstream.url(), &addresses, 2));
+    // Its config arrives in RELAYCACHE_CONFIG_YAML, as the webhook passes it.
+    let client = Relay::start_inline(&client_config(&upstream.url(), &addresses, 2));
     client.wait_for_members(2).await;
     for body in &keys {
         let reply = post_messages(&client, "k", body, &[]).await;

@@ -63,6 +63,20 @@ fn config_validate_names_every_mistake() {
 
     let serve = relaycache(&["serve", "--config", path.to_str().unwrap()]);
     assert!(!serve.status.success(), "serve refuses a bad config");
+    let inline = Command::new(env!("CARGO_BIN_EXE_relaycache"))
+        .arg("serve")
+        .env("RELAYCACHE_CONFIG_YAML", "cache:\n  mode: sometimes\n")
+        .output()
+        .unwrap();
+    assert!(
+        !inline.status.success(),
+        "serve refuses a bad inline config"
+    );
+    let said = String::from_utf8_lossy(&inline.stderr);
+    assert!(
+        said.contains("RELAYCACHE_CONFIG_YAML") && said.contains("cache.mode"),
+        "{said}"
+    );
 }
 
 #[tokio::test]

@@ -48,12 +48,27 @@ pub fn config_for(upstream: &str) -> Config {
 impl Relay {
     /// Starts relaycache with `config` and waits until it listens.
     pub fn start(config: &Config) -> Self {
+        Self::launch(config, false)
+    }
+
+    /// Starts relaycache with `config` given as YAML text in
+    /// `RELAYCACHE_CONFIG_YAML`, as an injected sidecar gets it.
+    pub fn start_inline(config: &Config) -> Self {
+        Self::launch(config, true)
+    }
+
+    fn launch(config: &Config, inline: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("relaycache.yaml");
         std::fs::write(&path, config.to_yaml()).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relaycache"))
-            .args(["serve", "--config"])
-            .arg(&path)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relaycache"));
+        command.arg("serve");
+        if inline {
+            command.env("RELAYCACHE_CONFIG_YAML", config.to_yaml());
+        } else {
+            command.arg("--config").arg(&path);
+        }
+        let mut child = command
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
