@@ -8,7 +8,9 @@
 #   3. helm template in several configurations, asserted object by object
 #   4. values the schema must reject are rejected, with the schema's message
 #   5. the dashboard only queries metrics the proxy exports (a live scrape)
-#   6. the docker-compose example's configs pass `relaycache config validate`
+#   6. examples/app-deployment.yaml opts in and passes the restricted profile
+#   7. the docker-compose example's configs pass `relaycache config validate`
+#      and agree with each other (scripts/compose_check.py)
 #
 # HELM (default .e2e-bin/helm) and RELAYCACHE (default target/debug/relaycache,
 # built if missing) can be overridden from the environment.
@@ -162,9 +164,13 @@ fi
 check dashboard-metrics "$CHART/dashboards/relaycache.json" "$work/metrics.txt" \
   --pending relaycache_peer_hits_total
 
+step "examples/app-deployment.yaml"
+check app-example examples/app-deployment.yaml
+
 step "docker-compose example"
 for f in examples/compose/*.yaml; do
-  "$RELAYCACHE" config validate "$f" >/dev/null
+  # The members read the peer token from the environment; any value proves the file.
+  RELAYCACHE_PEER_TOKEN=chart-check "$RELAYCACHE" config validate "$f" >/dev/null
   echo "  ok: relaycache config validate $f"
 done
 python3 scripts/compose_check.py examples/docker-compose.yaml

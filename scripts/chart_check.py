@@ -7,7 +7,8 @@ scripts/chart-check.sh renders the chart with `helm template` and calls
         [--network-policy] [--monitoring-ns NS ...] [--cache-ns NS ...]
         [--dashboard] [--service-monitor] [--pod-monitor]
     chart_check.py notes FILE --namespace NS
-    chart_check.py dashboard-metrics DASHBOARD_JSON METRICS_TEXT
+    chart_check.py dashboard-metrics DASHBOARD_JSON METRICS_TEXT [--pending NAME ...]
+    chart_check.py app-example examples/app-deployment.yaml
 
 Each check prints what it proved; the first failure stops with a message
 naming the object and the rule it broke.
@@ -358,7 +359,7 @@ def check_manifests(args):
             fail(f"the TLS volume is {vol}, expected Secret {secret}")
     elif TLS_DIR in mounts:
         fail(f"self-signed mode mounts {TLS_DIR}; the operator keeps its certificate in a Secret")
-    ok(f"Deployment {fullname}: {args.replicas} replicas, image {OPERATOR_IMAGE}, "
+    ok(f"Deployment {fullname}: replicas {args.replicas}, image {OPERATOR_IMAGE}, "
        f"cert mode {mode}, probes /healthz /readyz on 8081, webhook on 9443")
 
     service = one(docs, "Service")
@@ -573,6 +574,24 @@ def check_dashboard_metrics(args):
        f"{' (or pending)' if used & pending - exported else ''}")
 
 
+def check_app_example(args):
+    docs = load_docs(args.file)
+    deploy = one(docs, "Deployment")
+    labels = deploy["spec"]["template"]["metadata"].get("labels", {})
+    target = labels.get(INJECT_LABEL) or fail(f"{ident(deploy)}: pods lack the {INJECT_LABEL} label")
+    if not re.fullmatch(r"([a-z0-9-]+\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?", target):
+        fail(f"{ident(deploy)}: {INJECT_LABEL}={target} is neither NAME nor NAMESPACE.NAME")
+    spec = deploy["spec"]["template"]["spec"]
+    for c in spec["containers"]:
+        # The webhook sets these; setting them in the example would hide it.
+        for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
+            if var in env_of(c):
+                fail(f"{ident(deploy)} container {c['name']} sets {var}; the webhook should")
+    count = check_restricted(ident(deploy), spec)
+    ok(f"{args.file}: pods opt in with {INJECT_LABEL}: {target}, leave the base URLs to the webhook, "
+       f"{count} container(s) restricted")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -599,10 +618,12 @@ def main():
     d.add_argument("dashboard")
     d.add_argument("metrics")
     d.add_argument("--pending", nargs="*", default=[])
+    a = sub.add_parser("app-example")
+    a.add_argument("file")
     args = parser.parse_args()
     try:
         {"manifests": check_manifests, "notes": check_notes,
-         "dashboard-metrics": check_dashboard_metrics}[args.cmd](args)
+         "dashboard-metrics": check_dashboard_metrics, "app-example": check_app_example}[args.cmd](args)
     except CheckError as e:
         print(f"chart-check FAILED: {e}", file=sys.stderr)
         sys.exit(1)
