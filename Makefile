@@ -9,7 +9,7 @@ IMAGE ?= relaycache/relaycache:0.1.0
 OPERATOR_IMAGE ?= relaycache/relaycache-operator:0.1.0
 
 .PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean \
-	image image-operator chart-crds chart-check
+	image image-operator chart-crds chart-check e2e-chart
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ e2e-bin: ## Build the control-plane binaries (kube-apiserver, etcd, kwok, helm, 
 
 e2e-smoke: e2e-bin ## Start a real control plane on loopback, check it, stop it
 	e2e/smoke-control-plane.sh
+
+e2e-chart: e2e-bin ## helm install/upgrade/uninstall the chart on a real control plane (Pod Security, RBAC, CRD kept)
+	SMOKE_THEN=e2e/chart-install.sh e2e/smoke-control-plane.sh
 
 bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)
 	scripts/bench.sh
