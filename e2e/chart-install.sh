@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154  # kubeconfig, repo_root, tmp, pids: set by the sourcing script
 # The Helm chart on a real control plane: sourced by
 # e2e/smoke-control-plane.sh (SMOKE_THEN=e2e/chart-install.sh, or
 # `make e2e-chart`) once etcd, kube-apiserver and kube-controller-manager
