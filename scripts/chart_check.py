@@ -15,6 +15,7 @@ naming the object and the rule it broke.
 """
 
 import argparse
+import glob
 import json
 import re
 import sys
@@ -174,6 +175,22 @@ def resolve_port(container, port):
     fail(f"container {container['name']} has no port named {port}")
 
 
+def check_crd_copy(rendered, files):
+    """The template turns the CRD file into a value and back (fromYaml,
+    toYaml); the result must say exactly what the file says."""
+    source = [d for f in files for d in load_docs(f)]
+    if sorted(d["metadata"]["name"] for d in source) != sorted(d["metadata"]["name"] for d in rendered):
+        fail(f"rendered CRDs {[d['metadata']['name'] for d in rendered]} differ from files {files}")
+    for want in source:
+        (got,) = [d for d in rendered if d["metadata"]["name"] == want["metadata"]["name"]]
+        if {k: v for k, v in got.items() if k != "metadata"} != {k: v for k, v in want.items() if k != "metadata"}:
+            fail(f"CRD {want['metadata']['name']}: the rendered spec differs from its file")
+        for field in ("annotations", "labels"):
+            if not subset(want["metadata"].get(field, {}), got["metadata"].get(field, {})):
+                fail(f"CRD {want['metadata']['name']}: rendering lost {field} of the file")
+    ok(f"rendered CRD spec equals {', '.join(files)} field for field")
+
+
 def check_rbac(docs, args, fullname, webhook_name, lease, secret):
     granted = {}
     for kind in ("ClusterRole", "Role"):
@@ -316,6 +333,7 @@ def check_manifests(args):
         if crd["metadata"].get("annotations", {}).get("helm.sh/resource-policy") != "keep":
             fail("CRD lacks helm.sh/resource-policy: keep; uninstall would delete every RelayCache")
         ok("CRD relaycaches.relaycache.io (v1alpha1, rc, status+scale) rendered with resource-policy keep")
+        check_crd_copy(crds, args.crd_files)
 
     deploy = one(docs, "Deployment")
     fullname = deploy["metadata"]["name"]
@@ -605,6 +623,8 @@ def main():
     m.add_argument("--cert-manager", action="store_true")
     m.add_argument("--external-issuer", action="store_true")
     m.add_argument("--no-crds", action="store_true")
+    m.add_argument("--crd-files", nargs="+",
+                   default=sorted(glob.glob("charts/relaycache-operator/files/crds/*.yaml")))
     m.add_argument("--network-policy", action="store_true")
     m.add_argument("--monitoring-ns", nargs="*", default=[])
     m.add_argument("--cache-ns", nargs="*", default=[])
