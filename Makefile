@@ -2,8 +2,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 CONFIG ?=
+DOCKER ?= docker
+# Default image tags; the Helm chart's appVersion and the operator's
+# --default-image use the same ones.
+IMAGE ?= relaycache/relaycache:0.1.0
+OPERATOR_IMAGE ?= relaycache/relaycache-operator:0.1.0
 
-.PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean
+.PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean \
+	image image-operator chart-crds chart-check e2e-chart
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,20 +38,37 @@ fmt-check: toolchain
 lint: toolchain ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test-deps: ## Install what the tests need: moto, a local S3-compatible server
+test-deps: ## Install what the tests need: moto (a local S3-compatible server), PyYAML
 	@command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]'
+	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 
 unit: test-deps ## Every Rust test (unit and integration)
 	$(CARGO) test --workspace
 
-test: fmt-check lint unit ## Everything CI runs: format check, clippy, all tests
+test: fmt-check lint unit chart-check ## Everything CI runs: format check, clippy, all tests, chart checks
 	@echo "make test: all checks passed"
+
+chart-check: test-deps ## Lint, render and assert the Helm chart; check the compose example (builds helm if missing)
+	e2e/build-binaries.sh helm
+	scripts/chart-check.sh
+
+chart-crds: ## Copy the generated CRD (crds/) into the Helm chart
+	scripts/sync-chart-crds.sh
+
+image: ## Build the proxy image (needs a Docker engine)
+	$(DOCKER) build -f docker/relaycache.Dockerfile -t $(IMAGE) .
+
+image-operator: ## Build the operator image (needs a Docker engine)
+	$(DOCKER) build -f docker/relaycache-operator.Dockerfile -t $(OPERATOR_IMAGE) .
 
 e2e-bin: ## Build the control-plane binaries (kube-apiserver, etcd, kwok, helm, ...) into .e2e-bin/ (cached)
 	e2e/build-binaries.sh
 
 e2e-smoke: e2e-bin ## Start a real control plane on loopback, check it, stop it
 	e2e/smoke-control-plane.sh
+
+e2e-chart: e2e-bin ## helm install/upgrade/uninstall the chart on a real control plane (Pod Security, RBAC, CRD kept)
+	SMOKE_THEN=e2e/chart-install.sh e2e/smoke-control-plane.sh
 
 bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)
 	scripts/bench.sh

@@ -7,6 +7,10 @@
 #   e2e/smoke-control-plane.sh               run the smoke test
 #   KEEP_TMP=1 e2e/smoke-control-plane.sh    keep the temp dir (logs, certs)
 #   SMOKE_KWOK=0 e2e/smoke-control-plane.sh  skip the kwok part
+#   SMOKE_THEN=FILE e2e/smoke-control-plane.sh
+#                                            then source FILE against the same
+#                                            control plane (kubectl, log, die,
+#                                            wait_for and $kubeconfig are set)
 #
 # Everything lives in one temp dir: etcd data, generated keys and certs, the
 # admin kubeconfig and the process logs.  An EXIT trap stops every process
@@ -365,6 +369,11 @@ MANIFEST
     kubectl wait --for=condition=Ready pod/smoke --namespace default --timeout=2s
   run get nodes -o wide
   run get pods --namespace default -o wide
+fi
+
+if [[ -n "${SMOKE_THEN:-}" ]]; then
+  # shellcheck source=/dev/null
+  source "$SMOKE_THEN"
 fi
 
 log "OK: control plane smoke test passed in ${SECONDS}s"

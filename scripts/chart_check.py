@@ -1,0 +1,656 @@
+#!/usr/bin/env python3
+"""Assertions on the relaycache-operator chart's rendered manifests.
+
+scripts/chart-check.sh renders the chart with `helm template` and calls
+
+    chart_check.py manifests FILE --namespace NS --release NAME [--cert-manager]
+        [--network-policy] [--monitoring-ns NS ...] [--cache-ns NS ...]
+        [--dashboard] [--service-monitor] [--pod-monitor]
+    chart_check.py notes FILE --namespace NS
+    chart_check.py dashboard-metrics DASHBOARD_JSON METRICS_TEXT [--pending NAME ...]
+    chart_check.py app-example examples/app-deployment.yaml
+
+Each check prints what it proved; the first failure stops with a message
+naming the object and the rule it broke.
+"""
+
+import argparse
+import glob
+import json
+import re
+import sys
+
+try:
+    import yaml
+except ImportError:  # the Makefile's test-deps installs it
+    sys.exit("chart_check.py needs PyYAML: python3 -m pip install pyyaml")
+
+CRD_NAME = "relaycaches.relaycache.io"
+OPERATOR_IMAGE = "relaycache/relaycache-operator:0.1.0"
+PROXY_IMAGE = "relaycache/relaycache:0.1.0"
+TLS_DIR = "/etc/relaycache-operator/tls"
+INJECT_LABEL = "relaycache.io/inject"
+CACHE_LABELS = {"app.kubernetes.io/name": "relaycache", "app.kubernetes.io/component": "cache"}
+
+# The operator's permissions, from the contract: (scope, apiGroup, resource) -> verbs.
+# Anything granted beyond this, or missing from it, fails the check.
+CLUSTER_RBAC = {
+    ("relaycache.io", "relaycaches"): {"get", "list", "watch", "patch", "update"},
+    ("relaycache.io", "relaycaches/status"): {"get", "patch", "update"},
+    ("relaycache.io", "relaycaches/finalizers"): {"update"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {
+        "get", "list", "watch", "patch", "update"},
+}
+NAMESPACED_RBAC = {
+    ("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"},
+}
+SECRET_RBAC = {("", "secrets"): {"get", "create", "update", "patch"}}
+# Verbs that can be narrowed to one object by resourceNames.
+NAMEABLE_VERBS = {"get", "patch", "update", "delete"}
+
+
+class CheckError(Exception):
+    """A rendered manifest broke a rule."""
+
+
+def fail(msg):
+    raise CheckError(msg)
+
+
+def ok(msg):
+    print(f"  ok: {msg}")
+
+
+def load_docs(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs, kind):
+    found = by_kind(docs, kind)
+    if len(found) != 1:
+        fail(f"expected exactly one {kind}, rendered {len(found)}")
+    return found[0]
+
+
+def ident(doc):
+    meta = doc.get("metadata", {})
+    return f"{doc.get('kind')} {meta.get('namespace', '')}/{meta.get('name')}"
+
+
+def subset(small, big):
+    return all(big.get(k) == v for k, v in small.items())
+
+
+# ---------------------------------------------------------------------------
+# Pod Security `restricted`
+# ---------------------------------------------------------------------------
+
+def pod_specs(docs):
+    """(owner, pod spec, pod labels) of everything that makes pods."""
+    for d in docs:
+        kind = d.get("kind")
+        if kind == "Pod":
+            yield ident(d), d["spec"], d["metadata"].get("labels", {})
+        elif kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+            tpl = d["spec"]["template"]
+            yield ident(d), tpl["spec"], tpl["metadata"].get("labels", {})
+        elif kind == "CronJob":
+            tpl = d["spec"]["jobTemplate"]["spec"]["template"]
+            yield ident(d), tpl["spec"], tpl["metadata"].get("labels", {})
+
+
+def check_restricted(owner, spec):
+    psc = spec.get("securityContext") or {}
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(host):
+            fail(f"{owner}: {host} is set")
+    for vol in spec.get("volumes", []):
+        if "hostPath" in vol:
+            fail(f"{owner}: volume {vol['name']} is a hostPath")
+    if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        fail(f"{owner}: pod seccompProfile is not RuntimeDefault")
+    if psc.get("runAsUser") == 0:
+        fail(f"{owner}: pod runs as UID 0")
+    containers = spec.get("initContainers", []) + spec.get("containers", [])
+    if not containers:
+        fail(f"{owner}: no containers")
+    for c in containers:
+        where = f"{owner} container {c['name']}"
+        sc = c.get("securityContext")
+        if not sc:
+            fail(f"{where}: no securityContext")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            fail(f"{where}: allowPrivilegeEscalation is not false")
+        if sc.get("privileged"):
+            fail(f"{where}: privileged")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            fail(f"{where}: capabilities do not drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            fail(f"{where}: adds capabilities {caps['add']}")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            fail(f"{where}: root filesystem is writable")
+        non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+        if non_root is not True:
+            fail(f"{where}: runAsNonRoot is not true")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            fail(f"{where}: runs as UID 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            fail(f"{where}: seccompProfile is {seccomp}")
+        res = c.get("resources") or {}
+        if not res.get("requests") or not (res.get("limits") or {}).get("memory"):
+            fail(f"{where}: no resource requests or memory limit")
+    return len(containers)
+
+
+# ---------------------------------------------------------------------------
+# The manifests
+# ---------------------------------------------------------------------------
+
+def env_of(container):
+    env = {}
+    for e in container.get("env", []):
+        env[e["name"]] = e.get("value", e.get("valueFrom"))
+    return env
+
+
+def resolve_port(container, port):
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return p["containerPort"]
+    fail(f"container {container['name']} has no port named {port}")
+
+
+def check_crd_copy(rendered, files):
+    """The template turns the CRD file into a value and back (fromYaml,
+    toYaml); the result must say exactly what the file says."""
+    source = [d for f in files for d in load_docs(f)]
+    if sorted(d["metadata"]["name"] for d in source) != sorted(d["metadata"]["name"] for d in rendered):
+        fail(f"rendered CRDs {[d['metadata']['name'] for d in rendered]} differ from files {files}")
+    for want in source:
+        (got,) = [d for d in rendered if d["metadata"]["name"] == want["metadata"]["name"]]
+        if {k: v for k, v in got.items() if k != "metadata"} != {k: v for k, v in want.items() if k != "metadata"}:
+            fail(f"CRD {want['metadata']['name']}: the rendered spec differs from its file")
+        for field in ("annotations", "labels"):
+            if not subset(want["metadata"].get(field, {}), got["metadata"].get(field, {})):
+                fail(f"CRD {want['metadata']['name']}: rendering lost {field} of the file")
+    ok(f"rendered CRD spec equals {', '.join(files)} field for field")
+
+
+def check_rbac(docs, args, fullname, webhook_name, lease, secret):
+    granted = {}
+    for kind in ("ClusterRole", "Role"):
+        for role in by_kind(docs, kind):
+            scope = "cluster" if kind == "ClusterRole" else "namespaced"
+            if kind == "Role" and role["metadata"].get("namespace") != args.namespace:
+                fail(f"{ident(role)}: a Role outside the release namespace")
+            for rule in role.get("rules", []):
+                for field in ("verbs", "resources", "apiGroups", "resourceNames"):
+                    if "*" in (rule.get(field) or []):
+                        fail(f"{ident(role)}: wildcard in {field}: {rule}")
+                if rule.get("nonResourceURLs"):
+                    fail(f"{ident(role)}: grants nonResourceURLs")
+                names = rule.get("resourceNames")
+                for group in rule["apiGroups"]:
+                    for res in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            if names and verb not in NAMEABLE_VERBS | {"list", "watch"}:
+                                fail(f"{ident(role)}: resourceNames cannot narrow '{verb}' on {res}")
+                            granted.setdefault((scope, group, res), {}).setdefault(verb, set())
+                            slot = granted[(scope, group, res)][verb]
+                            slot.add(tuple(names) if names else None)
+
+    def verbs(scope):
+        return {(g, r): set(v) for (s, g, r), v in granted.items() if s == scope}
+
+    got = verbs("cluster")
+    if got != CLUSTER_RBAC:
+        extra = {k: sorted(got.get(k, set()) - CLUSTER_RBAC.get(k, set())) for k in got}
+        missing = {k: sorted(CLUSTER_RBAC.get(k, set()) - got.get(k, set())) for k in CLUSTER_RBAC}
+        fail(f"ClusterRole differs from the contract; extra {dict((k, v) for k, v in extra.items() if v)}, "
+             f"missing {dict((k, v) for k, v in missing.items() if v)}")
+    ok("ClusterRole grants exactly the contract's verbs, no wildcards, no pods, no secrets")
+
+    expected_ns = dict(NAMESPACED_RBAC)
+    if not args.cert_manager:
+        expected_ns.update(SECRET_RBAC)
+    namespaced = verbs("namespaced")
+    if namespaced != expected_ns:
+        fail(f"Role grants {namespaced}, expected {expected_ns}")
+    ok(f"Role grants leases{'' if args.cert_manager else ' and secrets'} in {args.namespace} only")
+
+    def names_for(scope, group, res, verb):
+        return granted[(scope, group, res)][verb]
+
+    hook = ("cluster", "admissionregistration.k8s.io", "mutatingwebhookconfigurations")
+    for verb in ("get", "patch", "update"):
+        if names_for(*hook, verb) != {(webhook_name,)}:
+            fail(f"{verb} on mutatingwebhookconfigurations is not limited to {webhook_name}")
+    ok(f"webhook configuration writes limited to resourceNames [{webhook_name}]")
+    for verb in ("get", "update", "patch"):
+        if names_for("namespaced", "coordination.k8s.io", "leases", verb) != {(lease,)}:
+            fail(f"{verb} on leases is not limited to the Lease {lease}")
+        if not args.cert_manager and names_for("namespaced", "", "secrets", verb) != {(secret,)}:
+            fail(f"{verb} on secrets is not limited to the Secret {secret}")
+    ok("Lease and webhook Secret access limited to their names")
+
+    sa = args.service_account or fullname
+    for kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = one(docs, kind)
+        if binding["roleRef"] != {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": fullname}:
+            fail(f"{ident(binding)} binds {binding['roleRef']}")
+        if binding["subjects"] != [{"kind": "ServiceAccount", "name": sa, "namespace": args.namespace}]:
+            fail(f"{ident(binding)} subjects are {binding['subjects']}")
+    ok(f"bindings tie both roles to ServiceAccount {args.namespace}/{sa}")
+
+
+def check_webhook(docs, args, service):
+    mwc = one(docs, "MutatingWebhookConfiguration")
+    name = mwc["metadata"]["name"]
+    hooks = mwc["webhooks"]
+    if len(hooks) != 1 or hooks[0]["name"] != "inject.relaycache.io":
+        fail(f"{ident(mwc)}: expected the single webhook inject.relaycache.io, got {[h['name'] for h in hooks]}")
+    h = hooks[0]
+    expect = {
+        "failurePolicy": args.failure_policy,
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 5,
+        "reinvocationPolicy": "IfNeeded",
+    }
+    for key, want in expect.items():
+        if h.get(key) != want:
+            fail(f"{ident(mwc)}: {key} is {h.get(key)!r}, expected {want!r}")
+    svc = h["clientConfig"].get("service") or fail("webhook clientConfig has no service")
+    if (svc["name"], svc["namespace"], svc.get("path"), svc.get("port")) != (
+            service["metadata"]["name"], args.namespace, "/mutate-pods", 443):
+        fail(f"webhook clientConfig.service is {svc}")
+    if h["rules"] != [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}]:
+        fail(f"webhook rules are {h['rules']}; expected CREATE pods only")
+    if h.get("objectSelector") != {"matchExpressions": [{"key": INJECT_LABEL, "operator": "Exists"}]}:
+        fail(f"webhook objectSelector is {h.get('objectSelector')}")
+    exprs = (h.get("namespaceSelector") or {}).get("matchExpressions") or []
+    excluded = {v for e in exprs if e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "NotIn"
+                for v in e["values"]}
+    for ns in ["kube-system", args.namespace] + args.excluded_ns:
+        if ns not in excluded:
+            fail(f"webhook namespaceSelector does not exclude {ns} (excludes {sorted(excluded)})")
+    if "caBundle" in h["clientConfig"]:
+        fail("the chart sets caBundle; the operator or cert-manager owns it")
+    ok(f"webhook {name}: CREATE pods with {INJECT_LABEL}, excludes {sorted(excluded)}, "
+       f"failurePolicy {h['failurePolicy']}, timeout 5s, IfNeeded, /mutate-pods via {svc['name']}:443")
+    return mwc
+
+
+def check_manifests(args):
+    docs = load_docs(args.file)
+    ns = args.namespace
+    for d in docs:
+        kind = d.get("kind")
+        if kind in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                    "MutatingWebhookConfiguration"):
+            if "namespace" in d["metadata"]:
+                fail(f"{ident(d)}: cluster-scoped object with a namespace")
+        elif kind in ("NetworkPolicy", "ConfigMap"):
+            if not d["metadata"].get("namespace"):
+                fail(f"{ident(d)}: no namespace")
+        elif d["metadata"].get("namespace") != ns:
+            fail(f"{ident(d)}: rendered outside the release namespace {ns}")
+    ok(f"{len(docs)} objects, each namespaced to {ns} or cluster-scoped as its kind requires")
+
+    # The CRD: names from the contract, and kept on uninstall.
+    crds = by_kind(docs, "CustomResourceDefinition")
+    if args.no_crds:
+        if crds:
+            fail("crds.install=false still renders the CRD")
+        ok("crds.install=false renders no CRD")
+    else:
+        crd = one(docs, "CustomResourceDefinition")
+        spec = crd["spec"]
+        names = spec["names"]
+        got = (crd["metadata"]["name"], spec["group"], names["kind"], names["plural"],
+               names.get("shortNames"), spec["scope"])
+        if got != (CRD_NAME, "relaycache.io", "RelayCache", "relaycaches", ["rc"], "Namespaced"):
+            fail(f"CRD names are {got}")
+        v1a1 = [v for v in spec["versions"] if v["name"] == "v1alpha1"]
+        if not v1a1 or set(v1a1[0].get("subresources", {})) != {"status", "scale"}:
+            fail("CRD v1alpha1 lacks the status and scale subresources")
+        if crd["metadata"].get("annotations", {}).get("helm.sh/resource-policy") != "keep":
+            fail("CRD lacks helm.sh/resource-policy: keep; uninstall would delete every RelayCache")
+        ok("CRD relaycaches.relaycache.io (v1alpha1, rc, status+scale) rendered with resource-policy keep")
+        check_crd_copy(crds, args.crd_files)
+
+    deploy = one(docs, "Deployment")
+    fullname = deploy["metadata"]["name"]
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    if not subset(deploy["spec"]["selector"]["matchLabels"], pod_labels):
+        fail("Deployment selector does not match its pod labels")
+    if deploy["spec"]["replicas"] != args.replicas:
+        fail(f"Deployment replicas {deploy['spec']['replicas']}, expected {args.replicas}")
+    pod = deploy["spec"]["template"]["spec"]
+    (c,) = [c for c in pod["containers"] if c["name"] == "operator"]
+    if c["image"] != OPERATOR_IMAGE:
+        fail(f"operator image is {c['image']}, expected {OPERATOR_IMAGE}")
+    if c.get("args") != ["run"]:
+        fail(f"operator args are {c.get('args')}, expected ['run']")
+    env = env_of(c)
+    if env.get("POD_NAMESPACE") != {"fieldRef": {"fieldPath": "metadata.namespace"}}:
+        fail("POD_NAMESPACE does not come from the downward API")
+    mode = "files" if args.cert_manager else "self-signed"
+    expect_env = {
+        "HEALTH_ADDR": "0.0.0.0:8081",
+        "WEBHOOK_ADDR": "0.0.0.0:9443",
+        "WEBHOOK_CERT_MODE": mode,
+        "WEBHOOK_CERT_DIR": TLS_DIR,
+        "RELAYCACHE_IMAGE": PROXY_IMAGE,
+    }
+    for key, want in expect_env.items():
+        if env.get(key) != want:
+            fail(f"operator env {key}={env.get(key)!r}, expected {want!r}")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = c[probe]["httpGet"]
+        if get["path"] != path or resolve_port(c, get["port"]) != 8081:
+            fail(f"{probe} is {get}, expected {path} on 8081")
+    if resolve_port(c, "webhook") != 9443:
+        fail("the webhook container port is not 9443")
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    secret = env["WEBHOOK_SECRET"]
+    if args.cert_manager:
+        mount = mounts.get(TLS_DIR) or fail(f"cert-manager mode: nothing mounted at {TLS_DIR}")
+        (vol,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        if vol.get("secret", {}).get("secretName") != secret:
+            fail(f"the TLS volume is {vol}, expected Secret {secret}")
+    elif TLS_DIR in mounts:
+        fail(f"self-signed mode mounts {TLS_DIR}; the operator keeps its certificate in a Secret")
+    ok(f"Deployment {fullname}: replicas {args.replicas}, image {OPERATOR_IMAGE}, "
+       f"cert mode {mode}, probes /healthz /readyz on 8081, webhook on 9443")
+
+    service = one(docs, "Service")
+    if service["metadata"]["name"] != env["WEBHOOK_SERVICE"]:
+        fail(f"WEBHOOK_SERVICE={env['WEBHOOK_SERVICE']} but the Service is {service['metadata']['name']}")
+    if not subset(service["spec"]["selector"], pod_labels):
+        fail("the Service selector does not match the operator pods")
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    if ports.get("webhook", {}).get("port") != 443 or resolve_port(c, ports["webhook"]["targetPort"]) != 9443:
+        fail(f"Service webhook port is {ports.get('webhook')}, expected 443 -> 9443")
+    if resolve_port(c, ports.get("http-metrics", {}).get("targetPort", 0)) != 8081:
+        fail("Service http-metrics port does not reach 8081")
+    ok("Service selects the operator pods: 443 -> 9443 (webhook), 8081 (health, metrics)")
+
+    mwc = check_webhook(docs, args, service)
+    if env["WEBHOOK_CONFIGURATION"] != mwc["metadata"]["name"]:
+        fail(f"WEBHOOK_CONFIGURATION={env['WEBHOOK_CONFIGURATION']} but the configuration is "
+             f"{mwc['metadata']['name']}")
+    if mwc["metadata"]["name"] != fullname:
+        fail("the webhook configuration is not named after the release's fullname")
+
+    certs = by_kind(docs, "Certificate")
+    annotation = mwc["metadata"].get("annotations", {}).get("cert-manager.io/inject-ca-from")
+    if args.cert_manager:
+        cert = one(docs, "Certificate")
+        if annotation != f"{ns}/{cert['metadata']['name']}":
+            fail(f"inject-ca-from is {annotation}, the Certificate is {ns}/{cert['metadata']['name']}")
+        if cert["spec"]["secretName"] != secret:
+            fail(f"the Certificate writes {cert['spec']['secretName']}, the operator reads {secret}")
+        svc = service["metadata"]["name"]
+        if f"{svc}.{ns}.svc" not in cert["spec"]["dnsNames"]:
+            fail(f"the Certificate does not name {svc}.{ns}.svc")
+        issuer = cert["spec"]["issuerRef"]
+        if issuer.get("kind", "Issuer") == "Issuer":
+            names = [i["metadata"]["name"] for i in by_kind(docs, "Issuer")]
+            if issuer["name"] not in names and not args.external_issuer:
+                fail(f"the Certificate's Issuer {issuer['name']} is not rendered")
+        ok(f"cert-manager: Certificate -> Secret {secret} for {svc}.{ns}.svc, CA injected from it")
+    else:
+        if certs or annotation:
+            fail("self-signed mode renders cert-manager objects")
+        ok("self-signed mode: no cert-manager objects; the operator patches caBundle")
+
+    check_rbac(docs, args, fullname, mwc["metadata"]["name"], env["LEASE_NAME"], secret)
+
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    if args.replicas > 1:
+        pdb = one(docs, "PodDisruptionBudget")
+        if not subset(pdb["spec"]["selector"]["matchLabels"], pod_labels):
+            fail("the PDB does not select the operator pods")
+        if pdb["spec"].get("minAvailable", 0) >= args.replicas:
+            fail("the PDB would block every eviction")
+        ok(f"PDB minAvailable {pdb['spec']['minAvailable']} of {args.replicas}")
+    elif pdbs:
+        fail("a PDB with one replica blocks node drains")
+    else:
+        ok("one replica: no PDB")
+
+    count = 0
+    owners = []
+    for owner, spec, _ in pod_specs(docs):
+        count += check_restricted(owner, spec)
+        owners.append(owner)
+    tests = [p for p in by_kind(docs, "Pod")
+             if p["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    if not tests:
+        fail("no helm test hook Pod")
+    if not any(service["metadata"]["name"] in " ".join(map(str, ct.get("args", []) + ct.get("command", [])))
+               and "/readyz" in " ".join(map(str, ct.get("args", [])))
+               for t in tests for ct in t["spec"]["containers"]):
+        fail("the helm test Pod does not call /readyz through the operator Service")
+    ok(f"restricted Pod Security on {count} containers of {', '.join(owners)}; helm test calls /readyz")
+
+    check_optional(docs, args, service, pod_labels)
+
+
+def check_optional(docs, args, service, pod_labels):
+    ns = args.namespace
+    sms = by_kind(docs, "ServiceMonitor")
+    if args.service_monitor:
+        sm = one(docs, "ServiceMonitor")
+        svc_ports = {p["name"] for p in service["spec"]["ports"]}
+        if not subset(sm["spec"]["selector"]["matchLabels"], service["metadata"]["labels"]):
+            fail("the ServiceMonitor does not select the operator Service")
+        if [e["port"] for e in sm["spec"]["endpoints"]] != ["http-metrics"] or "http-metrics" not in svc_ports:
+            fail("the ServiceMonitor does not scrape the Service's http-metrics port")
+        ok("ServiceMonitor scrapes the operator's http-metrics port")
+    elif sms:
+        fail("ServiceMonitor rendered while disabled")
+    pms = by_kind(docs, "PodMonitor")
+    if args.pod_monitor:
+        pm = one(docs, "PodMonitor")
+        if pm["spec"]["selector"]["matchLabels"] != CACHE_LABELS:
+            fail(f"the PodMonitor selects {pm['spec']['selector']}, expected the cache members")
+        if [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] != ["admin"]:
+            fail("the PodMonitor does not scrape the cache members' admin port")
+        ok("PodMonitor scrapes cache members' admin port in every namespace")
+    elif pms:
+        fail("PodMonitor rendered while disabled")
+
+    cms = [d for d in by_kind(docs, "ConfigMap") if "relaycache.json" in d.get("data", {})]
+    if args.dashboard:
+        if len(cms) != 1:
+            fail("dashboard enabled but no ConfigMap with relaycache.json")
+        cm = cms[0]
+        if cm["metadata"]["labels"].get("grafana_dashboard") != "1":
+            fail("the dashboard ConfigMap lacks grafana_dashboard: \"1\"")
+        dash = json.loads(cm["data"]["relaycache.json"])
+        titles = " | ".join(p.get("title", "") for p in dash_panels(dash)).lower()
+        for needle in ("hit ratio", "tier", "latency", "tokens saved"):
+            if needle not in titles:
+                fail(f"the dashboard has no panel about {needle!r} (panels: {titles})")
+        ok(f"dashboard ConfigMap: valid JSON, {len(list(dash_panels(dash)))} panels incl. hit ratio, "
+           "tier mix, latency, tokens saved")
+    elif cms:
+        fail("dashboard ConfigMap rendered while disabled")
+
+    pols = by_kind(docs, "NetworkPolicy")
+    if not args.network_policy:
+        if pols:
+            fail("NetworkPolicy rendered while disabled")
+        return
+    op = [p for p in pols if p["metadata"]["namespace"] == ns and subset(p["spec"]["podSelector"]["matchLabels"], pod_labels)]
+    if len(op) != 1:
+        fail("no NetworkPolicy for the operator pods")
+    rules = op[0]["spec"]["ingress"]
+    webhook_rules = [r for r in rules if any(p["port"] in ("webhook", 9443) for p in r["ports"])]
+    if len(webhook_rules) != 1 or webhook_rules[0].get("from"):
+        fail("the operator's webhook port must be open to the API server (any source)")
+    health = [r for r in rules if any(p["port"] in ("http-health", 8081) for p in r["ports"])]
+    sources = [f for r in health for f in r.get("from", [])]
+    if not health or not all(r.get("from") for r in health):
+        fail("the operator's health/metrics port is open to everyone")
+    mon = {f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+           for f in sources if "namespaceSelector" in f}
+    if mon != set(args.monitoring_ns):
+        fail(f"8081 open to namespaces {sorted(mon)}, expected {sorted(args.monitoring_ns)}")
+    ok(f"operator NetworkPolicy: 9443 from the API server, 8081 from {sorted(mon) or 'nobody'} and helm test")
+
+    cache_pols = [p for p in pols if p["spec"]["podSelector"].get("matchLabels") == CACHE_LABELS]
+    got_ns = sorted(p["metadata"]["namespace"] for p in cache_pols)
+    if got_ns != sorted(args.cache_ns or [ns]):
+        fail(f"cache-member NetworkPolicies in {got_ns}, expected {sorted(args.cache_ns or [ns])}")
+    for p in cache_pols:
+        peer = [r for r in p["spec"]["ingress"] if any(pt["port"] == 3320 for pt in r["ports"])]
+        if len(peer) != 1:
+            fail(f"{ident(p)}: expected one rule for the peer port")
+        allowed = peer[0].get("from") or fail(f"{ident(p)}: peer port open to everyone")
+        for src in allowed:
+            sel = src.get("podSelector") or fail(f"{ident(p)}: peer port source without a pod selector: {src}")
+            members = sel.get("matchLabels") == CACHE_LABELS and "namespaceSelector" not in src
+            injected = sel.get("matchExpressions") == [{"key": INJECT_LABEL, "operator": "Exists"}]
+            if not (members or injected) or "ipBlock" in src:
+                fail(f"{ident(p)}: peer port open to {src}")
+        if len(allowed) != 2:
+            fail(f"{ident(p)}: the peer port must admit cache members and injected pods, got {allowed}")
+    ok(f"cache-member NetworkPolicies in {got_ns}: 3320 only from members and injected pods")
+
+
+def dash_panels(dash):
+    for p in dash.get("panels", []):
+        yield p
+        yield from p.get("panels", [])
+
+
+# ---------------------------------------------------------------------------
+# NOTES.txt and the dashboard's metric names
+# ---------------------------------------------------------------------------
+
+def check_notes(args):
+    docs = load_docs(args.file)
+    text = docs[0]["data"]["notes"]
+    for needle in ("relaycache.io/inject", "helm test", f"namespace {args.namespace}"):
+        if needle not in text:
+            fail(f"NOTES.txt does not mention {needle!r}")
+    if "<no value>" in text:
+        fail("NOTES.txt renders <no value>: a value it reads does not exist")
+    ok(f"NOTES.txt renders ({len(text.splitlines())} lines), no missing values")
+
+
+def check_dashboard_metrics(args):
+    with open(args.dashboard, encoding="utf-8") as f:
+        dash = json.load(f)
+    with open(args.metrics, encoding="utf-8") as f:
+        exposition = f.read()
+    # Names the proxy exports: the TYPE lines list every registered metric,
+    # including families that have no series before the first request.
+    families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.M))
+    if not families:
+        fail(f"{args.metrics} has no metric TYPE lines; is it a /metrics scrape?")
+    exported = set()
+    for name, kind in families.items():
+        if kind == "counter":
+            exported.add(name + "_total")
+        elif kind == "histogram":
+            exported.update(name + s for s in ("_bucket", "_sum", "_count"))
+        else:
+            exported.add(name)
+    pending = set(args.pending or [])
+    used = set()
+    for panel in dash_panels(dash):
+        for target in panel.get("targets", []):
+            used.update(re.findall(r"\brelaycache_[a-z0-9_]+", target.get("expr", "")))
+    if not used:
+        fail("the dashboard queries no relaycache_ metric")
+    unknown = used - exported - pending
+    if unknown:
+        fail(f"the dashboard queries metrics the proxy does not export: {sorted(unknown)}")
+    for name in sorted(used & pending - exported):
+        print(f"  WARNING: dashboard series {name} is not exported yet (peer tier pending)")
+    ok(f"the dashboard's {len(used)} metric names are all exported by relaycache /metrics"
+       f"{' (or pending)' if used & pending - exported else ''}")
+
+
+def check_app_example(args):
+    docs = load_docs(args.file)
+    deploy = one(docs, "Deployment")
+    labels = deploy["spec"]["template"]["metadata"].get("labels", {})
+    target = labels.get(INJECT_LABEL) or fail(f"{ident(deploy)}: pods lack the {INJECT_LABEL} label")
+    if not re.fullmatch(r"([a-z0-9-]+\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?", target):
+        fail(f"{ident(deploy)}: {INJECT_LABEL}={target} is neither NAME nor NAMESPACE.NAME")
+    spec = deploy["spec"]["template"]["spec"]
+    for c in spec["containers"]:
+        # The webhook sets these; setting them in the example would hide it.
+        for var in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
+            if var in env_of(c):
+                fail(f"{ident(deploy)} container {c['name']} sets {var}; the webhook should")
+    count = check_restricted(ident(deploy), spec)
+    ok(f"{args.file}: pods opt in with {INJECT_LABEL}: {target}, leave the base URLs to the webhook, "
+       f"{count} container(s) restricted")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("manifests")
+    m.add_argument("file")
+    m.add_argument("--namespace", required=True)
+    m.add_argument("--replicas", type=int, default=2)
+    m.add_argument("--failure-policy", default="Ignore")
+    m.add_argument("--service-account", default="")
+    m.add_argument("--excluded-ns", nargs="*", default=[])
+    m.add_argument("--cert-manager", action="store_true")
+    m.add_argument("--external-issuer", action="store_true")
+    m.add_argument("--no-crds", action="store_true")
+    m.add_argument("--crd-files", nargs="+",
+                   default=sorted(glob.glob("charts/relaycache-operator/files/crds/*.yaml")))
+    m.add_argument("--network-policy", action="store_true")
+    m.add_argument("--monitoring-ns", nargs="*", default=[])
+    m.add_argument("--cache-ns", nargs="*", default=[])
+    m.add_argument("--dashboard", action="store_true")
+    m.add_argument("--service-monitor", action="store_true")
+    m.add_argument("--pod-monitor", action="store_true")
+    n = sub.add_parser("notes")
+    n.add_argument("file")
+    n.add_argument("--namespace", required=True)
+    d = sub.add_parser("dashboard-metrics")
+    d.add_argument("dashboard")
+    d.add_argument("metrics")
+    d.add_argument("--pending", nargs="*", default=[])
+    a = sub.add_parser("app-example")
+    a.add_argument("file")
+    args = parser.parse_args()
+    try:
+        {"manifests": check_manifests, "notes": check_notes,
+         "dashboard-metrics": check_dashboard_metrics, "app-example": check_app_example}[args.cmd](args)
+    except CheckError as e:
+        print(f"chart-check FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (KeyError, TypeError, ValueError) as e:
+        print(f"chart-check FAILED: a manifest lacks an expected field: {e!r}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
