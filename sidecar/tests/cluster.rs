@@ -10,9 +10,26 @@ use common::*;
 
 /// Starts one member per address, all listing every address.
 fn start_cluster(upstream: &str, addresses: &[String], replica_count: u32) -> Vec<Relay> {
+    start_cluster_with(upstream, addresses, replica_count, |_, _| {})
+}
+
+/// Like [`start_cluster`], with `adjust(index, ha settings)` applied to each
+/// member's config; members log at debug level.
+fn start_cluster_with(
+    upstream: &str,
+    addresses: &[String],
+    replica_count: u32,
+    adjust: impl Fn(usize, &mut relaycache::config::HaConfig),
+) -> Vec<Relay> {
     addresses
         .iter()
-        .map(|grpc| Relay::start(&member_config(upstream, grpc, addresses, replica_count)))
+        .enumerate()
+        .map(|(i, grpc)| {
+            let mut config = member_config(upstream, grpc, addresses, replica_count);
+            config.log.level = "debug".into();
+            adjust(i, &mut config.cache.ha);
+            Relay::start(&config)
+        })
         .collect()
 }
 
@@ -290,15 +307,10 @@ async fn the_freshest_version_wins_after_a_refresh() {
 async fn below_member_count_quorum_the_cluster_tier_is_skipped_and_said() {
     let upstream = mock().await;
     let addresses = member_addresses(3);
-    let mut members: Vec<Relay> = addresses
-        .iter()
-        .map(|grpc| {
-            let mut config = member_config(&upstream.url(), grpc, &addresses, 3);
-            config.cache.ha.write_quorum = 3;
-            config.cache.ha.member_count_quorum = 3;
-            Relay::start(&config)
-        })
-        .collect();
+    let mut members = start_cluster_with(&upstream.url(), &addresses, 3, |_, ha| {
+        ha.write_quorum = 3;
+        ha.member_count_quorum = 3;
+    });
     wait_all(&members, 3).await;
     let ready = get(&members[0].admin_url("/readyz")).await;
     assert!(
@@ -339,14 +351,9 @@ async fn below_member_count_quorum_the_cluster_tier_is_skipped_and_said() {
 async fn a_missed_write_quorum_is_counted_and_logged() {
     let upstream = mock().await;
     let addresses = member_addresses(3);
-    let mut members: Vec<Relay> = addresses
-        .iter()
-        .map(|grpc| {
-            let mut config = member_config(&upstream.url(), grpc, &addresses, 3);
-            config.cache.ha.write_quorum = 3;
-            Relay::start(&config)
-        })
-        .collect();
+    let mut members = start_cluster_with(&upstream.url(), &addresses, 3, |_, ha| {
+        ha.write_quorum = 3;
+    });
     wait_all(&members, 3).await;
     members[2].kill_hard();
     members[0].wait_for_members(2).await;
@@ -371,16 +378,9 @@ async fn a_missed_write_quorum_is_counted_and_logged() {
 async fn members_without_the_token_are_refused_and_it_is_never_logged() {
     let upstream = mock().await;
     let addresses = member_addresses(3);
-    let members: Vec<Relay> = addresses
-        .iter()
-        .enumerate()
-        .map(|(i, grpc)| {
-            let mut config = member_config(&upstream.url(), grpc, &addresses, 2);
-            config.cache.ha.token = if i < 2 { "s3cret-peer-token" } else { "wrong" }.into();
-            config.log.level = "debug".into();
-            Relay::start(&config)
-        })
-        .collect();
+    let members = start_cluster_with(&upstream.url(), &addresses, 2, |i, ha| {
+        ha.token = if i < 2 { "s3cret-peer-token" } else { "wrong" }.into();
+    });
     members[0].wait_for_members(2).await;
     members[1].wait_for_members(2).await;
     members[0]
@@ -432,21 +432,13 @@ async fn mutual_tls_between_members() {
 
     let upstream = mock().await;
     let addresses = member_addresses(3);
-    let members: Vec<Relay> = addresses
-        .iter()
-        .enumerate()
-        .map(|(i, grpc)| {
-            let mut config = member_config(&upstream.url(), grpc, &addresses, 2);
-            if i < 2 {
-                config.cache.ha.tls.cert_file = cert_file.clone();
-                config.cache.ha.tls.key_file = key_file.clone();
-                config.cache.ha.tls.ca_file = ca_file.clone();
-            } else {
-                config.log.level = "debug".into();
-            }
-            Relay::start(&config)
-        })
-        .collect();
+    let members = start_cluster_with(&upstream.url(), &addresses, 2, |i, ha| {
+        if i < 2 {
+            ha.tls.cert_file = cert_file.clone();
+            ha.tls.key_file = key_file.clone();
+            ha.tls.ca_file = ca_file.clone();
+        }
+    });
     members[0].wait_for_members(2).await;
     members[1].wait_for_members(2).await;
     post_messages(&members[0], "k", &question("over tls"), &[]).await;

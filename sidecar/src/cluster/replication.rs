@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::proto::{ClearRequest, DeleteRequest, GetRequest, SetRequest};
+use super::security::PeerClient;
 use super::wire::{entry_from_wire, entry_to_wire};
 use super::Cluster;
 use crate::entry::CachedResponse;
@@ -156,47 +157,55 @@ impl Cluster {
         }
     }
 
+    /// Runs `call` against every other live member at once, counting each
+    /// outcome as `op`; the answers of those that replied.
+    async fn on_every_member<T, F, Fut>(&self, op: &'static str, call: F) -> (Vec<T>, usize)
+    where
+        F: Fn(PeerClient) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let view = self.view();
+        let calls = view
+            .members
+            .iter()
+            .filter_map(|m| m.client.clone())
+            .map(|client| tokio::time::timeout(self.timings.call_timeout, call(client)));
+        let mut replies = Vec::new();
+        let mut failed = 0;
+        for result in futures::future::join_all(calls).await {
+            self.metrics
+                .cluster
+                .count_call(op, matches!(result, Ok(Ok(_))));
+            match result {
+                Ok(Ok(reply)) => replies.push(reply.into_inner()),
+                _ => failed += 1,
+            }
+        }
+        (replies, failed)
+    }
+
     /// Removes `key` from every live member (members keep copies for their
     /// own clients too). True if any member held it.
     pub async fn delete_everywhere(&self, key: &CacheKey) -> bool {
-        let view = self.view();
-        let calls =
-            view.members
-                .iter()
-                .filter_map(|m| m.client.clone())
-                .map(|mut client| async move {
-                    let request = DeleteRequest {
-                        key: key.0.to_vec(),
-                    };
-                    tokio::time::timeout(self.timings.call_timeout, client.delete(request)).await
-                });
-        let mut removed = false;
-        for result in futures::future::join_all(calls).await {
-            let ok = matches!(result, Ok(Ok(_)));
-            self.metrics.cluster.count_call("delete", ok);
-            removed |= matches!(result, Ok(Ok(reply)) if reply.get_ref().removed);
-        }
-        removed
+        let (replies, _) = self
+            .on_every_member("delete", |mut client| async move {
+                let request = DeleteRequest {
+                    key: key.0.to_vec(),
+                };
+                client.delete(request).await
+            })
+            .await;
+        replies.iter().any(|r| r.removed)
     }
 
     /// Removes every entry from every live member; the number of members
     /// that did not confirm.
     pub async fn clear_everywhere(&self) -> usize {
-        let view = self.view();
-        let calls =
-            view.members
-                .iter()
-                .filter_map(|m| m.client.clone())
-                .map(|mut client| async move {
-                    tokio::time::timeout(self.timings.call_timeout, client.clear(ClearRequest {}))
-                        .await
-                });
-        let mut failed = 0;
-        for result in futures::future::join_all(calls).await {
-            let ok = matches!(result, Ok(Ok(_)));
-            self.metrics.cluster.count_call("clear", ok);
-            failed += usize::from(!ok);
-        }
+        let (_, failed) = self
+            .on_every_member("clear", |mut client| async move {
+                client.clear(ClearRequest {}).await
+            })
+            .await;
         failed
     }
 }
