@@ -1,0 +1,522 @@
+//! HA mode under a real network partition: three `relaycache` members, each
+//! in its own network namespace, joined by a bridge that the test cuts one
+//! member off from. Needs root (CAP_NET_ADMIN) and the `ip` tool; where the
+//! kernel or the environment refuses to create namespaces or veth pairs the
+//! test says so and passes without running.
+//!
+//! Topology (N is derived from the test's pid so that concurrent runs on
+//! one machine use different addresses and names):
+//!
+//! ```text
+//!   namespace rc-PID-s:  bridge br0 with ports pa, pb, pc (the "switch")
+//!   namespace rc-PID-X:  cX  10.213.N.(i+1)/24, on the bridge: gRPC between members
+//!     (member i = 0, 1, 2) m0  10.214.N.(4i+2)/30, paired with rcPIDX 10.214.N.(4i+1)/30
+//!                        in the test's namespace: HTTP traffic and admin from the
+//!                        test, and the member's way to the mock upstream
+//! ```
+//!
+//! The partition is `ip link set pc down` in the switch: member C loses
+//! every other member, yet the test still reaches C (and C the upstream)
+//! over C's own link, so the minority side can be observed while it is cut off.
+//! The bridge sits in a namespace of its own so that the host's firewall
+//! (a FORWARD policy of DROP with bridge netfilter, as Docker sets up)
+//! never sees the members' traffic.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Method;
+use relaycache::config::Config;
+
+/// Why the namespaces could not be made; the test is skipped with it.
+struct Refused(String);
+
+/// Runs `ip ARGS...`; an error names the command and what `ip` said.
+fn ip(args: &[&str]) -> Result<(), Refused> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| Refused(format!("cannot run `ip {}`: {e}", args.join(" "))))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Refused(format!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// The namespaces and links of one run. Dropping it deletes them, which
+/// also removes every veth (a veth goes with either end's namespace), so
+/// nothing is left behind when the test fails halfway.
+struct Net {
+    prefix: String,
+    /// Third octet of both subnets.
+    octet: u32,
+    namespaces: Vec<String>,
+}
+
+const MEMBERS: [char; 3] = ['a', 'b', 'c'];
+
+impl Net {
+    fn create() -> Result<Self, Refused> {
+        let pid = std::process::id();
+        let mut net = Self {
+            prefix: format!("rc-{pid}"),
+            octet: pid % 250 + 1,
+            namespaces: Vec::new(),
+        };
+        net.build()?;
+        Ok(net)
+    }
+
+    fn namespace(&self, member: char) -> String {
+        format!("{}-{member}", self.prefix)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-s", self.prefix)
+    }
+
+    /// This member's address on the bridge (its gRPC address).
+    fn cluster_ip(&self, index: usize) -> String {
+        format!("10.213.{}.{}", self.octet, index + 1)
+    }
+
+    /// The test's end of this member's own link (where the mock listens).
+    fn host_ip(&self, index: usize) -> String {
+        format!("10.214.{}.{}", self.octet, 4 * index + 1)
+    }
+
+    /// The member's end of its own link (its traffic and admin listeners).
+    fn member_ip(&self, index: usize) -> String {
+        format!("10.214.{}.{}", self.octet, 4 * index + 2)
+    }
+
+    fn add_namespace(&mut self, name: String) -> Result<(), Refused> {
+        // A namespace left by a killed run with a recycled pid would make
+        // `add` fail; it is ours by name, so it goes.
+        let _ = ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name])?;
+        self.namespaces.push(name);
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<(), Refused> {
+        let switch = self.switch();
+        self.add_namespace(switch.clone())?;
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        for (i, member) in MEMBERS.into_iter().enumerate() {
+            let ns = self.namespace(member);
+            self.add_namespace(ns.clone())?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            let (inside, port) = (format!("c{member}"), format!("p{member}"));
+            ip(&[
+                "link", "add", &inside, "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &switch,
+            ])?;
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
+            let cluster = format!("{}/24", self.cluster_ip(i));
+            ip(&["-n", &ns, "addr", "add", &cluster, "dev", &inside])?;
+            ip(&["-n", &ns, "link", "set", &inside, "up"])?;
+
+            let host_end = format!("{}{member}", self.prefix.replace('-', ""));
+            let _ = ip(&["link", "del", &host_end]);
+            ip(&[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "m0", "netns", &ns,
+            ])?;
+            let (host_cidr, member_cidr) = (
+                format!("{}/30", self.host_ip(i)),
+                format!("{}/30", self.member_ip(i)),
+            );
+            ip(&["addr", "add", &host_cidr, "dev", &host_end])?;
+            ip(&["link", "set", &host_end, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &member_cidr, "dev", "m0"])?;
+            ip(&["-n", &ns, "link", "set", "m0", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Takes member `member`'s port on the bridge down or up.
+    fn set_port(&self, member: char, up: bool) {
+        let port = format!("p{member}");
+        let state = if up { "up" } else { "down" };
+        if let Err(Refused(why)) = ip(&["-n", &self.switch(), "link", "set", &port, state]) {
+            panic!("cannot set the bridge port of member {member} {state}: {why}");
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            if let Err(Refused(why)) = ip(&["netns", "del", ns]) {
+                eprintln!("cleanup: {why}");
+            }
+        }
+    }
+}
+
+/// A `relaycache` process running inside a network namespace.
+struct Member {
+    name: char,
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Member {
+    /// Starts relaycache in `namespace` with `config` and waits until it
+    /// listens (what `Relay::start` does, behind `ip netns exec`).
+    fn start(name: char, namespace: &str, config: &Config) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relaycache.yaml");
+        std::fs::write(&path, config.to_yaml()).expect("write config");
+        // `ip netns exec` execs the program after entering the namespace,
+        // so the child's pid is relaycache's own and kill reaches it.
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", namespace, env!("CARGO_BIN_EXE_relaycache")])
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn relaycache in a namespace");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("relaycache listening") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("member {name} did not report listening within 20s"));
+        let fields: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        Self {
+            name,
+            child,
+            addr: fields["traffic"].as_str().unwrap().parse().unwrap(),
+            admin: fields["admin"].as_str().unwrap().parse().unwrap(),
+            logs,
+            _dir: dir,
+        }
+    }
+
+    async fn post(&self, body: &str) -> Reply {
+        send(
+            Method::POST,
+            &format!("http://{}/v1/messages", self.addr),
+            &[
+                ("x-api-key", "k"),
+                ("anthropic-version", "2023-06-01"),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+        .await
+    }
+
+    async fn admin_get(&self, path: &str) -> Reply {
+        get(&format!("http://{}{path}", self.admin)).await
+    }
+
+    async fn stats(&self) -> serde_json::Value {
+        let reply = self.admin_get("/stats").await;
+        assert_eq!(reply.status, 200, "member {}: /stats", self.name);
+        reply.json()
+    }
+
+    /// The `cluster` object of `/stats`, one field.
+    async fn cluster(&self, field: &str) -> serde_json::Value {
+        self.stats().await["cluster"][field].clone()
+    }
+
+    /// Polls `/stats` until `pick` holds. The deadline only bounds a
+    /// failing run; a passing one moves on as soon as the state is reached.
+    async fn wait_for(
+        &self,
+        what: &str,
+        pick: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats = self.stats().await;
+            if pick(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {}: {what} not reached within 30s; last stats {stats}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for_members(&self, n: u64) -> serde_json::Value {
+        self.wait_for(&format!("{n} live members"), |s| {
+            s["cluster"]["members"] == n
+        })
+        .await
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A write that missed its quorum shows in `/stats`, in `/metrics` and in
+/// the log; returns the log line.
+async fn missed_write_reported(member: &Member, failures: u64) -> serde_json::Value {
+    assert_eq!(
+        member
+            .metric("relaycache_cluster_write_quorum_failures_total")
+            .await,
+        failures as f64
+    );
+    let line = member
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("cluster write missed write_quorum"))
+        .nth(usize::try_from(failures).unwrap() - 1)
+        .unwrap_or_else(|| {
+            panic!(
+                "member {} counted {failures} missed write quorums but logged fewer: {:?}",
+                member.name,
+                member.logs()
+            )
+        });
+    let line: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+    assert_eq!(line["level"], "WARN", "{line}");
+    line
+}
+
+#[tokio::test]
+async fn a_partition_shows_the_quorum_behaviour_and_heals() {
+    let started = Instant::now();
+    let net = match Net::create() {
+        Ok(net) => net,
+        Err(Refused(why)) => {
+            eprintln!(
+                "skipped: cannot create network namespaces and veth pairs here ({why}); \
+                 the partition test needs root (or CAP_NET_ADMIN) and the `ip` tool from iproute2"
+            );
+            return;
+        }
+    };
+    // Every member reaches the mock over its own link, never the bridge, so
+    // the upstream stays reachable from the cut-off member.
+    let upstream = MockUpstream::start("0.0.0.0:0", MockOptions::default())
+        .await
+        .expect("mock upstream");
+    let port = upstream.addr.port();
+    let grpc: Vec<String> = (0..3)
+        .map(|i| format!("{}:3320", net.cluster_ip(i)))
+        .collect();
+    let members: Vec<Member> = MEMBERS
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let upstream_url = format!("http://{}:{port}", net.host_ip(i));
+            // Every entry on every member (replica_count 3) and a write
+            // quorum of all three: with all members up each write is fully
+            // acknowledged, and with one cut off no placement can find a
+            // third replica (placement only ranks live members), so every
+            // write on the majority side misses its quorum, whatever the
+            // key and whatever the timing. member_count_quorum 2 lets the
+            // majority keep using the cluster and puts the lone member below it.
+            let mut config = member_config(&upstream_url, &grpc[i], &grpc, 3);
+            config.server.listen = format!("{}:0", net.member_ip(i));
+            config.server.admin_listen = format!("{}:0", net.member_ip(i));
+            let ha = &mut config.cache.ha;
+            ha.read_quorum = 2;
+            ha.write_quorum = 3;
+            ha.member_count_quorum = 2;
+            Member::start(name, &net.namespace(name), &config)
+        })
+        .collect();
+    let [a, b, c] = &members[..] else {
+        unreachable!()
+    };
+    for member in &members {
+        member.wait_for_members(3).await;
+    }
+
+    // Healthy: a write through A reaches all three replicas, C included.
+    let before = question("before the partition");
+    assert_eq!(a.post(&before).await.cache_status(), "miss");
+    a.wait_for("the first write", |s| s["cluster"]["writes"] == 1)
+        .await;
+    assert_eq!(a.cluster("write_quorum_failures").await, 0);
+    let reply = c.post(&before).await;
+    assert_eq!((reply.status, reply.cache_status()), (200, "hit"));
+    assert_eq!(upstream.calls(), 1);
+
+    // Cut C off. Each side sees the other down after its missed probes.
+    net.set_port('c', false);
+    let partitioned = Instant::now();
+    a.wait_for_members(2).await;
+    b.wait_for_members(2).await;
+    let minority = c
+        .wait_for("C alone and below quorum", |s| {
+            s["cluster"]["members"] == 1 && s["cluster"]["quorum"] == false
+        })
+        .await;
+    assert!(c
+        .logs()
+        .iter()
+        .any(|l| l.contains("member is down") && l.contains(&grpc[0])));
+
+    // The minority stays ready and says why it does not use the cluster.
+    let ready = c.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(
+        ready
+            .text()
+            .contains("cluster: below quorum (1 live members"),
+        "{}",
+        ready.text()
+    );
+    assert!(
+        a.admin_get("/readyz")
+            .await
+            .text()
+            .contains("cluster: ok (2 live members"),
+        "the majority keeps its quorum"
+    );
+    // C still answers: the upstream once, then its own memory. The cluster
+    // tier is skipped for the lookup and for the write (two skips), so
+    // nothing is read from or written to peers and no quorum is missed.
+    let skipped = minority["cluster"]["skipped_below_quorum"]
+        .as_u64()
+        .unwrap();
+    let alone = question("asked on the minority side");
+    let reply = c.post(&alone).await;
+    assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
+    assert_eq!(upstream.calls(), 2);
+    let reply = c.post(&alone).await;
+    assert_eq!(
+        (
+            reply.status,
+            reply.cache_status(),
+            reply.header("x-relaycache-tier")
+        ),
+        (200, "hit", "memory")
+    );
+    let after = c
+        .wait_for("the lookup and the write skipped", |s| {
+            s["cluster"]["skipped_below_quorum"] == skipped + 2
+        })
+        .await;
+    for field in [
+        "read_quorum_failures",
+        "write_quorum_failures",
+        "replica_write_failures",
+    ] {
+        assert_eq!(
+            after["cluster"][field], minority["cluster"][field],
+            "{field}"
+        );
+    }
+    assert_eq!(after["cluster"]["write_quorum_failures"], 0);
+
+    // The majority keeps working: an answer stored through A is a hit
+    // through B, paid for once. Its write reaches the two live replicas,
+    // one short of write_quorum, and that is reported.
+    let majority = question("asked on the majority side");
+    assert_eq!(a.post(&majority).await.cache_status(), "miss");
+    let stats = a
+        .wait_for("the write on the majority side", |s| {
+            s["cluster"]["writes"] == 2
+        })
+        .await;
+    assert_eq!(stats["cluster"]["write_quorum_failures"], 1, "{stats}");
+    // C was no longer placed: no replica was even tried.
+    assert_eq!(stats["cluster"]["replica_write_failures"], 0, "{stats}");
+    let warning = missed_write_reported(a, 1).await;
+    assert_eq!(
+        (&warning["acks"], &warning["needed"], &warning["replicas"]),
+        (&2.into(), &3.into(), &2.into()),
+        "{warning}"
+    );
+    let reply = b.post(&majority).await;
+    assert_eq!((reply.status, reply.cache_status()), (200, "hit"));
+    assert_eq!(upstream.calls(), 3);
+    let cut_for = partitioned.elapsed();
+
+    // Heal: C rejoins, every member sees three again, quorum returns.
+    net.set_port('c', true);
+    let healed = Instant::now();
+    for member in &members {
+        member.wait_for_members(3).await;
+    }
+    let rejoined = c
+        .wait_for("C back in quorum", |s| s["cluster"]["quorum"] == true)
+        .await;
+    assert_eq!(rejoined["cluster"]["members"], 3);
+    let ready = c.admin_get("/readyz").await.text();
+    assert!(ready.contains("cluster: ok (3 live members"), "{ready}");
+    let rejoin_took = healed.elapsed();
+    // What the majority stored while C was away is a hit through C (from a
+    // peer, or from C's memory if repair copied it there first).
+    let reply = c.post(&majority).await;
+    assert_eq!((reply.status, reply.cache_status()), (200, "hit"));
+    assert_eq!(upstream.calls(), 3);
+    // And writes are fully acknowledged again.
+    let healed_write = question("after the heal");
+    assert_eq!(a.post(&healed_write).await.cache_status(), "miss");
+    let stats = a
+        .wait_for("the write after the heal", |s| s["cluster"]["writes"] == 3)
+        .await;
+    assert_eq!(stats["cluster"]["write_quorum_failures"], 1, "{stats}");
+    let reply = c.post(&healed_write).await;
+    assert_eq!(
+        (
+            reply.status,
+            reply.cache_status(),
+            reply.header("x-relaycache-tier")
+        ),
+        (200, "hit", "memory"),
+        "C holds its replica of a write made after the heal"
+    );
+    assert_eq!(upstream.calls(), 4);
+    println!(
+        "partition held {cut_for:?}; rejoined {rejoin_took:?} after the heal; test took {:?}",
+        started.elapsed()
+    );
+    drop(members);
+    drop(net);
+}
