@@ -35,7 +35,10 @@ pub const CRD_FILE: &str = "relaycache.io_relaycaches.yaml";
     version = "v1alpha1",
     kind = "RelayCache",
     plural = "relaycaches",
+    // `rc` is the contract's short name, but kubectl resolves `rc` to
+    // ReplicationControllers first; `rcache` is unambiguous.
     shortname = "rc",
+    shortname = "rcache",
     namespaced,
     status = "RelayCacheStatus",
     derive = "PartialEq",
@@ -496,7 +499,10 @@ mod tests {
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.names.kind, "RelayCache");
         assert_eq!(crd.spec.names.plural, "relaycaches");
-        assert_eq!(crd.spec.names.short_names, Some(vec!["rc".to_string()]));
+        assert_eq!(
+            crd.spec.names.short_names,
+            Some(vec!["rc".to_string(), "rcache".to_string()])
+        );
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, VERSION);
         let sub = version.subresources.as_ref().unwrap();

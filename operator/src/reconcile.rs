@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::crd::{RelayCache, RelayCacheStatus};
 use crate::metrics::{Metrics, Outcome};
@@ -284,6 +284,7 @@ async fn publish_transitions(
 ) {
     let reference = rc.object_ref(&());
     for event in transitions(previous, next) {
+        info!(relaycache = %rc.name_any(), reason = %event.reason, note = event.note.as_deref().unwrap_or(""), "event");
         if let Err(err) = ctx.recorder.publish(&event, &reference).await {
             // An Event is a courtesy; never fail a reconcile for it.
             warn!(reason = %event.reason, error = %err, "could not publish event");
@@ -317,7 +318,11 @@ pub async fn run(
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
         match result {
-            Ok((object, _)) => info!(relaycache = %object, "reconciled"),
+            Ok((object, _)) => debug!(relaycache = %object, "reconciled"),
+            // A RelayCache deleted while queued: nothing left to do.
+            Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                debug!(relaycache = %object, "gone before its reconcile")
+            }
             Err(err) => warn!(error = %err, "reconcile failed"),
         }
     })
