@@ -5,12 +5,18 @@
 //! is a PUT carrying the `resourceVersion` that was read (or a create): when
 //! two replicas race, the apiserver accepts one and answers 409 Conflict to
 //! the other, which then stays a follower.
+//!
+//! A follower does not trust the holder's `renewTime` (the holder's clock
+//! may be ahead of its own): it takes over only after it has itself seen
+//! the Lease unchanged for a whole `leaseDurationSeconds`, measured on its
+//! own monotonic clock.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::Api;
 use tokio::sync::watch;
@@ -44,6 +50,8 @@ pub struct LeaseLock {
     name: String,
     identity: String,
     lease_duration: Duration,
+    /// The Lease version last seen held by another replica, and when.
+    observed: Mutex<Option<(String, Instant)>>,
 }
 
 impl LeaseLock {
@@ -54,12 +62,18 @@ impl LeaseLock {
             name: name.into(),
             identity: identity.into(),
             lease_duration,
+            observed: Mutex::new(None),
         }
     }
 
     /// Acquires the Lease if it is free or expired, renews it if held;
-    /// `Ok(true)` when this replica leads after the call.
-    pub async fn try_acquire_or_renew(&self, now: Timestamp) -> Result<bool, kube::Error> {
+    /// `Ok(true)` when this replica leads after the call. `now` is written
+    /// into the Lease; `tick` (monotonic) decides expiry.
+    pub async fn try_acquire_or_renew(
+        &self,
+        now: Timestamp,
+        tick: Instant,
+    ) -> Result<bool, kube::Error> {
         let Some(current) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -75,7 +89,7 @@ impl LeaseLock {
         let next = if holder == self.identity {
             let acquired = spec.acquire_time.map(|t| t.0).unwrap_or(now);
             self.claim(now, acquired, spec.lease_transitions.unwrap_or(0))
-        } else if holder.is_empty() || expired(&spec, now) {
+        } else if holder.is_empty() || self.expired(&current, &spec, tick) {
             self.claim(now, now, spec.lease_transitions.unwrap_or(0) + 1)
         } else {
             return Ok(false);
@@ -128,12 +142,30 @@ impl LeaseLock {
     }
 }
 
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let Some(renewed) = spec.renew_time.as_ref().map(|t| t.0) else {
-        return true;
-    };
-    let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    renewed + SignedDuration::from_secs(seconds) < now
+impl LeaseLock {
+    /// Whether another replica's Lease has gone unrenewed for its whole
+    /// duration, as observed from here.
+    fn expired(&self, lease: &Lease, spec: &LeaseSpec, tick: Instant) -> bool {
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+        );
+        // A poisoned lock only means another call panicked; the data is a
+        // plain observation and still usable.
+        let mut observed = self
+            .observed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match observed.as_ref() {
+            Some((seen, since)) if *seen == version => {
+                tick.saturating_duration_since(*since) > duration
+            }
+            _ => {
+                *observed = Some((version, tick));
+                false
+            }
+        }
+    }
 }
 
 fn conflict_means_false<T>(result: Result<T, kube::Error>) -> Result<bool, kube::Error> {
@@ -155,7 +187,10 @@ pub async fn campaign(
 ) {
     let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
-        match lock.try_acquire_or_renew(Timestamp::now()).await {
+        match lock
+            .try_acquire_or_renew(Timestamp::now(), Instant::now())
+            .await
+        {
             Ok(true) => {
                 if last_renewal.is_none() {
                     info!(lease = %lock.name, identity = %lock.identity, "became leader");
@@ -192,6 +227,7 @@ mod tests {
     use crate::testing::ApiServer;
     use http::Method;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).unwrap()
@@ -223,7 +259,11 @@ mod tests {
     #[tokio::test]
     async fn a_missing_lease_is_created_with_this_identity() {
         let (client, mut server) = ApiServer::start();
-        let attempt = tokio::spawn(async move { lock(client).try_acquire_or_renew(at(0)).await });
+        let attempt = tokio::spawn(async move {
+            lock(client)
+                .try_acquire_or_renew(at(0), Instant::now())
+                .await
+        });
         let get = server
             .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
             .await;
@@ -240,7 +280,11 @@ mod tests {
     #[tokio::test]
     async fn a_fresh_lease_of_another_replica_is_left_alone() {
         let (client, mut server) = ApiServer::start();
-        let attempt = tokio::spawn(async move { lock(client).try_acquire_or_renew(at(10)).await });
+        let attempt = tokio::spawn(async move {
+            lock(client)
+                .try_acquire_or_renew(at(10), Instant::now())
+                .await
+        });
         server
             .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
             .await
@@ -250,15 +294,39 @@ mod tests {
         server.expect_nothing_more().await;
     }
 
-    #[tokio::test]
-    async fn an_expired_lease_is_taken_over_guarded_by_resource_version() {
-        let (client, mut server) = ApiServer::start();
-        let attempt = tokio::spawn(async move { lock(client).try_acquire_or_renew(at(16)).await });
+    /// One attempt of a shared lock at `tick`, answered by the next GET.
+    async fn attempt_seeing(
+        lock: &Arc<LeaseLock>,
+        server: &mut ApiServer,
+        tick: Instant,
+        seen: serde_json::Value,
+    ) -> tokio::task::JoinHandle<Result<bool, kube::Error>> {
+        let lock = lock.clone();
+        let attempt = tokio::spawn(async move { lock.try_acquire_or_renew(at(100), tick).await });
         server
             .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
             .await
-            .respond(lease("pod-b", 0, "41"))
+            .respond(seen)
             .await;
+        attempt
+    }
+
+    #[tokio::test]
+    async fn a_lease_unchanged_for_its_duration_is_taken_over_guarded_by_resource_version() {
+        let (client, mut server) = ApiServer::start();
+        let lock = Arc::new(lock(client));
+        let t0 = Instant::now();
+        // First sight of pod-b's lease: start counting, do not take it yet.
+        let first = attempt_seeing(&lock, &mut server, t0, lease("pod-b", 0, "41")).await;
+        assert!(!first.await.unwrap().unwrap());
+        // 16 s later (monotonic, as observed here) it is still version 41.
+        let second = attempt_seeing(
+            &lock,
+            &mut server,
+            t0 + Duration::from_secs(16),
+            lease("pod-b", 0, "41"),
+        )
+        .await;
         let put = server
             .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
             .await;
@@ -267,30 +335,60 @@ mod tests {
         assert_eq!(put.body["spec"]["leaseTransitions"], 5);
         let body = put.body.clone();
         put.respond(body).await;
-        assert!(attempt.await.unwrap().unwrap());
+        assert!(second.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_renewing_holder_is_kept_whatever_its_clock_says() {
+        // pod-b's renewTime is long past (its clock lags), but the Lease keeps
+        // changing: it is alive, so pod-a never takes over.
+        let (client, mut server) = ApiServer::start();
+        let lock = Arc::new(lock(client));
+        let t0 = Instant::now();
+        for (seconds, version) in [(0, "41"), (16, "42"), (30, "43")] {
+            let attempt = attempt_seeing(
+                &lock,
+                &mut server,
+                t0 + Duration::from_secs(seconds),
+                lease("pod-b", -3600, version),
+            )
+            .await;
+            assert!(!attempt.await.unwrap().unwrap(), "at {seconds}s");
+        }
+        drop(lock);
+        server.expect_nothing_more().await;
     }
 
     #[tokio::test]
     async fn losing_the_race_is_a_conflict_not_an_error() {
         let (client, mut server) = ApiServer::start();
-        let attempt = tokio::spawn(async move { lock(client).try_acquire_or_renew(at(16)).await });
-        server
-            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
-            .await
-            .respond(lease("pod-b", 0, "41"))
-            .await;
+        let lock = Arc::new(lock(client));
+        let t0 = Instant::now();
+        let first = attempt_seeing(&lock, &mut server, t0, lease("pod-b", 0, "41")).await;
+        assert!(!first.await.unwrap().unwrap());
+        let second = attempt_seeing(
+            &lock,
+            &mut server,
+            t0 + Duration::from_secs(16),
+            lease("pod-b", 0, "41"),
+        )
+        .await;
         server
             .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
             .await
             .conflict()
             .await;
-        assert!(!attempt.await.unwrap().unwrap());
+        assert!(!second.await.unwrap().unwrap());
     }
 
     #[tokio::test]
     async fn the_holder_renews_and_keeps_its_acquire_time() {
         let (client, mut server) = ApiServer::start();
-        let attempt = tokio::spawn(async move { lock(client).try_acquire_or_renew(at(5)).await });
+        let attempt = tokio::spawn(async move {
+            lock(client)
+                .try_acquire_or_renew(at(5), Instant::now())
+                .await
+        });
         server
             .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
             .await
