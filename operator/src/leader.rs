@@ -311,22 +311,27 @@ mod tests {
         attempt
     }
 
+    /// pod-b's Lease seen at version 41, then again 16 s later (monotonic,
+    /// as observed here): the second attempt is the one that may take it.
+    async fn attempt_after_expiry(
+        client: kube::Client,
+        server: &mut ApiServer,
+    ) -> tokio::task::JoinHandle<Result<bool, kube::Error>> {
+        let lock = Arc::new(lock(client));
+        let t0 = Instant::now();
+        let first = attempt_seeing(&lock, server, t0, lease("pod-b", 0, "41")).await;
+        assert!(
+            !first.await.unwrap().unwrap(),
+            "first sight only starts the count"
+        );
+        let later = t0 + Duration::from_secs(16);
+        attempt_seeing(&lock, server, later, lease("pod-b", 0, "41")).await
+    }
+
     #[tokio::test]
     async fn a_lease_unchanged_for_its_duration_is_taken_over_guarded_by_resource_version() {
         let (client, mut server) = ApiServer::start();
-        let lock = Arc::new(lock(client));
-        let t0 = Instant::now();
-        // First sight of pod-b's lease: start counting, do not take it yet.
-        let first = attempt_seeing(&lock, &mut server, t0, lease("pod-b", 0, "41")).await;
-        assert!(!first.await.unwrap().unwrap());
-        // 16 s later (monotonic, as observed here) it is still version 41.
-        let second = attempt_seeing(
-            &lock,
-            &mut server,
-            t0 + Duration::from_secs(16),
-            lease("pod-b", 0, "41"),
-        )
-        .await;
+        let second = attempt_after_expiry(client, &mut server).await;
         let put = server
             .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
             .await;
@@ -362,17 +367,7 @@ mod tests {
     #[tokio::test]
     async fn losing_the_race_is_a_conflict_not_an_error() {
         let (client, mut server) = ApiServer::start();
-        let lock = Arc::new(lock(client));
-        let t0 = Instant::now();
-        let first = attempt_seeing(&lock, &mut server, t0, lease("pod-b", 0, "41")).await;
-        assert!(!first.await.unwrap().unwrap());
-        let second = attempt_seeing(
-            &lock,
-            &mut server,
-            t0 + Duration::from_secs(16),
-            lease("pod-b", 0, "41"),
-        )
-        .await;
+        let second = attempt_after_expiry(client, &mut server).await;
         server
             .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
             .await
