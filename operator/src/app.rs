@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use futures::FutureExt;
+
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tokio::net::TcpListener;
@@ -88,12 +90,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         timings.lease_duration,
     ));
     let (leading_tx, mut leading_rx) = watch::channel(false);
+    info!(lease = %args.lease_name, %namespace, %identity, "waiting to lead");
     let campaign = {
         let lock = lock.clone();
         let stop = stop_rx.clone();
         tokio::spawn(async move { leader::campaign(&lock, timings, leading_tx, stop).await })
     };
-    info!(lease = %args.lease_name, %namespace, %identity, "waiting to lead");
 
     let mut stop = stop_rx.clone();
     let lead = tokio::select! {
@@ -113,16 +115,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ));
         // The controller wants a Sync future; a oneshot bridges the two watches.
         let (halt_tx, halt_rx) = oneshot::channel::<()>();
-        let mut leading = leading_rx.clone();
-        let mut stop = stop_rx.clone();
-        let watcher = tokio::spawn(async move {
-            let lost = tokio::select! {
-                _ = leading.wait_for(|leading| !*leading) => true,
-                _ = stop.wait_for(|stop| *stop) => false,
-            };
-            let _ = halt_tx.send(());
-            lost
-        });
+        let watcher = tokio::spawn(lost_leadership(leading_rx.clone(), stop_rx.clone()).then(
+            |lost| async move {
+                let _ = halt_tx.send(());
+                lost
+            },
+        ));
         info!("leading: starting the controller");
         reconcile::run(ctx, async move {
             let _ = halt_rx.await;
@@ -148,6 +146,20 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
 }
 
+/// Resolves when leading ends: `true` if the Lease was lost, `false` on a
+/// requested stop. A stop wins a tie, and the campaign ending (it drops its
+/// sender when told to stop) is not a loss.
+async fn lost_leadership(
+    mut leading: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.wait_for(|stop| *stop) => false,
+        result = leading.wait_for(|leading| !*leading) => result.is_ok(),
+    }
+}
+
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
@@ -164,4 +176,28 @@ fn spawn_signal_handler(stop: watch::Sender<bool>) -> Result<(), RunError> {
         let _ = stop.send(true);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stop_is_not_a_lost_lease_even_when_the_campaign_has_ended() {
+        let (leading_tx, leading_rx) = watch::channel(true);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        stop_tx.send(true).unwrap();
+        // The campaign saw the stop and returned, dropping its sender.
+        drop(leading_tx);
+        assert!(!lost_leadership(leading_rx, stop_rx).await);
+    }
+
+    #[tokio::test]
+    async fn losing_the_lease_while_running_is_a_loss() {
+        let (leading_tx, leading_rx) = watch::channel(true);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let waiter = tokio::spawn(lost_leadership(leading_rx, stop_rx));
+        leading_tx.send(false).unwrap();
+        assert!(waiter.await.unwrap());
+    }
 }
