@@ -77,7 +77,8 @@ clean:
 	$(CARGO) clean
 
 .PHONY: crds
-crds: ## Regenerate crds/relaycache.io_relaycaches.yaml from the operator's types (make test fails when stale)
+crds: ## Regenerate crds/relaycache.io_relaycaches.yaml from the operator's types, and the chart's copy (make test fails when stale)
 	@mkdir -p crds
 	$(CARGO) run -q -p relaycache-operator -- crdgen > crds/relaycache.io_relaycaches.yaml.tmp
 	mv crds/relaycache.io_relaycaches.yaml.tmp crds/relaycache.io_relaycaches.yaml
+	scripts/sync-chart-crds.sh

@@ -325,7 +325,7 @@ def check_manifests(args):
         names = spec["names"]
         got = (crd["metadata"]["name"], spec["group"], names["kind"], names["plural"],
                names.get("shortNames"), spec["scope"])
-        if got != (CRD_NAME, "relaycache.io", "RelayCache", "relaycaches", ["rc"], "Namespaced"):
+        if got != (CRD_NAME, "relaycache.io", "RelayCache", "relaycaches", ["rc", "rcache"], "Namespaced"):
             fail(f"CRD names are {got}")
         v1a1 = [v for v in spec["versions"] if v["name"] == "v1alpha1"]
         if not v1a1 or set(v1a1[0].get("subresources", {})) != {"status", "scale"}:
