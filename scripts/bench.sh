@@ -12,6 +12,11 @@
 #              at 1 connection and at 64.
 #   memory     a fresh relaycache filled with unique answers: RSS growth
 #              per byte of answer stored.
+#   cluster    a 3-member HA cluster (replica_count 2) and a client-mode
+#              relaycache in front of it (what an injected sidecar runs):
+#              the client's memory (L1) hits next to its peer (L2) hits,
+#              at 1 connection; and misses through a member, paying for
+#              replication, next to the single-mode misses above.
 #
 # Prints a markdown table and writes it to bench-results/latest.md; the raw
 # wrk output and server logs of the last run are in bench-results/logs/.
@@ -35,6 +40,9 @@
 #   BENCH_RESERVE_DIR     where the reserve's temp dir goes (TMPDIR or /tmp);
 #                         it takes about 13 KB of disk per stored answer,
 #                         about 3 GB at the defaults, and is removed after use
+#   BENCH_PEER_KEYS       answers stored in the cluster for the peer-hit row
+#                         (5000); the client's 1 MiB memory holds about 170
+#                         of them, so cycling over them reads from the peers
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,9 +62,11 @@ CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 ANSWER_BYTES="${BENCH_ANSWER_BYTES:-5000}"
 RESERVE_FILL="${BENCH_RESERVE_FILL:-5}"
 RESERVE_PARENT="${BENCH_RESERVE_DIR:-${TMPDIR:-/tmp}}"
+PEER_KEYS="${BENCH_PEER_KEYS:-5000}"
 
 # The request every run sends: the template's @TAG@ is replaced by "fixed"
-# for the hit path and by a per-request counter for the miss path.
+# for the hit path, by a per-request counter for the miss path, and in
+# turn by RUN-1 .. RUN-BENCH_PEER_KEYS for the cluster's peer path.
 BODY_TEMPLATE="$BENCH_DIR/request.json"
 API_KEY="bench-key"
 
@@ -132,7 +142,7 @@ trap 'exit 143' TERM
 
 check_settings() {
     local name
-    for name in BENCH_SECONDS WARMUP_SECONDS MEM_SECONDS THREADS CONNECTIONS ANSWER_BYTES RESERVE_FILL; do
+    for name in BENCH_SECONDS WARMUP_SECONDS MEM_SECONDS THREADS CONNECTIONS ANSWER_BYTES RESERVE_FILL PEER_KEYS; do
         [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive whole number, not '${!name}'"
     done
     ((CONNECTIONS >= THREADS)) || die "BENCH_CONNECTIONS must be at least BENCH_THREADS (wrk needs a connection per thread)"
@@ -246,9 +256,17 @@ start_relaycache() {
     fi
     free_port port
     free_port admin_port
-    local config="$WORK/$name.yaml" logfile="$LOG_DIR/$name.log"
+    local config="$WORK/$name.yaml"
     render "$BENCH_DIR/relaycache.yaml.template" "$config" \
         "PORT=$port" "ADMIN_PORT=$admin_port" "MOCK_PORT=$MOCK_PORT" "RESERVE_URL=$reserve_url"
+    launch_relaycache "$name" "$config" "$port" "$admin_port"
+}
+
+# launch_relaycache NAME CONFIG PORT ADMIN_PORT: runs relaycache on CONFIG
+# (which listens on PORT and ADMIN_PORT) until both listeners answer; sets
+# RELAY_PID, RELAY_URL and RELAY_ADMIN.
+launch_relaycache() {
+    local name=$1 config=$2 port=$3 admin_port=$4 logfile="$LOG_DIR/$1.log"
     "$RELAY_BIN" serve --config "$config" >"$logfile" 2>&1 &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")
@@ -281,13 +299,14 @@ start_nginx() {
 
 # ---------------------------------------------------------------- probes
 
-# post_fixed URL HEADER: one POST of the fixed body; prints "STATUS VALUE"
-# where VALUE is that response header ("-" if absent).
+# post_fixed URL HEADER [BODY_FILE]: one POST of the fixed body (or of
+# BODY_FILE); prints "STATUS VALUE" where VALUE is that response header ("-"
+# if absent).
 post_fixed() {
-    local url=$1 header=$2 headers status value
+    local url=$1 header=$2 body=${3:-$FIXED_BODY} headers status value
     headers=$(curl -sS -o /dev/null -D - --max-time 10 -X POST \
         -H "x-api-key: $API_KEY" -H "anthropic-version: 2023-06-01" \
-        -H "content-type: application/json" --data-binary "@$FIXED_BODY" "$url") ||
+        -H "content-type: application/json" --data-binary "@$body" "$url") ||
         die "POST $url failed"
     status=$(awk 'NR == 1 { print $2 }' <<<"$headers")
     value=$(awk -v h="$header" 'tolower($1) == tolower(h) ":" { sub(/\r$/, "", $2); print $2; exit }' <<<"$headers")
@@ -344,15 +363,23 @@ reserve_stat() {
     json_number "${json%%\}*}" "$2"
 }
 
-# relay_counts: "HITS MISSES RESERVE_READS" from one /stats answer, so the
-# three belong together.
+# relay_counts: "HITS MISSES RESERVE_READS PEER_HITS" from one /stats
+# answer, so the four belong together.
 relay_counts() {
-    local json hits misses reads
+    local json hits misses reads peer
     json=$(relay_stats)
     hits=$(json_number "$json" hits)
     misses=$(json_number "$json" misses)
     reads=$(reserve_stat "$json" reads)
-    echo "$hits $misses $reads"
+    peer=$(json_number "$json" peer_hits)
+    echo "$hits $misses $reads $peer"
+}
+
+# cluster_stat JSON NAME: one number from the "cluster" object of a /stats
+# answer.
+cluster_stat() {
+    local json=${1#*\"cluster\":\{}
+    json_number "${json%%\}*}" "$2"
 }
 
 vm_rss_kb() {
@@ -377,9 +404,9 @@ run_wrk() {
 
 # Results by row key.
 declare -A LABEL CONNS REQS RPS P50 P99 NON2XX SOCKERR NOTE
-# relaycache's own counts over a measured run: hits (memory and reserve),
-# misses, and the hits read from the reserve.
-declare -A HITS MISSES READS
+# relaycache's own counts over a measured run: hits (memory, reserve and
+# peers), misses, the hits read from the reserve and those from peers.
+declare -A HITS MISSES READS PEER_HITS
 ROWS=()
 WRK_ARGS=()
 
@@ -389,6 +416,9 @@ WRK_ARGS=()
 wrk_args() {
     if [[ $1 == fixed ]]; then
         WRK_ARGS=("$FIXED_BODY")
+    elif [[ $1 == cycle ]]; then
+        # Always the set stored in the cluster, whatever the run.
+        WRK_ARGS=("$BODY_TEMPLATE" "$PEER_RUN" "$PEER_KEYS")
     else
         WRK_ARGS=("$BODY_TEMPLATE" "$RUN_ID-$2")
     fi
@@ -403,13 +433,13 @@ field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 # count send the same ones.
 measure() {
     local key=$1 label=$2 threads=$3 conns=$4 script=$5 url=$6 admin=${7:-} tag=${8:-$1}
-    local line counts hits0 misses0 reads0 hits1 misses1 reads1
+    local line counts hits0 misses0 reads0 peer0 hits1 misses1 reads1 peer1
     log "$label, $conns connection(s): warm-up ${WARMUP_SECONDS}s, then ${BENCH_SECONDS}s"
     wrk_args "$script" "$tag-warmup"
     run_wrk "$key-warmup" "$threads" "$conns" "$WARMUP_SECONDS" "$script" "$url" "${WRK_ARGS[@]}" >/dev/null
     if [[ -n $admin ]]; then
         counts=$(relay_counts)
-        read -r hits0 misses0 reads0 <<<"$counts"
+        read -r hits0 misses0 reads0 peer0 <<<"$counts"
     fi
     wrk_args "$script" "$tag"
     line=$(run_wrk "$key" "$threads" "$conns" "$BENCH_SECONDS" "$script" "$url" "${WRK_ARGS[@]}")
@@ -424,10 +454,11 @@ measure() {
     SOCKERR[$key]=$(field "$line" socket_errors)
     if [[ -n $admin ]]; then
         counts=$(relay_counts)
-        read -r hits1 misses1 reads1 <<<"$counts"
+        read -r hits1 misses1 reads1 peer1 <<<"$counts"
         HITS[$key]=$((hits1 - hits0))
         MISSES[$key]=$((misses1 - misses0))
         READS[$key]=$((reads1 - reads0))
+        PEER_HITS[$key]=$((peer1 - peer0))
         NOTE[$key]="relaycache counted ${HITS[$key]} hits, ${MISSES[$key]} misses"
     fi
     log "  ${RPS[$key]} req/s, p50 ${P50[$key]} ms, p99 ${P99[$key]} ms"
@@ -612,6 +643,158 @@ measure_reserve() {
     RESERVE_DIR=""
 }
 
+# ---------------------------------------------------------------- cluster
+
+MEMBER_URLS=()   # traffic URL of each cluster member
+MEMBER_ADMINS=() # admin URL of each cluster member
+MEMBER_PIDS=()
+CLUSTER_MEMBERS="" # the members' gRPC addresses, as YAML list items
+PEER_RUN="$RUN_ID-peer" # cycle.lua's tag: names the answers stored in the cluster
+declare -A CLUSTER_NOTE # per cluster row: what the cluster counted, for Checks
+
+# start_ha NAME EMBEDDED MAX_COST GRPC_PORT: a relaycache in mode ha with
+# CLUSTER_MEMBERS as its member list (see relaycache-ha.yaml.template).
+start_ha() {
+    local name=$1 port admin_port config="$WORK/$1.yaml"
+    free_port port
+    free_port admin_port
+    render "$BENCH_DIR/relaycache-ha.yaml.template" "$config" \
+        "PORT=$port" "ADMIN_PORT=$admin_port" "MOCK_PORT=$MOCK_PORT" "EMBEDDED=$2" \
+        "MAX_COST=$3" "GRPC_PORT=$4" "MEMBERS=$CLUSTER_MEMBERS"
+    launch_relaycache "$name" "$config" "$port" "$admin_port"
+}
+
+# wait_members NAME ADMIN N: until that process sees N live members.
+wait_members() {
+    local name=$1 admin=$2 n=$3 json members=0 _
+    for _ in {1..150}; do # 0.1 s apart: 15 s
+        json=$(curl -fsS --max-time 2 "$admin/stats") || die "GET $admin/stats failed"
+        members=$(cluster_stat "$json" members)
+        ((members == n)) && return 0
+        sleep 0.1
+    done
+    die "$name sees $members live cluster members, not $n, after 15 s (log: $LOG_DIR/$name.log)"
+}
+
+# Three members on loopback, each listing all three.
+start_cluster() {
+    local i grpc ports=()
+    for i in 1 2 3; do
+        free_port grpc
+        ports+=("$grpc")
+        CLUSTER_MEMBERS+="${CLUSTER_MEMBERS:+, }\"127.0.0.1:$grpc\""
+    done
+    for i in 0 1 2; do
+        start_ha "relaycache-member-$((i + 1))" true 1073741824 "${ports[i]}"
+        MEMBER_URLS+=("$RELAY_URL")
+        MEMBER_ADMINS+=("$RELAY_ADMIN")
+        MEMBER_PIDS+=("$RELAY_PID")
+    done
+    for i in 0 1 2; do
+        wait_members "relaycache-member-$((i + 1))" "${MEMBER_ADMINS[i]}" 3
+    done
+    log "cluster: 3 members formed"
+}
+
+# wait_replicated: until member 1 (RELAY_ADMIN) finished a cluster write for
+# every miss it counted (writes run after the answer is sent); prints that
+# member's /stats.
+wait_replicated() {
+    local json writes misses _
+    for _ in {1..100}; do # 0.1 s apart: 10 s
+        json=$(relay_stats)
+        writes=$(cluster_stat "$json" writes)
+        misses=$(json_number "$json" misses)
+        if ((writes >= misses)); then
+            echo "$json"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "member 1 finished $writes cluster writes for $misses misses after 10 s"
+}
+
+# fill_cluster: stores cycle.lua's PEER_KEYS answers through member 1, in
+# short runs until member 1 has counted a miss for each (a run that gets
+# past the set starts it again: hits), then waits for their replication.
+fill_cluster() {
+    local json misses0 misses=0 failures _
+    RELAY_ADMIN=${MEMBER_ADMINS[0]}
+    misses0=$(relay_stat misses)
+    log "cluster: storing $PEER_KEYS answers through member 1"
+    for _ in {1..20}; do
+        run_wrk peer-fill 1 8 2 cycle "${MEMBER_URLS[0]}" "$BODY_TEMPLATE" "$PEER_RUN" "$PEER_KEYS" >/dev/null
+        misses=$(($(relay_stat misses) - misses0))
+        ((misses >= PEER_KEYS)) && break
+    done
+    ((misses >= PEER_KEYS)) || die "member 1 stored only $misses of $PEER_KEYS answers in 20 runs of 2 s"
+    json=$(wait_replicated)
+    failures=$(cluster_stat "$json" write_quorum_failures)
+    ((failures == 0)) || die "$failures cluster writes missed their quorum while filling (log: $LOG_DIR/relaycache-member-1.log)"
+    log "  $misses answers stored and replicated"
+}
+
+# check_peer_hits KEY: the peer row measures L2 hits only if (nearly) every
+# request of its run was answered by a peer, not by the client's memory nor
+# the upstream. Sets CLUSTER_NOTE for the row; stops below 90%.
+check_peer_hits() {
+    local key=$1 lookups share
+    lookups=$((HITS[$key] + MISSES[$key]))
+    ((lookups > 0)) || die "the client counted no lookups in the $key run"
+    share=$(calc '%.1f' '100 * p / n' "p=${PEER_HITS[$key]}" "n=$lookups")
+    CLUSTER_NOTE[$key]="${PEER_HITS[$key]} hits answered by a peer ($share% of lookups)"
+    if ((PEER_HITS[$key] * 100 < lookups * 90)); then
+        die "only $share% of the client's $lookups lookups in the $key run were peer hits (want at least 90%):" \
+            "${MISSES[$key]} misses, $((HITS[$key] - PEER_HITS[$key])) memory hits; raise BENCH_PEER_KEYS (now $PEER_KEYS)"
+    fi
+}
+
+# note_replication KEY: member 1's cluster counts after a miss row.
+note_replication() {
+    local key=$1 json
+    json=$(wait_replicated)
+    CLUSTER_NOTE[$key]="member 1 so far: $(cluster_stat "$json" writes) cluster writes for $(json_number "$json" misses) misses,"
+    CLUSTER_NOTE[$key]+=" $(cluster_stat "$json" write_quorum_failures) missed write_quorum,"
+    CLUSTER_NOTE[$key]+=" $(cluster_stat "$json" replica_write_failures) replica writes failed"
+}
+
+# The cluster rows. The L1 and L2 hit rows go through one client-mode
+# relaycache, back to back: the fixed body from its memory, then the
+# stored set, which its memory is too small to hold, from the peers. The
+# miss rows go through member 1, whose every miss is written to the key's
+# two replicas on top of what a single-mode miss does.
+measure_cluster() {
+    local i sample="$WORK/peer-sample.json" client_grpc
+    start_cluster
+    fill_cluster
+
+    free_port client_grpc
+    start_ha relaycache-client false 1048576 "$client_grpc"
+    wait_members relaycache-client "$RELAY_ADMIN" 3
+    # The first body of the set, never sent to this client: a peer hit.
+    sed "s/@TAG@/$PEER_RUN-1/" "$BODY_TEMPLATE" >"$sample"
+    local tier
+    tier=$(post_fixed "$RELAY_URL" x-relaycache-tier "$sample")
+    [[ $tier == "200 peer" ]] ||
+        die "the client does not answer a stored answer from a peer: '$tier' (status and x-relaycache-tier; want '200 peer')"
+    log "relaycache-client reads the cluster: $tier"
+    expect_cached relaycache-client "$RELAY_URL" x-relaycache-status hit
+    measure ha_l1_hit_1 "relaycache client, memory (L1) hits" 1 1 fixed "$RELAY_URL" "$RELAY_ADMIN"
+    measure ha_peer_hit_1 "relaycache client, peer (L2) hits" 1 1 cycle "$RELAY_URL" "$RELAY_ADMIN"
+    check_peer_hits ha_peer_hit_1
+    stop_child "$RELAY_PID"
+
+    RELAY_ADMIN=${MEMBER_ADMINS[0]}
+    local label="relaycache HA member misses, unique bodies (3 members, replica_count 2)"
+    measure ha_miss_1 "$label" 1 1 unique "${MEMBER_URLS[0]}" "$RELAY_ADMIN"
+    note_replication ha_miss_1
+    measure ha_miss "$label" "$THREADS" "$CONNECTIONS" unique "${MEMBER_URLS[0]}" "$RELAY_ADMIN"
+    note_replication ha_miss
+    for i in "${MEMBER_PIDS[@]}"; do
+        stop_child "$i"
+    done
+}
+
 # move_rows_after ANCHOR KEY...: puts rows KEY... right after row ANCHOR,
 # so the table groups rows by path rather than by when they ran.
 move_rows_after() {
@@ -666,6 +849,15 @@ reserve_target() {
     fi
 }
 
+# The peer hit's target: p50 at most 1 ms on loopback.
+peer_target() {
+    if [[ $(calc '%d' 'p <= 1' "p=${P50[ha_peer_hit_1]}") == 1 ]]; then
+        echo "target p50 ≤ 1 ms on loopback: met"
+    else
+        echo "target p50 ≤ 1 ms on loopback: NOT met"
+    fi
+}
+
 report() {
     local key wrk_version nginx_version
     wrk_version=$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }' || true)
@@ -680,6 +872,9 @@ report() {
     echo "- Request: POST /v1/messages, $(wc -c <"$FIXED_BODY") byte body; answer: $ANSWER_SIZE bytes (Content-Length)"
     echo "- Reserve rows: relaycache restarted on a file:// reserve ($RESERVE_FS) filled with the answers it is then asked for;" \
         "the files were just written (and synced), so they are read through the OS page cache, not from the disk"
+    echo "- Cluster rows: three members (mode ha, replica_count 2, write_quorum 1, environment local) and a client-mode relaycache" \
+        "(memory capped at 1 MiB), on this machine's loopback and CPUs; the peer row cycles over $PEER_KEYS answers stored" \
+        "through member 1, the HA miss rows go through member 1"
     echo
     echo "| Configuration | Conns | Requests | req/s | p50 ms | p99 ms | Errors (HTTP ≥400 / socket) |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
@@ -700,6 +895,12 @@ report() {
     echo "| reserve hit p50 / p99 (1 connection) | ${P50[reserve_hit_1]} / ${P99[reserve_hit_1]} ms; $(reserve_target) |"
     echo "| reserve hit req/s ÷ relaycache miss req/s, $CONNECTIONS connections (both unique bodies) |" \
         "$(ratio "${RPS[reserve_hit]}" "${RPS[relay_miss]}")× |"
+    echo "| peer (L2) hit vs memory (L1) hit, client, 1 connection: p50 / p99 | ${P50[ha_peer_hit_1]} / ${P99[ha_peer_hit_1]} ms" \
+        "vs ${P50[ha_l1_hit_1]} / ${P99[ha_l1_hit_1]} ms; p50 $(ratio "${P50[ha_peer_hit_1]}" "${P50[ha_l1_hit_1]}")×; $(peer_target) |"
+    echo "| HA member miss req/s ÷ single-mode miss req/s, 1 connection | $(ratio "${RPS[ha_miss_1]}" "${RPS[relay_miss_1]}")×" \
+        "(p50 ${P50[relay_miss_1]} → ${P50[ha_miss_1]} ms) |"
+    echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")×" \
+        "(p50 ${P50[relay_miss]} → ${P50[ha_miss]} ms) |"
     echo "| memory: RSS growth ÷ (new keys × answer bytes) | $(calc '%.2f' 'rss * 1024 / (keys * size)' \
         "rss=$MEM_RSS_KB" "keys=$MEM_KEYS" "size=$ANSWER_SIZE") ($MEM_RSS_KB KiB for $MEM_KEYS answers of $ANSWER_SIZE bytes) |"
     echo "| memory: relaycache's own count, bytes_used ÷ key_count | $(calc '%.0f' 'used / keys' \
@@ -709,7 +910,7 @@ report() {
     echo
     for key in "${ROWS[@]}"; do
         [[ -z ${NOTE[$key]:-} ]] ||
-            echo "- ${LABEL[$key]}, ${CONNS[$key]} conn(s): ${NOTE[$key]} in ${REQS[$key]} requests${RESERVE_NOTE[$key]:+; ${RESERVE_NOTE[$key]}}"
+            echo "- ${LABEL[$key]}, ${CONNS[$key]} conn(s): ${NOTE[$key]} in ${REQS[$key]} requests${RESERVE_NOTE[$key]:+; ${RESERVE_NOTE[$key]}}${CLUSTER_NOTE[$key]:+; ${CLUSTER_NOTE[$key]}}"
     done
     echo "- reserve fill: $RESERVE_WRITES answers written for $RESERVE_MISSES misses, none dropped or failed," \
         "$FILL_ERRORS wrk errors; $RESERVE_DISK on disk. Its misses (writing to the reserve) ran at ${FILL_RPS[reserve]} req/s" \
@@ -757,9 +958,15 @@ main() {
     # The memory run wants a fresh process; this one holds every miss above.
     stop_child "$RELAY_PID"
 
+    # Cluster rows: three members and a client, with nothing else running.
+    measure_cluster
+
     # Reserve path: answers read back from files, by processes of its own.
     measure_reserve
     move_rows_after relay_hit reserve_hit_1 reserve_hit
+    move_rows_after reserve_hit ha_l1_hit_1 ha_peer_hit_1
+    move_rows_after relay_miss_1 ha_miss_1
+    move_rows_after relay_miss ha_miss
 
     measure_memory
 
