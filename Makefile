@@ -75,3 +75,9 @@ bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs w
 
 clean:
 	$(CARGO) clean
+
+.PHONY: crds
+crds: ## Regenerate crds/relaycache.io_relaycaches.yaml from the operator's types (make test fails when stale)
+	@mkdir -p crds
+	$(CARGO) run -q -p relaycache-operator -- crdgen > crds/relaycache.io_relaycaches.yaml.tmp
+	mv crds/relaycache.io_relaycaches.yaml.tmp crds/relaycache.io_relaycaches.yaml

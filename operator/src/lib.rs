@@ -1,0 +1,15 @@
+//! The RelayCache operator: reconciles `RelayCache` resources into running
+//! relaycache clusters (Services, ConfigMap, StatefulSet, PodDisruptionBudget),
+//! with leader election, metrics and health endpoints.
+
+pub mod app;
+pub mod cli;
+pub mod crd;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod resources;
+pub mod status;
+#[cfg(test)]
+pub(crate) mod testing;

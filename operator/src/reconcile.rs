@@ -1,0 +1,334 @@
+//! The controller: for each RelayCache, apply its children with server-side
+//! apply (one field manager), then write the status and publish Events when
+//! a condition changes.
+//!
+//! Deletion needs no finalizer: every child carries an owner reference to
+//! its RelayCache, so the garbage collector removes them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::crd::{RelayCache, RelayCacheStatus};
+use crate::metrics::{Metrics, Outcome};
+use crate::resources::{self, BuildSettings, Children, Names, MANAGED_BY_SELECTOR};
+use crate::status::{self, Observation, DEGRADED, PROGRESSING, READY};
+
+/// The one field manager of every object this operator writes.
+pub const FIELD_MANAGER: &str = "relaycache-operator";
+/// Re-check of a settled RelayCache (drift of children is caught sooner by
+/// the watches on them).
+const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check while members are being created or rolled.
+const PROGRESS_CHECK: Duration = Duration::from_secs(15);
+
+/// What a reconcile needs.
+pub struct Context {
+    /// Client of the apiserver.
+    pub client: Client,
+    /// Publishes Events on RelayCaches.
+    pub recorder: Recorder,
+    /// Settings from the operator's flags.
+    pub settings: BuildSettings,
+    /// Reconcile counters and timings.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context whose Events are reported as `relaycache-operator`.
+    pub fn new(
+        client: Client,
+        settings: BuildSettings,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+        }
+    }
+}
+
+/// Why a reconcile failed; the controller retries it with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Server-side apply of a child was refused or failed.
+    #[error("applying {kind} {namespace}/{name}: {source}")]
+    Apply {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Writing the status failed.
+    #[error("updating the status of RelayCache {namespace}/{name}: {source}")]
+    Status {
+        /// The RelayCache's namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+}
+
+/// Reconciles one RelayCache.
+pub async fn reconcile(rc: Arc<RelayCache>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&rc, &ctx).await;
+    let outcome = match &result {
+        Ok((outcome, _)) => *outcome,
+        Err(_) => Outcome::error,
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    result.map(|(_, action)| action)
+}
+
+async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Action), Error> {
+    if rc.metadata.deletion_timestamp.is_some() {
+        // Re-applying children now would race the garbage collector.
+        return Ok((Outcome::deleting, Action::await_change()));
+    }
+    let previous = rc.status.clone().unwrap_or_default();
+    let observation = Observation {
+        previous: &previous,
+        generation: rc.metadata.generation,
+        now: Timestamp::now(),
+    };
+    let children = match resources::build(rc, &ctx.settings) {
+        Ok(children) => children,
+        Err(invalid) => {
+            let message = invalid.to_string();
+            warn!(relaycache = %rc.name_any(), %message, "invalid spec; no child changed");
+            let next = observation.invalid_spec(&message);
+            write_status(rc, ctx, &next).await?;
+            publish_transitions(rc, ctx, &previous, &next).await;
+            return Ok((Outcome::invalid, Action::await_change()));
+        }
+    };
+    let names = Names {
+        name: rc.name_any(),
+        namespace: rc.namespace().unwrap_or_default(),
+    };
+    let sts = match apply_children(&ctx.client, &names, &children).await {
+        Ok(sts) => sts,
+        Err(err) => {
+            let next = observation.apply_failed(&err.to_string());
+            // Best effort: the apply error is what the caller must see.
+            if let Err(status_err) = write_status(rc, ctx, &next).await {
+                warn!(error = %status_err, "could not record the apply failure in the status");
+            }
+            publish_transitions(rc, ctx, &previous, &next).await;
+            return Err(err);
+        }
+    };
+    let next = observation.applied(
+        rc.spec.replicas,
+        names.selector_string(),
+        children.config_hash.clone(),
+        &sts,
+    );
+    write_status(rc, ctx, &next).await?;
+    publish_transitions(rc, ctx, &previous, &next).await;
+    let action = if status::is_true(&next, PROGRESSING) {
+        Action::requeue(PROGRESS_CHECK)
+    } else {
+        Action::requeue(RESYNC)
+    };
+    Ok((Outcome::applied, action))
+}
+
+/// Applies the children in dependency order (Services and ConfigMap before
+/// the StatefulSet that uses them) and returns the StatefulSet as stored.
+async fn apply_children(
+    client: &Client,
+    names: &Names,
+    children: &Children,
+) -> Result<StatefulSet, Error> {
+    apply::<Service>(client, names, &children.peers_service).await?;
+    apply::<Service>(client, names, &children.client_service).await?;
+    apply::<ConfigMap>(client, names, &children.config_map).await?;
+    let sts = apply::<StatefulSet>(client, names, &children.stateful_set).await?;
+    apply::<PodDisruptionBudget>(client, names, &children.pdb).await?;
+    Ok(sts)
+}
+
+async fn apply<K>(client: &Client, names: &Names, object: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &names.namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: <K as k8s_openapi::Resource>::KIND,
+        namespace: names.namespace.clone(),
+        name,
+        source,
+    })
+}
+
+async fn write_status(
+    rc: &RelayCache,
+    ctx: &Context,
+    status: &RelayCacheStatus,
+) -> Result<(), Error> {
+    let namespace = rc.namespace().unwrap_or_default();
+    let api: Api<RelayCache> = Api::namespaced(ctx.client.clone(), &namespace);
+    let body = serde_json::json!({
+        "apiVersion": RelayCache::api_version(&()),
+        "kind": RelayCache::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &rc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Status {
+        namespace,
+        name: rc.name_any(),
+        source,
+    })
+}
+
+/// The Events a status change deserves: one per condition that flipped, and
+/// one when the configuration (and so the peer list) changed.
+pub fn transitions(previous: &RelayCacheStatus, next: &RelayCacheStatus) -> Vec<Event> {
+    let mut events = Vec::new();
+    let flipped = |type_: &str| {
+        let before = status::find(previous, type_).map(|c| c.status.as_str());
+        let after = status::find(next, type_);
+        after.filter(|c| Some(c.status.as_str()) != before)
+    };
+    let event = |type_: EventType, reason: &str, note: String| Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Some(c) = flipped(DEGRADED) {
+        if c.status == "True" {
+            events.push(event(EventType::Warning, &c.reason, c.message.clone()));
+        } else if status::find(previous, DEGRADED).is_some() {
+            events.push(event(
+                EventType::Normal,
+                "Recovered",
+                "spec applied again".into(),
+            ));
+        }
+    }
+    if let (Some(before), Some(after)) = (&previous.config_hash, &next.config_hash) {
+        if before != after {
+            events.push(event(
+                EventType::Normal,
+                "ConfigChanged",
+                "proxy configuration changed; members roll one at a time".into(),
+            ));
+        }
+    }
+    if let Some(c) = flipped(PROGRESSING).filter(|c| c.status == "True") {
+        events.push(event(EventType::Normal, &c.reason, c.message.clone()));
+    }
+    if let Some(c) = flipped(READY) {
+        if c.status == "True" {
+            events.push(event(EventType::Normal, "Ready", c.message.clone()));
+        } else if status::find(previous, READY).is_some() {
+            events.push(event(EventType::Warning, "NotReady", c.message.clone()));
+        }
+    }
+    events
+}
+
+async fn publish_transitions(
+    rc: &RelayCache,
+    ctx: &Context,
+    previous: &RelayCacheStatus,
+    next: &RelayCacheStatus,
+) {
+    let reference = rc.object_ref(&());
+    for event in transitions(previous, next) {
+        info!(relaycache = %rc.name_any(), reason = %event.reason, note = event.note.as_deref().unwrap_or(""), "event");
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            // An Event is a courtesy; never fail a reconcile for it.
+            warn!(reason = %event.reason, error = %err, "could not publish event");
+        }
+    }
+}
+
+/// Retries a failed reconcile; the controller's own backoff spaces retries.
+pub fn error_policy(rc: Arc<RelayCache>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(relaycache = %rc.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs the controller until `shutdown` resolves, then lets in-flight
+/// reconciles finish.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    Controller::new(
+        Api::<RelayCache>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+    .owns(Api::<Service>::all(client.clone()), owned.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client), owned)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => debug!(relaycache = %object, "reconciled"),
+            // A RelayCache deleted while queued: nothing left to do.
+            Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                debug!(relaycache = %object, "gone before its reconcile")
+            }
+            Err(err) => warn!(error = %err, "reconcile failed"),
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

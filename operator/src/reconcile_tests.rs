@@ -1,0 +1,526 @@
+//! Controller tests against a scripted apiserver (`crate::testing`): each
+//! test drives one `reconcile` and checks every request it makes, in order.
+//! A mocked apiserver stands in for a real one, which `cargo test` cannot
+//! start; the e2e suite runs the operator against a real control plane.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use serde_json::{json, Value};
+
+use super::{reconcile, Context, Error};
+use crate::crd::{RelayCache, RelayCacheStatus};
+use crate::metrics::Metrics;
+use crate::resources::testing::{rc, settings};
+use crate::testing::{ApiServer, Call};
+
+const NS: &str = "/api/v1/namespaces/cache";
+const STS: &str = "/apis/apps/v1/namespaces/cache/statefulsets/web";
+const PDB: &str = "/apis/policy/v1/namespaces/cache/poddisruptionbudgets/web";
+const STATUS: &str = "/apis/relaycache.io/v1alpha1/namespaces/cache/relaycaches/web/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/cache/events";
+
+fn context(client: kube::Client) -> Arc<Context> {
+    Arc::new(Context::new(
+        client,
+        settings(),
+        Arc::new(Metrics::default()),
+        Some("op-0".into()),
+    ))
+}
+
+/// A server-side apply by the operator's single field manager.
+fn assert_apply(call: &Call, kind: &str) {
+    assert_eq!(call.method, Method::PATCH);
+    assert_eq!(
+        call.content_type, "application/apply-patch+yaml",
+        "{}",
+        call.path
+    );
+    assert_eq!(
+        call.query.get("fieldManager").map(String::as_str),
+        Some("relaycache-operator"),
+        "{}",
+        call.path
+    );
+    assert_eq!(call.query.get("force").map(String::as_str), Some("true"));
+    assert_eq!(call.body["kind"], kind);
+}
+
+fn assert_owned(call: &Call) {
+    let refs = call.body["metadata"]["ownerReferences"].as_array().unwrap();
+    assert_eq!(refs.len(), 1, "{}", call.path);
+    assert_eq!(refs[0]["apiVersion"], "relaycache.io/v1alpha1");
+    assert_eq!(refs[0]["kind"], "RelayCache");
+    assert_eq!(refs[0]["name"], "web");
+    assert_eq!(refs[0]["uid"], "uid-web");
+    assert_eq!(refs[0]["controller"], true);
+    assert_eq!(
+        call.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "relaycache-operator"
+    );
+}
+
+/// The bodies of the five applies, answered as an apiserver would; the
+/// StatefulSet comes back with `sts_status`.
+struct Applied {
+    peers: Value,
+    client: Value,
+    config_map: Value,
+    stateful_set: Value,
+    pdb: Value,
+}
+
+impl Applied {
+    fn all(&self) -> [&Value; 5] {
+        [
+            &self.peers,
+            &self.client,
+            &self.config_map,
+            &self.stateful_set,
+            &self.pdb,
+        ]
+    }
+
+    fn peers_in_config(&self) -> Vec<String> {
+        let text = self.config_map["data"]["relaycache.yaml"].as_str().unwrap();
+        let config: relaycache_config::Config =
+            serde_yaml_ng::from_str(text.split_once('\n').unwrap().1).unwrap();
+        config.cache.ha.peers
+    }
+
+    fn template_hash(&self) -> String {
+        self.stateful_set["spec"]["template"]["metadata"]["annotations"]
+            ["relaycache.io/config-hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+async fn expect_applies(server: &mut ApiServer, sts_generation: i64, sts_status: Value) -> Applied {
+    let mut bodies = Vec::new();
+    for (path, kind) in [
+        (format!("{NS}/services/web-peers"), "Service"),
+        (format!("{NS}/services/web"), "Service"),
+        (format!("{NS}/configmaps/web"), "ConfigMap"),
+        (STS.to_string(), "StatefulSet"),
+        (PDB.to_string(), "PodDisruptionBudget"),
+    ] {
+        let call = server.expect(Method::PATCH, &path).await;
+        assert_apply(&call, kind);
+        assert_owned(&call);
+        let mut answer = call.body.clone();
+        if kind == "StatefulSet" {
+            answer["metadata"]["generation"] = json!(sts_generation);
+            answer["status"] = sts_status.clone();
+        }
+        bodies.push(call.body.clone());
+        call.respond(answer).await;
+    }
+    let [peers, client, config_map, stateful_set, pdb] = bodies.try_into().unwrap();
+    Applied {
+        peers,
+        client,
+        config_map,
+        stateful_set,
+        pdb,
+    }
+}
+
+/// The status write: an apply on the status subresource; answered with the
+/// RelayCache carrying it. Returns the status written.
+async fn expect_status(server: &mut ApiServer, rc: &RelayCache) -> RelayCacheStatus {
+    let call = server.expect(Method::PATCH, STATUS).await;
+    assert_apply(&call, "RelayCache");
+    assert_eq!(call.body["apiVersion"], "relaycache.io/v1alpha1");
+    assert!(
+        call.body.get("spec").is_none(),
+        "status apply carries no spec"
+    );
+    let status: RelayCacheStatus = serde_json::from_value(call.body["status"].clone()).unwrap();
+    let mut answer = serde_json::to_value(rc).unwrap();
+    answer["status"] = call.body["status"].clone();
+    call.respond(answer).await;
+    status
+}
+
+/// The next Events, as (type, reason) pairs, each about RelayCache `web`.
+async fn expect_events(server: &mut ApiServer, count: usize) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let call = server.expect(Method::POST, EVENTS).await;
+        assert_eq!(call.body["regarding"]["kind"], "RelayCache");
+        assert_eq!(call.body["regarding"]["name"], "web");
+        assert_eq!(call.body["reportingController"], "relaycache-operator");
+        assert_eq!(call.body["reportingInstance"], "op-0");
+        seen.push((
+            call.body["type"].as_str().unwrap().to_string(),
+            call.body["reason"].as_str().unwrap().to_string(),
+        ));
+        let body = call.body.clone();
+        call.respond(body).await;
+    }
+    seen
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn condition<'a>(status: &'a RelayCacheStatus, type_: &str) -> (&'a str, &'a str) {
+    let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+    (c.status.as_str(), c.reason.as_str())
+}
+
+/// A status as the operator would have written it after a settled cluster.
+fn settled_status(hash: &str, replicas: i32) -> RelayCacheStatus {
+    let since = Time(Timestamp::from_second(1_800_000_000).unwrap());
+    let c = |type_: &str, status: &str, reason: &str| {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            last_transition_time: since.clone(),
+            observed_generation: Some(1),
+        }
+    };
+    RelayCacheStatus {
+        observed_generation: Some(1),
+        replicas,
+        ready_replicas: replicas,
+        selector: Some("x".into()),
+        config_hash: Some(hash.into()),
+        conditions: vec![
+            c("Ready", "True", "AllMembersReady"),
+            c("Progressing", "False", "Reconciled"),
+            c("Degraded", "False", "Reconciled"),
+        ],
+    }
+}
+
+#[tokio::test]
+async fn create_applies_every_child_then_writes_status_and_events() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let rc = Arc::new(rc("web", json!({"replicas": 3})));
+    let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
+
+    // A new StatefulSet: its controller has not counted any member yet.
+    let applied = expect_applies(&mut server, 1, json!({"replicas": 0})).await;
+    assert_eq!(applied.peers["spec"]["clusterIP"], "None");
+    assert_eq!(applied.peers["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(applied.client["spec"]["ports"][0]["port"], 8787);
+    assert_eq!(
+        applied.peers_in_config(),
+        [
+            "web-0.web-peers.cache.svc:3320",
+            "web-1.web-peers.cache.svc:3320",
+            "web-2.web-peers.cache.svc:3320"
+        ]
+    );
+    assert_eq!(applied.stateful_set["spec"]["replicas"], 3);
+    assert_eq!(applied.stateful_set["spec"]["serviceName"], "web-peers");
+    assert_eq!(applied.pdb["spec"]["maxUnavailable"], 1);
+
+    let status = expect_status(&mut server, &rc).await;
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!((status.replicas, status.ready_replicas), (0, 0));
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("app.kubernetes.io/component=cache,app.kubernetes.io/instance=web,app.kubernetes.io/name=relaycache")
+    );
+    assert_eq!(status.config_hash, Some(applied.template_hash()));
+    assert_eq!(condition(&status, "Ready"), ("False", "MembersNotReady"));
+    assert_eq!(condition(&status, "Progressing"), ("True", "Scaling"));
+    assert_eq!(condition(&status, "Degraded"), ("False", "Reconciled"));
+
+    // First sight: only the start of the rollout is news.
+    assert_eq!(
+        expect_events(&mut server, 1).await,
+        pairs(&[("Normal", "Scaling")])
+    );
+    let action = task.await.unwrap().unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    assert!(ctx
+        .metrics
+        .encode()
+        .contains("relaycache_operator_reconciles_total{outcome=\"applied\"} 1"));
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn update_changes_the_config_hash_and_rolls_the_members() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let mut changed = rc("web", json!({"replicas": 3, "cache": {"ttl": "6h"}}));
+    changed.metadata.generation = Some(2);
+    changed.status = Some(settled_status("old-hash", 3));
+    let changed = Arc::new(changed);
+    let task = tokio::spawn(reconcile(changed.clone(), ctx.clone()));
+
+    // The StatefulSet controller has started rolling the new template.
+    let applied = expect_applies(
+        &mut server,
+        2,
+        json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3, "updatedReplicas": 1,
+               "currentRevision": "web-1", "updateRevision": "web-2"}),
+    )
+    .await;
+    let text = applied.config_map["data"]["relaycache.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(text.contains("ttl: 6h"), "{text}");
+    let hash = applied.template_hash();
+    assert_ne!(hash, "old-hash");
+
+    let status = expect_status(&mut server, &changed).await;
+    assert_eq!(status.config_hash.as_deref(), Some(hash.as_str()));
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(condition(&status, "Progressing"), ("True", "RollingUpdate"));
+    assert_eq!(condition(&status, "Ready"), ("True", "AllMembersReady"));
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        ready.last_transition_time,
+        Time(Timestamp::from_second(1_800_000_000).unwrap()),
+        "Ready did not flip, so its transition time stays"
+    );
+
+    assert_eq!(
+        expect_events(&mut server, 2).await,
+        pairs(&[("Normal", "ConfigChanged"), ("Normal", "RollingUpdate")])
+    );
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(15))
+    );
+}
+
+#[tokio::test]
+async fn scale_up_grows_the_peer_list_and_rolls_the_cluster() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let three = crate::resources::build(&rc("web", json!({"replicas": 3})), &settings()).unwrap();
+    let mut scaled = rc("web", json!({"replicas": 5}));
+    scaled.metadata.generation = Some(2);
+    scaled.status = Some(settled_status(&three.config_hash, 3));
+    let scaled = Arc::new(scaled);
+    let task = tokio::spawn(reconcile(scaled.clone(), ctx.clone()));
+
+    let applied = expect_applies(
+        &mut server,
+        2,
+        json!({"observedGeneration": 2, "replicas": 5, "readyReplicas": 3, "updatedReplicas": 2,
+               "currentRevision": "web-1", "updateRevision": "web-2"}),
+    )
+    .await;
+    let peers = applied.peers_in_config();
+    assert_eq!(peers.len(), 5);
+    assert_eq!(peers[3], "web-3.web-peers.cache.svc:3320");
+    assert_eq!(peers[4], "web-4.web-peers.cache.svc:3320");
+    assert_eq!(applied.stateful_set["spec"]["replicas"], 5);
+    assert_ne!(
+        applied.template_hash(),
+        three.config_hash,
+        "new peers roll the members"
+    );
+
+    let status = expect_status(&mut server, &scaled).await;
+    assert_eq!((status.replicas, status.ready_replicas), (5, 3));
+    assert_eq!(condition(&status, "Ready"), ("False", "MembersNotReady"));
+    assert_eq!(condition(&status, "Progressing"), ("True", "RollingUpdate"));
+    assert_eq!(
+        expect_events(&mut server, 3).await,
+        pairs(&[
+            ("Normal", "ConfigChanged"),
+            ("Normal", "RollingUpdate"),
+            ("Warning", "NotReady")
+        ])
+    );
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn scale_down_shrinks_the_peer_list() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let mut scaled = rc("web", json!({"replicas": 2}));
+    scaled.status = Some(settled_status("three-members", 3));
+    let scaled = Arc::new(scaled);
+    let task = tokio::spawn(reconcile(scaled.clone(), ctx.clone()));
+    let applied = expect_applies(
+        &mut server,
+        1,
+        json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": 3}),
+    )
+    .await;
+    assert_eq!(
+        applied.peers_in_config(),
+        [
+            "web-0.web-peers.cache.svc:3320",
+            "web-1.web-peers.cache.svc:3320"
+        ]
+    );
+    assert_eq!(applied.stateful_set["spec"]["replicas"], 2);
+    let status = expect_status(&mut server, &scaled).await;
+    assert_eq!(condition(&status, "Progressing"), ("True", "Scaling"));
+    expect_events(&mut server, 2).await;
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_degraded_and_touches_no_child() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let mut bad = rc(
+        "web",
+        json!({"cache": {"ttl": "forever"}, "replication": {"leaveTimeout": "soon"}}),
+    );
+    bad.status = Some(settled_status("h", 3));
+    let bad = Arc::new(bad);
+    let task = tokio::spawn(reconcile(bad.clone(), ctx.clone()));
+
+    // The very first request is the status: no Service, ConfigMap,
+    // StatefulSet or PodDisruptionBudget is applied.
+    let status = expect_status(&mut server, &bad).await;
+    assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSpec"));
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert!(
+        degraded
+            .message
+            .contains("spec.cache.ttl: \"forever\" is not a duration"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        degraded.message.contains("spec.replication.leaveTimeout"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        (status.replicas, status.ready_replicas),
+        (3, 3),
+        "last seen counts kept"
+    );
+
+    let call = server.expect(Method::POST, EVENTS).await;
+    assert_eq!(call.body["type"], "Warning");
+    assert_eq!(call.body["reason"], "InvalidSpec");
+    assert!(call.body["note"]
+        .as_str()
+        .unwrap()
+        .contains("spec.cache.ttl"));
+    let body = call.body.clone();
+    call.respond(body).await;
+
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    assert!(ctx
+        .metrics
+        .encode()
+        .contains("relaycache_operator_reconciles_total{outcome=\"invalid\"} 1"));
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_refused_apply_sets_degraded_and_fails_the_reconcile() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let rc = Arc::new(rc("web", json!({})));
+    let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
+    for path in [
+        format!("{NS}/services/web-peers"),
+        format!("{NS}/services/web"),
+        format!("{NS}/configmaps/web"),
+    ] {
+        let call = server.expect(Method::PATCH, &path).await;
+        let body = call.body.clone();
+        call.respond(body).await;
+    }
+    server
+        .expect(Method::PATCH, STS)
+        .await
+        .status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
+    // No PodDisruptionBudget after a failure; the status says why.
+    let status = expect_status(&mut server, &rc).await;
+    assert_eq!(condition(&status, "Degraded"), ("True", "ApplyFailed"));
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert!(
+        degraded.message.contains("applying StatefulSet cache/web"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        expect_events(&mut server, 1).await,
+        pairs(&[("Warning", "ApplyFailed")])
+    );
+    let err = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Apply {
+                kind: "StatefulSet",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(ctx
+        .metrics
+        .encode()
+        .contains("relaycache_operator_reconcile_errors_total 1"));
+}
+
+#[tokio::test]
+async fn delete_is_left_to_garbage_collection_through_owner_references() {
+    // Every child carries a controller owner reference to the RelayCache
+    // (checked on each apply by `expect_applies`), so deleting the RelayCache
+    // lets the garbage collector remove them all.
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let rc_live = Arc::new(rc("web", json!({})));
+    let task = tokio::spawn(reconcile(rc_live.clone(), ctx.clone()));
+    let applied = expect_applies(&mut server, 1, json!({"replicas": 0})).await;
+    for body in applied.all() {
+        let owner = &body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].as_str()),
+            (Some("RelayCache"), Some("uid-web"))
+        );
+        assert_eq!(
+            body["metadata"]["namespace"], "cache",
+            "owner and child share a namespace"
+        );
+    }
+    expect_status(&mut server, &rc_live).await;
+    expect_events(&mut server, 1).await;
+    task.await.unwrap().unwrap();
+
+    // While the RelayCache is being deleted the operator writes nothing.
+    let mut deleting = rc("web", json!({}));
+    deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let action = reconcile(Arc::new(deleting), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    drop(ctx);
+    server.expect_nothing_more().await;
+}

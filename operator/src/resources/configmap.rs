@@ -1,0 +1,421 @@
+//! The proxy configuration of the members, rendered from the spec with the
+//! proxy's own types (`relaycache_config`) and validated by the proxy's own
+//! rules, so a spec the operator accepts is one the proxy will start with.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use relaycache_config::{Config, Isolation, ReserveConfig, UpstreamConfig};
+use sha2::{Digest, Sha256};
+
+use super::{parse_duration, quantity, InvalidSpec, Names, SpecIssue, ADMIN_PORT, CONFIG_KEY};
+use super::{GRPC_PORT, HTTP_PORT};
+use crate::crd::{ClusterMode, RelayCache};
+
+/// Environment variable holding the peer token (from `replication.tokenSecret`).
+pub const PEER_TOKEN_ENV: &str = "RELAYCACHE_PEER_TOKEN";
+
+/// Seconds the proxy may spend draining in-flight requests on shutdown.
+/// LLM calls are slow, but a member being replaced should not hold its pod
+/// for the proxy's default 30 s: its clients retry on another member.
+pub const DRAIN_SECONDS: u64 = 20;
+
+/// A rendered configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// The proxy's configuration.
+    pub config: Config,
+    /// The file placed in the ConfigMap.
+    pub text: String,
+    /// sha256 (hex) of `text`.
+    pub hash: String,
+}
+
+/// Builds the proxy configuration of a RelayCache's members and checks it.
+pub fn render(rc: &RelayCache, names: &Names) -> Result<Rendered, InvalidSpec> {
+    let spec = &rc.spec;
+    let mut issues = Vec::new();
+    let mut config = Config::default();
+
+    config.server.listen = format!("0.0.0.0:{HTTP_PORT}");
+    // Probes come from the kubelet, so admin listens on every interface.
+    config.server.admin_listen = format!("0.0.0.0:{ADMIN_PORT}");
+    config.server.shutdown_timeout = std::time::Duration::from_secs(DRAIN_SECONDS);
+
+    if !spec.upstreams.is_empty() {
+        config.upstreams = spec
+            .upstreams
+            .iter()
+            .map(|u| UpstreamConfig {
+                name: u.name.clone(),
+                url: u.url.clone(),
+                paths: u.paths.clone(),
+                ..UpstreamConfig::default()
+            })
+            .collect();
+    }
+
+    let cache = &mut config.cache;
+    cache.mode = spec.mode.proxy_mode();
+    match parse_duration(&spec.cache.ttl, "spec.cache.ttl") {
+        Ok(ttl) => {
+            cache.ttl = ttl;
+            // A longer default TTL than the proxy's max would be refused; keep
+            // the max at least the default.
+            cache.max_ttl = cache.max_ttl.max(ttl);
+        }
+        Err(issue) => issues.push(issue),
+    }
+    match quantity::bytes(&spec.cache.memory.0, "spec.cache.memory") {
+        Ok(bytes) => cache.memory.max_cost = bytes,
+        Err(issue) => issues.push(issue),
+    }
+    // Entries up to 8 MiB by default; a small memory tier caps them.
+    cache.max_entry_bytes = cache.max_entry_bytes.min(cache.memory.max_cost);
+    match parse_isolation(&spec.cache.isolation) {
+        Some(isolation) => cache.isolation = isolation,
+        None => issues.push(SpecIssue::new(
+            "spec.cache.isolation",
+            format!(
+                "{:?} is not an isolation; use credential, shared or header:<header-name>",
+                spec.cache.isolation
+            ),
+        )),
+    }
+    cache.streaming = spec.cache.streaming;
+
+    if spec.mode == ClusterMode::Ha {
+        let replication = &spec.replication;
+        let ha = &mut cache.ha;
+        ha.embedded = true;
+        ha.bind_addr = format!("0.0.0.0:{GRPC_PORT}");
+        ha.advertise_addr = names.advertise_address();
+        ha.peers = (0..spec.replicas.max(0))
+            .map(|i| names.peer_address(i))
+            .collect();
+        for (field, value, target) in [
+            (
+                "replicaCount",
+                replication.replica_count,
+                &mut ha.replica_count,
+            ),
+            ("readQuorum", replication.read_quorum, &mut ha.read_quorum),
+            (
+                "writeQuorum",
+                replication.write_quorum,
+                &mut ha.write_quorum,
+            ),
+            (
+                "memberCountQuorum",
+                replication.member_count_quorum,
+                &mut ha.member_count_quorum,
+            ),
+        ] {
+            match u32::try_from(value) {
+                Ok(v) => *target = v,
+                Err(_) => issues.push(SpecIssue::new(
+                    format!("spec.replication.{field}"),
+                    format!("{value} must be at least 1"),
+                )),
+            }
+        }
+        ha.environment = replication.environment.proxy_environment();
+        match parse_duration(&replication.leave_timeout, "spec.replication.leaveTimeout") {
+            Ok(timeout) => ha.leave_timeout = timeout,
+            Err(issue) => issues.push(issue),
+        }
+        if replication.token_secret.is_some() {
+            ha.token = format!("${{{PEER_TOKEN_ENV}}}");
+        }
+    }
+
+    if let Some(reserve) = &spec.reserve {
+        let mut target = ReserveConfig {
+            url: reserve.url.clone(),
+            options: reserve.options.clone(),
+            ..ReserveConfig::default()
+        };
+        match parse_duration(&reserve.retention, "spec.reserve.retention") {
+            Ok(retention) => target.retention = retention,
+            Err(issue) => issues.push(issue),
+        }
+        if let Some(storage) = &reserve.storage {
+            if let Err(issue) = quantity::bytes(&storage.0, "spec.reserve.storage") {
+                issues.push(issue);
+            }
+            if !reserve.url.starts_with("file://") {
+                issues.push(SpecIssue::new(
+                    "spec.reserve.storage",
+                    "only a file:// reserve uses a volume; remove storage or use a file:///path URL",
+                ));
+            }
+        }
+        cache.reserve = target;
+    }
+
+    // The proxy's own rules, translated to spec paths; only reached when the
+    // spec's own fields made sense, so each problem is reported once.
+    if issues.is_empty() {
+        if let Err(found) = config.validate() {
+            issues.extend(
+                found
+                    .0
+                    .into_iter()
+                    .map(|i| SpecIssue::new(spec_path(&i.path), i.message)),
+            );
+        }
+    }
+    if !issues.is_empty() {
+        return Err(InvalidSpec(issues));
+    }
+
+    let text = format!(
+        "# Rendered by relaycache-operator from RelayCache {}/{}; edit the RelayCache, not this file.\n{}",
+        names.namespace,
+        names.name,
+        config.to_yaml()
+    );
+    let hash = hex::encode(Sha256::digest(text.as_bytes()));
+    Ok(Rendered { config, text, hash })
+}
+
+fn parse_isolation(value: &str) -> Option<Isolation> {
+    // The proxy's own parser decides, so the two cannot disagree.
+    serde_json::from_value(serde_json::Value::String(value.into())).ok()
+}
+
+/// Maps a proxy config key path to the RelayCache field that sets it.
+fn spec_path(config_path: &str) -> String {
+    const MAP: [(&str, &str); 6] = [
+        ("cache.memory.max_cost", "spec.cache.memory"),
+        ("cache.ha.", "spec.replication."),
+        ("cache.reserve.", "spec.reserve."),
+        ("cache.", "spec.cache."),
+        ("upstreams", "spec.upstreams"),
+        ("", "spec (rendered config) "),
+    ];
+    let (from, to) = MAP
+        .iter()
+        .find(|(from, _)| config_path.starts_with(from))
+        .copied()
+        .unwrap_or(("", ""));
+    format!("{to}{}", camel_case(&config_path[from.len()..]))
+}
+
+fn camel_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The ConfigMap `NAME` holding the rendered file under `relaycache.yaml`.
+pub fn config_map(names: &Names, owner: &OwnerReference, rendered: &Rendered) -> ConfigMap {
+    ConfigMap {
+        metadata: names.child_meta(names.name.clone(), owner),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_string(),
+            rendered.text.clone(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::testing::*;
+    use relaycache_config::{Environment, Mode};
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn rendered(spec: serde_json::Value) -> Rendered {
+        let rc = rc("web", spec);
+        render(&rc, &Names::of(&rc).unwrap()).unwrap()
+    }
+
+    fn issues(spec: serde_json::Value) -> Vec<SpecIssue> {
+        let rc = rc("web", spec);
+        render(&rc, &Names::of(&rc).unwrap()).unwrap_err().0
+    }
+
+    #[test]
+    fn ha_config_lists_every_ordinal_and_advertises_the_pod_name() {
+        let r = rendered(json!({"replicas": 3}));
+        let ha = &r.config.cache.ha;
+        assert_eq!(r.config.cache.mode, Mode::Ha);
+        assert!(ha.embedded);
+        assert_eq!(ha.bind_addr, "0.0.0.0:3320");
+        assert_eq!(ha.advertise_addr, "${POD_NAME}.web-peers.cache.svc:3320");
+        assert_eq!(
+            ha.peers,
+            [
+                "web-0.web-peers.cache.svc:3320",
+                "web-1.web-peers.cache.svc:3320",
+                "web-2.web-peers.cache.svc:3320"
+            ]
+        );
+        assert_eq!(r.config.server.listen, "0.0.0.0:8787");
+        assert_eq!(r.config.server.admin_listen, "0.0.0.0:9787");
+        assert!(ha.token.is_empty(), "no token without a tokenSecret");
+    }
+
+    #[test]
+    fn spec_fields_land_on_the_proxy_keys() {
+        let r = rendered(json!({
+            "upstreams": [{"name": "gw", "url": "https://gw.example.com", "paths": ["/v1/messages"]}],
+            "cache": {"ttl": "2h", "memory": "256Mi", "isolation": "header:X-Team", "streaming": true},
+            "replication": {"replicaCount": 3, "readQuorum": 2, "writeQuorum": 2, "memberCountQuorum": 2,
+                            "environment": "wan", "leaveTimeout": "20s", "tokenSecret": {"name": "peers"}},
+            "reserve": {"url": "s3://bucket/llm", "retention": "168h", "options": {"aws_region": "eu-west-1"}}
+        }));
+        let c = &r.config;
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].name, "gw");
+        assert_eq!(c.upstreams[0].url, "https://gw.example.com");
+        assert_eq!(c.upstreams[0].paths, ["/v1/messages"]);
+        assert_eq!(c.cache.ttl, Duration::from_secs(7200));
+        assert_eq!(c.cache.memory.max_cost, 256 << 20);
+        assert_eq!(c.cache.isolation, Isolation::Header("x-team".into()));
+        assert!(c.cache.streaming);
+        let ha = &c.cache.ha;
+        assert_eq!(
+            (
+                ha.replica_count,
+                ha.read_quorum,
+                ha.write_quorum,
+                ha.member_count_quorum
+            ),
+            (3, 2, 2, 2)
+        );
+        assert_eq!(ha.environment, Environment::Wan);
+        assert_eq!(ha.leave_timeout, Duration::from_secs(20));
+        assert_eq!(ha.token, "${RELAYCACHE_PEER_TOKEN}");
+        assert_eq!(c.cache.reserve.url, "s3://bucket/llm");
+        assert_eq!(c.cache.reserve.retention, Duration::from_secs(168 * 3600));
+        assert_eq!(
+            c.cache
+                .reserve
+                .options
+                .get("aws_region")
+                .map(String::as_str),
+            Some("eu-west-1")
+        );
+    }
+
+    #[test]
+    fn the_file_is_what_the_proxy_reads_back() {
+        let r = rendered(json!({"cache": {"isolation": "shared"}}));
+        assert!(r
+            .text
+            .starts_with("# Rendered by relaycache-operator from RelayCache cache/web"));
+        // Expand ${POD_NAME} as the proxy would in the pod, then load it with
+        // the proxy's loader: same values, and valid.
+        let expanded = relaycache_config::expand_env(&r.text, |name| {
+            (name == "POD_NAME").then(|| "web-1".to_string())
+        })
+        .unwrap();
+        let loaded = Config::from_yaml(&expanded).unwrap();
+        assert_eq!(
+            loaded.cache.ha.advertise_addr,
+            "web-1.web-peers.cache.svc:3320"
+        );
+        assert_eq!(loaded.cache.ha.peers, r.config.cache.ha.peers);
+        assert_eq!(loaded.cache.isolation, Isolation::Shared);
+        assert_eq!(r.hash, hex::encode(Sha256::digest(r.text.as_bytes())));
+    }
+
+    #[test]
+    fn scaling_changes_the_peer_list_and_the_hash() {
+        let three = rendered(json!({"replicas": 3}));
+        let five = rendered(json!({"replicas": 5}));
+        assert_eq!(five.config.cache.ha.peers.len(), 5);
+        assert_eq!(
+            five.config.cache.ha.peers[4],
+            "web-4.web-peers.cache.svc:3320"
+        );
+        assert_ne!(three.hash, five.hash);
+        assert_eq!(three.hash, rendered(json!({"replicas": 3})).hash, "stable");
+    }
+
+    #[test]
+    fn single_and_disabled_modes_render_no_peers() {
+        for mode in ["single", "disabled"] {
+            let r = rendered(json!({"mode": mode}));
+            assert!(r.config.cache.ha.peers.is_empty(), "{mode}");
+            assert!(r.config.cache.ha.advertise_addr.is_empty(), "{mode}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_reported_at_their_spec_paths() {
+        let found = issues(json!({
+            "cache": {"ttl": "forever", "memory": "lots", "isolation": "header:"},
+            "replication": {"leaveTimeout": "x"},
+            "reserve": {"url": "s3://b", "retention": "long", "storage": "1Gi"}
+        }));
+        let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.cache.ttl",
+                "spec.cache.memory",
+                "spec.cache.isolation",
+                "spec.replication.leaveTimeout",
+                "spec.reserve.retention",
+                "spec.reserve.storage"
+            ]
+        );
+        assert!(found.iter().all(|i| !i.message.is_empty()));
+    }
+
+    #[test]
+    fn proxy_rules_that_slip_past_cel_come_back_as_spec_paths() {
+        // Quorums above replicaCount are caught by CEL on the apiserver; an
+        // object that predates the rule still reaches the operator.
+        let found = issues(json!({
+            "replication": {"replicaCount": 2, "readQuorum": 5},
+            "cache": {"memory": "10Ki"}
+        }));
+        let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["spec.replication.readQuorum", "spec.cache.memory"]);
+        assert!(
+            found[0].message.contains("outside 1..=replica_count"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn config_paths_map_to_camel_case_spec_paths() {
+        assert_eq!(
+            spec_path("cache.ha.member_count_quorum"),
+            "spec.replication.memberCountQuorum"
+        );
+        assert_eq!(spec_path("cache.memory.max_cost"), "spec.cache.memory");
+        assert_eq!(spec_path("upstreams[1].url"), "spec.upstreams[1].url");
+        assert_eq!(spec_path("cache.reserve.url"), "spec.reserve.url");
+        assert_eq!(spec_path("log.level"), "spec (rendered config) log.level");
+    }
+
+    #[test]
+    fn config_map_holds_the_file_under_its_key() {
+        let rc = rc("web", json!({}));
+        let names = Names::of(&rc).unwrap();
+        let r = render(&rc, &names).unwrap();
+        let cm = config_map(&names, &owner(&rc), &r);
+        assert_eq!(cm.metadata.name.as_deref(), Some("web"));
+        let data = cm.data.unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data.get("relaycache.yaml"), Some(&r.text));
+    }
+}
