@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2119,SC2120  # cp_tail_logs: no arguments means every log
 # A throw-away Kubernetes control plane on loopback, for the scripts in e2e/
 # (smoke-control-plane.sh, run-scenarios.sh, and chart-install.sh through
 # the smoke script). Source it, then:
