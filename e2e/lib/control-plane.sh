@@ -418,9 +418,9 @@ spec:
     matchExpressions:
     - key: .metadata.deletionTimestamp
       operator: Exists
+    - key: .metadata.finalizers
+      operator: DoesNotExist
   next:
-    finalizers:
-      empty: true
     delete: true
 STAGES
 }
