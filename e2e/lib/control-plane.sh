@@ -116,13 +116,15 @@ cp_teardown() {
 }
 
 # free_port VAR: set VAR to a random loopback TCP port nobody answers on and
-# that this script has not handed out yet. (Another process could still
-# grab it before it is bound; the component would then fail loudly.)
+# that this script has not handed out yet. The ports come from 10000-29999,
+# below Linux's ephemeral range (32768-60999 by default), so an outgoing
+# connection's local port cannot take one between here and the bind. (Another
+# process could still bind it first; the component would then fail loudly.)
 # (The local has an odd name so it cannot shadow the caller's VAR.)
 free_port() {
   local _free_port_candidate
   for _ in $(seq 1 100); do
-    _free_port_candidate=$((20000 + RANDOM % 30000))
+    _free_port_candidate=$((10000 + RANDOM % 20000))
     grep -qx "$_free_port_candidate" "$tmp/ports" && continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$_free_port_candidate") 2>/dev/null; then
       printf '%s\n' "$_free_port_candidate" >>"$tmp/ports"
@@ -133,13 +135,18 @@ free_port() {
   die "no free port found"
 }
 
-# wait_for DESCRIPTION PID COMMAND...: retry COMMAND until it succeeds, the
-# process PID dies, or READY_TIMEOUT passes. PID "-" watches no process.
+# wait_for DESCRIPTION PIDS COMMAND...: retry COMMAND until it succeeds, one
+# of the processes PIDS (comma-separated) dies, or READY_TIMEOUT passes.
+# PIDS "-" watches no process.
 wait_for() {
-  local what="$1" pid="$2"; shift 2
-  local deadline=$((SECONDS + READY_TIMEOUT))
+  local what="$1" pid_list="$2"; shift 2
+  local deadline=$((SECONDS + READY_TIMEOUT)) pid
+  local watched=()
+  [[ "$pid_list" == - ]] || IFS=, read -ra watched <<<"$pid_list"
   until "$@" >/dev/null 2>&1; do
-    [[ "$pid" == - ]] || kill -0 "$pid" 2>/dev/null || die "$what: the process exited early"
+    for pid in "${watched[@]}"; do
+      kill -0 "$pid" 2>/dev/null || die "$what: process $pid exited early"
+    done
     ((SECONDS < deadline)) || die "$what: not reached after ${READY_TIMEOUT}s"
     sleep 0.5
   done

@@ -62,13 +62,15 @@ scenario_7() {
     member_pids+=($!)
     track_pid "$!"
   done
+  local all_members
+  all_members="$(IFS=,; echo "${member_pids[*]}")"
   for i in 0 1 2; do
-    wait_for "member $i sees 3 cluster members" "${member_pids[i]}" \
+    wait_for "member $i sees 3 cluster members" "$all_members" \
       stats_true "${admin_ports[i]}" '.cluster.members == 3'
   done
 
   expect_eq "through member 0" "$(post_message "${http_ports[0]}")" miss
-  wait_for "member 0 stored the answer in the cluster" "${member_pids[0]}" \
+  wait_for "member 0 stored the answer in the cluster" "$all_members" \
     stats_true "${admin_ports[0]}" '.cluster.writes >= 1'
   expect_eq "through member 1" "$(post_message "${http_ports[1]}")" hit
   expect_eq "through member 2" "$(post_message "${http_ports[2]}")" hit
