@@ -9,7 +9,7 @@ IMAGE ?= relaycache/relaycache:0.1.0
 OPERATOR_IMAGE ?= relaycache/relaycache-operator:0.1.0
 
 .PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean \
-	image image-operator chart-crds chart-check e2e-chart
+	image image-operator chart-crds chart-check e2e-chart e2e
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ test-deps: ## Install what the tests need: moto (a local S3-compatible server), 
 unit: test-deps ## Every Rust test (unit and integration)
 	$(CARGO) test --workspace
 
-test: fmt-check lint unit chart-check ## Everything CI runs: format check, clippy, all tests, chart checks
+test: fmt-check lint unit chart-check e2e ## Everything CI runs: format check, clippy, all tests, chart checks, end to end
 	@echo "make test: all checks passed"
 
 chart-check: test-deps ## Lint, render and assert the Helm chart; check the compose example (builds helm if missing)
@@ -69,6 +69,13 @@ e2e-smoke: e2e-bin ## Start a real control plane on loopback, check it, stop it
 
 e2e-chart: e2e-bin ## helm install/upgrade/uninstall the chart on a real control plane (Pod Security, RBAC, CRD kept)
 	SMOKE_THEN=e2e/chart-install.sh e2e/smoke-control-plane.sh
+
+# With E2E_KUBECONFIG set, no control plane is started: only kubectl and
+# helm are built.
+e2e: test-deps ## End to end: chart, operator, webhook, cache on a real control plane (E2E_KUBECONFIG=... for an existing cluster)
+	e2e/build-binaries.sh $(if $(E2E_KUBECONFIG),kubectl helm)
+	$(CARGO) build -p relaycache -p relaycache-operator -p mock-upstream
+	e2e/run-scenarios.sh
 
 bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)
 	scripts/bench.sh

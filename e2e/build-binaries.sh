@@ -19,7 +19,8 @@ shopt -s inherit_errexit   # a failing $(...) inside a function still aborts
 
 # ---------------------------------------------------------------------------
 # Pinned versions (override through the environment).
-# KUBE_VERSION drives kube-apiserver, kube-controller-manager and kubectl.
+# KUBE_VERSION drives kube-apiserver, kube-controller-manager, kube-scheduler
+# and kubectl.
 # ---------------------------------------------------------------------------
 KUBE_VERSION="${KUBE_VERSION:-v1.37.1}"
 ETCD_VERSION="${ETCD_VERSION:-v3.7.3}"
@@ -40,7 +41,7 @@ export CGO_ENABLED="${CGO_ENABLED:-0}"
 # keep any go.work of the caller out of the generated wrapper modules.
 export GOTOOLCHAIN=local GOWORK=off
 
-ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kubectl kwok helm)
+ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -57,6 +58,7 @@ while (($#)); do
     -l|--list)
       printf 'kube-apiserver          k8s.io/kubernetes %s\n' "$KUBE_VERSION"
       printf 'kube-controller-manager k8s.io/kubernetes %s\n' "$KUBE_VERSION"
+      printf 'kube-scheduler          k8s.io/kubernetes %s\n' "$KUBE_VERSION"
       printf 'kubectl                 k8s.io/kubernetes %s\n' "$KUBE_VERSION"
       printf 'etcd                    go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION"
       printf 'kwok                    sigs.k8s.io/kwok %s\n' "$KWOK_VERSION"
@@ -89,7 +91,7 @@ GO_VERSION="$(go env GOVERSION)"   # e.g. go1.26.8
 stamp_for() {
   local name="$1" source
   case "$name" in
-    kube-apiserver|kube-controller-manager|kubectl) source="k8s.io/kubernetes@$KUBE_VERSION" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) source="k8s.io/kubernetes@$KUBE_VERSION" ;;
     etcd) source="go.etcd.io/etcd/server/v3@$ETCD_VERSION" ;;
     kwok) source="sigs.k8s.io/kwok@$KWOK_VERSION" ;;
     helm) source="helm.sh/helm/v3@$HELM_VERSION" ;;
@@ -304,7 +306,7 @@ for name in "${requested[@]}"; do
   make_work_dir
   start=$(date +%s)
   case "$name" in
-    kube-apiserver|kube-controller-manager|kubectl) build_kube "$name" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) build_kube "$name" ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;
     helm) build_helm ;;

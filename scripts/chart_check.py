@@ -323,9 +323,11 @@ def check_manifests(args):
         crd = one(docs, "CustomResourceDefinition")
         spec = crd["spec"]
         names = spec["names"]
+        # The contract's short name is rc; the operator adds rcache because
+        # kubectl resolves rc to ReplicationControllers first.
         got = (crd["metadata"]["name"], spec["group"], names["kind"], names["plural"],
-               names.get("shortNames"), spec["scope"])
-        if got != (CRD_NAME, "relaycache.io", "RelayCache", "relaycaches", ["rc", "rcache"], "Namespaced"):
+               "rc" in names.get("shortNames", []), spec["scope"])
+        if got != (CRD_NAME, "relaycache.io", "RelayCache", "relaycaches", True, "Namespaced"):
             fail(f"CRD names are {got}")
         v1a1 = [v for v in spec["versions"] if v["name"] == "v1alpha1"]
         if not v1a1 or set(v1a1[0].get("subresources", {})) != {"status", "scale"}:
