@@ -157,7 +157,11 @@ impl Connector {
                     .probe_interval
                     .max(std::time::Duration::from_secs(1)),
             )
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // Drop a dead connection about when its member is marked down, so
+            // the next probe dials afresh instead of waiting on TCP's
+            // backed-off retransmissions after a partition heals.
+            .keep_alive_timeout(self.timings.probe_timeout * self.timings.failures_to_down);
         if let Some((identity, ca)) = &self.tls {
             let host = address
                 .rsplit_once(':')
