@@ -12,6 +12,6 @@ pub mod metrics;
 pub mod reconcile;
 pub mod resources;
 pub mod status;
-pub mod webhook;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod webhook;

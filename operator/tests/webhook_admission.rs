@@ -161,7 +161,10 @@ fn sidecar_config(sidecar: &Container) -> Config {
 }
 
 fn assert_restricted(container: &Container, pod: &Pod) {
-    let sc = container.security_context.as_ref().expect("securityContext");
+    let sc = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -213,8 +216,17 @@ async fn a_deployment_pod_gets_a_native_sidecar_in_client_mode() {
         sidecar.security_context.as_ref().unwrap().run_as_user,
         Some(65532)
     );
-    assert!(sidecar.readiness_probe.is_none(), "must not gate the app's readiness");
-    let startup = sidecar.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert!(
+        sidecar.readiness_probe.is_none(),
+        "must not gate the app's readiness"
+    );
+    let startup = sidecar
+        .startup_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
     assert_eq!(startup.path.as_deref(), Some("/healthz"));
 
     // The token comes by reference; its value is nowhere in the pod.
@@ -224,8 +236,17 @@ async fn a_deployment_pod_gets_a_native_sidecar_in_client_mode() {
         .flatten()
         .find(|e| e.name == "RELAYCACHE_PEER_TOKEN")
         .unwrap();
-    let secret = token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-    assert_eq!((secret.name.as_str(), secret.key.as_str()), ("web-peer-token", "token"));
+    let secret = token
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("web-peer-token", "token")
+    );
     assert!(token.value.is_none());
 
     let config = sidecar_config(sidecar);
@@ -238,7 +259,12 @@ async fn a_deployment_pod_gets_a_native_sidecar_in_client_mode() {
     assert!(ha.peers.is_empty());
     assert_eq!(ha.token, "s3cret");
     assert_eq!(
-        (ha.replica_count, ha.read_quorum, ha.write_quorum, ha.member_count_quorum),
+        (
+            ha.replica_count,
+            ha.read_quorum,
+            ha.write_quorum,
+            ha.member_count_quorum
+        ),
         (3, 2, 2, 2)
     );
     assert_eq!(ha.environment, relaycache_config::Environment::Wan);
@@ -246,23 +272,44 @@ async fn a_deployment_pod_gets_a_native_sidecar_in_client_mode() {
     assert!(config.cache.streaming);
     assert_eq!(config.cache.isolation, relaycache_config::Isolation::Shared);
     assert_eq!(config.cache.memory.max_cost, 64 << 20);
-    assert!(config.cache.reserve.url.is_empty(), "the reserve stays with the members");
+    assert!(
+        config.cache.reserve.url.is_empty(),
+        "the reserve stays with the members"
+    );
 
     // App containers, and init containers (the native sidecar runs first), get the URLs.
     for name in ["app", "worker", "migrate"] {
-        let c = all_containers(pod).into_iter().find(|c| c.name == name).unwrap();
-        assert_eq!(env(c, "ANTHROPIC_BASE_URL"), Some("http://127.0.0.1:8787"), "{name}");
-        assert_eq!(env(c, "OPENAI_BASE_URL"), Some("http://127.0.0.1:8787/v1"), "{name}");
+        let c = all_containers(pod)
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap();
+        assert_eq!(
+            env(c, "ANTHROPIC_BASE_URL"),
+            Some("http://127.0.0.1:8787"),
+            "{name}"
+        );
+        assert_eq!(
+            env(c, "OPENAI_BASE_URL"),
+            Some("http://127.0.0.1:8787/v1"),
+            "{name}"
+        );
     }
     let worker = spec.containers.iter().find(|c| c.name == "worker").unwrap();
     assert_eq!(env(worker, "LOG_LEVEL"), Some("info"), "existing env kept");
 
     // Scratch volume for the read-only root, status annotation.
     let volumes = spec.volumes.as_ref().unwrap();
-    assert!(volumes.iter().any(|v| v.name == "relaycache-tmp" && v.empty_dir.is_some()));
+    assert!(volumes
+        .iter()
+        .any(|v| v.name == "relaycache-tmp" && v.empty_dir.is_some()));
     assert!(volumes.iter().any(|v| v.name == "kube-api-access-x2v9q"));
     let annotations = pod.metadata.annotations.as_ref().unwrap();
-    assert_eq!(annotations.get("relaycache.io/injected").map(String::as_str), Some("web"));
+    assert_eq!(
+        annotations
+            .get("relaycache.io/injected")
+            .map(String::as_str),
+        Some("web")
+    );
 }
 
 #[tokio::test]
@@ -277,7 +324,10 @@ async fn before_1_29_the_sidecar_is_a_regular_container() {
     assert_eq!(inits.len(), 1);
     // Init containers run before a regular sidecar exists: no URLs for them.
     assert_eq!(env(&inits[0], "ANTHROPIC_BASE_URL"), None);
-    assert_eq!(env(&spec.containers[0], "ANTHROPIC_BASE_URL"), Some("http://127.0.0.1:8787"));
+    assert_eq!(
+        env(&spec.containers[0], "ANTHROPIC_BASE_URL"),
+        Some("http://127.0.0.1:8787")
+    );
 }
 
 #[tokio::test]
@@ -286,10 +336,17 @@ async fn injecting_twice_changes_nothing_the_second_time() {
     // Feed the injected pod back, as the apiserver does on re-invocation.
     let mut input: Value = serde_json::from_slice(&fixture("inject-deployment-pod.json")).unwrap();
     input["request"]["object"] = serde_json::to_value(&first.after).unwrap();
-    let review = handler(true).review(&serde_json::to_vec(&input).unwrap()).await.unwrap();
+    let review = handler(true)
+        .review(&serde_json::to_vec(&input).unwrap())
+        .await
+        .unwrap();
     let response = review.response.unwrap();
     assert!(response.allowed);
-    assert!(response.patch.is_none(), "{:?}", response.patch.map(String::from_utf8));
+    assert!(
+        response.patch.is_none(),
+        "{:?}",
+        response.patch.map(String::from_utf8)
+    );
 }
 
 #[tokio::test]
@@ -305,8 +362,15 @@ async fn reinvocation_only_adds_the_urls_to_containers_added_since() {
     let out = run("reinvoked-after-another-webhook.json", true).await;
     assert_eq!(sidecars(&out.after).len(), 1);
     let spec = out.after.spec.as_ref().unwrap();
-    let mesh = spec.containers.iter().find(|c| c.name == "mesh-proxy").unwrap();
-    assert_eq!(env(mesh, "OPENAI_BASE_URL"), Some("http://127.0.0.1:8787/v1"));
+    let mesh = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "mesh-proxy")
+        .unwrap();
+    assert_eq!(
+        env(mesh, "OPENAI_BASE_URL"),
+        Some("http://127.0.0.1:8787/v1")
+    );
     let app = spec.containers.iter().find(|c| c.name == "app").unwrap();
     assert_eq!(app.env.as_ref().unwrap().len(), 2, "no duplicates");
 }
@@ -336,16 +400,28 @@ async fn namespace_dot_name_uses_a_relaycache_elsewhere() {
     assert_eq!(out.response["allowed"], true);
     let pod = &out.after;
     let sidecar = sidecars(pod)[0];
-    assert_eq!(sidecar.image.as_deref(), Some("relaycache/relaycache:0.1.0-team"));
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("relaycache/relaycache:0.1.0-team")
+    );
     let config = sidecar_config(sidecar);
     assert_eq!(config.cache.ha.addresses, ["shared.cache.svc:3320"]);
     // Default L1 of a sidecar when the RelayCache sets none.
     assert_eq!(config.cache.memory.max_cost, 32 << 20);
     // The Secret is referenced in the pod's namespace; the warning says so.
     let w = warnings(&out);
-    assert!(w.iter().any(|w| w.contains("\"shared-token\"") && w.contains("namespace apps")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("\"shared-token\"") && w.contains("namespace apps")),
+        "{w:?}"
+    );
     assert_eq!(
-        pod.metadata.annotations.as_ref().unwrap().get("relaycache.io/injected").map(String::as_str),
+        pod.metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get("relaycache.io/injected")
+            .map(String::as_str),
         Some("cache.shared")
     );
 }
@@ -354,8 +430,14 @@ async fn namespace_dot_name_uses_a_relaycache_elsewhere() {
 async fn urls_the_app_sets_itself_are_kept() {
     let out = run("env-already-set.json", true).await;
     let app = &out.after.spec.as_ref().unwrap().containers[0];
-    assert_eq!(env(app, "ANTHROPIC_BASE_URL"), Some("https://gateway.example.com"));
-    assert_eq!(env(app, "OPENAI_BASE_URL"), Some("http://127.0.0.1:8787/v1"));
+    assert_eq!(
+        env(app, "ANTHROPIC_BASE_URL"),
+        Some("https://gateway.example.com")
+    );
+    assert_eq!(
+        env(app, "OPENAI_BASE_URL"),
+        Some("http://127.0.0.1:8787/v1")
+    );
     assert_eq!(app.env.as_ref().unwrap().len(), 2);
 }
 
@@ -363,14 +445,20 @@ async fn urls_the_app_sets_itself_are_kept() {
 async fn annotations_override_image_and_resources() {
     let out = run("annotation-overrides.json", false).await;
     let sidecar = sidecars(&out.after)[0];
-    assert_eq!(sidecar.image.as_deref(), Some("registry.example.com/relaycache:0.1.1"));
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("registry.example.com/relaycache:0.1.1")
+    );
     let resources = sidecar.resources.as_ref().unwrap();
     let requests = resources.requests.as_ref().unwrap();
     let limits = resources.limits.as_ref().unwrap();
     assert_eq!(requests["cpu"].0, "200m");
     assert_eq!(requests["memory"].0, "256Mi");
     assert_eq!(limits["memory"].0, "256Mi");
-    assert!(!limits.contains_key("cpu"), "no CPU limit: throttling a proxy adds latency");
+    assert!(
+        !limits.contains_key("cpu"),
+        "no CPU limit: throttling a proxy adds latency"
+    );
     // The pod runs as 1000: the sidecar inherits it instead of forcing 65532.
     assert_eq!(sidecar.security_context.as_ref().unwrap().run_as_user, None);
     assert_restricted(sidecar, &out.after);
@@ -382,14 +470,20 @@ async fn a_bad_override_refuses_the_pod_saying_what_to_write() {
     assert_eq!(out.response["allowed"], false);
     assert!(out.response.get("patch").is_none());
     let message = out.response["status"]["message"].as_str().unwrap();
-    assert!(message.contains("relaycache.io/sidecar-memory=\"lots\""), "{message}");
+    assert!(
+        message.contains("relaycache.io/sidecar-memory=\"lots\""),
+        "{message}"
+    );
     assert!(message.contains("128Mi"), "{message}");
 }
 
 #[tokio::test]
 async fn malformed_reviews_are_rejected_with_the_reason() {
     for (name, expected) in [
-        ("malformed-review.json", "not an admission.k8s.io/v1 AdmissionReview"),
+        (
+            "malformed-review.json",
+            "not an admission.k8s.io/v1 AdmissionReview",
+        ),
         ("review-without-request.json", "has no request"),
     ] {
         let err: BadReview = handler(true).review(&fixture(name)).await.unwrap_err();
@@ -401,7 +495,10 @@ async fn malformed_reviews_are_rejected_with_the_reason() {
 async fn other_operations_and_kinds_pass_untouched() {
     let mut input: Value = serde_json::from_slice(&fixture("inject-deployment-pod.json")).unwrap();
     input["request"]["operation"] = json!("UPDATE");
-    let review = handler(true).review(&serde_json::to_vec(&input).unwrap()).await.unwrap();
+    let review = handler(true)
+        .review(&serde_json::to_vec(&input).unwrap())
+        .await
+        .unwrap();
     let response = review.response.unwrap();
     assert!(response.allowed && response.patch.is_none() && response.warnings.is_none());
 }

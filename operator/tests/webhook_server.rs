@@ -114,7 +114,10 @@ async fn call(
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status();
-    Ok((status, response.into_body().collect().await.unwrap().to_bytes()))
+    Ok((
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    ))
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -140,7 +143,10 @@ async fn a_review_over_https_gets_a_patch() {
     assert_eq!(status, StatusCode::OK);
     let review: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(review["kind"], "AdmissionReview");
-    assert_eq!(review["response"]["uid"], "9b1c1f0e-0001-4d6a-8d36-5a4a0c1e0001");
+    assert_eq!(
+        review["response"]["uid"],
+        "9b1c1f0e-0001-4d6a-8d36-5a4a0c1e0001"
+    );
     assert_eq!(review["response"]["allowed"], true);
     assert_eq!(review["response"]["patchType"], "JSONPatch");
     running.stop.send(()).unwrap();
@@ -151,15 +157,25 @@ async fn a_review_over_https_gets_a_patch() {
 async fn malformed_bodies_wrong_paths_and_methods_get_clear_errors() {
     let running = start(&["localhost"]).await;
     let ca = running.ca.ca_bundle_pem.clone();
-    let (status, body) = call(&running, &ca, Method::POST, "/mutate-pods", fixture("malformed-review.json"))
-        .await
-        .unwrap();
+    let (status, body) = call(
+        &running,
+        &ca,
+        Method::POST,
+        "/mutate-pods",
+        fixture("malformed-review.json"),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).contains("not an admission.k8s.io/v1 AdmissionReview"));
 
-    let (status, _) = call(&running, &ca, Method::GET, "/mutate-pods", Vec::new()).await.unwrap();
+    let (status, _) = call(&running, &ca, Method::GET, "/mutate-pods", Vec::new())
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    let (status, body) = call(&running, &ca, Method::POST, "/validate", Vec::new()).await.unwrap();
+    let (status, body) = call(&running, &ca, Method::POST, "/validate", Vec::new())
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(&body).contains("/mutate-pods"));
 
@@ -181,9 +197,15 @@ async fn malformed_bodies_wrong_paths_and_methods_get_clear_errors() {
 async fn a_client_trusting_another_ca_refuses_the_server() {
     let running = start(&["localhost"]).await;
     let other = certs::issue(&["localhost".to_string()], None, SystemTime::now()).unwrap();
-    let err = call(&running, &other.ca_bundle_pem, Method::POST, "/mutate-pods", Vec::new())
-        .await
-        .unwrap_err();
+    let err = call(
+        &running,
+        &other.ca_bundle_pem,
+        Method::POST,
+        "/mutate-pods",
+        Vec::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains("certificate"), "{err}");
     running.stop.send(()).unwrap();
     running.task.await.unwrap();

@@ -58,7 +58,9 @@ pub enum CertError {
     #[error("cannot generate the webhook certificate: {0}")]
     Generate(#[from] rcgen::Error),
     /// The names cannot go into a certificate.
-    #[error("no DNS name for the webhook certificate; set --webhook-service or --webhook-extra-sans")]
+    #[error(
+        "no DNS name for the webhook certificate; set --webhook-service or --webhook-extra-sans"
+    )]
     NoNames,
     /// PEM text that is not a certificate or key.
     #[error("{what} is not valid PEM: {reason}")]
@@ -238,7 +240,12 @@ pub fn verify(material: &TlsMaterial, names: &[String], at: SystemTime) -> Resul
 pub fn renewal_reason(material: &TlsMaterial, names: &[String], now: SystemTime) -> Option<String> {
     verify(material, names, now + RENEW_BEFORE)
         .err()
-        .map(|reason| format!("not valid for the next {} days: {reason}", RENEW_BEFORE.as_secs() / 86400))
+        .map(|reason| {
+            format!(
+                "not valid for the next {} days: {reason}",
+                RENEW_BEFORE.as_secs() / 86400
+            )
+        })
 }
 
 /// A certificate chain and key ready for rustls; the key must match.
@@ -266,7 +273,11 @@ pub fn to_secret(name: &str, namespace: &str, material: &TlsMaterial) -> Secret 
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             labels: Some(
-                [("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string())].into(),
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    MANAGER.to_string(),
+                )]
+                .into(),
             ),
             ..ObjectMeta::default()
         },
@@ -282,7 +293,9 @@ pub fn from_secret(secret: &Secret) -> Result<TlsMaterial, String> {
     let get = |key: &str| {
         data.get(key)
             .ok_or_else(|| format!("the Secret has no {key}"))
-            .and_then(|v| String::from_utf8(v.0.clone()).map_err(|_| format!("{key} is not PEM text")))
+            .and_then(|v| {
+                String::from_utf8(v.0.clone()).map_err(|_| format!("{key} is not PEM text"))
+            })
     };
     Ok(TlsMaterial {
         ca_bundle_pem: get(CA_KEY)?,
@@ -378,7 +391,10 @@ impl SelfSigned {
             let fresh = issue(&self.names, stored.as_ref().ok(), now)?;
             let mut replacement = to_secret(name, &self.namespace, &fresh);
             replacement.metadata.resource_version = secret.metadata.resource_version.clone();
-            match api.replace(name, &PostParams::default(), &replacement).await {
+            match api
+                .replace(name, &PostParams::default(), &replacement)
+                .await
+            {
                 Ok(_) => return Ok(fresh),
                 Err(kube::Error::Api(status)) if status.is_conflict() => continue,
                 Err(err) => return Err(err.into()),
@@ -419,7 +435,9 @@ pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, bundle: &str) -> V
     let mut ops = Vec::new();
     for (i, hook) in config.webhooks.iter().flatten().enumerate() {
         if hook.client_config.ca_bundle.as_ref() != Some(&wanted) {
-            ops.push(json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": hook.name}));
+            ops.push(
+                json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": hook.name}),
+            );
             ops.push(json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": encoded}));
         }
     }
@@ -450,7 +468,9 @@ pub async fn maintain_self_signed(
                             info!("serving the renewed webhook certificate");
                             current = material;
                         }
-                        Err(err) => warn!(error = %err, "renewed webhook certificate unusable; keeping the old one"),
+                        Err(err) => {
+                            warn!(error = %err, "renewed webhook certificate unusable; keeping the old one")
+                        }
                     }
                 }
             }
@@ -503,7 +523,9 @@ pub async fn watch_files(
                 info!(dir = %dir.display(), "reloaded the webhook certificate");
                 loaded = files;
             }
-            Err(err) => warn!(error = %err, "new webhook certificate files unusable; keeping the old one"),
+            Err(err) => {
+                warn!(error = %err, "new webhook certificate files unusable; keeping the old one")
+            }
         }
     }
 }
@@ -515,7 +537,11 @@ mod tests {
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
     fn names() -> Vec<String> {
-        dns_names(Some("op-webhook"), "ops", &["localhost".into(), "127.0.0.1".into()])
+        dns_names(
+            Some("op-webhook"),
+            "ops",
+            &["localhost".into(), "127.0.0.1".into()],
+        )
     }
 
     #[test]
@@ -531,7 +557,10 @@ mod tests {
                 "127.0.0.1"
             ]
         );
-        assert_eq!(dns_names(None, "ops", &[" a ".into(), "".into(), "a".into()]), ["a"]);
+        assert_eq!(
+            dns_names(None, "ops", &[" a ".into(), "".into(), "a".into()]),
+            ["a"]
+        );
     }
 
     #[test]
@@ -598,7 +627,10 @@ mod tests {
 
         let mut partial = back.clone();
         partial.data.as_mut().unwrap().remove(KEY_KEY);
-        assert_eq!(from_secret(&partial).unwrap_err(), "the Secret has no tls.key");
+        assert_eq!(
+            from_secret(&partial).unwrap_err(),
+            "the Secret has no tls.key"
+        );
     }
 
     #[test]
@@ -607,7 +639,9 @@ mod tests {
         let b = issue(&names(), None, SystemTime::now()).unwrap();
         assert!(certified_key(&a.cert_pem, &a.key_pem).is_ok());
         assert!(certified_key(&a.cert_pem, &b.key_pem).is_err());
-        let err = certified_key("nonsense", &a.key_pem).unwrap_err().to_string();
+        let err = certified_key("nonsense", &a.key_pem)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tls.crt"), "{err}");
     }
 
@@ -656,7 +690,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rc-webhook-files-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = read_files(&dir).unwrap_err().to_string();
-        assert!(err.contains("tls.crt") && err.contains("--webhook-cert-dir"), "{err}");
+        assert!(
+            err.contains("tls.crt") && err.contains("--webhook-cert-dir"),
+            "{err}"
+        );
         let material = issue(&names(), None, SystemTime::now()).unwrap();
         std::fs::write(dir.join(CERT_KEY), &material.cert_pem).unwrap();
         std::fs::write(dir.join(KEY_KEY), &material.key_pem).unwrap();

@@ -16,11 +16,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, Pod, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
-};
 use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, Pod, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::apimachinery::pkg::version::Info;
@@ -139,7 +139,12 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>) -> Plan {
             ))
         }
     };
-    let Some(label) = pod.metadata.labels.as_ref().and_then(|l| l.get(INJECT_LABEL)) else {
+    let Some(label) = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(INJECT_LABEL))
+    else {
         return Plan::Answer(unchanged());
     };
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
@@ -166,7 +171,9 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>) -> Plan {
         ));
     }
     let Some(pod_namespace) = req.namespace.clone().or(pod.metadata.namespace.clone()) else {
-        return warn("relaycache: the request names no namespace; admitted without the sidecar".into());
+        return warn(
+            "relaycache: the request names no namespace; admitted without the sidecar".into(),
+        );
     };
     match parse_label(label, &pod_namespace) {
         Ok((namespace, name)) => Plan::Inject {
@@ -240,15 +247,13 @@ pub fn respond(
     };
     let config = match sidecar_config(&rc) {
         Ok(config) => config,
-        Err(invalid) => {
-            return with_warning(
-                req,
-                format!(
-                    "relaycache: RelayCache {}/{} is invalid ({invalid}); admitted without the sidecar",
-                    target.namespace, target.name
-                ),
-            )
-        }
+        Err(invalid) => return with_warning(
+            req,
+            format!(
+                "relaycache: RelayCache {}/{} is invalid ({invalid}); admitted without the sidecar",
+                target.namespace, target.name
+            ),
+        ),
     };
 
     let mut warnings = Vec::new();
@@ -325,7 +330,9 @@ pub fn sidecar_config(rc: &RelayCache) -> Result<Config, InvalidSpec> {
     config.server.admin_listen = format!("0.0.0.0:{ADMIN_PORT}");
     config.cache.reserve = ReserveConfig::default();
     let memory = match &rc.spec.sidecar.memory {
-        Some(q) => quantity::bytes(&q.0, "spec.sidecar.memory").map_err(|i| InvalidSpec(vec![i]))?,
+        Some(q) => {
+            quantity::bytes(&q.0, "spec.sidecar.memory").map_err(|i| InvalidSpec(vec![i]))?
+        }
         None => DEFAULT_SIDECAR_CACHE_BYTES,
     };
     config.cache.memory.max_cost = memory;
@@ -334,7 +341,10 @@ pub fn sidecar_config(rc: &RelayCache) -> Result<Config, InvalidSpec> {
         let defaults = HaConfig::default();
         let ha = &mut config.cache.ha;
         ha.embedded = false;
-        ha.addresses = vec![format!("{}.{}.svc:{GRPC_PORT}", names.name, names.namespace)];
+        ha.addresses = vec![format!(
+            "{}.{}.svc:{GRPC_PORT}",
+            names.name, names.namespace
+        )];
         ha.peers = defaults.peers;
         ha.advertise_addr = defaults.advertise_addr;
         ha.bind_addr = defaults.bind_addr;
@@ -570,9 +580,7 @@ fn add_base_urls(pod: &Pod, init_too: bool, ops: &mut Ops) {
             }
             let missing: Vec<Value> = [ANTHROPIC_BASE_URL, OPENAI_BASE_URL]
                 .into_iter()
-                .filter(|(name, _)| {
-                    !container.env.iter().flatten().any(|e| e.name == *name)
-                })
+                .filter(|(name, _)| !container.env.iter().flatten().any(|e| e.name == *name))
                 .map(|(name, value)| json!({"name": name, "value": value}))
                 .collect();
             if missing.is_empty() {
@@ -596,7 +604,8 @@ struct Ops(Vec<Value>);
 
 impl Ops {
     fn add(&mut self, path: &str, value: Value) {
-        self.0.push(json!({"op": "add", "path": path, "value": value}));
+        self.0
+            .push(json!({"op": "add", "path": path, "value": value}));
     }
 
     fn respond(
@@ -615,7 +624,12 @@ impl Ops {
         // bug, reported as a warning rather than a refused pod.
         let patched = serde_json::from_value::<json_patch::Patch>(Value::Array(self.0))
             .map_err(|e| e.to_string())
-            .and_then(|patch| response.clone().with_patch(patch).map_err(|e| e.to_string()));
+            .and_then(|patch| {
+                response
+                    .clone()
+                    .with_patch(patch)
+                    .map_err(|e| e.to_string())
+            });
         patched.unwrap_or_else(|err| {
             with_warning(
                 req,

@@ -94,13 +94,16 @@ pub struct Handler {
 impl Handler {
     /// The AdmissionReview answering `body`.
     pub async fn review(&self, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, BadReview> {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|err| {
-            BadReview(format!(
-                "the body is not an admission.k8s.io/v1 AdmissionReview: {err}"
-            ))
-        })?;
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_slice(body).map_err(|err| {
+                BadReview(format!(
+                    "the body is not an admission.k8s.io/v1 AdmissionReview: {err}"
+                ))
+            })?;
         let request: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| {
-            BadReview("the AdmissionReview has no request; send the apiserver's review as is".into())
+            BadReview(
+                "the AdmissionReview has no request; send the apiserver's review as is".into(),
+            )
         })?;
         let response = match inject::plan(&request) {
             Plan::Answer(response) => *response,
@@ -111,9 +114,15 @@ impl Handler {
         };
         let pod = request.name.as_str();
         match (&response.patch, &response.warnings) {
-            (Some(_), _) => info!(namespace = ?request.namespace, pod, uid = %request.uid, "injected the relaycache sidecar"),
-            (None, Some(warnings)) => info!(namespace = ?request.namespace, pod, ?warnings, allowed = response.allowed, "admitted without injecting"),
-            (None, None) if !response.allowed => info!(namespace = ?request.namespace, pod, message = %response.result.message, "refused the pod"),
+            (Some(_), _) => {
+                info!(namespace = ?request.namespace, pod, uid = %request.uid, "injected the relaycache sidecar")
+            }
+            (None, Some(warnings)) => {
+                info!(namespace = ?request.namespace, pod, ?warnings, allowed = response.allowed, "admitted without injecting")
+            }
+            (None, None) if !response.allowed => {
+                info!(namespace = ?request.namespace, pod, message = %response.result.message, "refused the pod")
+            }
             (None, None) => debug!(namespace = ?request.namespace, pod, "nothing to inject"),
         }
         Ok(response.into_review())
@@ -203,7 +212,12 @@ pub async fn start(
     info!(addr = %args.webhook_addr, native_sidecars, "serving the webhook on {}", server::PATH);
     let tls = server::tls_config(store).map_err(CertError::Tls)?;
     let mut stop = stop;
-    Ok(tokio::spawn(server::serve(listener, tls, handler, async move {
-        let _ = stop.wait_for(|s| *s).await;
-    })))
+    Ok(tokio::spawn(server::serve(
+        listener,
+        tls,
+        handler,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )))
 }

@@ -72,7 +72,9 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(err)) => {
                     // The apiserver trusting another CA shows up here.
@@ -111,7 +113,10 @@ async fn answer(handler: &Handler, request: Request<Incoming>) -> Response<Full<
             format!("use POST {PATH} with an AdmissionReview"),
         );
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(body) => body.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             return text(
@@ -119,7 +124,12 @@ async fn answer(handler: &Handler, request: Request<Incoming>) -> Response<Full<
                 format!("the review is larger than {MAX_BODY_BYTES} bytes"),
             )
         }
-        Err(err) => return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}")),
+        Err(err) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {err}"),
+            )
+        }
     };
     match handler.review(&body).await {
         Ok(review) => match serde_json::to_vec(&review) {
