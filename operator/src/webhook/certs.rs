@@ -455,9 +455,8 @@ pub async fn maintain_self_signed(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if !pause(every, &mut stop).await {
+            return;
         }
         match issuer.ensure(Some(&current), SystemTime::now()).await {
             Ok(material) => {
@@ -474,11 +473,24 @@ pub async fn maintain_self_signed(
                     }
                 }
             }
-            Err(err) => warn!(error = %err, "cannot check the webhook certificate; retrying later"),
+            Err(err) => {
+                // Patching with what may be a stale bundle could drop a CA
+                // another replica just added; wait for a good read.
+                warn!(error = %err, "cannot check the webhook certificate; retrying later");
+                continue;
+            }
         }
         if let Err(err) = issuer.patch_ca_bundle(&current.ca_bundle_pem).await {
             warn!(error = %err, "cannot patch the webhook caBundle; retrying later");
         }
+    }
+}
+
+/// Sleeps `every`; false when `stop` came first.
+async fn pause(every: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(every) => true,
+        _ = stop.wait_for(|s| *s) => false,
     }
 }
 
@@ -501,9 +513,8 @@ pub async fn watch_files(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if !pause(every, &mut stop).await {
+            return;
         }
         let files = match read_files(&dir) {
             Ok(files) => files,

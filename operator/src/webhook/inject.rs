@@ -16,10 +16,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod, Probe, ResourceRequirements,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -30,9 +29,11 @@ use relaycache_config::{Config, HaConfig, ReserveConfig};
 use serde_json::{json, Value};
 
 use crate::crd::{ClusterMode, RelayCache};
-use crate::resources::configmap::{render, PEER_TOKEN_ENV};
-use crate::resources::quantity::{self, format_bytes};
-use crate::resources::statefulset::{CONTAINER, RUN_AS};
+use crate::resources::configmap::render;
+use crate::resources::quantity;
+use crate::resources::statefulset::{
+    peer_token_env, restricted_security_context, sized_resources, CONTAINER, RUN_AS,
+};
 use crate::resources::{InvalidSpec, Names, SpecIssue, ADMIN_PORT, GRPC_PORT, HTTP_PORT};
 
 /// Pod label naming the RelayCache: `NAME` (in the pod's namespace) or `NAMESPACE.NAME`.
@@ -247,13 +248,15 @@ pub fn respond(
     };
     let config = match sidecar_config(&rc) {
         Ok(config) => config,
-        Err(invalid) => return with_warning(
-            req,
-            format!(
+        Err(invalid) => {
+            return with_warning(
+                req,
+                format!(
                 "relaycache: RelayCache {}/{} is invalid ({invalid}); admitted without the sidecar",
                 target.namespace, target.name
             ),
-        ),
+            )
+        }
     };
 
     let mut warnings = Vec::new();
@@ -437,21 +440,7 @@ fn sidecar_container(
         value: Some(kubelet_literal(&config.to_yaml())),
         ..EnvVar::default()
     }];
-    if let Some(secret) = &spec.replication.token_secret {
-        // By reference only: the token's value never enters the pod spec.
-        env.push(EnvVar {
-            name: PEER_TOKEN_ENV.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: "token".into(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        });
-    }
+    env.extend(peer_token_env(rc));
 
     let mut resources = spec
         .sidecar
@@ -508,22 +497,7 @@ fn sidecar_container(
         liveness_probe: Some(probe(10, 3)),
         // No readiness probe: a cache that cannot reach its cluster still
         // proxies, and must never take the app out of its Service.
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: own_user.then_some(RUN_AS),
-            run_as_group: own_user.then_some(RUN_AS),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_security_context(own_user.then_some(RUN_AS))),
         volume_mounts: Some(vec![VolumeMount {
             name: TMP_VOLUME.into(),
             mount_path: "/tmp".into(),
@@ -537,17 +511,7 @@ fn sidecar_container(
 /// 25m CPU; memory for the L1 cache plus half again plus 32 MiB for the
 /// process, as request and limit.
 fn default_resources(cache_bytes: u64) -> ResourceRequirements {
-    const MIB: u64 = 1 << 20;
-    let memory = (cache_bytes + cache_bytes / 2 + 32 * MIB).div_ceil(MIB) * MIB;
-    let memory = Quantity(format_bytes(memory));
-    ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity("25m".into())),
-            ("memory".to_string(), memory.clone()),
-        ])),
-        limits: Some(BTreeMap::from([("memory".to_string(), memory)])),
-        ..ResourceRequirements::default()
-    }
+    sized_resources("25m", cache_bytes, 32)
 }
 
 /// The kubelet expands `$(VAR)` in env values and turns `$$` into `$`;
