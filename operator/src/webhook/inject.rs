@@ -672,6 +672,41 @@ mod tests {
     }
 
     #[test]
+    fn single_and_disabled_relaycaches_give_a_standalone_sidecar() {
+        use crate::resources::testing::rc;
+        for (mode, expected) in [
+            ("single", relaycache_config::Mode::Single),
+            ("disabled", relaycache_config::Mode::Disabled),
+        ] {
+            let config = sidecar_config(&rc("web", serde_json::json!({"mode": mode}))).unwrap();
+            assert_eq!(config.cache.mode, expected);
+            assert!(config.cache.ha.addresses.is_empty(), "{mode}");
+            assert_eq!(config.server.listen, "127.0.0.1:8787");
+        }
+    }
+
+    #[test]
+    fn an_invalid_sidecar_memory_is_reported_at_its_path() {
+        use crate::resources::testing::rc;
+        let err = sidecar_config(&rc(
+            "web",
+            serde_json::json!({"sidecar": {"memory": "lots"}}),
+        ))
+        .unwrap_err();
+        assert_eq!(err.0[0].path, "spec.sidecar.memory");
+        // Too small for the proxy's own rules: reported as a sidecar config issue.
+        let err = sidecar_config(&rc(
+            "web",
+            serde_json::json!({"sidecar": {"memory": "1Ki"}}),
+        ));
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.0.iter().all(|i| i.path.starts_with("sidecar config"))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn pointer_tokens_are_escaped() {
         assert_eq!(escape("relaycache.io/injected"), "relaycache.io~1injected");
         assert_eq!(escape("a~b"), "a~0b");
