@@ -1,5 +1,6 @@
-//! `relaycache-operator run`: health endpoints, leader election, then the
-//! controller while this replica leads; a clean stop on SIGTERM.
+//! `relaycache-operator run`: health endpoints and the webhook on every
+//! replica, leader election, then the controller while this replica leads; a
+//! clean stop on SIGTERM.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use crate::leader::{self, LeaseLock, Timings};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::resources::BuildSettings;
+use crate::webhook::{self, WebhookError};
 
 /// Why the operator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,9 @@ pub enum RunError {
     /// Another replica took the Lease while this one was leading.
     #[error("lost the leader lease; exiting so that only the new leader reconciles")]
     LostLeadership,
+    /// The webhook could not start.
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -48,9 +53,6 @@ pub enum RunError {
 
 /// Runs until SIGTERM/SIGINT (Ok) or until leadership is lost (Err).
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    if args.webhook_configuration.is_some() || args.webhook_secret.is_some() {
-        warn!("the mutating webhook is not served by this version; --webhook-* flags are accepted and ignored");
-    }
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(metrics.clone()));
     let listener = TcpListener::bind(args.health_addr)
@@ -73,12 +75,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(RunError::CrdMissing)?;
-    health.set_ready(true);
-
     let namespace = args
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
+    // Every replica serves the webhook, leader or not; ready once it does.
+    let webhook = webhook::start(&args, client.clone(), &namespace, stop_rx.clone()).await?;
+    health.set_ready(true);
+
     let identity = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("relaycache-operator-{}", std::process::id()));
@@ -138,6 +142,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     }
     let _ = health_task.await;
+    let _ = webhook.await;
     if lost {
         Err(RunError::LostLeadership)
     } else {

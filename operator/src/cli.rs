@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// MutatingWebhookConfiguration whose caBundle the operator patches.
     #[arg(long, env = "WEBHOOK_CONFIGURATION")]
     pub webhook_configuration: Option<String>,
+    /// Extra DNS names or IPs (comma-separated) in the self-signed serving
+    /// certificate, e.g. `localhost,127.0.0.1` when the apiserver calls a
+    /// locally running operator by URL.
+    #[arg(long, env = "WEBHOOK_EXTRA_SANS", value_delimiter = ',')]
+    pub webhook_extra_sans: Vec<String>,
     /// The operator's own namespace (Lease, webhook Secret); default: the
     /// kubeconfig's namespace.
     #[arg(long, env = "POD_NAMESPACE")]
@@ -123,6 +128,8 @@ mod tests {
             "op-webhook",
             "--webhook-configuration",
             "op-mutating",
+            "--webhook-extra-sans",
+            "localhost,127.0.0.1",
             "--namespace",
             "ops",
             "--lease-name",
@@ -135,6 +142,7 @@ mod tests {
         assert_eq!(args.webhook_secret.as_deref(), Some("op-tls"));
         assert_eq!(args.webhook_service.as_deref(), Some("op-webhook"));
         assert_eq!(args.webhook_configuration.as_deref(), Some("op-mutating"));
+        assert_eq!(args.webhook_extra_sans, ["localhost", "127.0.0.1"]);
         assert_eq!(args.namespace.as_deref(), Some("ops"));
         assert_eq!(args.lease_name, "lease-x");
         assert_eq!(args.default_image, "img:1");

@@ -1,5 +1,7 @@
 //! The operator's own HTTP endpoints: `/healthz` (the process serves),
-//! `/readyz` (it has reached the apiserver and found the CRD) and `/metrics`.
+//! `/readyz` (it has reached the apiserver, found the CRD and serves the
+//! webhook; leadership plays no part, since every replica answers the
+//! webhook) and `/metrics`.
 
 use std::convert::Infallible;
 use std::future::Future;

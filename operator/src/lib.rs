@@ -1,6 +1,7 @@
 //! The RelayCache operator: reconciles `RelayCache` resources into running
 //! relaycache clusters (Services, ConfigMap, StatefulSet, PodDisruptionBudget),
-//! with leader election, metrics and health endpoints.
+//! with leader election, metrics and health endpoints, and injects the proxy
+//! as a sidecar into labelled pods (the mutating webhook).
 
 pub mod app;
 pub mod cli;
@@ -13,3 +14,4 @@ pub mod resources;
 pub mod status;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod webhook;

@@ -172,19 +172,7 @@ pub fn stateful_set(
             }),
             ..Lifecycle::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_security_context(Some(RUN_AS))),
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
@@ -268,33 +256,66 @@ fn env(rc: &RelayCache) -> Vec<EnvVar> {
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
     ];
-    if let Some(secret) = &rc.spec.replication.token_secret {
-        env.push(EnvVar {
-            name: PEER_TOKEN_ENV.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: "token".into(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        });
-    }
+    env.extend(peer_token_env(rc));
     env
+}
+
+/// `RELAYCACHE_PEER_TOKEN` from key `token` of `replication.tokenSecret`,
+/// by reference: the token's value never enters a pod spec.
+pub(crate) fn peer_token_env(rc: &RelayCache) -> Option<EnvVar> {
+    let secret = rc.spec.replication.token_secret.as_ref()?;
+    Some(EnvVar {
+        name: PEER_TOKEN_ENV.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: "token".into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
+}
+
+/// The restricted Pod Security profile for one container; `run_as` None
+/// leaves the user to the pod (which must then be non-root).
+pub(crate) fn restricted_security_context(run_as: Option<i64>) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: run_as,
+        run_as_group: run_as,
+        seccomp_profile: Some(runtime_default()),
+        ..SecurityContext::default()
+    }
 }
 
 /// Without explicit resources: 100m CPU, and memory for the cache tier plus
 /// half again (entry overhead, buffers) plus 64 MiB for the process, as both
 /// request and limit so members are not the first evicted.
 fn default_resources(max_cost: u64) -> ResourceRequirements {
+    sized_resources("100m", max_cost, 64)
+}
+
+/// A CPU request, and memory for a cache of `cache_bytes` plus half again
+/// plus `process_mib` as both request and limit.
+pub(crate) fn sized_resources(
+    cpu: &str,
+    cache_bytes: u64,
+    process_mib: u64,
+) -> ResourceRequirements {
     const MIB: u64 = 1 << 20;
-    let memory = (max_cost + max_cost / 2 + 64 * MIB).div_ceil(MIB) * MIB;
+    let memory = (cache_bytes + cache_bytes / 2 + process_mib * MIB).div_ceil(MIB) * MIB;
     let memory = Quantity(format_bytes(memory));
     ResourceRequirements {
         requests: Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity("100m".into())),
+            ("cpu".to_string(), Quantity(cpu.into())),
             ("memory".to_string(), memory.clone()),
         ])),
         limits: Some(BTreeMap::from([("memory".to_string(), memory)])),

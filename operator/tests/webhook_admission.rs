@@ -1,0 +1,504 @@
+//! The webhook's handler against recorded AdmissionReviews
+//! (`tests/fixtures/admission/`): the returned JSONPatch is applied to the
+//! pod from the review, and the resulting pod is checked.
+//!
+//! The only stand-in is the RelayCache lookup (an in-memory map instead of
+//! the apiserver); the handler, the injection rules and the patch are real.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::core::admission::AdmissionReview;
+use kube::core::DynamicObject;
+use relaycache_config::{Config, Mode};
+use relaycache_operator::crd::RelayCache;
+use relaycache_operator::webhook::inject::{Found, InjectSettings};
+use relaycache_operator::webhook::{BadReview, Handler, Lookup, LookupFuture};
+use serde_json::{json, Value};
+
+/// RelayCaches by `namespace/name`.
+struct Store(BTreeMap<String, RelayCache>);
+
+impl Lookup for Store {
+    fn get(&self, namespace: &str, name: &str) -> LookupFuture {
+        let found = match self.0.get(&format!("{namespace}/{name}")) {
+            Some(rc) => Found::Present(Box::new(rc.clone())),
+            None => Found::Missing,
+        };
+        Box::pin(async move { found })
+    }
+}
+
+fn relaycache(namespace: &str, name: &str, spec: Value) -> RelayCache {
+    serde_json::from_value(json!({
+        "apiVersion": "relaycache.io/v1alpha1",
+        "kind": "RelayCache",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn handler(native_sidecars: bool) -> Handler {
+    let store = [
+        relaycache(
+            "apps",
+            "web",
+            json!({
+                "replicas": 3,
+                "cache": {"ttl": "2h", "isolation": "shared", "streaming": true},
+                "replication": {"replicaCount": 3, "readQuorum": 2, "writeQuorum": 2,
+                                "memberCountQuorum": 2, "environment": "wan",
+                                "tokenSecret": {"name": "web-peer-token"}},
+                "reserve": {"url": "s3://bucket/llm"},
+                "sidecar": {"image": "relaycache/relaycache:0.1.0-sidecar", "memory": "64Mi"}
+            }),
+        ),
+        relaycache(
+            "cache",
+            "shared",
+            json!({"image": "relaycache/relaycache:0.1.0-team", "replication": {"tokenSecret": {"name": "shared-token"}}}),
+        ),
+    ]
+    .into_iter()
+    .map(|rc| {
+        let key = format!(
+            "{}/{}",
+            rc.metadata.namespace.clone().unwrap(),
+            rc.metadata.name.clone().unwrap()
+        );
+        (key, rc)
+    })
+    .collect();
+    Handler {
+        settings: InjectSettings {
+            default_image: "relaycache/relaycache:0.1.0".into(),
+            native_sidecars,
+        },
+        lookup: Arc::new(Store(store)),
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/admission/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// What the webhook answered, and the pod after applying its patch.
+struct Outcome {
+    response: Value,
+    before: Pod,
+    after: Pod,
+}
+
+async fn run(name: &str, native_sidecars: bool) -> Outcome {
+    let body = fixture(name);
+    let review = handler(native_sidecars).review(&body).await.unwrap();
+    let response = serde_json::to_value(&review).unwrap();
+    assert_eq!(response["kind"], "AdmissionReview");
+    assert_eq!(response["apiVersion"], "admission.k8s.io/v1");
+    let input: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(response["response"]["uid"], input["request"]["uid"]);
+    let mut pod = input["request"]["object"].clone();
+    let before: Pod = serde_json::from_value(pod.clone()).unwrap();
+    let reply: AdmissionReview<DynamicObject> = serde_json::from_value(response.clone()).unwrap();
+    if let Some(patch) = reply.response.as_ref().and_then(|r| r.patch.clone()) {
+        assert_eq!(response["response"]["patchType"], "JSONPatch");
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        json_patch::patch(&mut pod, &patch).unwrap();
+    }
+    let after: Pod = serde_json::from_value(pod).unwrap();
+    Outcome {
+        response: response["response"].clone(),
+        before,
+        after,
+    }
+}
+
+fn warnings(outcome: &Outcome) -> Vec<String> {
+    serde_json::from_value(outcome.response["warnings"].clone()).unwrap_or_default()
+}
+
+fn all_containers(pod: &Pod) -> Vec<&Container> {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .collect()
+}
+
+fn sidecars(pod: &Pod) -> Vec<&Container> {
+    all_containers(pod)
+        .into_iter()
+        .filter(|c| c.name == "relaycache")
+        .collect()
+}
+
+fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+/// The config the proxy would read from `RELAYCACHE_CONFIG_YAML`, after the
+/// kubelet (`$$` → `$`) and the proxy (`${RELAYCACHE_PEER_TOKEN}`) expanded it.
+fn sidecar_config(sidecar: &Container) -> Config {
+    let raw = env(sidecar, "RELAYCACHE_CONFIG_YAML").expect("config env");
+    let from_kubelet = raw.replace("$$", "$");
+    let expanded = relaycache_config::expand_env(&from_kubelet, |name| {
+        (name == "RELAYCACHE_PEER_TOKEN").then(|| "s3cret".to_string())
+    })
+    .unwrap();
+    Config::from_yaml(&expanded).unwrap()
+}
+
+fn assert_restricted(container: &Container, pod: &Pod) {
+    let sc = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+    assert!(sc
+        .capabilities
+        .as_ref()
+        .and_then(|c| c.add.as_ref())
+        .is_none_or(|a| a.is_empty()));
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let pod_user = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.run_as_user);
+    let user = sc.run_as_user.or(pod_user);
+    assert!(matches!(user, Some(uid) if uid != 0), "runs as {user:?}");
+}
+
+#[tokio::test]
+async fn a_deployment_pod_gets_a_native_sidecar_in_client_mode() {
+    let out = run("inject-deployment-pod.json", true).await;
+    assert_eq!(out.response["allowed"], true);
+    assert_eq!(warnings(&out), Vec::<String>::new());
+    let pod = &out.after;
+    let spec = pod.spec.as_ref().unwrap();
+
+    // Exactly one sidecar, first among the init containers, restartable.
+    assert_eq!(sidecars(pod).len(), 1);
+    let inits = spec.init_containers.as_ref().unwrap();
+    assert_eq!(inits[0].name, "relaycache");
+    assert_eq!(inits[1].name, "migrate");
+    assert_eq!(spec.containers.len(), 2);
+    let sidecar = &inits[0];
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("relaycache/relaycache:0.1.0-sidecar")
+    );
+    assert_eq!(sidecar.args.as_deref(), Some(&["serve".to_string()][..]));
+    assert_restricted(sidecar, pod);
+    assert_eq!(
+        sidecar.security_context.as_ref().unwrap().run_as_user,
+        Some(65532)
+    );
+    assert!(
+        sidecar.readiness_probe.is_none(),
+        "must not gate the app's readiness"
+    );
+    let startup = sidecar
+        .startup_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(startup.path.as_deref(), Some("/healthz"));
+
+    // The token comes by reference; its value is nowhere in the pod.
+    let token = sidecar
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "RELAYCACHE_PEER_TOKEN")
+        .unwrap();
+    let secret = token
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("web-peer-token", "token")
+    );
+    assert!(token.value.is_none());
+
+    let config = sidecar_config(sidecar);
+    assert_eq!(config.server.listen, "127.0.0.1:8787");
+    assert_eq!(config.server.admin_listen, "0.0.0.0:9787");
+    assert_eq!(config.cache.mode, Mode::Ha);
+    let ha = &config.cache.ha;
+    assert!(!ha.embedded, "client mode");
+    assert_eq!(ha.addresses, ["web.apps.svc:3320"]);
+    assert!(ha.peers.is_empty());
+    assert_eq!(ha.token, "s3cret");
+    assert_eq!(
+        (
+            ha.replica_count,
+            ha.read_quorum,
+            ha.write_quorum,
+            ha.member_count_quorum
+        ),
+        (3, 2, 2, 2)
+    );
+    assert_eq!(ha.environment, relaycache_config::Environment::Wan);
+    assert_eq!(config.cache.ttl, std::time::Duration::from_secs(7200));
+    assert!(config.cache.streaming);
+    assert_eq!(config.cache.isolation, relaycache_config::Isolation::Shared);
+    assert_eq!(config.cache.memory.max_cost, 64 << 20);
+    assert!(
+        config.cache.reserve.url.is_empty(),
+        "the reserve stays with the members"
+    );
+
+    // App containers, and init containers (the native sidecar runs first), get the URLs.
+    for name in ["app", "worker", "migrate"] {
+        let c = all_containers(pod)
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap();
+        assert_eq!(
+            env(c, "ANTHROPIC_BASE_URL"),
+            Some("http://127.0.0.1:8787"),
+            "{name}"
+        );
+        assert_eq!(
+            env(c, "OPENAI_BASE_URL"),
+            Some("http://127.0.0.1:8787/v1"),
+            "{name}"
+        );
+    }
+    let worker = spec.containers.iter().find(|c| c.name == "worker").unwrap();
+    assert_eq!(env(worker, "LOG_LEVEL"), Some("info"), "existing env kept");
+
+    // Scratch volume for the read-only root, status annotation.
+    let volumes = spec.volumes.as_ref().unwrap();
+    assert!(volumes
+        .iter()
+        .any(|v| v.name == "relaycache-tmp" && v.empty_dir.is_some()));
+    assert!(volumes.iter().any(|v| v.name == "kube-api-access-x2v9q"));
+    let annotations = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        annotations
+            .get("relaycache.io/injected")
+            .map(String::as_str),
+        Some("web")
+    );
+}
+
+#[tokio::test]
+async fn before_1_29_the_sidecar_is_a_regular_container() {
+    let out = run("inject-deployment-pod.json", false).await;
+    let spec = out.after.spec.as_ref().unwrap();
+    assert_eq!(sidecars(&out.after).len(), 1);
+    let last = spec.containers.last().unwrap();
+    assert_eq!(last.name, "relaycache");
+    assert!(last.restart_policy.is_none());
+    let inits = spec.init_containers.as_ref().unwrap();
+    assert_eq!(inits.len(), 1);
+    // Init containers run before a regular sidecar exists: no URLs for them.
+    assert_eq!(env(&inits[0], "ANTHROPIC_BASE_URL"), None);
+    assert_eq!(
+        env(&spec.containers[0], "ANTHROPIC_BASE_URL"),
+        Some("http://127.0.0.1:8787")
+    );
+}
+
+#[tokio::test]
+async fn injecting_twice_changes_nothing_the_second_time() {
+    let first = run("inject-deployment-pod.json", true).await;
+    // Feed the injected pod back, as the apiserver does on re-invocation.
+    let mut input: Value = serde_json::from_slice(&fixture("inject-deployment-pod.json")).unwrap();
+    input["request"]["object"] = serde_json::to_value(&first.after).unwrap();
+    let review = handler(true)
+        .review(&serde_json::to_vec(&input).unwrap())
+        .await
+        .unwrap();
+    let response = review.response.unwrap();
+    assert!(response.allowed);
+    assert!(
+        response.patch.is_none(),
+        "{:?}",
+        response.patch.map(String::from_utf8)
+    );
+}
+
+#[tokio::test]
+async fn an_already_injected_pod_is_admitted_unchanged() {
+    let out = run("already-injected.json", true).await;
+    assert_eq!(out.response["allowed"], true);
+    assert!(out.response.get("patch").is_none());
+    assert_eq!(out.after, out.before);
+}
+
+#[tokio::test]
+async fn reinvocation_only_adds_the_urls_to_containers_added_since() {
+    let out = run("reinvoked-after-another-webhook.json", true).await;
+    assert_eq!(sidecars(&out.after).len(), 1);
+    let spec = out.after.spec.as_ref().unwrap();
+    let mesh = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "mesh-proxy")
+        .unwrap();
+    assert_eq!(
+        env(mesh, "OPENAI_BASE_URL"),
+        Some("http://127.0.0.1:8787/v1")
+    );
+    let app = spec.containers.iter().find(|c| c.name == "app").unwrap();
+    assert_eq!(app.env.as_ref().unwrap().len(), 2, "no duplicates");
+}
+
+#[tokio::test]
+async fn host_network_pods_are_skipped_with_a_warning() {
+    let out = run("host-network.json", true).await;
+    assert_eq!(out.response["allowed"], true);
+    assert_eq!(out.after, out.before);
+    let w = warnings(&out);
+    assert_eq!(w.len(), 1);
+    assert!(w[0].contains("hostNetwork"), "{w:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_relaycache_admits_unchanged_naming_what_is_missing() {
+    let out = run("unknown-relaycache.json", true).await;
+    assert_eq!(out.response["allowed"], true);
+    assert_eq!(out.after, out.before);
+    let w = warnings(&out);
+    assert!(w[0].contains("RelayCache apps/nope not found"), "{w:?}");
+}
+
+#[tokio::test]
+async fn namespace_dot_name_uses_a_relaycache_elsewhere() {
+    let out = run("other-namespace.json", true).await;
+    assert_eq!(out.response["allowed"], true);
+    let pod = &out.after;
+    let sidecar = sidecars(pod)[0];
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("relaycache/relaycache:0.1.0-team")
+    );
+    let config = sidecar_config(sidecar);
+    assert_eq!(config.cache.ha.addresses, ["shared.cache.svc:3320"]);
+    // Default L1 of a sidecar when the RelayCache sets none.
+    assert_eq!(config.cache.memory.max_cost, 32 << 20);
+    // The Secret is referenced in the pod's namespace; the warning says so.
+    let w = warnings(&out);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("\"shared-token\"") && w.contains("namespace apps")),
+        "{w:?}"
+    );
+    assert_eq!(
+        pod.metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get("relaycache.io/injected")
+            .map(String::as_str),
+        Some("cache.shared")
+    );
+}
+
+#[tokio::test]
+async fn urls_the_app_sets_itself_are_kept() {
+    let out = run("env-already-set.json", true).await;
+    let app = &out.after.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        env(app, "ANTHROPIC_BASE_URL"),
+        Some("https://gateway.example.com")
+    );
+    assert_eq!(
+        env(app, "OPENAI_BASE_URL"),
+        Some("http://127.0.0.1:8787/v1")
+    );
+    assert_eq!(app.env.as_ref().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn annotations_override_image_and_resources() {
+    let out = run("annotation-overrides.json", false).await;
+    let sidecar = sidecars(&out.after)[0];
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("registry.example.com/relaycache:0.1.1")
+    );
+    let resources = sidecar.resources.as_ref().unwrap();
+    let requests = resources.requests.as_ref().unwrap();
+    let limits = resources.limits.as_ref().unwrap();
+    assert_eq!(requests["cpu"].0, "200m");
+    assert_eq!(requests["memory"].0, "256Mi");
+    assert_eq!(limits["memory"].0, "256Mi");
+    assert!(
+        !limits.contains_key("cpu"),
+        "no CPU limit: throttling a proxy adds latency"
+    );
+    // The pod runs as 1000: the sidecar inherits it instead of forcing 65532.
+    assert_eq!(sidecar.security_context.as_ref().unwrap().run_as_user, None);
+    assert_restricted(sidecar, &out.after);
+}
+
+#[tokio::test]
+async fn a_bad_override_refuses_the_pod_saying_what_to_write() {
+    let out = run("bad-override.json", true).await;
+    assert_eq!(out.response["allowed"], false);
+    assert!(out.response.get("patch").is_none());
+    let message = out.response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("relaycache.io/sidecar-memory=\"lots\""),
+        "{message}"
+    );
+    assert!(message.contains("128Mi"), "{message}");
+}
+
+#[tokio::test]
+async fn malformed_reviews_are_rejected_with_the_reason() {
+    for (name, expected) in [
+        (
+            "malformed-review.json",
+            "not an admission.k8s.io/v1 AdmissionReview",
+        ),
+        ("review-without-request.json", "has no request"),
+    ] {
+        let err: BadReview = handler(true).review(&fixture(name)).await.unwrap_err();
+        assert!(err.0.contains(expected), "{name}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn other_operations_and_kinds_pass_untouched() {
+    let mut input: Value = serde_json::from_slice(&fixture("inject-deployment-pod.json")).unwrap();
+    input["request"]["operation"] = json!("UPDATE");
+    let review = handler(true)
+        .review(&serde_json::to_vec(&input).unwrap())
+        .await
+        .unwrap();
+    let response = review.response.unwrap();
+    assert!(response.allowed && response.patch.is_none() && response.warnings.is_none());
+}
