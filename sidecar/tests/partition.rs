@@ -24,14 +24,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use common::*;
-use http::Method;
 use relaycache::config::Config;
 
 /// Why the namespaces could not be made; the test is skipped with it.
@@ -170,79 +166,30 @@ impl Drop for Net {
 /// A `relaycache` process running inside a network namespace.
 struct Member {
     name: char,
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    relay: Relay,
 }
 
 impl Member {
     /// Starts relaycache in `namespace` with `config` and waits until it
-    /// listens (what `Relay::start` does, behind `ip netns exec`).
+    /// listens. `ip netns exec` execs the program after entering the
+    /// namespace, so the child's pid is relaycache's own and kill reaches it.
     fn start(name: char, namespace: &str, config: &Config) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("relaycache.yaml");
-        std::fs::write(&path, config.to_yaml()).expect("write config");
-        // `ip netns exec` execs the program after entering the namespace,
-        // so the child's pid is relaycache's own and kill reaches it.
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", namespace, env!("CARGO_BIN_EXE_relaycache")])
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn relaycache in a namespace");
-        let stdout = child.stdout.take().expect("stdout");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("relaycache listening") {
-                    let _ = ready_tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("member {name} did not report listening within 20s"));
-        let fields: serde_json::Value = serde_json::from_str(&line).expect("json log line");
         Self {
             name,
-            child,
-            addr: fields["traffic"].as_str().unwrap().parse().unwrap(),
-            admin: fields["admin"].as_str().unwrap().parse().unwrap(),
-            logs,
-            _dir: dir,
+            relay: Relay::start_prefixed(config, &["ip", "netns", "exec", namespace]),
         }
     }
 
     async fn post(&self, body: &str) -> Reply {
-        send(
-            Method::POST,
-            &format!("http://{}/v1/messages", self.addr),
-            &[
-                ("x-api-key", "k"),
-                ("anthropic-version", "2023-06-01"),
-                ("content-type", "application/json"),
-            ],
-            body.to_string(),
-        )
-        .await
+        post_messages(&self.relay, "k", body, &[]).await
     }
 
     async fn admin_get(&self, path: &str) -> Reply {
-        get(&format!("http://{}{path}", self.admin)).await
+        get(&self.relay.admin_url(path)).await
     }
 
     async fn stats(&self) -> serde_json::Value {
-        let reply = self.admin_get("/stats").await;
-        assert_eq!(reply.status, 200, "member {}: /stats", self.name);
-        reply.json()
+        self.relay.stats().await
     }
 
     /// The `cluster` object of `/stats`, one field.
@@ -250,26 +197,15 @@ impl Member {
         self.stats().await["cluster"][field].clone()
     }
 
-    /// Polls `/stats` until `pick` holds. The deadline only bounds a
-    /// failing run; a passing one moves on as soon as the state is reached.
+    /// Polls `/stats` until `pick` holds.
     async fn wait_for(
         &self,
         what: &str,
         pick: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let stats = self.stats().await;
-            if pick(&stats) {
-                return stats;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {}: {what} not reached within 30s; last stats {stats}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.relay
+            .wait_for_stats(&format!("member {}: {what}", self.name), pick)
+            .await
     }
 
     async fn wait_for_members(&self, n: u64) -> serde_json::Value {
@@ -280,21 +216,11 @@ impl Member {
     }
 
     async fn metric(&self, series: &str) -> f64 {
-        let text = self.admin_get("/metrics").await.text();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        self.relay.metric(series).await
     }
 
     fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.relay.logs()
     }
 }
 

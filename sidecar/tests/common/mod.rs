@@ -48,20 +48,34 @@ pub fn config_for(upstream: &str) -> Config {
 impl Relay {
     /// Starts relaycache with `config` and waits until it listens.
     pub fn start(config: &Config) -> Self {
-        Self::launch(config, false)
+        Self::launch(config, false, &[])
     }
 
     /// Starts relaycache with `config` given as YAML text in
     /// `RELAYCACHE_CONFIG_YAML`, as an injected sidecar gets it.
     pub fn start_inline(config: &Config) -> Self {
-        Self::launch(config, true)
+        Self::launch(config, true, &[])
     }
 
-    fn launch(config: &Config, inline: bool) -> Self {
+    /// Starts relaycache behind a command prefix that execs it, such as
+    /// `ip netns exec NS` (so the child's pid is relaycache's own).
+    pub fn start_prefixed(config: &Config, prefix: &[&str]) -> Self {
+        Self::launch(config, false, prefix)
+    }
+
+    fn launch(config: &Config, inline: bool, prefix: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("relaycache.yaml");
         std::fs::write(&path, config.to_yaml()).expect("write config");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relaycache"));
+        let binary = env!("CARGO_BIN_EXE_relaycache");
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command.arg("serve");
         if inline {
             command.env("RELAYCACHE_CONFIG_YAML", config.to_yaml());
@@ -416,13 +430,14 @@ impl Drop for S3Server {
 }
 
 impl Relay {
-    /// Polls `/stats` until `pick` returns true, at most 15 s.
+    /// Polls `/stats` until `pick` returns true, at most 30 s (the deadline
+    /// only bounds a failing run).
     pub async fn wait_for_stats(
         &self,
         what: &str,
         pick: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        for _ in 0..300 {
+        for _ in 0..600 {
             let stats = self.stats().await;
             if pick(&stats) {
                 return stats;
