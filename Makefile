@@ -7,6 +7,9 @@ DOCKER ?= docker
 # --default-image use the same ones.
 IMAGE ?= relaycache/relaycache:0.1.0
 OPERATOR_IMAGE ?= relaycache/relaycache-operator:0.1.0
+# Upper bound on the scenarios as a whole (each wait has its own deadline);
+# on expiry the runner is sent TERM and still tears the control plane down.
+E2E_TOTAL_TIMEOUT ?= 1800
 
 .PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean \
 	image image-operator chart-crds chart-check e2e-chart e2e
@@ -45,7 +48,8 @@ test-deps: ## Install what the tests need: moto (a local S3-compatible server), 
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]'
-	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml; }
 
 unit: test-deps ## Every Rust test (unit and integration)
 	$(CARGO) test --workspace
@@ -80,7 +84,7 @@ e2e-chart: e2e-bin ## helm install/upgrade/uninstall the chart on a real control
 e2e: test-deps ## End to end: chart, operator, webhook, cache on a real control plane (E2E_KUBECONFIG=... for an existing cluster)
 	e2e/build-binaries.sh $(if $(E2E_KUBECONFIG),kubectl helm)
 	$(CARGO) build -p relaycache -p relaycache-operator -p mock-upstream
-	e2e/run-scenarios.sh
+	timeout --signal=TERM $(E2E_TOTAL_TIMEOUT) e2e/run-scenarios.sh
 
 bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)
 	scripts/bench.sh

@@ -34,6 +34,10 @@ READY_TIMEOUT="${E2E_TIMEOUT:-120}"
 RUST_BIN_DIR="${E2E_RUST_BIN_DIR:-${CARGO_TARGET_DIR:-$repo_root/target}/debug}"
 E2E_KUBECONFIG="${E2E_KUBECONFIG:-}"
 E2E_SKIP="${E2E_SKIP:-}"
+# A skip left in CI's environment would pass the run with scenarios unproven.
+if [[ -n "${CI:-}" && -n "${E2E_SKIP// /}" && "${E2E_ALLOW_SKIP:-0}" != 1 ]]; then
+  die "E2E_SKIP=$E2E_SKIP is set under CI; unset it (or set E2E_ALLOW_SKIP=1 to skip on purpose)"
+fi
 
 for b in relaycache relaycache-operator mock-upstream; do
   [[ -x "$RUST_BIN_DIR/$b" ]] \
@@ -66,6 +70,7 @@ for f in "$e2e_dir"/scenarios/[0-9]*.sh; do
 done
 if ((!local_cluster)); then
   teardown_hooks+=(uninstall_from_cluster)
+  remove_leftovers
 fi
 
 skip_list=" $(tr ',' ' ' <<<"$E2E_SKIP") "

@@ -153,7 +153,13 @@ wait_for() {
   log "$what: ok (t=${SECONDS}s)"
 }
 
-kubectl() { "$BIN_DIR/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+# Every request and every curl has its own deadline, so a call that hangs
+# cannot stall a wait_for loop past READY_TIMEOUT (wait_for only checks its
+# deadline between attempts).
+E2E_REQUEST_TIMEOUT="${E2E_REQUEST_TIMEOUT:-30s}"
+E2E_CURL_TIMEOUT="${E2E_CURL_TIMEOUT:-15}"
+kubectl() { "$BIN_DIR/kubectl" --kubeconfig "$kubeconfig" --request-timeout "$E2E_REQUEST_TIMEOUT" "$@"; }
+curl() { command curl --connect-timeout 5 --max-time "$E2E_CURL_TIMEOUT" "$@"; }
 
 # cp_use_kubeconfig FILE: run against an existing cluster.
 cp_use_kubeconfig() {

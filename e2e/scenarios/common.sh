@@ -104,3 +104,24 @@ uninstall_from_cluster() {
   kubectl delete namespace "$ns_apps" "$ns_inject" "$ns_cluster" "$ns_system" \
     --ignore-not-found --wait=false >&2 || true
 }
+
+# Existing-cluster mode, before the scenarios: what an interrupted or
+# immediately repeated run left behind (teardown deletes namespaces without
+# waiting) would make `kubectl create namespace` fail, so remove it and wait
+# until the namespaces are really gone.
+remove_leftovers() {
+  local left
+  left="$(kubectl get namespace "$ns_apps" "$ns_inject" "$ns_cluster" "$ns_system"     --ignore-not-found -o name 2>/dev/null || true)"
+  [[ -n "$left" ]] || return 0
+  log "removing what an earlier run left: $(tr '\n' ' ' <<<"$left")"
+  helm uninstall "$release" -n "$ns_system" --wait --timeout 60s >&2 2>/dev/null || true
+  # shellcheck disable=SC2086  # one word per namespace
+  kubectl delete $left --ignore-not-found --wait=false >&2
+  until_true "namespaces of an earlier run deleted" no_test_namespaces
+}
+
+no_test_namespaces() {
+  [[ -z "$(kubectl get namespace "$ns_apps" "$ns_inject" "$ns_cluster" "$ns_system" \
+    --ignore-not-found -o name)" ]]
+}
+
