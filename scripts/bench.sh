@@ -17,6 +17,9 @@
 #              the client's memory (L1) hits next to its peer (L2) hits,
 #              at 1 connection; and misses through a member, paying for
 #              replication, next to the single-mode misses above.
+#   rolling    the hit ratio of a fixed working set read through a client
+#              while each member in turn is stopped (SIGTERM: leave and hand
+#              off) and started again, next to the same client's steady state.
 #
 # Prints a markdown table and writes it to bench-results/latest.md; the raw
 # wrk output and server logs of the last run are in bench-results/logs/.
@@ -40,6 +43,8 @@
 #   BENCH_RESERVE_DIR     where the reserve's temp dir goes (TMPDIR or /tmp);
 #                         it takes about 13 KB of disk per stored answer,
 #                         about 3 GB at the defaults, and is removed after use
+#   BENCH_ROLLING_KEYS    the working set of the rolling-restart measure:
+#                         the first this many of the stored answers (500)
 #   BENCH_PEER_KEYS       answers stored in the cluster for the peer-hit row
 #                         (5000); the client's 1 MiB memory holds about 170
 #                         of them, so cycling over them reads from the peers
@@ -63,6 +68,10 @@ ANSWER_BYTES="${BENCH_ANSWER_BYTES:-5000}"
 RESERVE_FILL="${BENCH_RESERVE_FILL:-5}"
 RESERVE_PARENT="${BENCH_RESERVE_DIR:-${TMPDIR:-/tmp}}"
 PEER_KEYS="${BENCH_PEER_KEYS:-5000}"
+ROLLING_KEYS="${BENCH_ROLLING_KEYS:-500}"
+ROLLING_STEADY=() # hits, requests, errors of the steady working-set pass
+ROLLING_DURING=() # the same, summed over the passes of the rolling restart
+ROLLING_PEER_HITS=0
 
 # The request every run sends: the template's @TAG@ is replaced by "fixed"
 # for the hit path, by a per-request counter for the miss path, and in
@@ -142,10 +151,11 @@ trap 'exit 143' TERM
 
 check_settings() {
     local name
-    for name in BENCH_SECONDS WARMUP_SECONDS MEM_SECONDS THREADS CONNECTIONS ANSWER_BYTES RESERVE_FILL PEER_KEYS; do
+    for name in BENCH_SECONDS WARMUP_SECONDS MEM_SECONDS THREADS CONNECTIONS ANSWER_BYTES RESERVE_FILL PEER_KEYS ROLLING_KEYS; do
         [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive whole number, not '${!name}'"
     done
     ((CONNECTIONS >= THREADS)) || die "BENCH_CONNECTIONS must be at least BENCH_THREADS (wrk needs a connection per thread)"
+    ((ROLLING_KEYS <= PEER_KEYS)) || die "BENCH_ROLLING_KEYS ($ROLLING_KEYS) must not exceed BENCH_PEER_KEYS ($PEER_KEYS): the working set is part of the stored set"
     [[ -d $RESERVE_PARENT && -w $RESERVE_PARENT ]] || die "BENCH_RESERVE_DIR: '$RESERVE_PARENT' is not a writable directory"
     [[ -r /proc/self/status ]] || die "this benchmark reads /proc and needs Linux"
 }
@@ -648,6 +658,7 @@ measure_reserve() {
 MEMBER_URLS=()   # traffic URL of each cluster member
 MEMBER_ADMINS=() # admin URL of each cluster member
 MEMBER_PIDS=()
+MEMBER_GRPC=()   # gRPC port of each cluster member (its identity)
 CLUSTER_MEMBERS="" # the members' gRPC addresses, as YAML list items
 PEER_RUN="$RUN_ID-peer" # cycle.lua's tag: names the answers stored in the cluster
 declare -A CLUSTER_NOTE # per cluster row: what the cluster counted, for Checks
@@ -682,6 +693,7 @@ start_cluster() {
     for i in 1 2 3; do
         free_port grpc
         ports+=("$grpc")
+        MEMBER_GRPC+=("$grpc")
         CLUSTER_MEMBERS+="${CLUSTER_MEMBERS:+, }\"127.0.0.1:$grpc\""
     done
     for i in 0 1 2; do
@@ -758,6 +770,85 @@ note_replication() {
     CLUSTER_NOTE[$key]+=" $(cluster_stat "$json" replica_write_failures) replica writes failed"
 }
 
+# working_set_pass NAME URL: one pass over the first ROLLING_KEYS answers
+# of the stored set through URL; prints "HITS TOTAL ERRORS".
+working_set_pass() {
+    local out
+    out=$(python3 "$BENCH_DIR/working_set.py" "$2" "$BODY_TEMPLATE" "$PEER_RUN" "$ROLLING_KEYS" "$API_KEY") ||
+        die "the working-set pass '$1' through $2 failed"
+    log "  $1: $out (hits, requests, errors)"
+    echo "$out"
+}
+
+# wait_gone NAME PID SECONDS: until PID exited on its own (a member leaving
+# hands its entries off first); stops the run if it takes longer.
+wait_gone() {
+    local name=$1 pid=$2 _
+    for _ in $(seq 1 $(($3 * 10))); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    die "$name did not exit within $3 s of SIGTERM (log: $LOG_DIR/$name.log)"
+}
+
+# The rolling-restart measure. A client-mode relaycache (memory capped at
+# 1 MiB, so most reads reach the cluster) reads the working set once in
+# steady state; then each member in turn gets SIGTERM, the working set is
+# read while it is away, the member is started again under its old gRPC
+# address with an empty memory, and the set is read once more after the
+# cluster re-formed. The figure is the hit ratio over those six passes
+# against the steady pass.
+measure_rolling_restart() {
+    local client_grpc client_url client_admin client_pid i j h t e peer0
+    free_port client_grpc
+    start_ha relaycache-rolling-client false 1048576 "$client_grpc"
+    client_url=$RELAY_URL client_admin=$RELAY_ADMIN client_pid=$RELAY_PID
+    wait_members relaycache-rolling-client "$client_admin" 3
+    log "rolling restart: a working set of $ROLLING_KEYS stored answers through a client"
+    read -r h t e <<<"$(working_set_pass steady "$client_url")"
+    ROLLING_STEADY=("$h" "$t" "$e")
+    ROLLING_DURING=(0 0 0)
+    RELAY_ADMIN=$client_admin
+    peer0=$(relay_stat peer_hits)
+    for i in 0 1 2; do
+        local name="relaycache-member-$((i + 1))"
+        kill -TERM "${MEMBER_PIDS[i]}"
+        wait_gone "$name" "${MEMBER_PIDS[i]}" 30
+        for ((j = 0; j < ${#PIDS[@]}; j++)); do
+            [[ ${PIDS[j]} == "${MEMBER_PIDS[i]}" ]] && unset 'PIDS[j]'
+        done
+        PIDS=("${PIDS[@]}")
+        read -r h t e <<<"$(working_set_pass "member $((i + 1)) away" "$client_url")"
+        ROLLING_DURING=($((ROLLING_DURING[0] + h)) $((ROLLING_DURING[1] + t)) $((ROLLING_DURING[2] + e)))
+        start_ha "$name" true 1073741824 "${MEMBER_GRPC[i]}"
+        MEMBER_URLS[i]=$RELAY_URL MEMBER_ADMINS[i]=$RELAY_ADMIN MEMBER_PIDS[i]=$RELAY_PID
+        for j in 0 1 2; do
+            wait_members "relaycache-member-$((j + 1))" "${MEMBER_ADMINS[j]}" 3
+        done
+        wait_members relaycache-rolling-client "$client_admin" 3
+        read -r h t e <<<"$(working_set_pass "member $((i + 1)) back" "$client_url")"
+        ROLLING_DURING=($((ROLLING_DURING[0] + h)) $((ROLLING_DURING[1] + t)) $((ROLLING_DURING[2] + e)))
+    done
+    RELAY_ADMIN=$client_admin
+    ROLLING_PEER_HITS=$(($(relay_stat peer_hits) - peer0))
+    stop_child "$client_pid"
+    ((ROLLING_DURING[2] == 0)) ||
+        die "${ROLLING_DURING[2]} requests failed during the rolling restart (log: $LOG_DIR/relaycache-rolling-client.log)"
+}
+
+# rolling_target: the rolling-restart figure against its target (≥ 95% of
+# the steady state's hit ratio).
+rolling_target() {
+    local share
+    share=$(calc '%.1f' '100 * (h / t) / (sh / st)' "h=${ROLLING_DURING[0]}" "t=${ROLLING_DURING[1]}" \
+        "sh=${ROLLING_STEADY[0]}" "st=${ROLLING_STEADY[1]}")
+    if [[ $(calc '%d' 's >= 95' "s=$share") == 1 ]]; then
+        echo "$share% of steady; target ≥ 95%: met"
+    else
+        echo "$share% of steady; target ≥ 95%: NOT met"
+    fi
+}
+
 # The cluster rows. The L1 and L2 hit rows go through one client-mode
 # relaycache, back to back: the fixed body from its memory, then the
 # stored set, which its memory is too small to hold, from the peers. The
@@ -790,6 +881,7 @@ measure_cluster() {
     note_replication ha_miss_1
     measure ha_miss "$label" "$THREADS" "$CONNECTIONS" unique "${MEMBER_URLS[0]}" "$RELAY_ADMIN"
     note_replication ha_miss
+    measure_rolling_restart
     for i in "${MEMBER_PIDS[@]}"; do
         stop_child "$i"
     done
@@ -901,6 +993,9 @@ report() {
         "(p50 ${P50[relay_miss_1]} → ${P50[ha_miss_1]} ms) |"
     echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")×" \
         "(p50 ${P50[relay_miss]} → ${P50[ha_miss]} ms) |"
+    echo "| hit ratio during a rolling restart of the 3 members ÷ steady state (client, $ROLLING_KEYS stored answers) |" \
+        "${ROLLING_DURING[0]}/${ROLLING_DURING[1]} during vs ${ROLLING_STEADY[0]}/${ROLLING_STEADY[1]} steady" \
+        "($ROLLING_PEER_HITS answered by a peer): $(rolling_target) |"
     echo "| memory: RSS growth ÷ (new keys × answer bytes) | $(calc '%.2f' 'rss * 1024 / (keys * size)' \
         "rss=$MEM_RSS_KB" "keys=$MEM_KEYS" "size=$ANSWER_SIZE") ($MEM_RSS_KB KiB for $MEM_KEYS answers of $ANSWER_SIZE bytes) |"
     echo "| memory: relaycache's own count, bytes_used ÷ key_count | $(calc '%.0f' 'used / keys' \
