@@ -36,6 +36,18 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
     Ok(out)
 }
 
+/// Escapes `text` so that [`expand_env`] turns it back into `text`: every
+/// `${` becomes `$${`. Tools that write a configuration file (the operator)
+/// use it on values that must reach the proxy literally, such as a URL taken
+/// from a user's resource, so a `${` in them is never read as a variable.
+///
+/// Lines whose first non-blank character is `#` are not expanded, so a value
+/// written on such a line (a multi-line YAML block) keeps the doubled `$`;
+/// single-line values are unaffected.
+pub fn escape_env(text: &str) -> String {
+    text.replace("${", "$${")
+}
+
 fn expand_line(
     text: &str,
     line: usize,
@@ -112,6 +124,26 @@ mod tests {
     #[test]
     fn literal_escape() {
         assert_eq!(expand_env("a: $${TOKEN}", env).unwrap(), "a: ${TOKEN}");
+    }
+
+    #[test]
+    fn escaped_text_expands_back_to_itself() {
+        // Nothing is looked up: an escaped value never reads the environment.
+        let never = |name: &str| -> Option<String> { panic!("looked up {name}") };
+        for text in [
+            "https://gw.example.com/${TENANT}/v1",
+            "${",
+            "$${already}",
+            "$$${X}",
+            "a$b$$c${d}$",
+            "${A:-b}${B}",
+            "",
+        ] {
+            let escaped = escape_env(text);
+            assert_eq!(expand_env(&escaped, never).unwrap(), text, "{escaped}");
+        }
+        assert_eq!(escape_env("${X}"), "$${X}");
+        assert_eq!(escape_env("no dollar"), "no dollar");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use env::expand_env;
+pub use env::{escape_env, expand_env};
 pub use validate::{ConfigIssue, ConfigIssues};
 
 /// The commented default configuration printed by `relaycache config init`.
@@ -45,6 +45,11 @@ pub enum ConfigError {
     #[error("{0}")]
     Invalid(#[from] ConfigIssues),
 }
+
+/// A configuration could not be written as YAML.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the configuration as YAML: {0}")]
+pub struct RenderError(#[from] serde_yaml_ng::Error);
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -539,10 +544,17 @@ impl Config {
         })
     }
 
-    /// Renders the configuration as YAML (without comments).
+    /// Renders the configuration as YAML (without comments), or says why it
+    /// cannot: a caller writing a file must never write an empty one instead.
+    pub fn try_to_yaml(&self) -> Result<String, RenderError> {
+        Ok(serde_yaml_ng::to_string(self)?)
+    }
+
+    /// Renders the configuration as YAML (without comments); an empty string
+    /// if it cannot be written. Prefer [`Config::try_to_yaml`], which reports
+    /// the failure; this form stays for callers that have not moved yet.
     pub fn to_yaml(&self) -> String {
-        // Serializing plain data structs to YAML cannot fail.
-        serde_yaml_ng::to_string(self).unwrap_or_default()
+        self.try_to_yaml().unwrap_or_default()
     }
 }
 
@@ -565,8 +577,9 @@ mod tests {
     fn serialized_config_round_trips() {
         let mut config = Config::default();
         config.cache.isolation = Isolation::Header("x-team".into());
-        let again = Config::parse_expanded(&config.to_yaml()).unwrap();
+        let again = Config::parse_expanded(&config.try_to_yaml().unwrap()).unwrap();
         assert_eq!(again, config);
+        assert_eq!(config.to_yaml(), config.try_to_yaml().unwrap());
     }
 
     #[test]

@@ -57,6 +57,23 @@ pub const CRD_FILE: &str = "relaycache.io_relaycaches.yaml";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+// Every child is named after the RelayCache, and the apiserver only checks
+// that name as a DNS-1123 subdomain (dots, a leading digit, 253 characters).
+// The children need more: `NAME` and `NAME-peers` are Services, whose names
+// must be DNS-1035 labels (a letter first, no dots, at most 63 characters);
+// and the StatefulSet controller labels every pod with
+// `controller-revision-hash: NAME-<hash>`, where the hash of the revision is
+// at most 10 characters (an FNV-32 number, up to 4294967295, re-encoded
+// character for character). A label value is at most 63 characters, so NAME
+// may have 63 - 1 - 10 = 52 (the tighter of the bounds: `NAME-peers` needs
+// only NAME <= 57, and pod names `NAME-999` NAME <= 59). Checked again by the
+// operator (`resources::validate`) for objects stored before these rules.
+#[kube(validation = Rule::new(
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+).message("metadata.name must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter and ending with a letter or digit (it names the RelayCache's Services and StatefulSet)"))]
+#[kube(validation = Rule::new(
+    "size(self.metadata.name) <= 52"
+).message("metadata.name must be at most 52 characters: the StatefulSet controller labels each member with NAME-<10-character revision hash>, and a label value is at most 63 characters"))]
 #[x_kube(validation = Rule::new(
     "self.replicas == 0 || !has(self.replication) || !has(self.replication.memberCountQuorum) || self.replication.memberCountQuorum <= self.replicas"
 ).message("replication.memberCountQuorum must not exceed replicas: the cluster could never gather that many live members (scale to 0 to stop it entirely)"))]
@@ -184,9 +201,15 @@ pub struct CacheSpec {
     #[serde(default = "default_ttl")]
     #[schemars(length(max = 64))]
     pub ttl: String,
-    /// Bytes of answers each member keeps in memory, a quantity such as `256Mi`.
+    /// Bytes of answers each member keeps in memory, a quantity such as
+    /// `256Mi`; `100Mi` when omitted or null.
+    // An Option because the schema says `nullable: true` (a quantity's schema
+    // has no type, so the generator marks it nullable): the apiserver then
+    // stores `memory: null` as it is, and a plain `Quantity` would fail to
+    // deserialize, making the object unreadable and stalling the watch of
+    // every RelayCache. `CacheSpec::memory()` applies the default.
     #[serde(default = "default_memory")]
-    pub memory: Quantity,
+    pub memory: Option<Quantity>,
     /// Who may read an entry: `credential` (per API key), `shared`, or
     /// `header:<name>` (per value of that header).
     #[serde(default = "default_isolation")]
@@ -196,6 +219,13 @@ pub struct CacheSpec {
     /// Record complete streamed (SSE) answers and replay them.
     #[serde(default)]
     pub streaming: bool,
+}
+
+impl CacheSpec {
+    /// `memory`, or its default when the stored object has `memory: null`.
+    pub fn memory(&self) -> Quantity {
+        self.memory.clone().unwrap_or_else(default_memory_quantity)
+    }
 }
 
 impl Default for CacheSpec {
@@ -213,7 +243,11 @@ fn default_ttl() -> String {
     "1h".into()
 }
 
-fn default_memory() -> Quantity {
+fn default_memory() -> Option<Quantity> {
+    Some(default_memory_quantity())
+}
+
+fn default_memory_quantity() -> Quantity {
     Quantity("100Mi".into())
 }
 
@@ -319,9 +353,14 @@ pub struct SecretName {
 #[serde(rename_all = "camelCase")]
 pub struct ReserveSpec {
     /// Store URL: `s3://bucket/prefix`, `gs://bucket`, `az://container`,
-    /// `file:///var/lib/relaycache/reserve` (a volume per member) or `memory://`.
+    /// `file:///var/lib/relaycache/reserve` (a volume per member, mounted at
+    /// that absolute path) or `memory://`.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.matches('^(file|s3|s3a|gs|az|azure|abfs|abfss|memory)://')").message("reserve.url must start with file://, s3://, gs://, az:// or memory://"))]
+    // The path of a file:// URL becomes a volume's mountPath, which must be
+    // absolute; `file://data` (two slashes) would name a relative path.
+    #[x_kube(validation = Rule::new("!self.startsWith('file://') || (self.matches('^file:///[^/?#%][^?#%]*$') && !self.matches('/[.][.]?(/|$)'))").message("a file:// reserve.url needs an absolute path, such as file:///var/lib/relaycache/reserve (three slashes; no '.' or '..' segments, '?', '#' or '%')"))]
+    #[x_kube(validation = Rule::new("!self.matches('^file:///(tmp/*|etc/relaycache(/.*)?)$')").message("reserve.url: /tmp and /etc/relaycache are the member's own volumes; put a file:// reserve elsewhere, such as file:///var/lib/relaycache/reserve"))]
     pub url: String,
     /// How long an entry is kept after it was written or last read, such as `720h`.
     #[serde(default = "default_retention")]
@@ -332,6 +371,8 @@ pub struct ReserveSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretName>,
     /// Options passed to the store, such as `aws_endpoint` or `aws_region`.
+    /// Passed literally (a `${...}` in them is not a variable): put
+    /// credentials in `credentialsSecret` under the store's usual names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
     /// For `file://` URLs: size of a PersistentVolumeClaim per member. Omitted:
@@ -480,7 +521,8 @@ mod tests {
         assert_eq!(spec.replicas, 3);
         assert_eq!(spec.mode, ClusterMode::Ha);
         assert_eq!(spec.cache.ttl, "1h");
-        assert_eq!(spec.cache.memory, Quantity("100Mi".into()));
+        assert_eq!(spec.cache.memory, Some(Quantity("100Mi".into())));
+        assert_eq!(spec.cache.memory(), Quantity("100Mi".into()));
         assert_eq!(spec.cache.isolation, "credential");
         assert_eq!(spec.replication.replica_count, 2);
         assert_eq!(spec.replication.read_quorum, 1);
@@ -608,6 +650,221 @@ mod tests {
                 "{patch}: expected {expected:?} in {messages:?}"
             );
         }
+    }
+
+    fn with_name(name: &str) -> Value {
+        let mut object = sample();
+        object["metadata"]["name"] = json!(name);
+        object
+    }
+
+    #[test]
+    fn names_that_cannot_name_the_children_are_rejected() {
+        let longest = "a".repeat(52);
+        for good in ["rc", "web-1", longest.as_str()] {
+            assert_eq!(
+                cel_messages(&with_name(good)),
+                Vec::<String>::new(),
+                "{good}"
+            );
+        }
+        for bad in ["1web", "web.cache", "web-"] {
+            let messages = cel_messages(&with_name(bad));
+            assert!(
+                messages
+                    .iter()
+                    .any(|m| m.contains("metadata.name must be a DNS-1035 label")),
+                "{bad}: {messages:?}"
+            );
+        }
+        let too_long = "a".repeat(53);
+        let messages = cel_messages(&with_name(&too_long));
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("metadata.name must be at most 52 characters")),
+            "{messages:?}"
+        );
+        // The operator's own check agrees with the CEL rules.
+        for name in [
+            "rc",
+            "1web",
+            "web.cache",
+            "web-",
+            longest.as_str(),
+            too_long.as_str(),
+        ] {
+            assert_eq!(
+                cel_messages(&with_name(name)).is_empty(),
+                crate::resources::validate::check_name(name).is_none(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_reserves_need_an_absolute_path_in_cel_as_in_the_operator() {
+        for url in [
+            "file:///var/lib/relaycache/reserve",
+            "file:///data/",
+            "file:///tmp/reserve",
+            "file:///.cache",
+            "file://",
+            "file://data",
+            "file://localhost/data",
+            "file:///",
+            "file:////data",
+            "file:///data/../etc",
+            "file:///./data",
+            "file:///data/.",
+            "file:///data?x=1",
+            "file:///da%20ta",
+            "file:///tmp",
+            "file:///tmp/",
+            "file:///etc/relaycache",
+            "file:///etc/relaycache/x",
+            "s3://bucket",
+            "ftp://bucket",
+        ] {
+            let messages = cel_messages(&with_spec(json!({"reserve": {"url": url}})));
+            let operator = crate::resources::validate::check_reserve_url(url);
+            assert_eq!(
+                messages.is_empty(),
+                operator.is_none(),
+                "{url}: {messages:?} / {operator:?}"
+            );
+        }
+        let messages = cel_messages(&with_spec(json!({"reserve": {"url": "file://data"}})));
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("a file:// reserve.url needs an absolute path")),
+            "{messages:?}"
+        );
+    }
+
+    /// A value for `schema` that the apiserver would accept: its default, or
+    /// the first enum value, or a value of its type with every required
+    /// property.
+    fn example(schema: &Value) -> Value {
+        if let Some(default) = schema.get("default") {
+            return default.clone();
+        }
+        if let Some(first) = schema.get("enum").and_then(|e| e.get(0)) {
+            return first.clone();
+        }
+        if schema.get("x-kubernetes-int-or-string").is_some() {
+            return json!("1");
+        }
+        match schema.get("type").and_then(Value::as_str) {
+            Some("string") => json!("x"),
+            Some("integer") | Some("number") => json!(1),
+            Some("boolean") => json!(false),
+            Some("array") => json!([]),
+            _ => {
+                let mut object = serde_json::Map::new();
+                for name in schema["required"].as_array().into_iter().flatten() {
+                    let name = name.as_str().unwrap();
+                    object.insert(name.into(), example(&schema["properties"][name]));
+                }
+                Value::Object(object)
+            }
+        }
+    }
+
+    /// Every `nullable: true` field, as the path of property names (and
+    /// `[]` for an array item) from the root, with the schema at each step.
+    fn nullable_paths(schema: &Value, path: &mut Vec<String>, found: &mut Vec<Vec<String>>) {
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            for (name, property) in properties {
+                path.push(name.clone());
+                if property.get("nullable") == Some(&json!(true)) {
+                    found.push(path.clone());
+                }
+                nullable_paths(property, path, found);
+                path.pop();
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            path.push("[]".into());
+            nullable_paths(items, path, found);
+            path.pop();
+        }
+    }
+
+    /// A stored object whose field at `path` is `null`, every object on the
+    /// way filled with its required properties.
+    fn object_with_null_at(root: &Value, path: &[String]) -> Value {
+        fn set(value: &mut Value, schema: &Value, path: &[String]) {
+            let Some((first, rest)) = path.split_first() else {
+                return;
+            };
+            if first == "[]" {
+                let item_schema = &schema["items"];
+                let mut item = example(item_schema);
+                set(&mut item, item_schema, rest);
+                *value = json!([item]);
+                return;
+            }
+            let child_schema = &schema["properties"][first.as_str()];
+            let object = value.as_object_mut().unwrap();
+            if rest.is_empty() {
+                object.insert(first.clone(), Value::Null);
+            } else {
+                let child = object
+                    .entry(first.clone())
+                    .or_insert_with(|| example(child_schema));
+                if !child.is_object() && !child.is_array() {
+                    *child = example(child_schema);
+                }
+                set(child, child_schema, rest);
+            }
+        }
+        let mut object = example(root);
+        object["apiVersion"] = json!("relaycache.io/v1alpha1");
+        object["kind"] = json!("RelayCache");
+        object["metadata"] = json!({"name": "rc", "namespace": "default", "uid": "u"});
+        set(&mut object, root, path);
+        object
+    }
+
+    #[test]
+    fn every_nullable_field_reads_back_when_stored_as_null() {
+        // The apiserver stores `null` as it is for a `nullable: true` field;
+        // the operator must still read the object (a field that is not an
+        // Option would fail the whole watch).
+        let crd = RelayCache::crd();
+        let root = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        let mut found = Vec::new();
+        nullable_paths(&root, &mut Vec::new(), &mut found);
+        let joined: Vec<String> = found.iter().map(|p| p.join(".")).collect();
+        assert!(
+            joined.contains(&"spec.cache.memory".to_string()),
+            "{joined:?}"
+        );
+        assert!(joined.len() >= 15, "{joined:?}");
+        for path in &found {
+            let object = object_with_null_at(&root, path);
+            if let Err(err) = serde_json::from_value::<RelayCache>(object.clone()) {
+                panic!(
+                    "{}: null does not deserialize ({err}): {object}",
+                    path.join(".")
+                );
+            }
+        }
+        let null_memory =
+            object_with_null_at(&root, &["spec".into(), "cache".into(), "memory".into()]);
+        let rc: RelayCache = serde_json::from_value(null_memory).unwrap();
+        assert_eq!(rc.spec.cache.memory(), Quantity("100Mi".into()));
     }
 
     #[test]

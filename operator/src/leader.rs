@@ -107,8 +107,14 @@ impl LeaseLock {
     }
 
     /// Gives the Lease up on shutdown so a standby takes over at once instead
-    /// of waiting for it to expire.
+    /// of waiting for it to expire. Bounded by the lease duration: after that
+    /// the Lease has expired anyway, and a hung request must not hold up the
+    /// shutdown for the client's own timeout (minutes).
     pub async fn release(&self) -> Result<(), kube::Error> {
+        bounded(self.lease_duration, self.release_now()).await
+    }
+
+    async fn release_now(&self) -> Result<(), kube::Error> {
         let Some(mut current) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };
@@ -168,6 +174,18 @@ impl LeaseLock {
     }
 }
 
+/// Runs `request` for at most `limit`; running out of time is an error like
+/// any other failed request (the shape kube gives its own timeouts).
+async fn bounded<T>(
+    limit: Duration,
+    request: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(result) => result,
+        Err(elapsed) => Err(kube::Error::Service(Box::new(elapsed))),
+    }
+}
+
 fn conflict_means_false<T>(result: Result<T, kube::Error>) -> Result<bool, kube::Error> {
     match result {
         Ok(_) => Ok(true),
@@ -185,17 +203,55 @@ pub async fn campaign(
     leading: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // When the last successful renewal was *sent*: the apiserver accepted it
+    // no earlier, so a standby (which counts a whole lease duration from
+    // when it sees the renewal) cannot take over before this plus
+    // `lease_duration`, while this replica steps down at this plus
+    // `renew_deadline`.
     let mut last_renewal: Option<tokio::time::Instant> = None;
+    let step_down_if_late = |last_renewal: &mut Option<tokio::time::Instant>| {
+        if last_renewal.is_some_and(|t| t.elapsed() >= timings.renew_deadline) {
+            warn!(lease = %lock.name, "could not renew the lease in time; stepping down");
+            *last_renewal = None;
+        }
+    };
+    let publish = |last_renewal: &Option<tokio::time::Instant>| {
+        leading.send_if_modified(|was| {
+            let now = last_renewal.is_some();
+            std::mem::replace(was, now) != now
+        });
+    };
     loop {
-        match lock
-            .try_acquire_or_renew(Timestamp::now(), Instant::now())
-            .await
-        {
+        // Failed renewals may have run the clock out while waiting to retry:
+        // step down before anything else (the attempt below is then a
+        // follower's).
+        step_down_if_late(&mut last_renewal);
+        publish(&last_renewal);
+        let started = tokio::time::Instant::now();
+        // Every attempt is bounded so that a leader steps down by the renew
+        // deadline even when a request hangs (the client's own read timeout
+        // is minutes, long after a standby has taken over). A follower gets
+        // the same bound, so a hung request does not stall its campaign.
+        let limit = match last_renewal {
+            Some(renewed) => timings
+                .renew_deadline
+                .saturating_sub(started.duration_since(renewed)),
+            None => timings.renew_deadline,
+        };
+        let attempt = bounded(
+            limit,
+            lock.try_acquire_or_renew(Timestamp::now(), Instant::now()),
+        );
+        let result = tokio::select! {
+            result = attempt => result,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        match result {
             Ok(true) => {
                 if last_renewal.is_none() {
                     info!(lease = %lock.name, identity = %lock.identity, "became leader");
                 }
-                last_renewal = Some(tokio::time::Instant::now());
+                last_renewal = Some(started);
             }
             Ok(false) => {
                 if last_renewal.take().is_some() {
@@ -204,16 +260,10 @@ pub async fn campaign(
             }
             Err(err) => {
                 warn!(lease = %lock.name, error = %err, "lease request failed");
-                if last_renewal.is_some_and(|t| t.elapsed() > timings.renew_deadline) {
-                    warn!(lease = %lock.name, "could not renew the lease in time; stepping down");
-                    last_renewal = None;
-                }
+                step_down_if_late(&mut last_renewal);
             }
         }
-        leading.send_if_modified(|was| {
-            let now = last_renewal.is_some();
-            std::mem::replace(was, now) != now
-        });
+        publish(&last_renewal);
         tokio::select! {
             _ = tokio::time::sleep(timings.retry_period) => {}
             _ = stop.wait_for(|stop| *stop) => return,
@@ -401,6 +451,131 @@ mod tests {
         let body = put.body.clone();
         put.respond(body).await;
         assert!(attempt.await.unwrap().unwrap());
+    }
+
+    /// A campaign of `pod-a` whose first round renews its Lease; returns
+    /// the campaign, its `leading` watch and its stop switch.
+    async fn leading_campaign(
+        client: kube::Client,
+        server: &mut ApiServer,
+        timings: Timings,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        watch::Receiver<bool>,
+        watch::Sender<bool>,
+    ) {
+        let (leading_tx, mut leading_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let lock = lock(client);
+        let task = tokio::spawn(async move { campaign(&lock, timings, leading_tx, stop_rx).await });
+        server
+            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
+            .await
+            .respond(lease("pod-a", 0, "41"))
+            .await;
+        let put = server
+            .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
+            .await;
+        let mut renewed = put.body.clone();
+        renewed["metadata"]["resourceVersion"] = json!("42");
+        put.respond(renewed).await;
+        leading_rx.wait_for(|leading| *leading).await.unwrap();
+        (task, leading_rx, stop_tx)
+    }
+
+    // Paused time: the runtime jumps the clock to the next timer whenever
+    // every task waits, so the deadlines below cost no real time and the
+    // elapsed times are exact.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewal_hangs_steps_down_by_the_renew_deadline() {
+        let (client, mut server) = ApiServer::start();
+        let timings = Timings::default();
+        let renewed = tokio::time::Instant::now();
+        let (task, mut leading_rx, stop_tx) = leading_campaign(client, &mut server, timings).await;
+
+        // The next renewal's GET is received and never answered.
+        let hung = server
+            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
+            .await;
+        assert_eq!(renewed.elapsed(), timings.retry_period);
+        let stepped_down = tokio::time::timeout(
+            timings.lease_duration,
+            leading_rx.wait_for(|leading| !*leading),
+        )
+        .await;
+        assert!(
+            stepped_down.is_ok(),
+            "still leading a whole lease duration after the last renewal: a standby may lead too"
+        );
+        // Stepped down exactly at the deadline, before the Lease could expire
+        // for anyone else.
+        assert_eq!(renewed.elapsed(), timings.renew_deadline);
+        assert!(timings.renew_deadline < timings.lease_duration);
+
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        drop(hung);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewals_fail_steps_down_by_the_renew_deadline() {
+        let (client, mut server) = ApiServer::start();
+        let timings = Timings::default();
+        let renewed = tokio::time::Instant::now();
+        let (task, leading_rx, stop_tx) = leading_campaign(client, &mut server, timings).await;
+        // Every retry fails at once; the leader keeps leading until the
+        // deadline, then steps down before its next attempt.
+        let mut failures = 0;
+        let follower_call = loop {
+            let call = server
+                .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
+                .await;
+            if !*leading_rx.borrow() {
+                break call;
+            }
+            assert!(renewed.elapsed() < timings.renew_deadline, "still leading");
+            call.status(http::StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable");
+            failures += 1;
+        };
+        assert_eq!(renewed.elapsed(), timings.renew_deadline);
+        assert_eq!(failures, 4, "a retry every {:?}", timings.retry_period);
+        drop(follower_call);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_does_not_wait_for_a_hung_request() {
+        let (client, mut server) = ApiServer::start();
+        let (leading_tx, _leading_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let lock = lock(client);
+        let task =
+            tokio::spawn(
+                async move { campaign(&lock, Timings::default(), leading_tx, stop_rx).await },
+            );
+        let hung = server
+            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
+            .await;
+        let started = tokio::time::Instant::now();
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        drop(hung);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_release_gives_up_after_the_lease_duration() {
+        let (client, mut server) = ApiServer::start();
+        let started = tokio::time::Instant::now();
+        let release = tokio::spawn(async move { lock(client).release().await });
+        let hung = server
+            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
+            .await;
+        let result = release.await.unwrap();
+        assert!(matches!(result, Err(kube::Error::Service(_))), "{result:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(15));
+        drop(hung);
     }
 
     #[tokio::test]

@@ -24,7 +24,9 @@ use tracing::{debug, info, warn};
 
 use crate::crd::{RelayCache, RelayCacheStatus};
 use crate::metrics::{Metrics, Outcome};
-use crate::resources::{self, BuildSettings, Children, Names, MANAGED_BY_SELECTOR};
+use crate::resources::{
+    self, statefulset, BuildSettings, Children, Names, RenderFailure, MANAGED_BY_SELECTOR,
+};
 use crate::status::{self, Observation, DEGRADED, PROGRESSING, READY};
 
 /// The one field manager of every object this operator writes.
@@ -83,6 +85,18 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// Reading a child failed.
+    #[error("reading {kind} {namespace}/{name}: {source}")]
+    Read {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
     /// Writing the status failed.
     #[error("updating the status of RelayCache {namespace}/{name}: {source}")]
     Status {
@@ -120,10 +134,18 @@ async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Act
     };
     let children = match resources::build(rc, &ctx.settings) {
         Ok(children) => children,
-        Err(invalid) => {
-            let message = invalid.to_string();
-            warn!(relaycache = %rc.name_any(), %message, "invalid spec; no child changed");
-            let next = observation.invalid_spec(&message);
+        Err(failure) => {
+            let message = failure.to_string();
+            let next = match failure {
+                RenderFailure::Invalid(_) => {
+                    warn!(relaycache = %rc.name_any(), %message, "invalid spec; no child changed");
+                    observation.invalid_spec(&message)
+                }
+                RenderFailure::Unwritable(_) => {
+                    warn!(relaycache = %rc.name_any(), %message, "no configuration; no child changed");
+                    observation.render_failed(&message)
+                }
+            };
             write_status(rc, ctx, &next).await?;
             publish_transitions(rc, ctx, &previous, &next).await;
             return Ok((Outcome::invalid, Action::await_change()));
@@ -134,7 +156,18 @@ async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Act
         namespace: rc.namespace().unwrap_or_default(),
     };
     let sts = match apply_children(&ctx.client, &names, &children).await {
-        Ok(sts) => sts,
+        Ok(Applied::All(sts)) => sts,
+        Ok(Applied::ClaimsHeld { sts, message }) => {
+            warn!(relaycache = %rc.name_any(), %message, "volume claim templates changed; StatefulSet held back");
+            let next =
+                observation.held_back(names.selector_string(), &sts, CLAIMS_CHANGED, message);
+            write_status(rc, ctx, &next).await?;
+            publish_transitions(rc, ctx, &previous, &next).await;
+            // Retrying cannot help; the user's fix (a reverted spec, or the
+            // StatefulSet deleted) triggers the next reconcile through the
+            // watches, the resync is a backstop.
+            return Ok((Outcome::applied, Action::requeue(RESYNC)));
+        }
         Err(err) => {
             let next = observation.apply_failed(&err.to_string());
             // Best effort: the apply error is what the caller must see.
@@ -161,19 +194,63 @@ async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Act
     Ok((Outcome::applied, action))
 }
 
+/// `Degraded` reason when the spec changes the StatefulSet's immutable
+/// volume claim templates.
+pub const CLAIMS_CHANGED: &str = "VolumeClaimTemplatesChanged";
+
+/// What `apply_children` did.
+enum Applied {
+    /// Every child was applied; the StatefulSet as stored.
+    All(StatefulSet),
+    /// The spec changes the StatefulSet's volume claim templates, which the
+    /// apiserver would refuse on every apply: the Services and the
+    /// PodDisruptionBudget were applied, the ConfigMap and the StatefulSet
+    /// were left as they are. The StatefulSet as it stands, and what to do.
+    ClaimsHeld {
+        /// The existing StatefulSet.
+        sts: StatefulSet,
+        /// The change and how to resolve it.
+        message: String,
+    },
+}
+
 /// Applies the children in dependency order (Services and ConfigMap before
 /// the StatefulSet that uses them) and returns the StatefulSet as stored.
+/// The existing StatefulSet is read first: a change to its immutable volume
+/// claim templates would be refused on every apply, so it is reported
+/// instead (and the PodDisruptionBudget still applied).
 async fn apply_children(
     client: &Client,
     names: &Names,
     children: &Children,
-) -> Result<StatefulSet, Error> {
+) -> Result<Applied, Error> {
     apply::<Service>(client, names, &children.peers_service).await?;
     apply::<Service>(client, names, &children.client_service).await?;
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
+    let existing = api
+        .get_opt(&names.name)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "StatefulSet",
+            namespace: names.namespace.clone(),
+            name: names.name.clone(),
+            source,
+        })?;
+    let change = existing.as_ref().and_then(|existing| {
+        statefulset::claim_templates_change(existing, &children.stateful_set, names)
+    });
+    if let (Some(sts), Some(message)) = (existing, change) {
+        // The ConfigMap is held back with the StatefulSet: a new
+        // configuration (a file reserve added, say) could need a volume the
+        // pods do not have, and members restarting would load it. The
+        // PodDisruptionBudget does not depend on either, so it still goes on.
+        apply::<PodDisruptionBudget>(client, names, &children.pdb).await?;
+        return Ok(Applied::ClaimsHeld { sts, message });
+    }
     apply::<ConfigMap>(client, names, &children.config_map).await?;
     let sts = apply::<StatefulSet>(client, names, &children.stateful_set).await?;
     apply::<PodDisruptionBudget>(client, names, &children.pdb).await?;
-    Ok(sts)
+    Ok(Applied::All(sts))
 }
 
 async fn apply<K>(client: &Client, names: &Names, object: &K) -> Result<K, Error>

@@ -102,11 +102,53 @@ impl Applied {
     }
 }
 
-async fn expect_applies(server: &mut ApiServer, sts_generation: i64, sts_status: Value) -> Applied {
+/// The two Services' applies, answered with what was sent; their bodies.
+async fn expect_service_applies(server: &mut ApiServer) -> Vec<Value> {
     let mut bodies = Vec::new();
+    for path in [
+        format!("{NS}/services/web-peers"),
+        format!("{NS}/services/web"),
+    ] {
+        let call = server.expect(Method::PATCH, &path).await;
+        assert_apply(&call, "Service");
+        assert_owned(&call);
+        bodies.push(call.body.clone());
+        let body = call.body.clone();
+        call.respond(body).await;
+    }
+    bodies
+}
+
+/// The read of the StatefulSet before it is applied (to compare its volume
+/// claim templates), answered with `existing` or 404.
+async fn expect_sts_read(server: &mut ApiServer, existing: Option<Value>) {
+    let call = server.expect(Method::GET, STS).await;
+    match existing {
+        Some(sts) => call.respond(sts).await,
+        None => call.not_found().await,
+    }
+}
+
+/// The StatefulSet of `spec` as the apiserver would return it.
+fn stored_sts(spec: Value) -> Value {
+    let children = crate::resources::build(&rc("web", spec), &settings()).unwrap();
+    serde_json::to_value(children.stateful_set).unwrap()
+}
+
+async fn expect_applies(server: &mut ApiServer, sts_generation: i64, sts_status: Value) -> Applied {
+    expect_applies_over(server, None, sts_generation, sts_status).await
+}
+
+/// Every apply of a reconcile, over an `existing` StatefulSet (None: a new one).
+async fn expect_applies_over(
+    server: &mut ApiServer,
+    existing: Option<Value>,
+    sts_generation: i64,
+    sts_status: Value,
+) -> Applied {
+    let mut bodies = expect_service_applies(server).await;
+    expect_sts_read(server, existing).await;
     for (path, kind) in [
-        (format!("{NS}/services/web-peers"), "Service"),
-        (format!("{NS}/services/web"), "Service"),
         (format!("{NS}/configmaps/web"), "ConfigMap"),
         (STS.to_string(), "StatefulSet"),
         (PDB.to_string(), "PodDisruptionBudget"),
@@ -268,8 +310,9 @@ async fn update_changes_the_config_hash_and_rolls_the_members() {
     let task = tokio::spawn(reconcile(changed.clone(), ctx.clone()));
 
     // The StatefulSet controller has started rolling the new template.
-    let applied = expect_applies(
+    let applied = expect_applies_over(
         &mut server,
+        Some(stored_sts(json!({"replicas": 3}))),
         2,
         json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3, "updatedReplicas": 1,
                "currentRevision": "web-1", "updateRevision": "web-2"}),
@@ -319,8 +362,9 @@ async fn scale_up_grows_the_peer_list_and_rolls_the_cluster() {
     let scaled = Arc::new(scaled);
     let task = tokio::spawn(reconcile(scaled.clone(), ctx.clone()));
 
-    let applied = expect_applies(
+    let applied = expect_applies_over(
         &mut server,
+        Some(stored_sts(json!({"replicas": 3}))),
         2,
         json!({"observedGeneration": 2, "replicas": 5, "readyReplicas": 3, "updatedReplicas": 2,
                "currentRevision": "web-1", "updateRevision": "web-2"}),
@@ -356,14 +400,19 @@ async fn scale_up_grows_the_peer_list_and_rolls_the_cluster() {
 async fn scale_down_shrinks_the_peer_list() {
     let (client, mut server) = ApiServer::start();
     let ctx = context(client);
+    let three = crate::resources::build(&rc("web", json!({"replicas": 3})), &settings()).unwrap();
     let mut scaled = rc("web", json!({"replicas": 2}));
-    scaled.status = Some(settled_status("three-members", 3));
+    scaled.metadata.generation = Some(2);
+    scaled.status = Some(settled_status(&three.config_hash, 3));
     let scaled = Arc::new(scaled);
     let task = tokio::spawn(reconcile(scaled.clone(), ctx.clone()));
-    let applied = expect_applies(
+    // The StatefulSet controller has not removed member 2 yet.
+    let applied = expect_applies_over(
         &mut server,
-        1,
-        json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": 3}),
+        Some(stored_sts(json!({"replicas": 3}))),
+        2,
+        json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+               "currentRevision": "web-1", "updateRevision": "web-1"}),
     )
     .await;
     assert_eq!(
@@ -374,10 +423,194 @@ async fn scale_down_shrinks_the_peer_list() {
         ]
     );
     assert_eq!(applied.stateful_set["spec"]["replicas"], 2);
+    // The shorter peer list is a new configuration: the remaining members
+    // roll onto it, so they stop looking for member 2.
+    let hash = applied.template_hash();
+    assert_ne!(
+        hash, three.config_hash,
+        "the peer list change rolls the members"
+    );
+
     let status = expect_status(&mut server, &scaled).await;
+    assert_eq!(status.config_hash.as_deref(), Some(hash.as_str()));
     assert_eq!(condition(&status, "Progressing"), ("True", "Scaling"));
-    expect_events(&mut server, 2).await;
+    assert_eq!(condition(&status, "Ready"), ("True", "AllMembersReady"));
+    assert_eq!(condition(&status, "Degraded"), ("False", "Reconciled"));
+    assert_eq!(
+        expect_events(&mut server, 2).await,
+        pairs(&[("Normal", "ConfigChanged"), ("Normal", "Scaling")])
+    );
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(15))
+    );
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn changed_volume_claim_templates_hold_the_statefulset_and_apply_the_rest() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let reserve = |storage: &str| json!({"replicas": 3, "reserve": {"url": "file:///var/lib/relaycache/reserve", "storage": storage}});
+    let before = crate::resources::build(&rc("web", reserve("1Gi")), &settings()).unwrap();
+    let mut bigger = rc("web", reserve("2Gi"));
+    bigger.metadata.generation = Some(2);
+    bigger.status = Some(settled_status(&before.config_hash, 3));
+    let bigger = Arc::new(bigger);
+    let task = tokio::spawn(reconcile(bigger.clone(), ctx.clone()));
+
+    expect_service_applies(&mut server).await;
+    let mut existing = stored_sts(reserve("1Gi"));
+    existing["metadata"]["generation"] = json!(1);
+    existing["status"] = json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": 3,
+        "updatedReplicas": 3, "currentRevision": "web-1", "updateRevision": "web-1"});
+    expect_sts_read(&mut server, Some(existing)).await;
+    // No ConfigMap and no StatefulSet: straight on to the PodDisruptionBudget.
+    let pdb = server.expect(Method::PATCH, PDB).await;
+    assert_apply(&pdb, "PodDisruptionBudget");
+    assert_owned(&pdb);
+    let body = pdb.body.clone();
+    pdb.respond(body).await;
+
+    let status = expect_status(&mut server, &bigger).await;
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "VolumeClaimTemplatesChanged")
+    );
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    for part in [
+        "asks for reserve of 2Gi",
+        "has reserve of 1Gi",
+        "revert spec.reserve",
+        "kubectl delete statefulset web -n cache --cascade=orphan",
+    ] {
+        assert!(
+            degraded.message.contains(part),
+            "{part:?} in {}",
+            degraded.message
+        );
+    }
+    assert_eq!(condition(&status, "Ready"), ("True", "AllMembersReady"));
+    assert_eq!((status.replicas, status.ready_replicas), (3, 3));
+    assert_eq!(
+        status.config_hash.as_deref(),
+        Some(before.config_hash.as_str()),
+        "the members still run the configuration applied before"
+    );
+    assert_eq!(
+        expect_events(&mut server, 1).await,
+        pairs(&[("Warning", "VolumeClaimTemplatesChanged")])
+    );
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+
+    // The user deleted the StatefulSet with --cascade=orphan: everything is
+    // applied again, with the new claim template.
+    let mut resolved = (*bigger).clone();
+    resolved.status = Some(status);
+    let resolved = Arc::new(resolved);
+    let task = tokio::spawn(reconcile(resolved.clone(), ctx.clone()));
+    let applied = expect_applies(
+        &mut server,
+        1,
+        json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+               "currentRevision": "web-1", "updateRevision": "web-1"}),
+    )
+    .await;
+    assert_eq!(
+        applied.stateful_set["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
+            ["storage"],
+        "2Gi"
+    );
+    let status = expect_status(&mut server, &resolved).await;
+    assert_eq!(condition(&status, "Degraded"), ("False", "Reconciled"));
+    assert_eq!(
+        expect_events(&mut server, 1).await,
+        pairs(&[("Normal", "Recovered")])
+    );
     task.await.unwrap().unwrap();
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_name_too_long_for_its_children_sets_degraded_and_touches_no_child() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    // 53 characters: its Services would be valid, but not the
+    // controller-revision-hash label the StatefulSet controller adds.
+    let name = format!("web{}", "x".repeat(50));
+    let long = Arc::new(rc(&name, json!({})));
+    let task = tokio::spawn(reconcile(long.clone(), ctx.clone()));
+
+    let call = server
+        .expect(
+            Method::PATCH,
+            &format!("/apis/relaycache.io/v1alpha1/namespaces/cache/relaycaches/{name}/status"),
+        )
+        .await;
+    let status: RelayCacheStatus = serde_json::from_value(call.body["status"].clone()).unwrap();
+    let mut answer = serde_json::to_value(&*long).unwrap();
+    answer["status"] = call.body["status"].clone();
+    call.respond(answer).await;
+    assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSpec"));
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert!(
+        degraded.message.contains("metadata.name") && degraded.message.contains("more than 52"),
+        "{}",
+        degraded.message
+    );
+
+    let event = server.expect(Method::POST, EVENTS).await;
+    assert_eq!(event.body["reason"], "InvalidSpec");
+    let body = event.body.clone();
+    event.respond(body).await;
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_quorum_above_replicas_stored_before_the_rule_touches_no_child() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let bad = Arc::new(rc(
+        "web",
+        json!({"replicas": 2, "replication": {"memberCountQuorum": 3}}),
+    ));
+    let task = tokio::spawn(reconcile(bad.clone(), ctx.clone()));
+    let status = expect_status(&mut server, &bad).await;
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.reason, "InvalidSpec");
+    assert!(
+        degraded
+            .message
+            .contains("spec.replication.memberCountQuorum: 3 must not exceed replicas (2)"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        expect_events(&mut server, 1).await,
+        pairs(&[("Warning", "InvalidSpec")])
+    );
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    drop(ctx);
+    server.expect_nothing_more().await;
 }
 
 #[tokio::test]
@@ -444,15 +677,13 @@ async fn a_refused_apply_sets_degraded_and_fails_the_reconcile() {
     let ctx = context(client);
     let rc = Arc::new(rc("web", json!({})));
     let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
-    for path in [
-        format!("{NS}/services/web-peers"),
-        format!("{NS}/services/web"),
-        format!("{NS}/configmaps/web"),
-    ] {
-        let call = server.expect(Method::PATCH, &path).await;
-        let body = call.body.clone();
-        call.respond(body).await;
-    }
+    expect_service_applies(&mut server).await;
+    expect_sts_read(&mut server, None).await;
+    let call = server
+        .expect(Method::PATCH, &format!("{NS}/configmaps/web"))
+        .await;
+    let body = call.body.clone();
+    call.respond(body).await;
     server
         .expect(Method::PATCH, STS)
         .await

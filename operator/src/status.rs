@@ -54,6 +54,12 @@ impl Observation<'_> {
         )
     }
 
+    /// The proxy configuration could not be written (a bug of the operator,
+    /// not of the spec): `Degraded`, nothing changed.
+    pub fn render_failed(&self, message: &str) -> RelayCacheStatus {
+        self.failed("RenderFailed", format!("nothing changed: {message}"))
+    }
+
     /// Applying a child failed (a conflict, a quota, an admission webhook…).
     pub fn apply_failed(&self, message: &str) -> RelayCacheStatus {
         self.failed("ApplyFailed", message.to_string())
@@ -167,6 +173,31 @@ impl Observation<'_> {
                 self.condition(DEGRADED, false, "Reconciled", "spec applied".into()),
             ],
         }
+    }
+}
+
+impl Observation<'_> {
+    /// The StatefulSet (and with it the configuration) was held back because
+    /// the spec asks for a change the apiserver refuses (`reason`, and what
+    /// to do in `message`); the other children were applied. The counts come
+    /// from the StatefulSet as it stands, and the configuration hash stays
+    /// the one the members run.
+    pub fn held_back(
+        &self,
+        selector: String,
+        sts: &StatefulSet,
+        reason: &str,
+        message: String,
+    ) -> RelayCacheStatus {
+        let running = sts.spec.replicas.unwrap_or(1);
+        let mut status = self.applied(running, selector, String::new(), sts);
+        status.config_hash = self.previous.config_hash.clone();
+        for condition in &mut status.conditions {
+            if condition.type_ == DEGRADED {
+                *condition = self.condition(DEGRADED, true, reason, message.clone());
+            }
+        }
+        status
     }
 }
 
@@ -350,6 +381,67 @@ mod tests {
             find(&third, READY).unwrap().last_transition_time,
             Time(at(120))
         );
+    }
+
+    #[test]
+    fn held_back_is_degraded_with_the_counts_and_hash_of_what_runs() {
+        let good = observe(
+            &RelayCacheStatus::default(),
+            at(0),
+            &sts(2, settled(3, 3)),
+            3,
+        );
+        let mut running = sts(2, settled(3, 3));
+        running.spec.replicas = Some(3);
+        let held = Observation {
+            previous: &good,
+            generation: Some(8),
+            now: at(10),
+        }
+        .held_back(
+            "a=b".into(),
+            &running,
+            "VolumeClaimTemplatesChanged",
+            "revert it".into(),
+        );
+        assert_eq!(
+            summary(&held),
+            [
+                triple("Ready", "True", "AllMembersReady"),
+                triple("Progressing", "False", "Reconciled"),
+                triple("Degraded", "True", "VolumeClaimTemplatesChanged")
+            ]
+        );
+        assert_eq!(find(&held, DEGRADED).unwrap().message, "revert it");
+        assert_eq!(
+            find(&held, DEGRADED).unwrap().last_transition_time,
+            Time(at(10))
+        );
+        assert_eq!(
+            held.config_hash.as_deref(),
+            Some("hash"),
+            "the hash members run"
+        );
+        assert_eq!((held.replicas, held.ready_replicas), (3, 3));
+        assert_eq!(held.observed_generation, Some(8));
+    }
+
+    #[test]
+    fn a_render_failure_is_degraded_with_its_own_reason() {
+        let failed = Observation {
+            previous: &RelayCacheStatus::default(),
+            generation: Some(1),
+            now: at(0),
+        }
+        .render_failed("cannot write");
+        assert_eq!(
+            summary(&failed)[2],
+            triple("Degraded", "True", "RenderFailed")
+        );
+        assert!(find(&failed, DEGRADED)
+            .unwrap()
+            .message
+            .contains("cannot write"));
     }
 
     #[test]

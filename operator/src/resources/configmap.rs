@@ -6,10 +6,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use relaycache_config::{Config, Isolation, ReserveConfig, UpstreamConfig};
+use relaycache_config::{
+    escape_env, expand_env, Config, Isolation, RenderError, ReserveConfig, UpstreamConfig,
+};
 use sha2::{Digest, Sha256};
 
-use super::{parse_duration, quantity, InvalidSpec, Names, SpecIssue, ADMIN_PORT, CONFIG_KEY};
+use super::{
+    parse_duration, quantity, validate, InvalidSpec, Names, SpecIssue, ADMIN_PORT, CONFIG_KEY,
+};
 use super::{GRPC_PORT, HTTP_PORT};
 use crate::crd::{ClusterMode, RelayCache};
 
@@ -24,7 +28,11 @@ pub const DRAIN_SECONDS: u64 = 20;
 /// A rendered configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
-    /// The proxy's configuration.
+    /// The proxy's configuration as the file holds it, before the proxy's
+    /// `${VAR}` expansion: strings from the spec are escaped (`$${`), so they
+    /// reach the proxy literally, and the operator's own references
+    /// (`${POD_NAME}`, the peer token) are left for the proxy to expand.
+    /// Serializing it (as the sidecar injector does) gives such a file too.
     pub config: Config,
     /// The file placed in the ConfigMap.
     pub text: String,
@@ -32,10 +40,51 @@ pub struct Rendered {
     pub hash: String,
 }
 
+/// Why no configuration could be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderFailure {
+    /// The spec breaks a rule; nothing the operator can do about it.
+    #[error(transparent)]
+    Invalid(#[from] InvalidSpec),
+    /// The configuration could not be written as a file the proxy reads back
+    /// as it was meant (a serialisation error, or a value that the proxy's
+    /// `${VAR}` expansion would change).
+    #[error("cannot write the proxy configuration: {0}")]
+    Unwritable(String),
+}
+
+impl From<RenderFailure> for InvalidSpec {
+    /// For callers that only report problems (the sidecar injector): an
+    /// unwritable configuration is reported against the whole spec.
+    fn from(failure: RenderFailure) -> Self {
+        match failure {
+            RenderFailure::Invalid(invalid) => invalid,
+            RenderFailure::Unwritable(message) => InvalidSpec(vec![SpecIssue::new(
+                "spec (rendered config)",
+                format!("cannot write the proxy configuration: {message}"),
+            )]),
+        }
+    }
+}
+
 /// Builds the proxy configuration of a RelayCache's members and checks it.
 pub fn render(rc: &RelayCache, names: &Names) -> Result<Rendered, InvalidSpec> {
+    render_checked(rc, names).map_err(InvalidSpec::from)
+}
+
+/// [`render`], telling an invalid spec from a configuration that could not
+/// be written.
+pub fn render_checked(rc: &RelayCache, names: &Names) -> Result<Rendered, RenderFailure> {
+    let config = proxy_config(rc, names)?;
+    write(&config, names, Config::try_to_yaml)
+}
+
+/// The configuration as the proxy should see it once loaded.
+fn proxy_config(rc: &RelayCache, names: &Names) -> Result<Config, InvalidSpec> {
     let spec = &rc.spec;
-    let mut issues = Vec::new();
+    // The CRD's rules first: an object stored before one of them existed
+    // gets the same message as the apiserver would give.
+    let mut issues = validate::check(rc);
     let mut config = Config::default();
 
     config.server.listen = format!("0.0.0.0:{HTTP_PORT}");
@@ -67,7 +116,7 @@ pub fn render(rc: &RelayCache, names: &Names) -> Result<Rendered, InvalidSpec> {
         }
         Err(issue) => issues.push(issue),
     }
-    match quantity::bytes(&spec.cache.memory.0, "spec.cache.memory") {
+    match quantity::bytes(&spec.cache.memory().0, "spec.cache.memory") {
         Ok(bytes) => cache.memory.max_cost = bytes,
         Err(issue) => issues.push(issue),
     }
@@ -91,33 +140,20 @@ pub fn render(rc: &RelayCache, names: &Names) -> Result<Rendered, InvalidSpec> {
         ha.embedded = true;
         ha.bind_addr = format!("0.0.0.0:{GRPC_PORT}");
         ha.advertise_addr = names.advertise_address();
-        ha.peers = (0..spec.replicas.max(0))
+        // Clamped: a count beyond the CRD's bound is reported, not rendered.
+        ha.peers = (0..spec.replicas.clamp(0, validate::MAX_REPLICAS))
             .map(|i| names.peer_address(i))
             .collect();
-        for (field, value, target) in [
-            (
-                "replicaCount",
-                replication.replica_count,
-                &mut ha.replica_count,
-            ),
-            ("readQuorum", replication.read_quorum, &mut ha.read_quorum),
-            (
-                "writeQuorum",
-                replication.write_quorum,
-                &mut ha.write_quorum,
-            ),
-            (
-                "memberCountQuorum",
-                replication.member_count_quorum,
-                &mut ha.member_count_quorum,
-            ),
+        for (value, target) in [
+            (replication.replica_count, &mut ha.replica_count),
+            (replication.read_quorum, &mut ha.read_quorum),
+            (replication.write_quorum, &mut ha.write_quorum),
+            (replication.member_count_quorum, &mut ha.member_count_quorum),
         ] {
-            match u32::try_from(value) {
-                Ok(v) => *target = v,
-                Err(_) => issues.push(SpecIssue::new(
-                    format!("spec.replication.{field}"),
-                    format!("{value} must be at least 1"),
-                )),
+            // A negative value is below the CRD's minimum of 1, which
+            // `validate::check` has reported already.
+            if let Ok(v) = u32::try_from(value) {
+                *target = v;
             }
         }
         ha.environment = replication.environment.proxy_environment();
@@ -169,15 +205,83 @@ pub fn render(rc: &RelayCache, names: &Names) -> Result<Rendered, InvalidSpec> {
     if !issues.is_empty() {
         return Err(InvalidSpec(issues));
     }
+    Ok(config)
+}
 
+/// The operator's own `${VAR}` references in the file, which the proxy
+/// expands from the pod's environment.
+fn own_reference(name: &str) -> bool {
+    name == "POD_NAME" || name == PEER_TOKEN_ENV
+}
+
+/// Writes `config` as the ConfigMap's file with `to_yaml`, and checks that
+/// the proxy will read back exactly `config`.
+fn write(
+    config: &Config,
+    names: &Names,
+    to_yaml: impl Fn(&Config) -> Result<String, RenderError>,
+) -> Result<Rendered, RenderFailure> {
+    let file = escaped(config);
+    let body = to_yaml(&file).map_err(|err| RenderFailure::Unwritable(err.to_string()))?;
+    if body.trim().is_empty() {
+        // An empty file is a valid proxy configuration (the defaults), so it
+        // must never stand in for one that failed to render.
+        return Err(RenderFailure::Unwritable("the YAML is empty".into()));
+    }
     let text = format!(
-        "# Rendered by relaycache-operator from RelayCache {}/{}; edit the RelayCache, not this file.\n{}",
-        names.namespace,
-        names.name,
-        config.to_yaml()
+        "# Rendered by relaycache-operator from RelayCache {}/{}; edit the RelayCache, not this file.\n{body}",
+        names.namespace, names.name,
     );
+    // Load it as the proxy would, with only the operator's own references
+    // left as they are: any other `${` would be a spec value the escaping
+    // missed, and would crash-loop the members when the variable is unset.
+    let expanded = expand_env(&text, |name| {
+        own_reference(name).then(|| format!("${{{name}}}"))
+    })
+    .map_err(|err| RenderFailure::Unwritable(err.to_string()))?;
+    let loaded: Config = serde_yaml_ng::from_str(&expanded)
+        .map_err(|err| RenderFailure::Unwritable(format!("it does not read back: {err}")))?;
+    if loaded != *config {
+        return Err(RenderFailure::Unwritable(
+            "the proxy would read back different values than the spec gives".into(),
+        ));
+    }
     let hash = hex::encode(Sha256::digest(text.as_bytes()));
-    Ok(Rendered { config, text, hash })
+    Ok(Rendered {
+        config: file,
+        text,
+        hash,
+    })
+}
+
+/// `config` with every string that comes from the spec escaped for the
+/// proxy's `${VAR}` expansion.
+///
+/// Escaped rather than refused: a RelayCache is data, Kubernetes expands no
+/// variables in a custom resource, and the members' environment is the
+/// operator's, not the user's. A `${` in a URL or a store option is meant
+/// literally; expanding it would instead crash-loop every member (an unset
+/// variable stops the proxy at load).
+fn escaped(config: &Config) -> Config {
+    let mut file = config.clone();
+    for upstream in &mut file.upstreams {
+        upstream.name = escape_env(&upstream.name);
+        upstream.url = escape_env(&upstream.url);
+        for path in &mut upstream.paths {
+            *path = escape_env(path);
+        }
+    }
+    if let Isolation::Header(header) = &mut file.cache.isolation {
+        *header = escape_env(header);
+    }
+    let reserve = &mut file.cache.reserve;
+    reserve.url = escape_env(&reserve.url);
+    reserve.options = reserve
+        .options
+        .iter()
+        .map(|(key, value)| (escape_env(key), escape_env(value)))
+        .collect();
+    file
 }
 
 fn parse_isolation(value: &str) -> Option<Isolation> {
@@ -380,18 +484,130 @@ mod tests {
     }
 
     #[test]
-    fn proxy_rules_that_slip_past_cel_come_back_as_spec_paths() {
+    fn cel_rules_are_checked_again_for_objects_that_predate_them() {
         // Quorums above replicaCount are caught by CEL on the apiserver; an
         // object that predates the rule still reaches the operator.
         let found = issues(json!({
-            "replication": {"replicaCount": 2, "readQuorum": 5},
-            "cache": {"memory": "10Ki"}
+            "replication": {"replicaCount": 2, "readQuorum": 5}
         }));
         let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
-        assert_eq!(paths, ["spec.replication.readQuorum", "spec.cache.memory"]);
+        assert_eq!(paths, ["spec.replication.readQuorum"]);
         assert!(
-            found[0].message.contains("outside 1..=replica_count"),
+            found[0]
+                .message
+                .contains("must not exceed replication.replicaCount (2)"),
             "{found:?}"
+        );
+        let found = issues(json!({"replicas": 2, "replication": {"memberCountQuorum": 3}}));
+        assert_eq!(found[0].path, "spec.replication.memberCountQuorum");
+        let found = issues(json!({"reserve": {"url": "file://reserve"}}));
+        assert_eq!(found[0].path, "spec.reserve.url");
+    }
+
+    #[test]
+    fn proxy_rules_that_slip_past_cel_come_back_as_spec_paths() {
+        let found = issues(json!({"cache": {"memory": "10Ki"}}));
+        let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["spec.cache.memory"]);
+    }
+
+    #[test]
+    fn a_null_memory_gets_the_default() {
+        let r = rendered(json!({"cache": {"memory": null}}));
+        assert_eq!(r.config.cache.memory.max_cost, 100 << 20);
+    }
+
+    #[test]
+    fn spec_strings_reach_the_proxy_literally() {
+        let spec = json!({
+            "upstreams": [{"name": "gw-${X}", "url": "https://gw.example.com/${TENANT}/v1", "paths": ["/v1/${P}"]}],
+            "reserve": {"url": "s3://bucket/${PREFIX}", "options": {"aws_endpoint": "http://minio:9000/$${Q}", "${K}": "v"}},
+            "replication": {"tokenSecret": {"name": "peers"}}
+        });
+        let r = rendered(spec);
+        // Loaded as the proxy does (expand, parse, validate) with only its
+        // pod's variables set: the spec's `${...}` are not variables, the
+        // operator's own references are.
+        let load_in_pod = |text: &str| {
+            let expanded = expand_env(text, |name| match name {
+                "POD_NAME" => Some("web-0".to_string()),
+                "RELAYCACHE_PEER_TOKEN" => Some("t0k3n".to_string()),
+                _ => None,
+            })
+            .unwrap();
+            let config: Config = serde_yaml_ng::from_str(&expanded).unwrap();
+            config.validate().unwrap();
+            config
+        };
+        let loaded = load_in_pod(&r.text);
+        let upstream = &loaded.upstreams[0];
+        assert_eq!(upstream.name, "gw-${X}");
+        assert_eq!(upstream.url, "https://gw.example.com/${TENANT}/v1");
+        assert_eq!(upstream.paths, ["/v1/${P}"]);
+        let reserve = &loaded.cache.reserve;
+        assert_eq!(reserve.url, "s3://bucket/${PREFIX}");
+        assert_eq!(
+            reserve.options.get("aws_endpoint").map(String::as_str),
+            Some("http://minio:9000/$${Q}")
+        );
+        assert_eq!(reserve.options.get("${K}").map(String::as_str), Some("v"));
+        assert_eq!(
+            loaded.cache.ha.advertise_addr,
+            "web-0.web-peers.cache.svc:3320"
+        );
+        assert_eq!(loaded.cache.ha.token, "t0k3n");
+        // `config` is the file's content: serialized again (as the sidecar
+        // injector does) it is escaped the same way.
+        assert_eq!(
+            r.config.upstreams[0].url,
+            "https://gw.example.com/$${TENANT}/v1"
+        );
+        let again = load_in_pod(&r.config.try_to_yaml().unwrap());
+        assert_eq!(again.upstreams[0].url, upstream.url);
+    }
+
+    fn written(
+        to_yaml: impl Fn(&Config) -> Result<String, RenderError>,
+    ) -> Result<Rendered, RenderFailure> {
+        let rc = rc("web", json!({}));
+        let names = Names::of(&rc).unwrap();
+        write(&proxy_config(&rc, &names).unwrap(), &names, to_yaml)
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_is_a_failure_not_an_empty_config_map() {
+        use serde::ser::Error as _;
+        let failed = written(|_| Err(serde_yaml_ng::Error::custom("no YAML today").into()));
+        match failed {
+            Err(RenderFailure::Unwritable(message)) => {
+                assert!(message.contains("no YAML today"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            written(|_| Ok(String::new())),
+            Err(RenderFailure::Unwritable(_))
+        ));
+        assert!(written(Config::try_to_yaml).is_ok());
+        // The sidecar injector sees it as a problem with the spec.
+        let invalid = InvalidSpec::from(RenderFailure::Unwritable("x".into()));
+        assert_eq!(invalid.0[0].path, "spec (rendered config)");
+    }
+
+    #[test]
+    fn a_file_that_would_read_back_differently_is_refused() {
+        // A stray variable (here, an unescaped one) or a changed value.
+        let stray = written(|c| {
+            Config::try_to_yaml(c).map(|y| y.replace("https://api.openai.com", "${OPENAI}"))
+        });
+        assert!(
+            matches!(&stray, Err(RenderFailure::Unwritable(m)) if m.contains("OPENAI")),
+            "{stray:?}"
+        );
+        let changed = written(|c| Config::try_to_yaml(c).map(|y| y.replace("ttl: 1h", "ttl: 2h")));
+        assert!(
+            matches!(&changed, Err(RenderFailure::Unwritable(m)) if m.contains("different values")),
+            "{changed:?}"
         );
     }
 

@@ -7,6 +7,7 @@ pub mod pdb;
 pub mod quantity;
 pub mod service;
 pub mod statefulset;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
+
+pub use configmap::RenderFailure;
 
 use crate::crd::RelayCache;
 
@@ -174,8 +177,9 @@ pub struct Children {
     pub pdb: PodDisruptionBudget,
 }
 
-/// Builds every child, or reports every problem in the spec.
-pub fn build(rc: &RelayCache, settings: &BuildSettings) -> Result<Children, InvalidSpec> {
+/// Builds every child, or reports every problem in the spec (or why the
+/// configuration could not be written).
+pub fn build(rc: &RelayCache, settings: &BuildSettings) -> Result<Children, RenderFailure> {
     let names = Names::of(rc)?;
     let owner = rc.controller_owner_ref(&()).ok_or_else(|| {
         InvalidSpec(vec![SpecIssue::new(
@@ -183,7 +187,7 @@ pub fn build(rc: &RelayCache, settings: &BuildSettings) -> Result<Children, Inva
             "the RelayCache has no uid yet; it must be read from the apiserver",
         )])
     })?;
-    let rendered = configmap::render(rc, &names)?;
+    let rendered = configmap::render_checked(rc, &names)?;
     let config_map = configmap::config_map(&names, &owner, &rendered);
     let stateful_set = statefulset::stateful_set(rc, &names, &owner, settings, &rendered);
     Ok(Children {
@@ -291,12 +295,16 @@ mod tests {
     fn a_relaycache_without_uid_or_namespace_is_refused() {
         let mut no_uid = rc("web", json!({}));
         no_uid.metadata.uid = None;
-        let err = build(&no_uid, &settings()).unwrap_err();
+        let Err(RenderFailure::Invalid(err)) = build(&no_uid, &settings()) else {
+            panic!("built without a uid");
+        };
         assert_eq!(err.0[0].path, "metadata.uid");
 
         let mut no_ns = rc("web", json!({}));
         no_ns.metadata.namespace = None;
-        let err = build(&no_ns, &settings()).unwrap_err();
+        let Err(RenderFailure::Invalid(err)) = build(&no_ns, &settings()) else {
+            panic!("built without a namespace");
+        };
         assert_eq!(err.0[0].path, "metadata.namespace");
     }
 

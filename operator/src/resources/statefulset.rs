@@ -240,6 +240,100 @@ pub fn stateful_set(
     }
 }
 
+/// What a claim template asks for, in the terms that matter: the apiserver
+/// stores a template with defaults filled in (`volumeMode`, an empty
+/// status) and quantities in canonical form (`2048Mi` becomes `2Gi`), so the
+/// templates are compared on these fields only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClaimShape {
+    name: String,
+    access_modes: Vec<String>,
+    storage_class: Option<String>,
+    /// Bytes when the quantity parses, else its text.
+    storage: Result<u64, String>,
+}
+
+impl ClaimShape {
+    fn of(claim: &PersistentVolumeClaim) -> Self {
+        let spec = claim.spec.clone().unwrap_or_default();
+        let mut access_modes = spec.access_modes.unwrap_or_default();
+        access_modes.sort();
+        let storage = spec
+            .resources
+            .and_then(|r| r.requests)
+            .and_then(|requests| requests.get("storage").cloned())
+            .map(|q| super::quantity::bytes(&q.0, "storage").map_err(|_| q.0))
+            .unwrap_or(Ok(0));
+        Self {
+            name: claim.metadata.name.clone().unwrap_or_default(),
+            access_modes,
+            storage_class: spec.storage_class_name,
+            storage,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let size = match &self.storage {
+            Ok(bytes) => format_bytes(*bytes),
+            Err(text) => text.clone(),
+        };
+        let class = self
+            .storage_class
+            .as_deref()
+            .unwrap_or("the cluster default");
+        format!("{} of {size} (storageClassName: {class})", self.name)
+    }
+}
+
+fn claim_shapes(sts: &StatefulSet) -> Vec<ClaimShape> {
+    let mut shapes: Vec<ClaimShape> = sts
+        .spec
+        .volume_claim_templates
+        .as_ref()
+        .map(|claims| claims.iter().map(ClaimShape::of).collect())
+        .unwrap_or_default();
+    shapes.sort_by(|a, b| a.name.cmp(&b.name));
+    shapes
+}
+
+fn describe_claims(shapes: &[ClaimShape]) -> String {
+    if shapes.is_empty() {
+        "no volume claim".into()
+    } else {
+        shapes
+            .iter()
+            .map(ClaimShape::describe)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why `desired` cannot be applied over `existing`: a StatefulSet's
+/// `volumeClaimTemplates` are immutable, so a changed reserve size or
+/// StorageClass (or a file reserve with storage added or removed later)
+/// would be refused on every apply. `None` when they agree.
+pub fn claim_templates_change(
+    existing: &StatefulSet,
+    desired: &StatefulSet,
+    names: &Names,
+) -> Option<String> {
+    let have = claim_shapes(existing);
+    let want = claim_shapes(desired);
+    (have != want).then(|| {
+        format!(
+            "spec.reserve asks for {} but StatefulSet {ns}/{name} has {}, and a StatefulSet's volumeClaimTemplates cannot change; \
+             the StatefulSet and the ConfigMap are left as they were until this is resolved. \
+             Either revert spec.reserve (storage, storageClassName, url), or let the operator recreate the StatefulSet \
+             without stopping the members: kubectl delete statefulset {name} -n {ns} --cascade=orphan \
+             (existing claims keep their size and class; resize each PersistentVolumeClaim if its StorageClass allows expansion)",
+            describe_claims(&want),
+            describe_claims(&have),
+            ns = names.namespace,
+            name = names.name,
+        )
+    })
+}
+
 fn env(rc: &RelayCache) -> Vec<EnvVar> {
     let field = |name: &str, path: &str| EnvVar {
         name: name.into(),
@@ -660,6 +754,66 @@ mod tests {
         assert!(volumes
             .iter()
             .any(|v| v.name == "reserve" && v.empty_dir.is_some()));
+    }
+
+    #[test]
+    fn changed_claim_templates_are_detected_with_what_to_do() {
+        let names = Names::of(&rc("web", json!({}))).unwrap();
+        let file = |storage: &str, class: Option<&str>| {
+            build(json!({"reserve": {
+                "url": "file:///var/lib/relaycache/reserve", "storage": storage, "storageClassName": class
+            }}))
+            .0
+        };
+        let (no_claims, _) = build(json!({}));
+        let stored = |mut sts: StatefulSet| {
+            // As the apiserver returns it: defaults filled in, quantities canonical.
+            for claim in sts.spec.volume_claim_templates.iter_mut().flatten() {
+                let spec = claim.spec.as_mut().unwrap();
+                spec.volume_mode = Some("Filesystem".into());
+                if let Some(requests) = spec.resources.as_mut().unwrap().requests.as_mut() {
+                    requests.insert("storage".into(), Quantity("1Gi".into()));
+                }
+            }
+            sts
+        };
+        let existing = stored(file("1024Mi", Some("fast")));
+
+        // Same claims, written differently: no change.
+        assert_eq!(
+            claim_templates_change(&existing, &file("1Gi", Some("fast")), &names),
+            None
+        );
+        assert_eq!(
+            claim_templates_change(&no_claims, &build(json!({})).0, &names),
+            None
+        );
+        // A different mount path keeps the claim: allowed.
+        let moved = build(json!({"reserve": {"url": "file:///data", "storage": "1Gi", "storageClassName": "fast"}})).0;
+        assert_eq!(claim_templates_change(&existing, &moved, &names), None);
+
+        let bigger = claim_templates_change(&existing, &file("2Gi", Some("fast")), &names).unwrap();
+        assert!(
+            bigger.contains("asks for reserve of 2Gi (storageClassName: fast)"),
+            "{bigger}"
+        );
+        assert!(
+            bigger.contains("StatefulSet cache/web has reserve of 1Gi (storageClassName: fast)"),
+            "{bigger}"
+        );
+        assert!(
+            bigger.contains("kubectl delete statefulset web -n cache --cascade=orphan"),
+            "{bigger}"
+        );
+        assert!(bigger.contains("revert spec.reserve"), "{bigger}");
+        let reclassed = claim_templates_change(&existing, &file("1Gi", None), &names).unwrap();
+        assert!(
+            reclassed.contains("storageClassName: the cluster default"),
+            "{reclassed}"
+        );
+        let added = claim_templates_change(&no_claims, &file("1Gi", None), &names).unwrap();
+        assert!(added.contains("has no volume claim"), "{added}");
+        assert!(claim_templates_change(&existing, &no_claims, &names).is_some());
     }
 
     #[test]
