@@ -39,6 +39,14 @@ scenario_3() {
   mode: ha
   replication:
     memberCountQuorum: 3"
+  # 53 characters: one more than NAME-<revision hash> leaves room for.
+  refused "a$(printf 'b%.0s' {1..52})" \
+    "metadata.name must be at most 52 characters" \
+    "  replicas: 1"
+  refused reserve-relative \
+    "a file:// reserve.url needs an absolute path" \
+    "  reserve:
+    url: file://relative/dir"
   refused not-http \
     "upstreams[].url must be an http:// or https:// URL" \
     "  upstreams:
