@@ -8,7 +8,8 @@
 #   3. helm template in several configurations, asserted object by object
 #   4. values the schema must reject are rejected, with the schema's message
 #   5. the dashboard only queries metrics the proxy exports (a live scrape)
-#   6. examples/app-deployment.yaml opts in and passes the restricted profile
+#   6. examples/app-deployment.yaml opts in to a RelayCache that
+#      examples/relaycache.yaml defines, and passes the restricted profile
 #   7. the docker-compose example's configs pass `relaycache config validate`
 #      and agree with each other (scripts/compose_check.py)
 #
@@ -51,6 +52,7 @@ ALL_ON=(
   --set 'networkPolicy.cacheNamespaces={team-a,team-b}'
   --set metrics.serviceMonitor.enabled=true
   --set metrics.podMonitor.enabled=true
+  --set metrics.sidecarPodMonitor.enabled=true
   --set dashboard.enabled=true
 )
 
@@ -68,10 +70,15 @@ step "helm template: defaults (self-signed certificates)"
 render "$work/default.yaml"
 check manifests "$work/default.yaml" --namespace "$NS"
 
-step "helm template: cert-manager, NetworkPolicy, ServiceMonitor, PodMonitor, dashboard"
+step "helm template: cert-manager, NetworkPolicy, ServiceMonitor, both PodMonitors, dashboard"
 render "$work/all.yaml" "${ALL_ON[@]}"
 check manifests "$work/all.yaml" --namespace "$NS" --cert-manager --network-policy \
-  --monitoring-ns monitoring --cache-ns team-a team-b --service-monitor --pod-monitor --dashboard
+  --monitoring-ns monitoring --cache-ns team-a team-b --service-monitor --pod-monitor \
+  --sidecar-pod-monitor --dashboard
+
+step "helm template: only the sidecar PodMonitor"
+render "$work/sidecar-monitor.yaml" --set metrics.sidecarPodMonitor.enabled=true
+check manifests "$work/sidecar-monitor.yaml" --namespace "$NS" --sidecar-pod-monitor
 
 step "helm template: one replica, Fail policy, no CRD, extra excluded namespace, own ServiceAccount"
 render "$work/small.yaml" --set replicaCount=1 --set webhook.failurePolicy=Fail --set crds.install=false \
@@ -130,6 +137,8 @@ reject "at '/webhook/timeoutSeconds': maximum: got 31, want 30" --set webhook.ti
 reject "at '/webhook/certManager/issuerRef/kind': value must be one of 'Issuer', 'ClusterIssuer'" \
   --set webhook.certManager.issuerRef.name=x --set webhook.certManager.issuerRef.kind=CA
 reject "at '/metrics/serviceMonitor/interval'" --set metrics.serviceMonitor.interval=often
+reject "at '/metrics/sidecarPodMonitor/interval'" --set metrics.sidecarPodMonitor.interval=often
+reject "additional properties 'enable' not allowed" --set metrics.sidecarPodMonitor.enable=true
 reject "at '/networkPolicy/cacheNamespaces/0'" --set 'networkPolicy.cacheNamespaces={Team_A}'
 reject "at '/podAntiAffinity': value must be one of 'soft', 'hard', 'none'" --set podAntiAffinity=always
 reject "podDisruptionBudget.minAvailable (2) must be below replicaCount (2)" --set podDisruptionBudget.minAvailable=2
@@ -165,9 +174,35 @@ if ((!scraped)); then
   cat "$work/relaycache.log" >&2; exit 1
 fi
 check dashboard-metrics "$CHART/dashboards/relaycache.json" "$work/metrics.txt"
+# A query that only sees cache members (filtered on their job) is caught.
+python3 - "$CHART/dashboards/relaycache.json" >"$work/members-only.json" <<'PY'
+import json, sys
+dash = json.load(open(sys.argv[1]))
+panels = [p for top in dash["panels"] for p in [top] + top.get("panels", [])]
+target = next(t for p in panels for t in p.get("targets", []))
+target["expr"] = target["expr"].replace('relaycache_role=~"$role"', 'job="relaycache-members"', 1)
+json.dump(dash, sys.stdout)
+PY
+if check dashboard-metrics "$work/members-only.json" "$work/metrics.txt" 2>"$work/members-only.err" >/dev/null; then
+  echo "chart-check FAILED: a dashboard query without the role filter was accepted" >&2; exit 1
+fi
+grep -qF 'relaycache_role' "$work/members-only.err" \
+  || { echo "chart-check FAILED: role-filter rejection without the reason:" >&2; cat "$work/members-only.err" >&2; exit 1; }
+echo "  ok: a query that would hide the sidecars (or the members) is rejected"
 
 step "examples/app-deployment.yaml"
-check app-example examples/app-deployment.yaml
+check app-example examples/app-deployment.yaml --relaycaches examples/relaycache.yaml
+# The cross-reference must be able to fail: a label naming another
+# RelayCache (the bug this check was written for) is caught.
+sed 's|relaycache.io/inject: .*|relaycache.io/inject: no-such-cache|' examples/app-deployment.yaml \
+  >"$work/app-wrong-label.yaml"
+if check app-example "$work/app-wrong-label.yaml" --relaycaches examples/relaycache.yaml \
+  2>"$work/app-wrong-label.err" >/dev/null; then
+  echo "chart-check FAILED: an inject label naming no example RelayCache was accepted" >&2; exit 1
+fi
+grep -qF "names no RelayCache" "$work/app-wrong-label.err" \
+  || { echo "chart-check FAILED: wrong-label rejection without the reason:" >&2; cat "$work/app-wrong-label.err" >&2; exit 1; }
+echo "  ok: a label naming no example RelayCache is rejected"
 
 step "docker-compose example"
 for f in examples/compose/*.yaml; do

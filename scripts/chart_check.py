@@ -5,10 +5,10 @@ scripts/chart-check.sh renders the chart with `helm template` and calls
 
     chart_check.py manifests FILE --namespace NS --release NAME [--cert-manager]
         [--network-policy] [--monitoring-ns NS ...] [--cache-ns NS ...]
-        [--dashboard] [--service-monitor] [--pod-monitor]
+        [--dashboard] [--service-monitor] [--pod-monitor] [--sidecar-pod-monitor]
     chart_check.py notes FILE --namespace NS
     chart_check.py dashboard-metrics DASHBOARD_JSON METRICS_TEXT [--pending NAME ...]
-    chart_check.py app-example examples/app-deployment.yaml
+    chart_check.py app-example examples/app-deployment.yaml --relaycaches examples/relaycache.yaml
 
 Each check prints what it proved; the first failure stops with a message
 naming the object and the rule it broke.
@@ -30,27 +30,40 @@ OPERATOR_IMAGE = "relaycache/relaycache-operator:0.1.0"
 PROXY_IMAGE = "relaycache/relaycache:0.1.0"
 TLS_DIR = "/etc/relaycache-operator/tls"
 INJECT_LABEL = "relaycache.io/inject"
+INJECTED_SELECTOR = [{"key": INJECT_LABEL, "operator": "Exists"}]
 CACHE_LABELS = {"app.kubernetes.io/name": "relaycache", "app.kubernetes.io/component": "cache"}
+# The label both PodMonitors set (member / sidecar) and the dashboard's
+# Role variable filters on.
+ROLE_LABEL = "relaycache_role"
+# Where the webhook names the injected sidecar's admin port; the sidecar
+# PodMonitor must scrape that name.
+INJECT_SOURCE = "operator/src/webhook/inject.rs"
 
-# The operator's permissions, from the contract: (scope, apiGroup, resource) -> verbs.
-# Anything granted beyond this, or missing from it, fails the check.
+# The operator's permissions: (apiGroup, resource) -> verbs, each one a call
+# that operator/src makes (see the comments in templates/rbac.yaml for
+# which). Anything granted beyond this, or missing from it, fails the check;
+# a new API call in the operator needs its verb added here and in the chart.
+# delete on the children and update on relaycaches/finalizers are for the
+# OwnerReferencesPermissionEnforcement admission plugin, which checks them
+# when the operator sets ownerReferences / blockOwnerDeletion.
+CHILD_VERBS = {"list", "watch", "create", "patch", "delete"}
 CLUSTER_RBAC = {
-    ("relaycache.io", "relaycaches"): {"get", "list", "watch", "patch", "update"},
-    ("relaycache.io", "relaycaches/status"): {"get", "patch", "update"},
+    ("relaycache.io", "relaycaches"): {"get", "list", "watch"},
+    ("relaycache.io", "relaycaches/status"): {"patch"},
     ("relaycache.io", "relaycaches/finalizers"): {"update"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "events"): {"create", "patch"},
+    ("", "services"): CHILD_VERBS,
+    ("", "configmaps"): CHILD_VERBS,
+    # get: the reconciler reads the StatefulSet before applying it.
+    ("apps", "statefulsets"): CHILD_VERBS | {"get"},
+    ("policy", "poddisruptionbudgets"): CHILD_VERBS,
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {
-        "get", "list", "watch", "patch", "update"},
 }
+# Self-signed mode only: the caBundle of the chart's own configuration.
+WEBHOOK_RBAC = {("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"get", "patch"}}
 NAMESPACED_RBAC = {
-    ("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
 }
-SECRET_RBAC = {("", "secrets"): {"get", "create", "update", "patch"}}
+SECRET_RBAC = {("", "secrets"): {"get", "create", "update"}}
 # Verbs that can be narrowed to one object by resourceNames.
 NAMEABLE_VERBS = {"get", "patch", "update", "delete"}
 
@@ -217,13 +230,17 @@ def check_rbac(docs, args, fullname, webhook_name, lease, secret):
     def verbs(scope):
         return {(g, r): set(v) for (s, g, r), v in granted.items() if s == scope}
 
+    expected_cluster = dict(CLUSTER_RBAC)
+    if not args.cert_manager:
+        expected_cluster.update(WEBHOOK_RBAC)
     got = verbs("cluster")
-    if got != CLUSTER_RBAC:
-        extra = {k: sorted(got.get(k, set()) - CLUSTER_RBAC.get(k, set())) for k in got}
-        missing = {k: sorted(CLUSTER_RBAC.get(k, set()) - got.get(k, set())) for k in CLUSTER_RBAC}
-        fail(f"ClusterRole differs from the contract; extra {dict((k, v) for k, v in extra.items() if v)}, "
+    if got != expected_cluster:
+        extra = {k: sorted(got.get(k, set()) - expected_cluster.get(k, set())) for k in got}
+        missing = {k: sorted(expected_cluster.get(k, set()) - got.get(k, set())) for k in expected_cluster}
+        fail(f"ClusterRole differs from what the operator calls; extra {dict((k, v) for k, v in extra.items() if v)}, "
              f"missing {dict((k, v) for k, v in missing.items() if v)}")
-    ok("ClusterRole grants exactly the contract's verbs, no wildcards, no pods, no secrets")
+    ok("ClusterRole grants exactly the verbs the operator calls, no wildcards, no pods, no secrets"
+       f"{', no webhook configurations (cert-manager injects the CA)' if args.cert_manager else ''}")
 
     expected_ns = dict(NAMESPACED_RBAC)
     if not args.cert_manager:
@@ -236,12 +253,13 @@ def check_rbac(docs, args, fullname, webhook_name, lease, secret):
     def names_for(scope, group, res, verb):
         return granted[(scope, group, res)][verb]
 
-    hook = ("cluster", "admissionregistration.k8s.io", "mutatingwebhookconfigurations")
-    for verb in ("get", "patch", "update"):
-        if names_for(*hook, verb) != {(webhook_name,)}:
-            fail(f"{verb} on mutatingwebhookconfigurations is not limited to {webhook_name}")
-    ok(f"webhook configuration writes limited to resourceNames [{webhook_name}]")
-    for verb in ("get", "update", "patch"):
+    if not args.cert_manager:
+        hook = ("cluster", "admissionregistration.k8s.io", "mutatingwebhookconfigurations")
+        for verb in WEBHOOK_RBAC[hook[1:]]:
+            if names_for(*hook, verb) != {(webhook_name,)}:
+                fail(f"{verb} on mutatingwebhookconfigurations is not limited to {webhook_name}")
+        ok(f"webhook configuration get/patch limited to resourceNames [{webhook_name}]")
+    for verb in ("get", "update"):
         if names_for("namespaced", "coordination.k8s.io", "leases", verb) != {(lease,)}:
             fail(f"{verb} on leases is not limited to the Lease {lease}")
         if not args.cert_manager and names_for("namespaced", "", "secrets", verb) != {(secret,)}:
@@ -470,15 +488,30 @@ def check_optional(docs, args, service, pod_labels):
     elif sms:
         fail("ServiceMonitor rendered while disabled")
     pms = by_kind(docs, "PodMonitor")
-    if args.pod_monitor:
-        pm = one(docs, "PodMonitor")
-        if pm["spec"]["selector"]["matchLabels"] != CACHE_LABELS:
-            fail(f"the PodMonitor selects {pm['spec']['selector']}, expected the cache members")
-        if [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] != ["admin"]:
-            fail("the PodMonitor does not scrape the cache members' admin port")
-        ok("PodMonitor scrapes cache members' admin port in every namespace")
-    elif pms:
-        fail("PodMonitor rendered while disabled")
+    members = [p for p in pms if p["spec"]["selector"].get("matchLabels") == CACHE_LABELS]
+    injected = [p for p in pms if p["spec"]["selector"].get("matchExpressions") == INJECTED_SELECTOR]
+    if len(members) + len(injected) != len(pms):
+        fail(f"a PodMonitor selects neither the cache members nor the injected pods: {[ident(p) for p in pms]}")
+    for wanted, found, what, port, role in (
+            (args.pod_monitor, members, "cache members", "admin", "member"),
+            (args.sidecar_pod_monitor, injected, "injected sidecars", sidecar_admin_port(), "sidecar")):
+        if not wanted:
+            if found:
+                fail(f"the PodMonitor for {what} is rendered while disabled")
+            continue
+        if len(found) != 1:
+            fail(f"expected one PodMonitor for {what}, rendered {len(found)}")
+        pm = found[0]
+        if pm["spec"].get("namespaceSelector") != {"any": True}:
+            fail(f"{ident(pm)} does not look in every namespace")
+        endpoints = pm["spec"]["podMetricsEndpoints"]
+        if [(e["port"], e.get("path")) for e in endpoints] != [(port, "/metrics")]:
+            fail(f"{ident(pm)} scrapes {endpoints}, expected port {port} path /metrics")
+        if not any(r.get("targetLabel") == ROLE_LABEL and r.get("replacement") == role
+                   for r in endpoints[0].get("relabelings", [])):
+            fail(f"{ident(pm)} does not set {ROLE_LABEL}={role}, which the dashboard filters on")
+        ok(f"PodMonitor {pm['metadata']['name']}: {what}' port {port} /metrics in every namespace, "
+           f"{ROLE_LABEL}={role}")
 
     cms = [d for d in by_kind(docs, "ConfigMap") if "relaycache.json" in d.get("data", {})]
     if args.dashboard:
@@ -539,6 +572,24 @@ def check_optional(docs, args, service, pod_labels):
     ok(f"cache-member NetworkPolicies in {got_ns}: 3320 only from members and injected pods")
 
 
+def sidecar_admin_port():
+    """ADMIN_PORT_NAME from the webhook's source, so the chart and the
+    injected container cannot drift apart."""
+    try:
+        with open(INJECT_SOURCE, encoding="utf-8") as f:
+            source = f.read()
+    except OSError as e:
+        fail(f"cannot read {INJECT_SOURCE} for the sidecar's admin port name: {e}")
+    found = re.findall(r'pub const ADMIN_PORT_NAME: &str = "([a-z0-9-]+)";', source)
+    if len(found) != 1:
+        fail(f"{INJECT_SOURCE} does not define ADMIN_PORT_NAME once")
+    name = found[0]
+    # IANA_SVC_NAME: Kubernetes refuses longer port names.
+    if len(name) > 15 or not re.search(r"[a-z]", name) or "--" in name:
+        fail(f"ADMIN_PORT_NAME {name!r} is not a valid port name (15 characters at most)")
+    return name
+
+
 def dash_panels(dash):
     for p in dash.get("panels", []):
         yield p
@@ -580,9 +631,11 @@ def check_dashboard_metrics(args):
             exported.add(name)
     pending = set(args.pending or [])
     used = set()
-    for panel in dash_panels(dash):
-        for target in panel.get("targets", []):
-            used.update(re.findall(r"\brelaycache_[a-z0-9_]+", target.get("expr", "")))
+    exprs = [t.get("expr", "") for p in dash_panels(dash) for t in p.get("targets", [])]
+    for expr in exprs:
+        # Metric names only: label names inside {...} (relaycache_role) are not series.
+        used.update(re.findall(r"\brelaycache_[a-z0-9_]+", re.sub(r"\{[^}]*\}", "", expr)))
+    check_dashboard_selectors(dash, exprs)
     if not used:
         fail("the dashboard queries no relaycache_ metric")
     unknown = used - exported - pending
@@ -594,6 +647,48 @@ def check_dashboard_metrics(args):
        f"{' (or pending)' if used & pending - exported else ''}")
 
 
+# Labels that exist on the members' series but not on the sidecars' (or
+# the other way round): filtering on one would hide half the proxies.
+ROLE_SPECIFIC_LABELS = ("job", "container", "endpoint", "service", "app_kubernetes_io_")
+
+
+def check_dashboard_selectors(dash, exprs):
+    """Every series selector covers members and sidecars alike: it filters
+    on the Role variable and on nothing only one of them carries."""
+    queries = list(exprs)
+    for var in dash.get("templating", {}).get("list", []):
+        q = var.get("query")
+        queries.append(q.get("query", "") if isinstance(q, dict) else "")
+    roles = [v for v in dash.get("templating", {}).get("list", []) if v.get("name") == "role"]
+    if len(roles) != 1 or set(roles[0].get("query", "").split(",")) != {"member", "sidecar"} \
+            or roles[0].get("allValue") != ".*" or not roles[0].get("includeAll"):
+        fail("the dashboard needs a Role variable: member,sidecar, with All meaning .*")
+    count = 0
+    for query in queries:
+        for name, matchers in re.findall(r"\b(relaycache_[a-z0-9_]+)(\{[^}]*\})?", query):
+            where = f"dashboard query {query[:80]!r}"
+            if not matchers:
+                fail(f"{where}: {name} without a selector; it must filter on {ROLE_LABEL}")
+            if f'{ROLE_LABEL}=~"$role"' not in matchers:
+                fail(f"{where}: {name} does not filter on {ROLE_LABEL}=~\"$role\"")
+            for label in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*[=!]~?", matchers):
+                if label.startswith(ROLE_SPECIFIC_LABELS):
+                    fail(f"{where}: filters on {label}, which members and sidecars do not share")
+            count += 1
+    ok(f"the dashboard's {count} selectors cover members and sidecars ({ROLE_LABEL}=~\"$role\", "
+       "no job/container filter)")
+
+
+def relaycache_names(paths):
+    """(namespace or None, name) of every RelayCache in these files."""
+    found = []
+    for path in paths:
+        for d in load_docs(path):
+            if d.get("kind") == "RelayCache" and str(d.get("apiVersion", "")).startswith("relaycache.io/"):
+                found.append((d["metadata"].get("namespace"), d["metadata"]["name"]))
+    return found
+
+
 def check_app_example(args):
     docs = load_docs(args.file)
     deploy = one(docs, "Deployment")
@@ -601,6 +696,18 @@ def check_app_example(args):
     target = labels.get(INJECT_LABEL) or fail(f"{ident(deploy)}: pods lack the {INJECT_LABEL} label")
     if not re.fullmatch(r"([a-z0-9-]+\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?", target):
         fail(f"{ident(deploy)}: {INJECT_LABEL}={target} is neither NAME nor NAMESPACE.NAME")
+    # The label must name a RelayCache the examples define, or a user who
+    # applies both gets no sidecar (the webhook only warns). The webhook
+    # splits at the first dot: NAMESPACE.NAME, else NAME in the pod's namespace.
+    deploy_ns = deploy["metadata"].get("namespace")
+    want_ns, want_name = target.split(".", 1) if "." in target else (deploy_ns, target)
+    defined = relaycache_names(args.relaycaches)
+    if not defined:
+        fail(f"no RelayCache in {args.relaycaches} to check {INJECT_LABEL}={target} against")
+    if not any(name == want_name and ns == want_ns for ns, name in defined):
+        shown = ", ".join(f"{ns + '/' if ns else ''}{name}" for ns, name in defined)
+        fail(f"{ident(deploy)}: {INJECT_LABEL}={target} names no RelayCache of "
+             f"{' '.join(args.relaycaches)} (they define {shown}); the pods would get no sidecar")
     spec = deploy["spec"]["template"]["spec"]
     for c in spec["containers"]:
         # The webhook sets these; setting them in the example would hide it.
@@ -608,8 +715,8 @@ def check_app_example(args):
             if var in env_of(c):
                 fail(f"{ident(deploy)} container {c['name']} sets {var}; the webhook should")
     count = check_restricted(ident(deploy), spec)
-    ok(f"{args.file}: pods opt in with {INJECT_LABEL}: {target}, leave the base URLs to the webhook, "
-       f"{count} container(s) restricted")
+    ok(f"{args.file}: pods opt in with {INJECT_LABEL}: {target} (a RelayCache of "
+       f"{' '.join(args.relaycaches)}), leave the base URLs to the webhook, {count} container(s) restricted")
 
 
 def main():
@@ -633,6 +740,7 @@ def main():
     m.add_argument("--dashboard", action="store_true")
     m.add_argument("--service-monitor", action="store_true")
     m.add_argument("--pod-monitor", action="store_true")
+    m.add_argument("--sidecar-pod-monitor", action="store_true")
     n = sub.add_parser("notes")
     n.add_argument("file")
     n.add_argument("--namespace", required=True)
@@ -642,6 +750,8 @@ def main():
     d.add_argument("--pending", nargs="*", default=[])
     a = sub.add_parser("app-example")
     a.add_argument("file")
+    a.add_argument("--relaycaches", nargs="+", required=True,
+                   help="example files whose RelayCaches the inject label may name")
     args = parser.parse_args()
     try:
         {"manifests": check_manifests, "notes": check_notes,

@@ -60,6 +60,14 @@ fn handler(native_sidecars: bool) -> Handler {
             "shared",
             json!({"image": "relaycache/relaycache:0.1.0-team", "replication": {"tokenSecret": {"name": "shared-token"}}}),
         ),
+        relaycache(
+            "apps",
+            "sized",
+            json!({"sidecar": {"resources": {
+                "requests": {"cpu": "150m", "memory": "96Mi"},
+                "limits": {"memory": "96Mi"}
+            }}}),
+        ),
     ]
     .into_iter()
     .map(|rc| {
@@ -151,13 +159,40 @@ fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
 /// The config the proxy would read from `RELAYCACHE_CONFIG_YAML`, after the
 /// kubelet (`$$` → `$`) and the proxy (`${RELAYCACHE_PEER_TOKEN}`) expanded it.
 fn sidecar_config(sidecar: &Container) -> Config {
+    sidecar_config_with_token(sidecar, Some("s3cret"))
+}
+
+/// The same with `RELAYCACHE_PEER_TOKEN` set to `token`, or unset (its
+/// optional Secret is missing).
+fn sidecar_config_with_token(sidecar: &Container, token: Option<&str>) -> Config {
     let raw = env(sidecar, "RELAYCACHE_CONFIG_YAML").expect("config env");
     let from_kubelet = raw.replace("$$", "$");
     let expanded = relaycache_config::expand_env(&from_kubelet, |name| {
-        (name == "RELAYCACHE_PEER_TOKEN").then(|| "s3cret".to_string())
+        (name == "RELAYCACHE_PEER_TOKEN")
+            .then(|| token.map(str::to_string))
+            .flatten()
     })
     .unwrap();
     Config::from_yaml(&expanded).unwrap()
+}
+
+/// The `secretKeyRef` of the sidecar's `RELAYCACHE_PEER_TOKEN`.
+fn token_ref(sidecar: &Container) -> &k8s_openapi::api::core::v1::SecretKeySelector {
+    let token = sidecar
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "RELAYCACHE_PEER_TOKEN")
+        .expect("RELAYCACHE_PEER_TOKEN env");
+    assert!(
+        token.value.is_none(),
+        "the token's value is never in the pod"
+    );
+    token
+        .value_from
+        .as_ref()
+        .and_then(|from| from.secret_key_ref.as_ref())
+        .expect("secretKeyRef")
 }
 
 fn assert_restricted(container: &Container, pod: &Pod) {
@@ -229,25 +264,27 @@ async fn a_deployment_pod_gets_a_native_sidecar_in_client_mode() {
         .unwrap();
     assert_eq!(startup.path.as_deref(), Some("/healthz"));
 
-    // The token comes by reference; its value is nowhere in the pod.
-    let token = sidecar
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "RELAYCACHE_PEER_TOKEN")
-        .unwrap();
-    let secret = token
-        .value_from
-        .as_ref()
-        .unwrap()
-        .secret_key_ref
-        .as_ref()
-        .unwrap();
+    // The token comes by reference; its value is nowhere in the pod. The
+    // reference is optional: a missing Secret must not hold the app back.
+    let secret = token_ref(sidecar);
     assert_eq!(
         (secret.name.as_str(), secret.key.as_str()),
         ("web-peer-token", "token")
     );
-    assert!(token.value.is_none());
+    assert_eq!(secret.optional, Some(true));
+
+    // The admin port is named, so a PodMonitor can scrape every sidecar.
+    let ports: Vec<(Option<&str>, i32)> = sidecar
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref(), p.container_port))
+        .collect();
+    assert_eq!(ports, [(Some("relaycache-adm"), 9787)]);
+    assert_eq!(
+        relaycache_operator::webhook::inject::ADMIN_PORT_NAME,
+        "relaycache-adm"
+    );
 
     let config = sidecar_config(sidecar);
     assert_eq!(config.server.listen, "127.0.0.1:8787");
@@ -408,13 +445,38 @@ async fn namespace_dot_name_uses_a_relaycache_elsewhere() {
     assert_eq!(config.cache.ha.addresses, ["shared.cache.svc:3320"]);
     // Default L1 of a sidecar when the RelayCache sets none.
     assert_eq!(config.cache.memory.max_cost, 32 << 20);
-    // The Secret is referenced in the pod's namespace; the warning says so.
-    let w = warnings(&out);
-    assert!(
-        w.iter()
-            .any(|w| w.contains("\"shared-token\"") && w.contains("namespace apps")),
-        "{w:?}"
+    // The Secret is referenced in the pod's namespace, where it usually is
+    // not: the reference is optional, so the kubelet still starts the
+    // sidecar (and, with a native sidecar, the app) without it.
+    let secret = token_ref(sidecar);
+    assert_eq!(secret.name, "shared-token");
+    assert_eq!(
+        secret.optional,
+        Some(true),
+        "a missing Secret would block the app pod"
     );
+    // Without the Secret the proxy's config still loads: an empty token, so
+    // the members refuse the sidecar and it serves from memory and upstream.
+    let tokenless = sidecar_config_with_token(sidecar, None);
+    assert_eq!(tokenless.cache.ha.token, "");
+    assert_eq!(tokenless.cache.ha.addresses, ["shared.cache.svc:3320"]);
+    assert_eq!(
+        config.cache.ha.token, "s3cret",
+        "with the copy, the token is used"
+    );
+    // The warning says what to do: copy the Secret into the pod's namespace.
+    let w = warnings(&out);
+    assert_eq!(w.len(), 1, "{w:?}");
+    for needle in [
+        "\"shared-token\"",
+        "namespace apps",
+        "copy it there from namespace cache",
+        "restart the pod",
+        "runs without the token",
+    ] {
+        assert!(w[0].contains(needle), "{needle}: {w:?}");
+    }
+    assert_eq!(out.response["allowed"], true);
     assert_eq!(
         pod.metadata
             .annotations
@@ -470,11 +532,107 @@ async fn a_bad_override_refuses_the_pod_saying_what_to_write() {
     assert_eq!(out.response["allowed"], false);
     assert!(out.response.get("patch").is_none());
     let message = out.response["status"]["message"].as_str().unwrap();
+    // The annotation, the bad value, and a good value to write instead.
     assert!(
         message.contains("relaycache.io/sidecar-memory=\"lots\""),
         "{message}"
     );
-    assert!(message.contains("128Mi"), "{message}");
+    assert!(
+        message.contains("relaycache.io/sidecar-memory: \"128Mi\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn every_bad_override_is_named_with_its_value_and_an_example() {
+    let input: Value = serde_json::from_slice(&fixture("bad-override.json")).unwrap();
+    for (annotation, bad, example) in [
+        (
+            "relaycache.io/sidecar-cpu",
+            "fast",
+            "relaycache.io/sidecar-cpu: \"100m\"",
+        ),
+        (
+            "relaycache.io/sidecar-memory",
+            "0",
+            "relaycache.io/sidecar-memory: \"128Mi\"",
+        ),
+        (
+            "relaycache.io/sidecar-image",
+            "not an image",
+            "relaycache.io/sidecar-image: \"relaycache/relaycache:0.1.0\"",
+        ),
+    ] {
+        let mut input = input.clone();
+        input["request"]["object"]["metadata"]["annotations"] = json!({ annotation: bad });
+        let review = handler(true)
+            .review(&serde_json::to_vec(&input).unwrap())
+            .await
+            .unwrap();
+        let response = review.response.unwrap();
+        assert!(!response.allowed, "{annotation}={bad} was admitted");
+        assert!(response.patch.is_none());
+        let message = &response.result.message;
+        assert!(
+            message.contains(&format!("{annotation}={bad:?}")),
+            "{annotation}: {message}"
+        );
+        assert!(message.contains(example), "{annotation}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn sidecar_resources_of_the_relaycache_apply_without_annotations() {
+    let out = run("sidecar-resources-from-relaycache.json", true).await;
+    assert_eq!(out.response["allowed"], true);
+    let sidecar = sidecars(&out.after)[0];
+    let resources = sidecar.resources.as_ref().unwrap();
+    let quantities = |map: &Option<
+        BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| {
+        map.iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        quantities(&resources.requests),
+        BTreeMap::from([
+            ("cpu".into(), "150m".into()),
+            ("memory".into(), "96Mi".into())
+        ])
+    );
+    assert_eq!(
+        quantities(&resources.limits),
+        BTreeMap::from([("memory".into(), "96Mi".into())])
+    );
+
+    // An annotation overrides only what it names; the rest stays the RelayCache's.
+    let mut input: Value =
+        serde_json::from_slice(&fixture("sidecar-resources-from-relaycache.json")).unwrap();
+    input["request"]["object"]["metadata"]["annotations"] =
+        json!({"relaycache.io/sidecar-cpu": "300m"});
+    let review = handler(true)
+        .review(&serde_json::to_vec(&input).unwrap())
+        .await
+        .unwrap();
+    let patch = review.response.unwrap().patch.unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut pod = input["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    let resources = sidecars(&pod)[0].resources.clone().unwrap();
+    assert_eq!(
+        quantities(&resources.requests),
+        BTreeMap::from([
+            ("cpu".into(), "300m".into()),
+            ("memory".into(), "96Mi".into())
+        ])
+    );
+    assert_eq!(
+        quantities(&resources.limits),
+        BTreeMap::from([("memory".into(), "96Mi".into())])
+    );
 }
 
 #[tokio::test]

@@ -9,16 +9,22 @@
 //!   (the apiserver re-invokes us when a later webhook changed the pod);
 //!   containers added since then only get the base-URL variables;
 //! - `hostNetwork` pods are skipped (the sidecar's ports would be the node's);
-//! - an unknown or invalid RelayCache admits the pod unchanged with a warning:
-//!   the cache is an optimisation, never a reason to stop an app;
 //! - an invalid override annotation refuses the pod, as the apiserver refuses
-//!   an invalid resource quantity in a container.
+//!   an invalid resource quantity in a container: it is explicit bad input
+//!   in the pod itself, and the refusal (which names the annotation, its
+//!   value and a value that works) shows in the ReplicaSet's events. This is
+//!   the only refusal;
+//! - anything else the pod cannot fix itself (an unknown or invalid
+//!   RelayCache, an apiserver that cannot be read) admits the pod unchanged
+//!   with a warning, and a peer-token Secret missing from the pod's
+//!   namespace does not hold the pod back either: the cache is an
+//!   optimisation, and must not keep an app from starting.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod, Probe, ResourceRequirements,
-    Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod, Probe,
+    ResourceRequirements, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -29,7 +35,7 @@ use relaycache_config::{Config, HaConfig, ReserveConfig};
 use serde_json::{json, Value};
 
 use crate::crd::{ClusterMode, RelayCache};
-use crate::resources::configmap::render;
+use crate::resources::configmap::{render, PEER_TOKEN_ENV};
 use crate::resources::quantity;
 use crate::resources::statefulset::{
     peer_token_env, restricted_security_context, sized_resources, CONTAINER, RUN_AS,
@@ -55,6 +61,11 @@ pub const ANTHROPIC_BASE_URL: (&str, &str) = ("ANTHROPIC_BASE_URL", "http://127.
 pub const OPENAI_BASE_URL: (&str, &str) = ("OPENAI_BASE_URL", "http://127.0.0.1:8787/v1");
 /// Scratch space of the sidecar, whose root filesystem is read-only.
 pub const TMP_VOLUME: &str = "relaycache-tmp";
+/// Name of the sidecar's admin port (`/metrics`, `/healthz`), which the
+/// chart's sidecar PodMonitor scrapes by name. Prefixed so it cannot clash
+/// with the app's own ports (names are unique per pod), and cut to 15
+/// characters, the limit of a port name.
+pub const ADMIN_PORT_NAME: &str = "relaycache-adm";
 /// Memory cache (L1) of a sidecar whose RelayCache sets no `sidecar.memory`:
 /// one per app pod, so far smaller than a member's.
 pub const DEFAULT_SIDECAR_CACHE_BYTES: u64 = 32 << 20;
@@ -260,17 +271,21 @@ pub fn respond(
     };
 
     let mut warnings = Vec::new();
-    if rc.spec.replication.token_secret.is_some() && target.namespace != target.pod_namespace {
-        let secret = rc
-            .spec
-            .replication
-            .token_secret
-            .as_ref()
-            .map(|s| s.name.as_str())
-            .unwrap_or_default();
+    // The webhook may not read Secrets, so it cannot tell whether the copy
+    // exists; across namespaces it usually does not, and the sidecar then
+    // runs without the token (not refused: see `optional_secret`).
+    let elsewhere = target.namespace != target.pod_namespace;
+    let reads_token = !config.cache.ha.token.is_empty();
+    if let Some(secret) = rc
+        .spec
+        .replication
+        .token_secret
+        .as_ref()
+        .filter(|_| elsewhere && reads_token)
+    {
         warnings.push(format!(
-            "relaycache: the sidecar reads the peer token from Secret {secret:?} (key \"token\") in namespace {}; Secrets are not shared across namespaces, so copy it there",
-            target.pod_namespace
+            "relaycache: the sidecar reads the peer token from Secret {:?} (key \"token\") in namespace {}; Secrets are not shared across namespaces, so copy it there from namespace {}, then restart the pod. Until then the sidecar runs without the token: the cache members refuse it and it serves from its own memory and the upstream",
+            secret.name, target.pod_namespace, target.namespace
         ));
     }
     let container = sidecar_container(&rc, pod, &config, &overrides, settings);
@@ -351,6 +366,12 @@ pub fn sidecar_config(rc: &RelayCache) -> Result<Config, InvalidSpec> {
         ha.peers = defaults.peers;
         ha.advertise_addr = defaults.advertise_addr;
         ha.bind_addr = defaults.bind_addr;
+        // The token Secret is optional for the sidecar (see
+        // `optional_secret`); without the fallback an unset variable would
+        // stop the proxy at startup instead of letting it run tokenless.
+        if ha.token == format!("${{{PEER_TOKEN_ENV}}}") {
+            ha.token = format!("${{{PEER_TOKEN_ENV}:-}}");
+        }
     }
     config.validate().map_err(|found| {
         InvalidSpec(
@@ -373,23 +394,28 @@ struct Overrides {
 }
 
 impl Overrides {
+    /// The overrides, or the refusal message: it names the annotation, the
+    /// value found and a value that works, because it reaches the user only
+    /// as a ReplicaSet event ("Error creating: admission webhook ... denied
+    /// the request: ...").
     fn of(pod: &Pod) -> Result<Self, String> {
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let get = |key: &str| annotations.get(key).map(|v| v.trim().to_string());
         let mut overrides = Overrides::default();
         if let Some(image) = get(IMAGE_ANNOTATION) {
             if image.is_empty() || image.len() > 512 || image.contains(char::is_whitespace) {
-                return Err(format!(
-                    "relaycache: annotation {IMAGE_ANNOTATION}={image:?} is not an image reference; write e.g. relaycache/relaycache:0.1.0 or remove it"
+                return Err(refusal(
+                    IMAGE_ANNOTATION,
+                    &image,
+                    "an image reference",
+                    "relaycache/relaycache:0.1.0",
                 ));
             }
             overrides.image = Some(image);
         }
         if let Some(cpu) = get(CPU_ANNOTATION) {
             if !is_cpu_quantity(&cpu) {
-                return Err(format!(
-                    "relaycache: annotation {CPU_ANNOTATION}={cpu:?} is not a CPU quantity; write e.g. 100m or 0.5, or remove it"
-                ));
+                return Err(refusal(CPU_ANNOTATION, &cpu, "a CPU quantity", "100m"));
             }
             overrides.cpu = Some(Quantity(cpu));
         }
@@ -397,14 +423,31 @@ impl Overrides {
             match quantity::bytes(&memory, MEMORY_ANNOTATION) {
                 Ok(bytes) if bytes > 0 => overrides.memory = Some(Quantity(memory)),
                 _ => {
-                    return Err(format!(
-                        "relaycache: annotation {MEMORY_ANNOTATION}={memory:?} is not a memory quantity; write e.g. 128Mi or 1Gi, or remove it"
+                    return Err(refusal(
+                        MEMORY_ANNOTATION,
+                        &memory,
+                        "a memory quantity",
+                        "128Mi",
                     ))
                 }
             }
         }
         Ok(overrides)
     }
+}
+
+/// Longest part of a bad annotation value quoted back: enough to recognise
+/// it, short enough for an event.
+const SHOWN_VALUE_CHARS: usize = 64;
+
+fn refusal(annotation: &str, value: &str, what: &str, example: &str) -> String {
+    let mut shown: String = value.chars().take(SHOWN_VALUE_CHARS).collect();
+    if shown.len() < value.len() {
+        shown.push_str("...");
+    }
+    format!(
+        "relaycache: annotation {annotation}={shown:?} is not {what}; write e.g. {annotation}: \"{example}\" in the pod template, or remove it for the RelayCache's default"
+    )
 }
 
 /// `250m`, `0.5`, `2`: a positive decimal, or whole millicores.
@@ -440,7 +483,10 @@ fn sidecar_container(
         value: Some(kubelet_literal(&config.to_yaml())),
         ..EnvVar::default()
     }];
-    env.extend(peer_token_env(rc));
+    // Only where the config reads it (HA clients).
+    if !config.cache.ha.token.is_empty() {
+        env.extend(peer_token_env(rc).map(optional_secret));
+    }
 
     let mut resources = spec
         .sidecar
@@ -488,6 +534,14 @@ fn sidecar_container(
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec!["relaycache".into()]),
         args: Some(vec!["serve".into()]),
+        // Admin listens on the pod IP for the kubelet's probes; naming the
+        // port lets a PodMonitor find every injected sidecar's /metrics.
+        ports: Some(vec![ContainerPort {
+            name: Some(ADMIN_PORT_NAME.into()),
+            container_port: ADMIN_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
         env: Some(env),
         resources: Some(resources),
         restart_policy: settings.native_sidecars.then(|| "Always".to_string()),
@@ -506,6 +560,24 @@ fn sidecar_container(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     }
+}
+
+/// The members' token reference is mandatory (a member without the token
+/// cannot join its cluster, and should not start). An app pod must never
+/// wait on the cache: a missing Secret would keep the kubelet from starting
+/// the sidecar, and a native sidecar holds every app container back. So the
+/// sidecar's reference is optional; without the Secret the sidecar runs
+/// tokenless (its config falls back to an empty token), the members refuse
+/// it, and it serves from its own memory and the upstream.
+fn optional_secret(mut var: EnvVar) -> EnvVar {
+    if let Some(secret) = var
+        .value_from
+        .as_mut()
+        .and_then(|from| from.secret_key_ref.as_mut())
+    {
+        secret.optional = Some(true);
+    }
+    var
 }
 
 /// 25m CPU; memory for the L1 cache plus half again plus 32 MiB for the
@@ -704,6 +776,50 @@ mod tests {
                 .is_err_and(|e| e.0.iter().all(|i| i.path.starts_with("sidecar config"))),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn refusals_name_the_annotation_the_value_and_a_good_value() {
+        let pod = |annotation: &str, value: &str| Pod {
+            metadata: kube::core::ObjectMeta {
+                annotations: Some(BTreeMap::from([(annotation.into(), value.into())])),
+                ..Default::default()
+            },
+            ..Pod::default()
+        };
+        for (annotation, bad, good) in [
+            (CPU_ANNOTATION, "1.5m", "100m"),
+            (MEMORY_ANNOTATION, "lots", "128Mi"),
+            (IMAGE_ANNOTATION, " ", "relaycache/relaycache:0.1.0"),
+        ] {
+            let err = Overrides::of(&pod(annotation, bad)).unwrap_err();
+            let shown = bad.trim();
+            assert!(err.contains(&format!("{annotation}={shown:?}")), "{err}");
+            assert!(err.contains(&format!("{annotation}: \"{good}\"")), "{err}");
+            // The example really is accepted.
+            assert!(Overrides::of(&pod(annotation, good)).is_ok(), "{good}");
+        }
+        // A huge value is cut, so the event stays readable.
+        let err = Overrides::of(&pod(CPU_ANNOTATION, &"9x".repeat(5000))).unwrap_err();
+        assert!(err.len() < 400, "{} chars", err.len());
+        assert!(err.contains("9x9x...\""), "{err}");
+    }
+
+    #[test]
+    fn the_sidecar_runs_tokenless_when_its_secret_is_missing() {
+        use crate::resources::testing::rc;
+        let config = sidecar_config(&rc(
+            "web",
+            serde_json::json!({"replication": {"tokenSecret": {"name": "t"}}}),
+        ))
+        .unwrap();
+        assert_eq!(config.cache.ha.token, "${RELAYCACHE_PEER_TOKEN:-}");
+        let unset = relaycache_config::expand_env(&config.to_yaml(), |_| None).unwrap();
+        let loaded = Config::from_yaml(&unset).unwrap();
+        assert_eq!(loaded.cache.ha.token, "");
+        // No Secret, no token variable at all.
+        let config = sidecar_config(&rc("web", serde_json::json!({}))).unwrap();
+        assert_eq!(config.cache.ha.token, "");
     }
 
     #[test]
