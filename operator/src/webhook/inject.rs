@@ -288,7 +288,22 @@ pub fn respond(
             secret.name, target.pod_namespace, target.namespace
         ));
     }
-    let container = sidecar_container(&rc, pod, &config, &overrides, settings);
+    // Serialising a plain config does not fail in practice; if it ever
+    // did, an empty config would start a sidecar on defaults, so admit the
+    // pod as it is instead.
+    let config_text = match config.try_to_yaml() {
+        Ok(text) => text,
+        Err(err) => {
+            return with_warning(
+                req,
+                format!(
+                    "relaycache: cannot write the sidecar's config for RelayCache {}/{} ({err}); admitted without the sidecar",
+                    target.namespace, target.name
+                ),
+            )
+        }
+    };
+    let container = sidecar_container(&rc, pod, &config, &config_text, &overrides, settings);
     let native = settings.native_sidecars;
 
     let mut ops = Ops::default();
@@ -467,6 +482,7 @@ fn sidecar_container(
     rc: &RelayCache,
     pod: &Pod,
     config: &Config,
+    config_text: &str,
     overrides: &Overrides,
     settings: &InjectSettings,
 ) -> Container {
@@ -480,7 +496,7 @@ fn sidecar_container(
 
     let mut env = vec![EnvVar {
         name: CONFIG_ENV.into(),
-        value: Some(kubelet_literal(&config.to_yaml())),
+        value: Some(kubelet_literal(config_text)),
         ..EnvVar::default()
     }];
     // Only where the config reads it (HA clients).
@@ -814,7 +830,8 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(config.cache.ha.token, "${RELAYCACHE_PEER_TOKEN:-}");
-        let unset = relaycache_config::expand_env(&config.to_yaml(), |_| None).unwrap();
+        let unset =
+            relaycache_config::expand_env(&config.try_to_yaml().unwrap(), |_| None).unwrap();
         let loaded = Config::from_yaml(&unset).unwrap();
         assert_eq!(loaded.cache.ha.token, "");
         // No Secret, no token variable at all.
