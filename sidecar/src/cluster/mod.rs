@@ -265,3 +265,53 @@ fn advertised_address(settings: &HaConfig) -> String {
         .unwrap_or_else(|| "localhost".into());
     format!("{host}:{port}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long a silent member stays live before it counts as down.
+    fn down_after(t: Timings) -> Duration {
+        t.probe_interval * t.failures_to_down
+    }
+
+    #[test]
+    fn timings_match_the_readme_and_grow_from_local_to_lan_to_wan() {
+        let [local, lan, wan] =
+            [Environment::Local, Environment::Lan, Environment::Wan].map(Timings::for_environment);
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        // The README's table: probe interval and timeout, misses before
+        // down, replica call timeout, repair interval.
+        let table = |t: Timings| {
+            (
+                t.probe_interval,
+                t.probe_timeout,
+                t.failures_to_down,
+                t.call_timeout,
+                t.repair_interval,
+            )
+        };
+        assert_eq!(table(local), (ms(200), ms(200), 3, ms(250), s(10)));
+        assert_eq!(table(lan), (s(1), s(1), 3, ms(500), s(60)));
+        assert_eq!(table(wan), (s(3), s(3), 5, s(2), s(300)));
+
+        for (quick, slow) in [(local, lan), (lan, wan)] {
+            assert!(quick.probe_interval < slow.probe_interval);
+            assert!(quick.probe_timeout < slow.probe_timeout);
+            assert!(quick.call_timeout < slow.call_timeout);
+            assert!(down_after(quick) < down_after(slow));
+            assert!(quick.repair_interval < slow.repair_interval);
+            assert!(quick.settle < slow.settle);
+        }
+        for t in [local, lan, wan] {
+            // A probe gives up before the next one is due, so a dead
+            // member's misses pile up once per interval.
+            assert!(t.probe_timeout <= t.probe_interval, "{t:?}");
+            // Members probe out of phase, so they notice the same change up
+            // to a probe round apart; repair waits that out before it
+            // compares copies.
+            assert!(t.settle >= t.probe_interval + t.probe_timeout, "{t:?}");
+        }
+    }
+}

@@ -17,6 +17,18 @@ use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 use crate::version::Version;
 
+/// Keeps in `freshest` the copy with the higher version of the one held so
+/// far and `candidate`. Equal versions are the same write, so on a tie the
+/// copy already held stays.
+fn keep_freshest(freshest: &mut Option<CachedResponse>, candidate: CachedResponse) {
+    if freshest
+        .as_ref()
+        .is_none_or(|held| candidate.version > held.version)
+    {
+        *freshest = Some(candidate);
+    }
+}
+
 impl Cluster {
     /// A version for an entry about to be stored.
     pub fn next_version(&self) -> Version {
@@ -60,9 +72,7 @@ impl Cluster {
                         .map(|(_, entry)| entry);
                     if let Some(entry) = found {
                         self.clock.observe(entry.version);
-                        if freshest.as_ref().is_none_or(|f| entry.version > f.version) {
-                            freshest = Some(entry);
-                        }
+                        keep_freshest(&mut freshest, entry);
                     }
                 }
                 Ok(Err(status)) => {
@@ -207,5 +217,93 @@ impl Cluster {
             })
             .await;
         failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::version::Clock;
+
+    fn copy(body: &str, version: Version) -> CachedResponse {
+        let mut entry =
+            CachedResponse::new(&HeaderMap::new(), body.as_bytes(), Duration::from_secs(60));
+        entry.version = version;
+        entry
+    }
+
+    /// Every order in which the replicas may answer.
+    fn orders<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut all = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut tail in orders(&rest) {
+                tail.insert(0, first.clone());
+                all.push(tail);
+            }
+        }
+        all
+    }
+
+    fn pick(answers: &[(&'static str, Version)]) -> String {
+        let mut freshest = None;
+        for &(body, version) in answers {
+            keep_freshest(&mut freshest, copy(body, version));
+        }
+        let body = freshest.expect("a copy was kept").body();
+        String::from_utf8(body.to_vec()).expect("utf-8 body")
+    }
+
+    #[test]
+    fn the_freshest_copy_wins_whatever_order_the_replicas_answer_in() {
+        let version = |wall_ms, counter, origin| Version {
+            wall_ms,
+            counter,
+            origin,
+        };
+        let answers = [
+            ("v1", version(1_000, 0, 9)),
+            ("v2", version(1_000, 4, 1)),
+            ("v3", version(1_001, 0, 1)),
+        ];
+        for order in orders(&answers) {
+            assert_eq!(pick(&order), "v3", "{order:?}");
+        }
+        // Same wall time and counter: the writer's id breaks the tie.
+        let tie = [("low", version(5, 1, 1)), ("high", version(5, 1, 2))];
+        for order in orders(&tie) {
+            assert_eq!(pick(&order), "high", "{order:?}");
+        }
+        // Identical versions: the first answer stays.
+        let same = version(5, 1, 1);
+        assert_eq!(pick(&[("first", same), ("second", same)]), "first");
+    }
+
+    #[test]
+    fn a_refresh_by_a_member_whose_clock_lags_still_wins() {
+        let ahead = Clock::new(1);
+        let behind = Clock::new(2);
+        // A version from a member whose wall clock runs a minute fast.
+        let fast_wall = ahead.tick().wall_ms + 60_000;
+        let old = Version {
+            wall_ms: fast_wall,
+            counter: 0,
+            origin: ahead.origin(),
+        };
+        // The lagging member saw that copy before refreshing the key.
+        behind.observe(old);
+        let refreshed = behind.tick();
+        assert!(refreshed.wall_ms >= fast_wall, "{refreshed:?}");
+        for order in orders(&[("stale", old), ("refreshed", refreshed)]) {
+            assert_eq!(pick(&order), "refreshed", "{order:?}");
+        }
     }
 }

@@ -502,11 +502,70 @@ impl Relay {
         .await
     }
 
-    /// A counter from `/metrics`, by its exact series name with labels.
+    /// A series from `/metrics`, by its exact name with labels. Panics
+    /// (with the whole text) when the series is absent, so that asserting
+    /// a zero cannot pass for a metric that is not exported at all.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = get(&self.admin_url("/metrics")).await.text();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_in(&text, series).unwrap_or_else(|| {
+            panic!("no series {series:?} in /metrics:\n{text}");
+        })
     }
+
+    /// Stops the process with SIGSTOP: it keeps its memory and sockets but
+    /// answers nothing, as a member stalled by the kernel or a debugger.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`Relay::pause`]d process run again.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+}
+
+/// The value of `series` (name and labels, exactly) in Prometheus text.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            if name != series {
+                return None;
+            }
+            value.parse().ok()
+        })
+}
+
+/// A gRPC client of one member's cluster port, speaking plaintext.
+pub async fn grpc_client(
+    address: &str,
+) -> relaycache::cluster::proto::cluster_client::ClusterClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the cluster port {address}: {e}"));
+    relaycache::cluster::proto::cluster_client::ClusterClient::new(channel)
+}
+
+/// `message` as a request carrying `authorization: Bearer TOKEN`, as
+/// members and clients send it.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
 }

@@ -1,0 +1,378 @@
+//! The cluster's gRPC protocol as another member or a client speaks it: a
+//! real member process on loopback, called with the generated client.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use http::HeaderMap;
+use relaycache::cluster::proto::cluster_client::ClusterClient;
+use relaycache::cluster::proto::{
+    self, DeleteRequest, GetManyRequest, GetRequest, PingRequest, SetManyRequest, SetRequest,
+    VersionsRequest,
+};
+use relaycache::cluster::wire::{entry_from_wire, entry_to_wire, version_from_wire};
+use relaycache::entry::CachedResponse;
+use relaycache::key::CacheKey;
+use relaycache::version::Version;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const TOKEN: &str = "grpc-test-token";
+
+/// A one-member cluster with [`TOKEN`], and its gRPC address.
+async fn member(upstream: &str) -> (Relay, String) {
+    let grpc = member_addresses(1).remove(0);
+    let mut config = member_config(upstream, &grpc, std::slice::from_ref(&grpc), 1);
+    config.cache.ha.token = TOKEN.into();
+    let relay = Relay::start(&config);
+    relay.wait_for_members(1).await;
+    (relay, grpc)
+}
+
+fn key(n: u8) -> CacheKey {
+    CacheKey([n; 32])
+}
+
+fn now_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}
+
+/// An entry for `key` with body `body` at `version`, as sent.
+fn entry(key: &CacheKey, body: &str, version: Version) -> proto::Entry {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let mut entry = CachedResponse::new(&headers, body.as_bytes(), Duration::from_secs(600));
+    entry.version = version;
+    entry_to_wire(key, &entry)
+}
+
+fn at(wall_ms: u64, counter: u32) -> Version {
+    Version {
+        wall_ms,
+        counter,
+        origin: 7,
+    }
+}
+
+/// The body of an entry as received.
+fn body_of(entry: &proto::Entry) -> String {
+    let (_, restored) = entry_from_wire(entry).expect("a well-formed, fresh entry");
+    String::from_utf8(restored.body().to_vec()).unwrap()
+}
+
+/// `message` with `token`, or with no authorization at all.
+fn request<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    match token {
+        Some(token) => with_token(message, token),
+        None => tonic::Request::new(message),
+    }
+}
+
+async fn held(client: &mut ClusterClient<Channel>, key: &CacheKey) -> Option<String> {
+    let reply = client
+        .get(with_token(
+            GetRequest {
+                key: key.0.to_vec(),
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    reply.entry.as_ref().map(body_of)
+}
+
+#[tokio::test]
+async fn batched_and_single_calls_store_read_and_delete() {
+    let upstream = mock().await;
+    let (relay, grpc) = member(&upstream.url()).await;
+    let mut client = grpc_client(&grpc).await;
+    let now = now_ms();
+
+    let ping = client
+        .ping(with_token(PingRequest::default(), TOKEN))
+        .await
+        .expect("ping")
+        .into_inner();
+    assert_eq!(ping.id, grpc);
+    assert_eq!(ping.members, [grpc.as_str()]);
+
+    let first: Vec<proto::Entry> = (1..=3)
+        .map(|n| entry(&key(n), &format!("answer {n}"), at(now, 0)))
+        .collect();
+    let stored = client
+        .set_many(with_token(SetManyRequest { entries: first }, TOKEN))
+        .await
+        .expect("set_many")
+        .into_inner()
+        .stored;
+    assert_eq!(stored, 3);
+    assert_eq!(relay.stats().await["key_count"], 3);
+
+    // GetMany returns what it holds and leaves out what it does not.
+    let keys = [key(1), key(2), key(3), key(9)];
+    let many = client
+        .get_many(with_token(
+            GetManyRequest {
+                keys: keys.iter().map(|k| k.0.to_vec()).collect(),
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("get_many")
+        .into_inner()
+        .entries;
+    let found: HashMap<Vec<u8>, String> =
+        many.iter().map(|e| (e.key.clone(), body_of(e))).collect();
+    assert_eq!(found.len(), 3, "{found:?}");
+    for n in 1..=3 {
+        assert_eq!(found[&key(n).0.to_vec()], format!("answer {n}"));
+    }
+    for e in &many {
+        assert_eq!(version_from_wire(e.version.as_ref()), at(now, 0));
+    }
+    assert_eq!(
+        held(&mut client, &key(2)).await.as_deref(),
+        Some("answer 2")
+    );
+    assert_eq!(held(&mut client, &key(9)).await, None);
+
+    // An older copy never replaces a newer one; a newer one does.
+    let stored = client
+        .set_many(with_token(
+            SetManyRequest {
+                entries: vec![
+                    entry(&key(1), "older", at(now - 1, 5)),
+                    entry(&key(2), "newer", at(now, 1)),
+                    entry(&key(4), "answer 4", at(now, 0)),
+                ],
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("set_many")
+        .into_inner()
+        .stored;
+    assert_eq!(stored, 2);
+    assert_eq!(
+        held(&mut client, &key(1)).await.as_deref(),
+        Some("answer 1")
+    );
+    assert_eq!(held(&mut client, &key(2)).await.as_deref(), Some("newer"));
+    let single = client
+        .set(with_token(
+            SetRequest {
+                entry: Some(entry(&key(3), "older", at(now - 1, 0))),
+                admit_to_reserve: false,
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("set")
+        .into_inner();
+    assert!(!single.stored);
+    // An entry whose TTL ran out on the way is not kept.
+    let mut expired = entry(&key(5), "expired", at(now, 0));
+    expired.created_ms = 1_000;
+    let stored = client
+        .set_many(with_token(
+            SetManyRequest {
+                entries: vec![expired],
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("set_many")
+        .into_inner()
+        .stored;
+    assert_eq!(stored, 0);
+
+    // Versions answers in request order, absent for keys not held.
+    let asked = [key(2), key(9), key(1)];
+    let versions = client
+        .versions(with_token(
+            VersionsRequest {
+                keys: asked.iter().map(|k| k.0.to_vec()).collect(),
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("versions")
+        .into_inner()
+        .versions;
+    let listed: Vec<(Vec<u8>, Option<Version>)> = versions
+        .iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.version.as_ref().map(|v| version_from_wire(Some(v))),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (key(2).0.to_vec(), Some(at(now, 1))),
+            (key(9).0.to_vec(), None),
+            (key(1).0.to_vec(), Some(at(now, 0))),
+        ]
+    );
+
+    let delete = |n: u8| {
+        with_token(
+            DeleteRequest {
+                key: key(n).0.to_vec(),
+            },
+            TOKEN,
+        )
+    };
+    assert!(
+        client
+            .delete(delete(1))
+            .await
+            .expect("delete")
+            .into_inner()
+            .removed
+    );
+    assert!(
+        !client
+            .delete(delete(1))
+            .await
+            .expect("delete")
+            .into_inner()
+            .removed
+    );
+    assert_eq!(held(&mut client, &key(1)).await, None);
+    let left = client
+        .get_many(with_token(
+            GetManyRequest {
+                keys: [key(1), key(2), key(3), key(4)]
+                    .iter()
+                    .map(|k| k.0.to_vec())
+                    .collect(),
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("get_many")
+        .into_inner()
+        .entries;
+    let mut left: Vec<String> = left.iter().map(body_of).collect();
+    left.sort();
+    assert_eq!(left, ["answer 3", "answer 4", "newer"]);
+    assert_eq!(relay.stats().await["key_count"], 3);
+
+    // Malformed requests are refused with a reason, not stored.
+    let short_key = client
+        .get(with_token(GetRequest { key: vec![1; 31] }, TOKEN))
+        .await
+        .expect_err("a 31-byte key");
+    assert_eq!(short_key.code(), Code::InvalidArgument);
+    let too_many = client
+        .get_many(with_token(
+            GetManyRequest {
+                keys: vec![key(1).0.to_vec(); 4097],
+            },
+            TOKEN,
+        ))
+        .await
+        .expect_err("4097 keys");
+    assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many}");
+    assert_eq!(relay.stats().await["cluster"]["refused"], 0);
+}
+
+#[tokio::test]
+async fn calls_without_the_token_are_refused() {
+    let upstream = mock().await;
+    let (relay, grpc) = member(&upstream.url()).await;
+    let mut client = grpc_client(&grpc).await;
+    let now = now_ms();
+    let stored = client
+        .set_many(with_token(
+            SetManyRequest {
+                entries: vec![entry(&key(1), "kept", at(now, 0))],
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("set_many with the token")
+        .into_inner()
+        .stored;
+    assert_eq!(stored, 1);
+
+    // Each call once without a token and once with a wrong one.
+    let mut refusals = Vec::new();
+    for token in [None, Some("not-the-token")] {
+        let outcomes = [
+            client
+                .ping(request(PingRequest::default(), token))
+                .await
+                .err(),
+            client
+                .get(request(
+                    GetRequest {
+                        key: key(1).0.to_vec(),
+                    },
+                    token,
+                ))
+                .await
+                .err(),
+            client
+                .get_many(request(
+                    GetManyRequest {
+                        keys: vec![key(1).0.to_vec()],
+                    },
+                    token,
+                ))
+                .await
+                .err(),
+            client
+                .set_many(request(
+                    SetManyRequest {
+                        entries: vec![entry(&key(2), "intruder", at(now, 9))],
+                    },
+                    token,
+                ))
+                .await
+                .err(),
+            client
+                .versions(request(
+                    VersionsRequest {
+                        keys: vec![key(1).0.to_vec()],
+                    },
+                    token,
+                ))
+                .await
+                .err(),
+            client
+                .delete(request(
+                    DeleteRequest {
+                        key: key(1).0.to_vec(),
+                    },
+                    token,
+                ))
+                .await
+                .err(),
+        ];
+        for (call, outcome) in outcomes.into_iter().enumerate() {
+            let status = outcome.unwrap_or_else(|| panic!("call {call} with {token:?} was served"));
+            assert_eq!(
+                status.code(),
+                Code::Unauthenticated,
+                "call {call}: {status}"
+            );
+            assert!(!status.message().contains(TOKEN), "{status}");
+            refusals.push(status);
+        }
+    }
+    let stats = relay.stats().await;
+    assert_eq!(stats["cluster"]["refused"], refusals.len());
+    // Nothing the refused calls carried was stored or removed.
+    assert_eq!(stats["key_count"], 1);
+    assert_eq!(held(&mut client, &key(1)).await.as_deref(), Some("kept"));
+    assert_eq!(held(&mut client, &key(2)).await, None);
+}
