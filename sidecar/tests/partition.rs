@@ -1,234 +1,26 @@
 //! HA mode under a real network partition: three `relaycache` members, each
-//! in its own network namespace, joined by a bridge that the test cuts one
-//! member off from. Needs root (CAP_NET_ADMIN) and the `ip` tool; where the
-//! kernel or the environment refuses to create namespaces or veth pairs the
-//! test says so and passes without running.
-//!
-//! Topology (N is derived from the test's pid so that concurrent runs on
-//! one machine use different addresses and names):
-//!
-//! ```text
-//!   namespace rc-PID-s:  bridge br0 with ports pa, pb, pc (the "switch")
-//!   namespace rc-PID-X:  cX  10.213.N.(i+1)/24, on the bridge: gRPC between members
-//!     (member i = 0, 1, 2) m0  10.214.N.(4i+2)/30, paired with rcPIDX 10.214.N.(4i+1)/30
-//!                        in the test's namespace: HTTP traffic and admin from the
-//!                        test, and the member's way to the mock upstream
-//! ```
-//!
+//! in its own network namespace, joined by a bridge (see `netns/mod.rs`).
 //! The partition is `ip link set pc down` in the switch: member C loses
 //! every other member, yet the test still reaches C (and C the upstream)
-//! over C's own link, so the minority side can be observed while it is cut off.
-//! The bridge sits in a namespace of its own so that the host's firewall
-//! (a FORWARD policy of DROP with bridge netfilter, as Docker sets up)
-//! never sees the members' traffic.
+//! over C's own link, so the minority side can be observed while it is cut
+//! off. Needs root (CAP_NET_ADMIN) and the `ip` tool; where the kernel or
+//! the environment refuses to create namespaces or veth pairs the test says
+//! so and passes without running.
 
 mod common;
+mod netns;
 
-use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use relaycache::config::Config;
-
-/// Why the namespaces could not be made; the test is skipped with it.
-struct Refused(String);
-
-/// Runs `ip ARGS...`; an error names the command and what `ip` said.
-fn ip(args: &[&str]) -> Result<(), Refused> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| Refused(format!("cannot run `ip {}`: {e}", args.join(" "))))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(Refused(format!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
-}
-
-/// The namespaces and links of one run. Dropping it deletes them, which
-/// also removes every veth (a veth goes with either end's namespace), so
-/// nothing is left behind when the test fails halfway.
-struct Net {
-    prefix: String,
-    /// Third octet of both subnets.
-    octet: u32,
-    namespaces: Vec<String>,
-}
-
-const MEMBERS: [char; 3] = ['a', 'b', 'c'];
-
-impl Net {
-    fn create() -> Result<Self, Refused> {
-        let pid = std::process::id();
-        let mut net = Self {
-            prefix: format!("rc-{pid}"),
-            octet: pid % 250 + 1,
-            namespaces: Vec::new(),
-        };
-        net.build()?;
-        Ok(net)
-    }
-
-    fn namespace(&self, member: char) -> String {
-        format!("{}-{member}", self.prefix)
-    }
-
-    fn switch(&self) -> String {
-        format!("{}-s", self.prefix)
-    }
-
-    /// This member's address on the bridge (its gRPC address).
-    fn cluster_ip(&self, index: usize) -> String {
-        format!("10.213.{}.{}", self.octet, index + 1)
-    }
-
-    /// The test's end of this member's own link (where the mock listens).
-    fn host_ip(&self, index: usize) -> String {
-        format!("10.214.{}.{}", self.octet, 4 * index + 1)
-    }
-
-    /// The member's end of its own link (its traffic and admin listeners).
-    fn member_ip(&self, index: usize) -> String {
-        format!("10.214.{}.{}", self.octet, 4 * index + 2)
-    }
-
-    fn add_namespace(&mut self, name: String) -> Result<(), Refused> {
-        // A namespace left by a killed run with a recycled pid would make
-        // `add` fail; it is ours by name, so it goes.
-        let _ = ip(&["netns", "del", &name]);
-        ip(&["netns", "add", &name])?;
-        self.namespaces.push(name);
-        Ok(())
-    }
-
-    fn build(&mut self) -> Result<(), Refused> {
-        let switch = self.switch();
-        self.add_namespace(switch.clone())?;
-        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
-        for (i, member) in MEMBERS.into_iter().enumerate() {
-            let ns = self.namespace(member);
-            self.add_namespace(ns.clone())?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            let (inside, port) = (format!("c{member}"), format!("p{member}"));
-            ip(&[
-                "link", "add", &inside, "netns", &ns, "type", "veth", "peer", "name", &port,
-                "netns", &switch,
-            ])?;
-            ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
-            let cluster = format!("{}/24", self.cluster_ip(i));
-            ip(&["-n", &ns, "addr", "add", &cluster, "dev", &inside])?;
-            ip(&["-n", &ns, "link", "set", &inside, "up"])?;
-
-            let host_end = format!("{}{member}", self.prefix.replace('-', ""));
-            let _ = ip(&["link", "del", &host_end]);
-            ip(&[
-                "link", "add", &host_end, "type", "veth", "peer", "name", "m0", "netns", &ns,
-            ])?;
-            let (host_cidr, member_cidr) = (
-                format!("{}/30", self.host_ip(i)),
-                format!("{}/30", self.member_ip(i)),
-            );
-            ip(&["addr", "add", &host_cidr, "dev", &host_end])?;
-            ip(&["link", "set", &host_end, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &member_cidr, "dev", "m0"])?;
-            ip(&["-n", &ns, "link", "set", "m0", "up"])?;
-        }
-        Ok(())
-    }
-
-    /// Takes member `member`'s port on the bridge down or up.
-    fn set_port(&self, member: char, up: bool) {
-        let port = format!("p{member}");
-        let state = if up { "up" } else { "down" };
-        if let Err(Refused(why)) = ip(&["-n", &self.switch(), "link", "set", &port, state]) {
-            panic!("cannot set the bridge port of member {member} {state}: {why}");
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in self.namespaces.iter().rev() {
-            if let Err(Refused(why)) = ip(&["netns", "del", ns]) {
-                eprintln!("cleanup: {why}");
-            }
-        }
-    }
-}
-
-/// A `relaycache` process running inside a network namespace.
-struct Member {
-    name: char,
-    relay: Relay,
-}
-
-impl Member {
-    /// Starts relaycache in `namespace` with `config` and waits until it
-    /// listens. `ip netns exec` execs the program after entering the
-    /// namespace, so the child's pid is relaycache's own and kill reaches it.
-    fn start(name: char, namespace: &str, config: &Config) -> Self {
-        Self {
-            name,
-            relay: Relay::start_prefixed(config, &["ip", "netns", "exec", namespace]),
-        }
-    }
-
-    async fn post(&self, body: &str) -> Reply {
-        post_messages(&self.relay, "k", body, &[]).await
-    }
-
-    async fn admin_get(&self, path: &str) -> Reply {
-        get(&self.relay.admin_url(path)).await
-    }
-
-    async fn stats(&self) -> serde_json::Value {
-        self.relay.stats().await
-    }
-
-    /// The `cluster` object of `/stats`, one field.
-    async fn cluster(&self, field: &str) -> serde_json::Value {
-        self.stats().await["cluster"][field].clone()
-    }
-
-    /// Polls `/stats` until `pick` holds.
-    async fn wait_for(
-        &self,
-        what: &str,
-        pick: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        self.relay
-            .wait_for_stats(&format!("member {}: {what}", self.name), pick)
-            .await
-    }
-
-    async fn wait_for_members(&self, n: u64) -> serde_json::Value {
-        self.wait_for(&format!("{n} live members"), |s| {
-            s["cluster"]["members"] == n
-        })
-        .await
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        self.relay.metric(series).await
-    }
-
-    fn logs(&self) -> Vec<String> {
-        self.relay.logs()
-    }
-}
+use netns::{Member, Net, Refused, MEMBERS};
 
 /// A write that missed its quorum shows in `/stats`, in `/metrics` and in
 /// the log; returns the log line.
 async fn missed_write_reported(member: &Member, failures: u64) -> serde_json::Value {
     assert_eq!(
         member
+            .relay
             .metric("relaycache_cluster_write_quorum_failures_total")
             .await,
         failures as f64
@@ -253,7 +45,7 @@ async fn missed_write_reported(member: &Member, failures: u64) -> serde_json::Va
 #[tokio::test]
 async fn a_partition_shows_the_quorum_behaviour_and_heals() {
     let started = Instant::now();
-    let net = match Net::create() {
+    let net = match Net::create('p', 0) {
         Ok(net) => net,
         Err(Refused(why)) => {
             eprintln!(
