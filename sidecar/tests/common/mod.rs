@@ -66,7 +66,7 @@ impl Relay {
     fn launch(config: &Config, inline: bool, prefix: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("relaycache.yaml");
-        std::fs::write(&path, config.to_yaml()).expect("write config");
+        std::fs::write(&path, config.try_to_yaml().expect("render config")).expect("write config");
         let binary = env!("CARGO_BIN_EXE_relaycache");
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
@@ -78,7 +78,10 @@ impl Relay {
         };
         command.arg("serve");
         if inline {
-            command.env("RELAYCACHE_CONFIG_YAML", config.to_yaml());
+            command.env(
+                "RELAYCACHE_CONFIG_YAML",
+                config.try_to_yaml().expect("render config"),
+            );
         } else {
             command.arg("--config").arg(&path);
         }
