@@ -540,24 +540,39 @@ async fn changed_volume_claim_templates_hold_the_statefulset_and_apply_the_rest(
     server.expect_nothing_more().await;
 }
 
-#[tokio::test]
-async fn a_name_too_long_for_its_children_sets_degraded_and_touches_no_child() {
+/// What reconciling a spec the operator must refuse wrote.
+struct Refusal {
+    status: RelayCacheStatus,
+    /// The Degraded condition's message.
+    degraded: String,
+    /// The Warning event's note.
+    event_note: String,
+    /// The operator's metrics afterwards.
+    metrics: String,
+}
+
+/// Reconciles `bad`, which the operator must refuse: the very first request
+/// is the status (Degraded/InvalidSpec), then one Warning event, and no
+/// Service, ConfigMap, StatefulSet or PodDisruptionBudget is ever applied.
+async fn reconcile_refused(bad: RelayCache) -> Refusal {
+    use kube::ResourceExt;
     let (client, mut server) = ApiServer::start();
     let ctx = context(client);
-    // 53 characters: its Services would be valid, but not the
-    // controller-revision-hash label the StatefulSet controller adds.
-    let name = format!("web{}", "x".repeat(50));
-    let long = Arc::new(rc(&name, json!({})));
-    let task = tokio::spawn(reconcile(long.clone(), ctx.clone()));
+    let bad = Arc::new(bad);
+    let task = tokio::spawn(reconcile(bad.clone(), ctx.clone()));
 
     let call = server
         .expect(
             Method::PATCH,
-            &format!("/apis/relaycache.io/v1alpha1/namespaces/cache/relaycaches/{name}/status"),
+            &format!(
+                "/apis/relaycache.io/v1alpha1/namespaces/cache/relaycaches/{}/status",
+                bad.name_any()
+            ),
         )
         .await;
+    assert_apply(&call, "RelayCache");
     let status: RelayCacheStatus = serde_json::from_value(call.body["status"].clone()).unwrap();
-    let mut answer = serde_json::to_value(&*long).unwrap();
+    let mut answer = serde_json::to_value(&*bad).unwrap();
     answer["status"] = call.body["status"].clone();
     call.respond(answer).await;
     assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSpec"));
@@ -565,110 +580,90 @@ async fn a_name_too_long_for_its_children_sets_degraded_and_touches_no_child() {
         .conditions
         .iter()
         .find(|c| c.type_ == "Degraded")
-        .unwrap();
-    assert!(
-        degraded.message.contains("metadata.name") && degraded.message.contains("more than 52"),
-        "{}",
-        degraded.message
-    );
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
 
     let event = server.expect(Method::POST, EVENTS).await;
-    assert_eq!(event.body["reason"], "InvalidSpec");
+    assert_eq!(
+        (event.body["type"].as_str(), event.body["reason"].as_str()),
+        (Some("Warning"), Some("InvalidSpec"))
+    );
+    let event_note = event.body["note"].as_str().unwrap_or_default().to_string();
     let body = event.body.clone();
     event.respond(body).await;
+
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    let metrics = ctx.metrics.encode();
     drop(ctx);
     server.expect_nothing_more().await;
+    Refusal {
+        status,
+        degraded,
+        event_note,
+        metrics,
+    }
+}
+
+#[tokio::test]
+async fn a_name_too_long_for_its_children_sets_degraded_and_touches_no_child() {
+    // 53 characters: its Services would be valid, but not the
+    // controller-revision-hash label the StatefulSet controller adds.
+    let name = format!("web{}", "x".repeat(50));
+    let refusal = reconcile_refused(rc(&name, json!({}))).await;
+    assert!(
+        refusal.degraded.contains("metadata.name") && refusal.degraded.contains("more than 52"),
+        "{}",
+        refusal.degraded
+    );
 }
 
 #[tokio::test]
 async fn a_quorum_above_replicas_stored_before_the_rule_touches_no_child() {
-    let (client, mut server) = ApiServer::start();
-    let ctx = context(client);
-    let bad = Arc::new(rc(
+    let refusal = reconcile_refused(rc(
         "web",
         json!({"replicas": 2, "replication": {"memberCountQuorum": 3}}),
-    ));
-    let task = tokio::spawn(reconcile(bad.clone(), ctx.clone()));
-    let status = expect_status(&mut server, &bad).await;
-    let degraded = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .unwrap();
-    assert_eq!(degraded.reason, "InvalidSpec");
+    ))
+    .await;
     assert!(
-        degraded
-            .message
+        refusal
+            .degraded
             .contains("spec.replication.memberCountQuorum: 3 must not exceed replicas (2)"),
         "{}",
-        degraded.message
+        refusal.degraded
     );
-    assert_eq!(
-        expect_events(&mut server, 1).await,
-        pairs(&[("Warning", "InvalidSpec")])
-    );
-    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
-    drop(ctx);
-    server.expect_nothing_more().await;
 }
 
 #[tokio::test]
 async fn invalid_spec_sets_degraded_and_touches_no_child() {
-    let (client, mut server) = ApiServer::start();
-    let ctx = context(client);
     let mut bad = rc(
         "web",
         json!({"cache": {"ttl": "forever"}, "replication": {"leaveTimeout": "soon"}}),
     );
     bad.status = Some(settled_status("h", 3));
-    let bad = Arc::new(bad);
-    let task = tokio::spawn(reconcile(bad.clone(), ctx.clone()));
-
-    // The very first request is the status: no Service, ConfigMap,
-    // StatefulSet or PodDisruptionBudget is applied.
-    let status = expect_status(&mut server, &bad).await;
-    assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSpec"));
-    let degraded = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .unwrap();
-    assert!(
-        degraded
-            .message
-            .contains("spec.cache.ttl: \"forever\" is not a duration"),
-        "{}",
-        degraded.message
-    );
-    assert!(
-        degraded.message.contains("spec.replication.leaveTimeout"),
-        "{}",
-        degraded.message
-    );
+    let refusal = reconcile_refused(bad).await;
+    for expected in [
+        "spec.cache.ttl: \"forever\" is not a duration",
+        "spec.replication.leaveTimeout",
+    ] {
+        assert!(
+            refusal.degraded.contains(expected),
+            "{expected}: {}",
+            refusal.degraded
+        );
+    }
     assert_eq!(
-        (status.replicas, status.ready_replicas),
+        (refusal.status.replicas, refusal.status.ready_replicas),
         (3, 3),
         "last seen counts kept"
     );
-
-    let call = server.expect(Method::POST, EVENTS).await;
-    assert_eq!(call.body["type"], "Warning");
-    assert_eq!(call.body["reason"], "InvalidSpec");
-    assert!(call.body["note"]
-        .as_str()
-        .unwrap()
-        .contains("spec.cache.ttl"));
-    let body = call.body.clone();
-    call.respond(body).await;
-
-    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
-    assert!(ctx
+    assert!(
+        refusal.event_note.contains("spec.cache.ttl"),
+        "{}",
+        refusal.event_note
+    );
+    assert!(refusal
         .metrics
-        .encode()
         .contains("relaycache_operator_reconciles_total{outcome=\"invalid\"} 1"));
-    drop(ctx);
-    server.expect_nothing_more().await;
 }
 
 #[tokio::test]
