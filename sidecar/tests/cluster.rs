@@ -219,7 +219,11 @@ async fn rolling_restart_keeps_the_hit_ratio() {
                 )
             });
         let handoff: serde_json::Value = serde_json::from_str(&handoff).unwrap();
-        assert!(handoff["queued"].as_u64() > Some(0), "{handoff}");
+        // It checked what it owned against the next owners, and whatever one
+        // of them lacked was stored there (often nothing: readers through
+        // the other members already hold copies).
+        assert!(handoff["checked"].as_u64() > Some(0), "{handoff}");
+        assert_eq!(handoff["stored"], handoff["queued"], "{handoff}");
         let others: Vec<usize> = (0..3).filter(|&m| m != restarting).collect();
         for (i, body) in working_set.iter().enumerate() {
             let reply = post_messages(&members[others[i % 2]], "k", body, &[]).await;
@@ -259,6 +263,69 @@ async fn rolling_restart_keeps_the_hit_ratio() {
     assert!(
         rolling_ratio >= 0.95 * steady_ratio,
         "hit ratio during the rolling restart fell to {rolling_ratio:.3}"
+    );
+}
+
+/// A rolling restart's hard case: an owner that stays an owner restarted a
+/// moment ago and has not been repaired yet, so the leaving member's copy
+/// is the last one; its handoff must reach that owner too, not only the
+/// member that newly becomes a replica.
+#[tokio::test]
+async fn a_leaving_member_hands_off_to_a_fellow_owner_that_restarted_empty() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    // Repair as slow as it goes, so that it cannot refill the restarted
+    // member before the leave: only the handoff can.
+    let slow_repair = |_: usize, ha: &mut relaycache::config::HaConfig| ha.repair_rate = 1;
+    let mut members = start_cluster_with(&upstream.url(), &addresses, 2, slow_repair);
+    wait_all(&members, 3).await;
+    // Stored through a client, so only each key's two owners hold it.
+    let writer = Relay::start(&client_config(&upstream.url(), &addresses, 2));
+    writer.wait_for_members(3).await;
+    let keys: Vec<String> = (0..30)
+        .map(|i| question(&format!("last copy {i}")))
+        .collect();
+    for body in &keys {
+        assert_eq!(post_messages(&writer, "k", body, &[]).await.status, 200);
+    }
+    writer
+        .wait_for_stats("30 cluster writes", |s| s["cluster"]["writes"] == 30)
+        .await;
+    drop(writer);
+
+    // B restarts empty (kill -9: no handoff of its own).
+    members[1].kill_hard();
+    members[1] = Relay::start(&{
+        let mut config = member_config(&upstream.url(), &addresses[1], &addresses, 2);
+        config.cache.ha.repair_rate = 1;
+        config
+    });
+    wait_all(&members, 3).await;
+    // A holds exactly the keys it owns (every write came through the
+    // client, no read through A). For those it shares with B, B is an
+    // owner before and after A leaves, yet holds nothing.
+    let a_owned = members[0].stats().await["key_count"].as_u64().unwrap();
+    assert!(a_owned > 0, "member a owns none of 30 keys");
+    members[0].terminate();
+    let status = members[0].wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "member a exited with {status}");
+    // Then C dies without a word: what B holds is all that is left.
+    members[2].kill_hard();
+    members[1].wait_for_members(1).await;
+
+    let reader = Relay::start(&client_config(&upstream.url(), &addresses, 2));
+    reader.wait_for_members(1).await;
+    let mut hits = 0;
+    for body in &keys {
+        let reply = post_messages(&reader, "k", body, &[]).await;
+        assert_eq!(reply.status, 200);
+        hits += u64::from(reply.cache_status() == "hit");
+    }
+    // Keys B and C owned may be lost with C (two failures against
+    // replica_count 2); none of those A owned may be.
+    assert!(
+        hits >= a_owned,
+        "{hits} of 30 answers survived, but member a owned {a_owned} and handed them off"
     );
 }
 

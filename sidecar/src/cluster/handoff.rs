@@ -1,14 +1,16 @@
-//! Graceful leave: before a member exits it gives every entry it held as a
-//! replica to the members that hold the key once it is gone, so that a
-//! rolling restart does not empty the cluster.
+//! Graceful leave: before a member exits it makes sure that every entry it
+//! held as a replica is held by each member that owns the key once it is
+//! gone, so that a rolling restart does not empty the cluster.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use super::proto::{Entry, SetManyRequest};
 use super::security::PeerClient;
-use super::wire::entry_to_wire;
 use super::Cluster;
 
 /// Entries per handoff or repair call, and their byte budget.
@@ -84,6 +86,12 @@ fn batches(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
 impl Cluster {
     /// Hands this member's replicas to their next owners, within
     /// `leave_timeout`. Call after [`Cluster::begin_leave`].
+    ///
+    /// Every member of a key's new replica set is asked which version it
+    /// holds, not only the member that newly becomes a replica: an owner
+    /// that stays an owner may itself have restarted a moment ago and not
+    /// been repaired yet (the very case of a rolling restart), and this
+    /// member's copy may be the last one.
     pub async fn hand_off(&self) {
         if !self.settings.embedded {
             return;
@@ -91,42 +99,58 @@ impl Cluster {
         let count = self.settings.replica_count as usize;
         let before = self.membership.view_with_self(true);
         let after = self.membership.view_with_self(false);
-        let mut outbox = Outbox::default();
-        for (key, entry) in self.memory.entries() {
-            let old = before.replicas(&key, count);
-            if !old.iter().any(|m| m.is_local()) {
-                continue;
-            }
-            for member in after.replicas(&key, count) {
-                let Some(client) = &member.client else {
-                    continue;
-                };
-                if old.iter().any(|o| o.id == member.id) {
-                    continue;
-                }
-                outbox.push(&member.id, client, entry_to_wire(&key, &entry));
-            }
-        }
-        let queued = outbox.len();
-        if queued == 0 {
+        let owned: Vec<_> = self
+            .memory
+            .entries()
+            .into_iter()
+            .filter(|(key, _)| before.replicas(key, count).iter().any(|m| m.is_local()))
+            .collect();
+        if owned.is_empty() || after.members.is_empty() {
             tracing::info!("leave: nothing to hand off");
             return;
         }
         let deadline = self.settings.leave_timeout;
         let call_timeout = deadline.max(Duration::from_millis(100));
-        match tokio::time::timeout(deadline, outbox.send(self, call_timeout)).await {
-            Ok(stored) => {
-                self.metrics.cluster.handed_off.inc_by(stored);
-                tracing::info!(queued, stored, "leave: handed entries to their new owners");
-            }
-            Err(_) => tracing::warn!(
+        let count = count.min(after.members.len());
+        let (queued, stored) = (AtomicU64::new(0), AtomicU64::new(0));
+        // A few chunks at once: each is a Versions round trip, then the
+        // copies; one at a time would leave the links idle in between.
+        let work = futures::stream::iter(owned.chunks(BATCH_ENTRIES)).for_each_concurrent(
+            HANDOFF_CHUNKS_IN_FLIGHT,
+            |chunk| {
+                let (after, queued, stored) = (&after, &queued, &stored);
+                async move {
+                    let (outbox, _) = self.plan_copies(after, chunk, count, call_timeout).await;
+                    queued.fetch_add(outbox.len() as u64, Ordering::Relaxed);
+                    let sent = outbox.send(self, call_timeout).await;
+                    stored.fetch_add(sent, Ordering::Relaxed);
+                    self.metrics.cluster.handed_off.inc_by(sent);
+                }
+            },
+        );
+        let finished = tokio::time::timeout(deadline, work).await.is_ok();
+        let (queued, stored) = (queued.into_inner(), stored.into_inner());
+        if finished {
+            tracing::info!(
+                checked = owned.len(),
                 queued,
+                stored,
+                "leave: handed entries to their new owners"
+            );
+        } else {
+            tracing::warn!(
+                checked = owned.len(),
+                queued,
+                stored,
                 ?deadline,
                 "leave: handoff did not finish within cache.ha.leave_timeout; repair on the remaining members restores what is missing"
-            ),
+            );
         }
     }
 }
+
+/// Chunks of [`BATCH_ENTRIES`] a handoff works on at once.
+const HANDOFF_CHUNKS_IN_FLIGHT: usize = 4;
 
 #[cfg(test)]
 mod tests {

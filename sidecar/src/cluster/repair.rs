@@ -10,8 +10,11 @@ use futures::future::join_all;
 
 use super::handoff::{Outbox, BATCH_ENTRIES};
 use super::proto::VersionsRequest;
+use super::security::PeerClient;
 use super::wire::{entry_to_wire, version_from_wire};
-use super::Cluster;
+use super::{Cluster, View};
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
 
 /// Runs a pass after every membership change (once views settled) and
 /// every `repair_interval`, until the process stops or leaves.
@@ -45,54 +48,15 @@ impl Cluster {
         let started = Instant::now();
         let (mut short, mut repaired, mut sent) = (0u64, 0u64, 0u64);
         let entries = self.memory.entries();
-        for chunk in entries.chunks(BATCH_ENTRIES) {
+        // Chunks no larger than a second's worth, so that even the first
+        // one keeps to repair_rate rather than arriving as one burst.
+        let chunk_size = (self.settings.repair_rate.max(1) as usize).min(BATCH_ENTRIES);
+        for chunk in entries.chunks(chunk_size) {
             if self.is_leaving() {
                 return;
             }
-            // Which replica should hold which of these keys.
-            let mut holders = vec![0usize; chunk.len()];
-            let mut asks: Vec<(Arc<str>, super::security::PeerClient, Vec<usize>)> = Vec::new();
-            for (i, (key, _)) in chunk.iter().enumerate() {
-                for member in view.replicas(key, count) {
-                    let Some(client) = &member.client else {
-                        holders[i] += 1;
-                        continue;
-                    };
-                    match asks.iter_mut().find(|(id, _, _)| *id == member.id) {
-                        Some((_, _, wanted)) => wanted.push(i),
-                        None => asks.push((Arc::clone(&member.id), client.clone(), vec![i])),
-                    }
-                }
-            }
-            let answers = join_all(asks.into_iter().map(|(id, mut client, wanted)| async move {
-                let keys = wanted.iter().map(|&i| chunk[i].0 .0.to_vec()).collect();
-                let reply =
-                    tokio::time::timeout(timeout, client.versions(VersionsRequest { keys })).await;
-                (id, client, wanted, reply)
-            }))
-            .await;
-            let mut outbox = Outbox::default();
-            for (id, client, wanted, reply) in answers {
-                let ok = matches!(reply, Ok(Ok(_)));
-                self.metrics.cluster.count_call("versions", ok);
-                let Ok(Ok(reply)) = reply else { continue };
-                let held = reply.into_inner().versions;
-                for (&i, theirs) in wanted
-                    .iter()
-                    .zip(held.iter().map(Some).chain(std::iter::repeat(None)))
-                {
-                    let (key, entry) = &chunk[i];
-                    let current = theirs
-                        .and_then(|kv| kv.version.as_ref())
-                        .is_some_and(|v| version_from_wire(Some(v)) >= entry.version);
-                    if current {
-                        holders[i] += 1;
-                    } else {
-                        outbox.push(&id, &client, entry_to_wire(key, entry));
-                    }
-                }
-            }
-            short += holders.iter().filter(|&&h| h < count).count() as u64;
+            let (outbox, short_here) = self.plan_copies(&view, chunk, count, timeout).await;
+            short += short_here;
             let queued = outbox.len() as u64;
             if queued > 0 {
                 let stored = outbox.send(self, timeout).await;
@@ -121,5 +85,65 @@ impl Cluster {
                 "repair pass"
             );
         }
+    }
+
+    /// For one chunk of entries, the copies `view` is missing: asks each
+    /// key's replicas which versions they hold (one batched call per
+    /// member) and queues the entry for every replica that lacks it or
+    /// holds an older version. A replica that does not answer is left out
+    /// (the next pass tries again). Also returns how many keys had fewer
+    /// than `count` current copies.
+    pub(super) async fn plan_copies(
+        &self,
+        view: &View,
+        chunk: &[(CacheKey, Arc<CachedResponse>)],
+        count: usize,
+        timeout: Duration,
+    ) -> (Outbox, u64) {
+        // Current copies per key; this member's own counts as one.
+        let mut holders = vec![0usize; chunk.len()];
+        let mut asks: Vec<(Arc<str>, PeerClient, Vec<usize>)> = Vec::new();
+        for (i, (key, _)) in chunk.iter().enumerate() {
+            for member in view.replicas(key, count) {
+                let Some(client) = &member.client else {
+                    holders[i] += 1;
+                    continue;
+                };
+                match asks.iter_mut().find(|(id, _, _)| *id == member.id) {
+                    Some((_, _, wanted)) => wanted.push(i),
+                    None => asks.push((Arc::clone(&member.id), client.clone(), vec![i])),
+                }
+            }
+        }
+        let answers = join_all(asks.into_iter().map(|(id, mut client, wanted)| async move {
+            let keys = wanted.iter().map(|&i| chunk[i].0 .0.to_vec()).collect();
+            let reply =
+                tokio::time::timeout(timeout, client.versions(VersionsRequest { keys })).await;
+            (id, client, wanted, reply)
+        }))
+        .await;
+        let mut outbox = Outbox::default();
+        for (id, client, wanted, reply) in answers {
+            let ok = matches!(reply, Ok(Ok(_)));
+            self.metrics.cluster.count_call("versions", ok);
+            let Ok(Ok(reply)) = reply else { continue };
+            let held = reply.into_inner().versions;
+            for (&i, theirs) in wanted
+                .iter()
+                .zip(held.iter().map(Some).chain(std::iter::repeat(None)))
+            {
+                let (key, entry) = &chunk[i];
+                let current = theirs
+                    .and_then(|kv| kv.version.as_ref())
+                    .is_some_and(|v| version_from_wire(Some(v)) >= entry.version);
+                if current {
+                    holders[i] += 1;
+                } else {
+                    outbox.push(&id, &client, entry_to_wire(key, entry));
+                }
+            }
+        }
+        let short = holders.iter().filter(|&&h| h < count).count() as u64;
+        (outbox, short)
     }
 }
