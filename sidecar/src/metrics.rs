@@ -171,6 +171,9 @@ pub struct ClusterMetrics {
     /// Keys the last repair pass found with fewer copies than
     /// `replica_count` (before it copied them).
     pub under_replicated_keys: Gauge<i64, AtomicI64>,
+    /// Keys found short of `replica_count`, summed over every repair pass:
+    /// what the gauge cannot show once a later pass finds none.
+    pub under_replicated_found: Counter,
     /// Entries copied by repair.
     pub repaired: Counter,
     /// Entries handed to new owners on leave.
@@ -207,7 +210,7 @@ impl ClusterMetrics {
         for (name, help, gauge) in gauges {
             registry.register(name, help, gauge.clone());
         }
-        let counters: [(&str, &str, &Counter); 9] = [
+        let counters: [(&str, &str, &Counter); 10] = [
             ("writes", "Cluster writes finished", &self.writes),
             (
                 "read_quorum_failures",
@@ -228,6 +231,11 @@ impl ClusterMetrics {
                 "skipped_below_quorum",
                 "Cluster reads and writes skipped below member_count_quorum",
                 &self.skipped_below_quorum,
+            ),
+            (
+                "under_replicated_found",
+                "Keys repair passes found short of replica_count, summed over passes",
+                &self.under_replicated_found,
             ),
             ("repaired", "Entries copied by repair", &self.repaired),
             (
@@ -262,6 +270,7 @@ impl ClusterMetrics {
             replica_write_failures: self.replica_write_failures.get(),
             skipped_below_quorum: self.skipped_below_quorum.get(),
             under_replicated_keys: u64::try_from(self.under_replicated_keys.get()).unwrap_or(0),
+            under_replicated_found: self.under_replicated_found.get(),
             repaired: self.repaired.get(),
             handed_off: self.handed_off.get(),
             refused: self.refused.get(),
@@ -591,6 +600,9 @@ pub struct ClusterStats {
     pub skipped_below_quorum: u64,
     /// Keys short of replica_count at the last repair pass.
     pub under_replicated_keys: u64,
+    /// Keys short of replica_count, summed over every repair pass.
+    #[serde(default)]
+    pub under_replicated_found: u64,
     /// Entries copied by repair.
     pub repaired: u64,
     /// Entries handed off on leave.

@@ -348,11 +348,15 @@ async fn a_restarted_member_is_repaired_back_to_replica_count() {
         member.wait_for_members(2).await;
     }
     // Passes that ran while it was away repaired onto the other survivor;
-    // only lines logged from here on speak of the restarted member.
-    let seen_before: Vec<usize> = [&members[0], &members[2]]
-        .iter()
-        .map(|m| m.logs().len())
-        .collect();
+    // only what is counted from here on speaks of the restarted member.
+    let mut short_before = Vec::new();
+    for member in [&members[0], &members[2]] {
+        short_before.push(
+            member.stats().await["cluster"]["under_replicated_found"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
     members[1] = Relay::start(&member_config(
         &upstream.url(),
         &addresses[1],
@@ -376,20 +380,19 @@ async fn a_restarted_member_is_repaired_back_to_replica_count() {
         repaired >= back["key_count"].as_u64().unwrap(),
         "repaired {repaired}, held {back}"
     );
-    // The under-replicated gauge holds only the latest pass's figure, which
-    // a later pass may already have set back to 0; each pass that found
-    // keys short also logs the figure, so read what the passes after the
-    // restart logged (bounded: the line follows the copies it reports).
+    // The gauge holds only the latest pass's figure, which a later pass may
+    // already have set back to 0; the counter sums every pass, and the
+    // passes after the restart must have found keys short.
+    // A pass adds to it when it ends, which may be after its copies landed.
     let mut found_short = 0;
     for _ in 0..200 {
-        found_short = [&members[0], &members[2]]
-            .iter()
-            .zip(&seen_before)
-            .flat_map(|(m, &seen)| m.logs().into_iter().skip(seen))
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-            .filter(|l| l["message"] == "repair pass")
-            .filter_map(|l| l["under_replicated"].as_u64())
-            .sum::<u64>();
+        found_short = 0;
+        for (member, before) in [&members[0], &members[2]].iter().zip(&short_before) {
+            found_short += member.stats().await["cluster"]["under_replicated_found"]
+                .as_u64()
+                .unwrap()
+                - before;
+        }
         if found_short > 0 {
             break;
         }

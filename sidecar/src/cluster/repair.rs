@@ -76,6 +76,7 @@ impl Cluster {
             .cluster
             .under_replicated_keys
             .set(i64::try_from(short).unwrap_or(i64::MAX));
+        self.metrics.cluster.under_replicated_found.inc_by(short);
         if short > 0 {
             tracing::info!(
                 checked = entries.len(),
