@@ -134,6 +134,7 @@ reject "additional properties 'enable' not allowed" --set dashboard.enable=true
 reject "at '/image/pullPolicy': value must be one of" --set image.pullPolicy=Sometimes
 reject "at '/image/repository'" --set image.repository=Relaycache/Operator
 reject "at '/webhook/timeoutSeconds': maximum: got 31, want 30" --set webhook.timeoutSeconds=31
+reject "at '/webhook/nativeSidecars': value must be one of 'auto', 'always', 'never'" --set webhook.nativeSidecars=yes
 reject "at '/webhook/certManager/issuerRef/kind': value must be one of 'Issuer', 'ClusterIssuer'" \
   --set webhook.certManager.issuerRef.name=x --set webhook.certManager.issuerRef.kind=CA
 reject "at '/metrics/serviceMonitor/interval'" --set metrics.serviceMonitor.interval=often

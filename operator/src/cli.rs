@@ -73,6 +73,24 @@ pub struct RunArgs {
         default_value = "relaycache/relaycache:0.1.0"
     )]
     pub default_image: String,
+    /// How injected sidecars run: `auto` decides by the apiserver's version
+    /// (native sidecars from 1.29), `always` and `never` override it, e.g.
+    /// for clusters whose kubelets lag the apiserver or that turned the
+    /// SidecarContainers feature off.
+    #[arg(long, env = "NATIVE_SIDECARS", value_enum, default_value_t = NativeSidecars::Auto)]
+    pub native_sidecars: NativeSidecars,
+}
+
+/// Whether the webhook injects a native sidecar (an init container with
+/// `restartPolicy: Always`) or a regular container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NativeSidecars {
+    /// Native from Kubernetes 1.29 on, by the apiserver's version.
+    Auto,
+    /// Always native.
+    Always,
+    /// Never: a regular container next to the app's.
+    Never,
 }
 
 /// Source of the webhook's serving certificate.
@@ -109,6 +127,7 @@ mod tests {
         );
         assert_eq!(args.lease_name, "relaycache-operator");
         assert_eq!(args.default_image, "relaycache/relaycache:0.1.0");
+        assert_eq!(args.native_sidecars, NativeSidecars::Auto);
     }
 
     #[test]
@@ -136,6 +155,8 @@ mod tests {
             "lease-x",
             "--default-image",
             "img:1",
+            "--native-sidecars",
+            "never",
         ]);
         assert_eq!(args.health_addr, "127.0.0.1:18081".parse().unwrap());
         assert_eq!(args.webhook_cert_mode, CertMode::Files);
@@ -146,6 +167,7 @@ mod tests {
         assert_eq!(args.namespace.as_deref(), Some("ops"));
         assert_eq!(args.lease_name, "lease-x");
         assert_eq!(args.default_image, "img:1");
+        assert_eq!(args.native_sidecars, NativeSidecars::Never);
         assert!(Cli::try_parse_from(["relaycache-operator", "crdgen"]).is_ok());
         let err =
             Cli::try_parse_from(["relaycache-operator", "run", "--webhook-cert-mode", "acme"])

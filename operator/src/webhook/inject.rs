@@ -34,6 +34,7 @@ use kube::core::DynamicObject;
 use relaycache_config::{Config, HaConfig, ReserveConfig};
 use serde_json::{json, Value};
 
+use crate::cli::NativeSidecars;
 use crate::crd::{ClusterMode, RelayCache};
 use crate::resources::configmap::{render, PEER_TOKEN_ENV};
 use crate::resources::quantity;
@@ -92,6 +93,17 @@ pub fn supports_native_sidecars(info: &Info) -> bool {
     match (number(&info.major), number(&info.minor)) {
         (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= NATIVE_SIDECAR_MINOR),
         _ => false,
+    }
+}
+
+/// Whether to inject native sidecars under `mode`, given the apiserver's
+/// version if it could be read: `auto` follows the version (and, without
+/// one, falls back to a regular container, which runs everywhere).
+pub fn native_sidecars_for(mode: NativeSidecars, version: Option<&Info>) -> bool {
+    match mode {
+        NativeSidecars::Always => true,
+        NativeSidecars::Never => false,
+        NativeSidecars::Auto => version.is_some_and(supports_native_sidecars),
     }
 }
 
@@ -718,6 +730,25 @@ mod tests {
         assert!(supports_native_sidecars(&info("1", "30+")));
         assert!(supports_native_sidecars(&info("2", "0")));
         assert!(!supports_native_sidecars(&info("", "")));
+    }
+
+    #[test]
+    fn the_native_sidecars_setting_overrides_the_version() {
+        let old = Info {
+            major: "1".into(),
+            minor: "27".into(),
+            ..Info::default()
+        };
+        let new = Info {
+            minor: "31".into(),
+            ..old.clone()
+        };
+        assert!(!native_sidecars_for(NativeSidecars::Auto, Some(&old)));
+        assert!(native_sidecars_for(NativeSidecars::Auto, Some(&new)));
+        assert!(!native_sidecars_for(NativeSidecars::Auto, None));
+        assert!(native_sidecars_for(NativeSidecars::Always, Some(&old)));
+        assert!(native_sidecars_for(NativeSidecars::Always, None));
+        assert!(!native_sidecars_for(NativeSidecars::Never, Some(&new)));
     }
 
     #[test]

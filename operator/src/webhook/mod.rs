@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::cli::{CertMode, RunArgs};
+use crate::cli::{CertMode, NativeSidecars, RunArgs};
 use crate::crd::RelayCache;
 use certs::{CertError, CertStore, SelfSigned};
 use inject::{Found, InjectSettings, Plan};
@@ -189,13 +189,17 @@ pub async fn start(
         }
     }
 
-    let native_sidecars = match client.apiserver_version().await {
-        Ok(info) => inject::supports_native_sidecars(&info),
-        Err(err) => {
-            warn!(error = %err, "cannot read the apiserver version; injecting regular sidecar containers");
-            false
-        }
+    let version = match args.native_sidecars {
+        NativeSidecars::Auto => match client.apiserver_version().await {
+            Ok(info) => Some(info),
+            Err(err) => {
+                warn!(error = %err, "cannot read the apiserver version; injecting regular sidecar containers (set --native-sidecars to choose)");
+                None
+            }
+        },
+        NativeSidecars::Always | NativeSidecars::Never => None,
     };
+    let native_sidecars = inject::native_sidecars_for(args.native_sidecars, version.as_ref());
     let handler = Arc::new(Handler {
         settings: InjectSettings {
             default_image: args.default_image.clone(),
