@@ -478,11 +478,10 @@ mod tests {
         }
     }
 
-    /// Runs the CRD's CEL rules client-side (kube's `cel` feature), the same
-    /// rules the apiserver enforces, and returns their messages.
-    fn cel_messages(object: &Value) -> Vec<String> {
+    /// The CRD's OpenAPI v3 schema as JSON.
+    fn openapi_schema() -> Value {
         let crd = RelayCache::crd();
-        let schema = serde_json::to_value(
+        serde_json::to_value(
             crd.spec.versions[0]
                 .schema
                 .as_ref()
@@ -491,7 +490,13 @@ mod tests {
                 .as_ref()
                 .unwrap(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Runs the CRD's CEL rules client-side (kube's `cel` feature), the same
+    /// rules the apiserver enforces, and returns their messages.
+    fn cel_messages(object: &Value) -> Vec<String> {
+        let schema = openapi_schema();
         match kube::core::cel::Validator::new().validate(&schema, object, None) {
             Ok(()) => Vec::new(),
             Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
@@ -833,17 +838,7 @@ mod tests {
         // The apiserver stores `null` as it is for a `nullable: true` field;
         // the operator must still read the object (a field that is not an
         // Option would fail the whole watch).
-        let crd = RelayCache::crd();
-        let root = serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .unwrap()
-                .open_api_v3_schema
-                .as_ref()
-                .unwrap(),
-        )
-        .unwrap();
+        let root = openapi_schema();
         let mut found = Vec::new();
         nullable_paths(&root, &mut Vec::new(), &mut found);
         let joined: Vec<String> = found.iter().map(|p| p.join(".")).collect();
