@@ -709,28 +709,15 @@ mod tests {
 
     #[test]
     fn file_reserves_need_an_absolute_path_in_cel_as_in_the_operator() {
-        for url in [
-            "file:///var/lib/relaycache/reserve",
-            "file:///data/",
-            "file:///tmp/reserve",
-            "file:///.cache",
-            "file://",
-            "file://data",
-            "file://localhost/data",
-            "file:///",
-            "file:////data",
-            "file:///data/../etc",
-            "file:///./data",
-            "file:///data/.",
-            "file:///data?x=1",
-            "file:///da%20ta",
-            "file:///tmp",
-            "file:///tmp/",
-            "file:///etc/relaycache",
-            "file:///etc/relaycache/x",
-            "s3://bucket",
-            "ftp://bucket",
-        ] {
+        use crate::resources::validate::reserve_url_cases::{
+            ACCEPTED, NOT_ABSOLUTE, TAKEN, UNKNOWN_SCHEME,
+        };
+        let every = ACCEPTED
+            .into_iter()
+            .chain(NOT_ABSOLUTE)
+            .chain(TAKEN)
+            .chain([UNKNOWN_SCHEME]);
+        for url in every {
             let messages = cel_messages(&with_spec(json!({"reserve": {"url": url}})));
             let operator = crate::resources::validate::check_reserve_url(url);
             assert_eq!(

@@ -274,7 +274,7 @@ pub async fn campaign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::ApiServer;
+    use crate::testing::{ApiServer, Call};
     use http::Method;
     use serde_json::json;
     use std::sync::Arc;
@@ -434,14 +434,7 @@ mod tests {
                 .try_acquire_or_renew(at(5), Instant::now())
                 .await
         });
-        server
-            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
-            .await
-            .respond(lease("pod-a", 0, "41"))
-            .await;
-        let put = server
-            .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
-            .await;
+        let put = expect_update_of_own_lease(&mut server).await;
         assert_eq!(
             put.body["spec"]["acquireTime"],
             "2027-01-15T08:00:00.000000Z"
@@ -451,6 +444,20 @@ mod tests {
         let body = put.body.clone();
         put.respond(body).await;
         assert!(attempt.await.unwrap().unwrap());
+    }
+
+    /// The two requests of `pod-a` touching the Lease it holds: the GET,
+    /// answered with its Lease at resourceVersion 41, then the PUT, returned
+    /// unanswered for the test to inspect.
+    async fn expect_update_of_own_lease(server: &mut ApiServer) -> Call {
+        server
+            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
+            .await
+            .respond(lease("pod-a", 0, "41"))
+            .await;
+        server
+            .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
+            .await
     }
 
     /// A campaign of `pod-a` whose first round renews its Lease; returns
@@ -468,14 +475,7 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let lock = lock(client);
         let task = tokio::spawn(async move { campaign(&lock, timings, leading_tx, stop_rx).await });
-        server
-            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
-            .await
-            .respond(lease("pod-a", 0, "41"))
-            .await;
-        let put = server
-            .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
-            .await;
+        let put = expect_update_of_own_lease(server).await;
         let mut renewed = put.body.clone();
         renewed["metadata"]["resourceVersion"] = json!("42");
         put.respond(renewed).await;
@@ -583,14 +583,7 @@ mod tests {
         let (client, mut server) = ApiServer::start();
         let c = client.clone();
         let release = tokio::spawn(async move { lock(c).release().await });
-        server
-            .expect(Method::GET, &format!("{PATH}/relaycache-operator"))
-            .await
-            .respond(lease("pod-a", 0, "41"))
-            .await;
-        let put = server
-            .expect(Method::PUT, &format!("{PATH}/relaycache-operator"))
-            .await;
+        let put = expect_update_of_own_lease(&mut server).await;
         assert!(put.body["spec"].get("holderIdentity").is_none());
         assert_eq!(put.body["metadata"]["resourceVersion"], "41");
         let body = put.body.clone();

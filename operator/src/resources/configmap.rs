@@ -20,6 +20,18 @@ use crate::crd::{ClusterMode, RelayCache};
 /// Environment variable holding the peer token (from `replication.tokenSecret`).
 pub const PEER_TOKEN_ENV: &str = "RELAYCACHE_PEER_TOKEN";
 
+/// What `cache.ha.token` says in a rendered config: a reference to
+/// [`PEER_TOKEN_ENV`], which the proxy expands at load. A member needs the
+/// token (`required`: an unset variable stops it); an injected sidecar may
+/// run without one, so it gets an empty fallback instead.
+pub fn peer_token_reference(required: bool) -> String {
+    if required {
+        format!("${{{PEER_TOKEN_ENV}}}")
+    } else {
+        format!("${{{PEER_TOKEN_ENV}:-}}")
+    }
+}
+
 /// Seconds the proxy may spend draining in-flight requests on shutdown.
 /// LLM calls are slow, but a member being replaced should not hold its pod
 /// for the proxy's default 30 s: its clients retry on another member.
@@ -162,7 +174,7 @@ fn proxy_config(rc: &RelayCache, names: &Names) -> Result<Config, InvalidSpec> {
             Err(issue) => issues.push(issue),
         }
         if replication.token_secret.is_some() {
-            ha.token = format!("${{{PEER_TOKEN_ENV}}}");
+            ha.token = peer_token_reference(true);
         }
     }
 

@@ -65,23 +65,27 @@ pub fn check(rc: &RelayCache) -> Vec<SpecIssue> {
     );
     // The CEL rules on `replication` and the spec hold whatever the mode, so
     // these do too: the apiserver refuses any update until they are fixed.
-    if r.read_quorum > r.replica_count {
-        issues.push(SpecIssue::new(
-            "spec.replication.readQuorum",
-            format!(
-                "{} must not exceed replication.replicaCount ({}): a read cannot wait for more copies than exist",
-                r.read_quorum, r.replica_count
-            ),
-        ));
-    }
-    if r.write_quorum > r.replica_count {
-        issues.push(SpecIssue::new(
-            "spec.replication.writeQuorum",
-            format!(
-                "{} must not exceed replication.replicaCount ({}): a write cannot be acknowledged by more copies than exist",
-                r.write_quorum, r.replica_count
-            ),
-        ));
+    for (field, quorum, why) in [
+        (
+            "readQuorum",
+            r.read_quorum,
+            "a read cannot wait for more copies than exist",
+        ),
+        (
+            "writeQuorum",
+            r.write_quorum,
+            "a write cannot be acknowledged by more copies than exist",
+        ),
+    ] {
+        if quorum > r.replica_count {
+            issues.push(SpecIssue::new(
+                format!("spec.replication.{field}"),
+                format!(
+                    "{quorum} must not exceed replication.replicaCount ({}): {why}",
+                    r.replica_count
+                ),
+            ));
+        }
     }
     // Zero replicas (stopped) allows any quorum, as in CEL; a negative count
     // is reported above already.
@@ -205,6 +209,43 @@ fn check_single_lines(rc: &RelayCache) -> Vec<SpecIssue> {
     issues
 }
 
+/// `reserve.url` examples by how the rules judge them, shared by the tests
+/// here and the CRD's, which check that CEL judges each the same way.
+#[cfg(test)]
+pub(crate) mod reserve_url_cases {
+    /// Accepted.
+    pub const ACCEPTED: [&str; 6] = [
+        "file:///var/lib/relaycache/reserve",
+        "file:///data/",
+        "file:///tmp/reserve",
+        "file:///.cache",
+        "s3://bucket/prefix",
+        "memory://",
+    ];
+    /// `file://` without a usable absolute path.
+    pub const NOT_ABSOLUTE: [&str; 10] = [
+        "file://",
+        "file://data",
+        "file://localhost/data",
+        "file:///",
+        "file:////data",
+        "file:///data/../etc",
+        "file:///./data",
+        "file:///data/.",
+        "file:///data?x=1",
+        "file:///da%20ta",
+    ];
+    /// The member's own volumes.
+    pub const TAKEN: [&str; 4] = [
+        "file:///tmp",
+        "file:///tmp/",
+        "file:///etc/relaycache",
+        "file:///etc/relaycache/x",
+    ];
+    /// A scheme the reserve does not know.
+    pub const UNKNOWN_SCHEME: &str = "ftp://bucket";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,41 +332,20 @@ mod tests {
 
     #[test]
     fn file_reserves_need_an_absolute_path_of_their_own() {
-        for good in [
-            "file:///var/lib/relaycache/reserve",
-            "file:///data/",
-            "file:///tmp/reserve",
-            "file:///.cache",
-            "s3://bucket/prefix",
-            "memory://",
-        ] {
+        use super::reserve_url_cases::{ACCEPTED, NOT_ABSOLUTE, TAKEN, UNKNOWN_SCHEME};
+        for good in ACCEPTED {
             assert_eq!(check_reserve_url(good), None, "{good}");
         }
-        for bad in [
-            "file://",
-            "file://data",
-            "file://localhost/data",
-            "file:///",
-            "file:////data",
-            "file:///data/../etc",
-            "file:///./data",
-            "file:///data?x=1",
-            "file:///da%20ta",
-        ] {
+        for bad in NOT_ABSOLUTE {
             let issue = check_reserve_url(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert_eq!(issue.path, "spec.reserve.url");
             assert!(issue.message.contains("absolute path"), "{issue:?}");
         }
-        for taken in [
-            "file:///tmp",
-            "file:///tmp/",
-            "file:///etc/relaycache",
-            "file:///etc/relaycache/x",
-        ] {
+        for taken in TAKEN {
             let issue = check_reserve_url(taken).unwrap_or_else(|| panic!("{taken:?} accepted"));
             assert!(issue.message.contains("own volumes"), "{issue:?}");
         }
-        let issue = check_reserve_url("ftp://x").unwrap();
+        let issue = check_reserve_url(UNKNOWN_SCHEME).unwrap();
         assert!(
             issue.message.contains("must start with file://"),
             "{issue:?}"

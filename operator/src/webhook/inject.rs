@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 
 use crate::cli::NativeSidecars;
 use crate::crd::{ClusterMode, RelayCache};
-use crate::resources::configmap::{render, PEER_TOKEN_ENV};
+use crate::resources::configmap::{peer_token_reference, render};
 use crate::resources::quantity;
 use crate::resources::statefulset::{
     peer_token_env, restricted_security_context, sized_resources, CONTAINER, RUN_AS,
@@ -396,8 +396,8 @@ pub fn sidecar_config(rc: &RelayCache) -> Result<Config, InvalidSpec> {
         // The token Secret is optional for the sidecar (see
         // `optional_secret`); without the fallback an unset variable would
         // stop the proxy at startup instead of letting it run tokenless.
-        if ha.token == format!("${{{PEER_TOKEN_ENV}}}") {
-            ha.token = format!("${{{PEER_TOKEN_ENV}:-}}");
+        if !ha.token.is_empty() {
+            ha.token = peer_token_reference(false);
         }
     }
     config.validate().map_err(|found| {
