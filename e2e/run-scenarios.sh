@@ -15,7 +15,7 @@
 # kube-scheduler and kwok (fake node; pods turn Ready without a kubelet) from
 # .e2e-bin/. Existing-cluster mode starts none of them: the cluster's own
 # nodes run the pods, so the images named by the chart and the RelayCache
-# must be pullable there (see README "Testing"). In both modes the operator
+# must be pullable there (see docs/testing.md). In both modes the operator
 # runs as a local process with the chart's ServiceAccount token, and the
 # cache processes of scenario 7 run locally.
 #

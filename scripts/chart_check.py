@@ -331,7 +331,7 @@ def check_manifests(args):
             fail(f"{ident(d)}: rendered outside the release namespace {ns}")
     ok(f"{len(docs)} objects, each namespaced to {ns} or cluster-scoped as its kind requires")
 
-    # The CRD: names from the contract, and kept on uninstall.
+    # The CRD: the names docs/kubernetes.md documents, and kept on uninstall.
     crds = by_kind(docs, "CustomResourceDefinition")
     if args.no_crds:
         if crds:
@@ -341,7 +341,7 @@ def check_manifests(args):
         crd = one(docs, "CustomResourceDefinition")
         spec = crd["spec"]
         names = spec["names"]
-        # The contract's short name is rc; the operator adds rcache because
+        # The documented short name is rc; the operator adds rcache because
         # kubectl resolves rc to ReplicationControllers first.
         got = (crd["metadata"]["name"], spec["group"], names["kind"], names["plural"],
                "rc" in names.get("shortNames", []), spec["scope"])

@@ -282,7 +282,7 @@ pub enum Environment {
     Wan,
 }
 
-/// Cluster settings (mode `ha`), with the seed cache's names.
+/// Cluster settings (mode `ha`), with the names cc-relay's olric settings use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HaConfig {

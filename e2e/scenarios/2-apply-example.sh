@@ -2,12 +2,12 @@
 # Scenario 2: `kubectl apply -f examples/relaycache.yaml`. The operator
 # creates the headless and client Services, the ConfigMap, the StatefulSet
 # and the PodDisruptionBudget, each owned by the RelayCache and labelled as
-# the contract says; the pods pass Pod Security "restricted" (enforced on
+# docs/kubernetes.md says; the pods pass Pod Security "restricted" (enforced on
 # the namespace), turn Ready (kwok, or real kubelets), and the RelayCache's
 # status follows: readyReplicas, the Ready condition, observedGeneration.
 
 # owned_child KIND NAME: the child exists, the RelayCache is its controller,
-# and it carries the contract's labels.
+# and it carries the labels docs/kubernetes.md documents.
 owned_child() {
   local kind="$1" name="$2" file="$tmp/child-$1-$2.json"
   until_true "$kind/$name created" kubectl get "$kind" "$name" -n "$ns_apps"
@@ -18,8 +18,8 @@ owned_child() {
     --arg name "$rc_name" --arg uid "$rc_uid" \
     || fail "$kind/$name is not controlled by RelayCache $rc_name ($rc_uid): $(jq -c '.metadata.ownerReferences' "$file")"
   jq_true "$file" '.metadata.labels as $l | $want | to_entries | all($l[.key] == .value)' \
-    --argjson want "$contract_labels" \
-    || fail "$kind/$name labels $(jq -c '.metadata.labels' "$file") lack $contract_labels"
+    --argjson want "$member_labels" \
+    || fail "$kind/$name labels $(jq -c '.metadata.labels' "$file") lack $member_labels"
   log "  ok: $kind/$name is owned by the RelayCache and labelled"
 }
 
@@ -27,7 +27,7 @@ scenario_2() {
   new_namespace "$ns_apps"
   apply_example "$ns_apps"
   rc_uid="$(kubectl get relaycaches.relaycache.io "$rc_name" -n "$ns_apps" -o jsonpath='{.metadata.uid}')"
-  contract_labels="$(jq -nc --arg name "$rc_name" '{
+  member_labels="$(jq -nc --arg name "$rc_name" '{
       "app.kubernetes.io/name": "relaycache", "app.kubernetes.io/instance": $name,
       "app.kubernetes.io/component": "cache", "app.kubernetes.io/managed-by": "relaycache-operator"}')"
 

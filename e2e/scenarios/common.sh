@@ -82,7 +82,7 @@ for peer in yaml.safe_load(sys.stdin)["cache"]["ha"]["peers"]:
     print(peer)'
 }
 
-# expected_peers NS N: the peer list the contract promises for N members.
+# expected_peers NS N: the peer list docs/kubernetes.md documents for N members.
 expected_peers() {
   local i
   for ((i = 0; i < $2; i++)); do

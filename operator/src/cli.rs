@@ -116,7 +116,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_contract() {
+    fn run_defaults_are_the_documented_addresses_lease_and_image() {
         let args = run_args(&[]);
         assert_eq!(args.health_addr, "0.0.0.0:8081".parse().unwrap());
         assert_eq!(args.webhook_addr, "0.0.0.0:9443".parse().unwrap());
@@ -131,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn every_contract_flag_parses() {
+    fn every_run_flag_parses() {
         let args = run_args(&[
             "--health-addr",
             "127.0.0.1:18081",

@@ -35,8 +35,8 @@ pub const CRD_FILE: &str = "relaycache.io_relaycaches.yaml";
     version = "v1alpha1",
     kind = "RelayCache",
     plural = "relaycaches",
-    // `rc` is the contract's short name, but kubectl resolves `rc` to
-    // ReplicationControllers first; `rcache` is unambiguous.
+    // `rc` is the short name docs/kubernetes.md documents, but kubectl
+    // resolves `rc` to ReplicationControllers first; `rcache` is unambiguous.
     shortname = "rc",
     shortname = "rcache",
     namespaced,
@@ -106,7 +106,7 @@ pub struct RelayCacheSpec {
     /// What is cached, for how long and for whom.
     #[serde(default)]
     pub cache: CacheSpec,
-    /// How members share entries (mode `ha`), with the seed cache's knobs.
+    /// How members share entries (mode `ha`): cc-relay's olric settings, same names and meanings.
     #[serde(default)]
     pub replication: ReplicationSpec,
     /// Long-lived tier in object storage; omitted: no reserve.

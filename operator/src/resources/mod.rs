@@ -244,7 +244,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn names_follow_the_contract() {
+    fn peer_names_addresses_and_labels_derive_from_the_resource_name() {
         let names = Names::of(&rc("web", json!({}))).unwrap();
         assert_eq!(names.peers_service(), "web-peers");
         assert_eq!(names.peer_address(2), "web-2.web-peers.cache.svc:3320");

@@ -535,7 +535,7 @@ mod tests {
     }
 
     #[test]
-    fn the_container_runs_the_proxy_on_the_contract_ports() {
+    fn the_container_runs_the_proxy_on_http_8787_admin_9787_grpc_3320() {
         let (sts, _) = build(json!({}));
         let c = &pod(&sts).containers[0];
         assert_eq!(c.name, "relaycache");

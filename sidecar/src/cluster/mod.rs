@@ -276,12 +276,12 @@ mod tests {
     }
 
     #[test]
-    fn timings_match_the_readme_and_grow_from_local_to_lan_to_wan() {
+    fn timings_match_docs_cluster_md_and_grow_from_local_to_lan_to_wan() {
         let [local, lan, wan] =
             [Environment::Local, Environment::Lan, Environment::Wan].map(Timings::for_environment);
         let ms = Duration::from_millis;
         let s = Duration::from_secs;
-        // The README's table: probe interval and timeout, misses before
+        // The table in docs/cluster.md: probe interval and timeout, misses before
         // down, replica call timeout, repair interval.
         let table = |t: Timings| {
             (

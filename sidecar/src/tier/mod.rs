@@ -42,7 +42,7 @@ pub struct TierStats {
     pub evictions: u64,
 }
 
-/// One level of the cache, in the spirit of the seed's Cache interface.
+/// One level of the cache, in the spirit of cc-relay's Cache interface.
 /// `set` carries the TTL inside the entry.
 pub trait Tier: Send + Sync {
     /// Short name used in `x-relaycache-tier`, logs and metrics.
