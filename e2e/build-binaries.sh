@@ -12,7 +12,7 @@
 # exists and its stamp matches, it is skipped without compiling anything,
 # so a rerun with everything in place finishes in well under a second.
 #
-# Only the Go module proxy is needed; see e2e/README.md for the details of
+# Only the Go module proxy is needed; see docs/testing.md for the details of
 # why kube-* and etcd need a generated wrapper module.
 set -euo pipefail
 shopt -s inherit_errexit   # a failing $(...) inside a function still aborts
