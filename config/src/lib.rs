@@ -86,6 +86,14 @@ pub struct ServerConfig {
     /// Longest wait for in-flight requests on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Most client connections open at once on the traffic listener; more
+    /// are answered 503 and closed.
+    pub max_connections: usize,
+    /// Most requests handled at once; more are answered 503.
+    pub max_inflight: usize,
+    /// Most bytes of request bodies held at once (and the scratch space to
+    /// key them); a request that would go beyond is answered 503.
+    pub max_buffered_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +106,9 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             client_body_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_inflight: 4096,
+            max_buffered_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -220,6 +231,13 @@ pub struct KeyConfig {
     pub hash: KeyHash,
     /// Dotted body paths left out of the key.
     pub ignore_fields: Vec<String>,
+    /// Request headers that carry a credential (lower case). Under
+    /// `credential` isolation the tenant is a hash of every one present,
+    /// each with its name; a request with none is not cached.
+    pub credential_headers: Vec<String>,
+    /// Request headers that change the answer (lower case), keyed as the
+    /// upstream receives them.
+    pub headers: Vec<String>,
 }
 
 impl Default for KeyConfig {
@@ -227,6 +245,18 @@ impl Default for KeyConfig {
         Self {
             hash: KeyHash::Blake3,
             ignore_fields: vec!["metadata.user_id".into()],
+            credential_headers: ["x-api-key", "authorization", "api-key", "x-goog-api-key"]
+                .map(String::from)
+                .to_vec(),
+            headers: [
+                "anthropic-version",
+                "anthropic-beta",
+                "openai-organization",
+                "openai-project",
+                "openai-beta",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{Config, HaConfig, Mode};
+use super::{Config, HaConfig, Isolation, Mode};
 
 /// One problem, at a key path, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +167,22 @@ impl Config {
             "must be greater than 0",
         );
         for (field, value) in [
+            ("max_connections", server.max_connections as u64),
+            ("max_inflight", server.max_inflight as u64),
+            ("max_buffered_bytes", server.max_buffered_bytes),
+        ] {
+            c.check(
+                value > 0,
+                format!("server.{field}"),
+                "must be greater than 0",
+            );
+        }
+        c.check(
+            server.max_buffered_bytes >= server.max_body_bytes,
+            "server.max_buffered_bytes",
+            "must be at least server.max_body_bytes, or no body of the largest size could ever be read",
+        );
+        for (field, value) in [
             ("header_read_timeout", server.header_read_timeout),
             ("client_body_timeout", server.client_body_timeout),
         ] {
@@ -296,6 +312,24 @@ impl Config {
                 format!("{field:?} is not a dotted field path such as \"metadata.user_id\""),
             );
         }
+        for (list, names) in [
+            ("credential_headers", &cache.key.credential_headers),
+            ("headers", &cache.key.headers),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                c.check(
+                    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                        && name.bytes().all(|b| !b.is_ascii_uppercase()),
+                    format!("cache.key.{list}[{i}]"),
+                    format!("{name:?} is not a lower-case HTTP header name such as \"x-api-key\""),
+                );
+            }
+        }
+        c.check(
+            cache.isolation != Isolation::Credential || !cache.key.credential_headers.is_empty(),
+            "cache.key.credential_headers",
+            "must name at least one header under isolation: credential (such as x-api-key), or no request could be cached",
+        );
         c.check(
             cache.coalesce.max_waiters > 0,
             "cache.coalesce.max_waiters",

@@ -5,14 +5,16 @@
 //!
 //! Request headers that steer one answer:
 //! - `x-mock-delay-ms: N` waits before the response headers;
-//! - `x-mock-status: N` answers with that status and an error body;
+//! - `x-mock-status: N` answers with that status, an error body and
+//!   `retry-after: 7`;
 //! - `x-mock-gate: NAME` holds the answer (streams: after the first event)
 //!   until [`MockUpstream::release`] is called for `NAME`;
 //! - `x-mock-break-after: N` breaks a stream off after N events;
 //! - `x-mock-event-delay-ms: N` pauses between stream events;
 //! - `x-mock-answer-bytes: N` sets the answer size.
 //!
-//! Every answer carries `x-mock-call: N` (calls so far) and echoes the
+//! Successful JSON answers carry the headers in [`IDENTIFYING_HEADERS`],
+//! valued per call. Every answer carries `x-mock-call: N` (calls so far) and echoes the
 //! `host` and `accept-encoding` it received as `x-mock-saw-*`.
 
 use std::collections::HashMap;
@@ -331,7 +333,11 @@ async fn respond(
     if let Some(status) =
         number(headers, "x-mock-status").and_then(|s| StatusCode::from_u16(s as u16).ok())
     {
-        return anthropic_error(status, "api_error", "mock status");
+        let mut response = anthropic_error(status, "api_error", "mock status");
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static("7"));
+        return response;
     }
     let is_llm = matches!(
         path,
@@ -404,12 +410,31 @@ async fn respond(
         }),
     };
     let mut response = full(StatusCode::OK, "application/json", value.to_string());
-    response.headers_mut().insert(
-        "request-id",
-        HeaderValue::from_str(&format!("req_mock_{call}"))
-            .unwrap_or(HeaderValue::from_static("req")),
-    );
+    identify_the_caller(response.headers_mut(), call);
     response
+}
+
+/// Headers a real provider sends that name this call, its caller's
+/// organisation and project, or its rate limits; a cache must never
+/// replay them to anyone else.
+pub const IDENTIFYING_HEADERS: [&str; 9] = [
+    "request-id",
+    "x-request-id",
+    "anthropic-organization-id",
+    "openai-organization",
+    "openai-project",
+    "cf-ray",
+    "set-cookie",
+    "anthropic-ratelimit-requests-remaining",
+    "x-ratelimit-remaining-tokens",
+];
+
+fn identify_the_caller(headers: &mut HeaderMap, call: u64) {
+    for name in IDENTIFYING_HEADERS {
+        if let Ok(value) = HeaderValue::from_str(&format!("{name}-of-call-{call}")) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// Deterministic text for a request: the same body always gets the same text.

@@ -34,6 +34,11 @@ pub struct AccessLog {
     pub coalesced: bool,
     /// Whether the answer came from the reserve tier.
     pub reserve_used: bool,
+    /// Why a request was not cached, or which limit refused it.
+    pub bypass_reason: Option<&'static str>,
+    /// The request's place under `server.max_inflight`, held until the
+    /// answer is sent.
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
     bytes: u64,
     completed: bool,
 }
@@ -51,6 +56,8 @@ impl AccessLog {
             tier: None,
             coalesced: false,
             reserve_used: false,
+            bypass_reason: None,
+            slot: None,
             bytes: 0,
             completed: false,
         }
@@ -67,6 +74,7 @@ impl AccessLog {
             upstream = self.upstream.as_deref().unwrap_or("-"),
             coalesced = self.coalesced,
             reserve_used = self.reserve_used,
+            bypass_reason = self.bypass_reason.unwrap_or("-"),
             latency_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             bytes = self.bytes,
             completed = self.completed,

@@ -1,18 +1,34 @@
 //! Coalescing of concurrent identical misses: the first request for a key
 //! leads and calls the upstream; the others follow and wait for its answer.
 //!
-//! A leader that fails, or whose answer may not be stored, releases its
-//! followers with nothing; each then tries again on its own (one of them
-//! becomes the next leader). Followers therefore never fail with a leader.
+//! A leader whose upstream call failed (429, 5xx, a timeout, a refused
+//! connection) hands that same failure to its followers: during a
+//! rate-limit storm or an outage, one question makes one upstream call, not
+//! one per waiting request. A leader whose answer may not be stored
+//! (`no-store`, too large) releases its followers with nothing; each then
+//! tries again on its own (one of them becomes the next leader).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
+
+/// A failed upstream answer, as the leader's client got it; never stored.
+#[derive(Debug)]
+pub struct UpstreamFailure {
+    /// The upstream's status, or the proxy's for a call that never got one.
+    pub status: StatusCode,
+    /// `content-type`, `retry-after` and the like; nothing naming a caller.
+    pub headers: HeaderMap,
+    /// The error body.
+    pub body: Bytes,
+}
 
 /// State of one upstream call, as followers see it.
 #[derive(Debug, Clone)]
@@ -20,6 +36,8 @@ enum Flight {
     InProgress,
     /// `Some`: the stored answer. `None`: nothing to share; try again.
     Landed(Option<Arc<CachedResponse>>),
+    /// The upstream failed; followers answer with the same failure.
+    Failed(Arc<UpstreamFailure>),
 }
 
 type Registry = Mutex<HashMap<CacheKey, Arc<watch::Sender<Flight>>>>;
@@ -58,6 +76,8 @@ pub struct Follower {
 pub enum Landing {
     /// The leader stored this answer.
     Answer(Arc<CachedResponse>),
+    /// The leader's upstream call failed: answer with the same failure.
+    Failed(Arc<UpstreamFailure>),
     /// The leader got nothing shareable; try again.
     Nothing,
     /// Waited `wait_timeout` in vain.
@@ -98,10 +118,15 @@ impl Flights {
 impl Leader {
     /// Hands the stored answer (or `None`) to every follower.
     pub fn land(self, answer: Option<Arc<CachedResponse>>) {
-        self.finish(answer);
+        self.finish(Flight::Landed(answer));
     }
 
-    fn finish(&self, answer: Option<Arc<CachedResponse>>) {
+    /// Hands the upstream's failure to every follower.
+    pub fn fail(self, failure: Arc<UpstreamFailure>) {
+        self.finish(Flight::Failed(failure));
+    }
+
+    fn finish(&self, outcome: Flight) {
         // Unregister first: a request arriving after this point finds the
         // answer in the cache, or leads a new flight.
         if let Ok(mut map) = self.registry.lock() {
@@ -112,14 +137,14 @@ impl Leader {
                 map.remove(&self.key);
             }
         }
-        self.sender.send_replace(Flight::Landed(answer));
+        self.sender.send_replace(outcome);
     }
 }
 
 impl Drop for Leader {
     fn drop(&mut self) {
         if matches!(*self.sender.borrow(), Flight::InProgress) {
-            self.finish(None);
+            self.finish(Flight::Landed(None));
         }
     }
 }
@@ -129,10 +154,11 @@ impl Follower {
     pub async fn wait(mut self, timeout: Duration) -> Landing {
         let landed = self
             .receiver
-            .wait_for(|flight| matches!(flight, Flight::Landed(_)));
+            .wait_for(|flight| !matches!(flight, Flight::InProgress));
         match tokio::time::timeout(timeout, landed).await {
             Ok(Ok(flight)) => match &*flight {
                 Flight::Landed(Some(answer)) => Landing::Answer(Arc::clone(answer)),
+                Flight::Failed(failure) => Landing::Failed(Arc::clone(failure)),
                 _ => Landing::Nothing,
             },
             // The leader vanished without a word: treat it as nothing.
@@ -192,6 +218,28 @@ mod tests {
             follower.wait(Duration::from_secs(5)).await,
             Landing::Nothing
         ));
+        assert_eq!(flights.in_progress(), 0);
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_failure() {
+        let flights = Flights::default();
+        let key = CacheKey([6; 32]);
+        let Join::Lead(leader) = flights.join(key, 10) else {
+            panic!("first must lead")
+        };
+        let Join::Follow(follower) = flights.join(key, 10) else {
+            panic!("second must follow")
+        };
+        leader.fail(Arc::new(UpstreamFailure {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+        }));
+        match follower.wait(Duration::from_secs(5)).await {
+            Landing::Failed(failure) => assert_eq!(failure.status, 429),
+            other => panic!("expected the failure, got {other:?}"),
+        }
         assert_eq!(flights.in_progress(), 0);
     }
 

@@ -1,27 +1,29 @@
 //! The cache key: which requests are "the same question".
 //!
 //! A key hashes, in order and length-prefixed: a format version, the tenant,
-//! the method, the path and query, the headers that change the answer, the
-//! namespace, and the JSON body in canonical form (object keys sorted, no
-//! whitespace) with the configured ignored fields removed. Changing any of
-//! these inputs, or how they are encoded, must bump [`KEY_FORMAT`].
+//! the method, the path and query, each configured keyed header by name with
+//! its values (taken after hop-by-hop headers are removed, as the upstream
+//! receives them), the namespace, and last the JSON body in canonical form
+//! (see [`crate::canonical`]). Changing any of these inputs, or how they are
+//! encoded, must bump [`KEY_FORMAT`].
 
 use std::fmt;
+use std::io::Write;
 
-use http::HeaderMap;
-use serde_json::Value;
+use http::{HeaderMap, HeaderName};
 use sha2::Digest;
 
+use crate::canonical::{self, BodyFacts, CanonicalError, IgnoredFields};
 use crate::config::{Isolation, KeyConfig, KeyHash};
 
 /// Version of the key derivation; part of every key.
-pub const KEY_FORMAT: &[u8] = b"relaycache-key/1";
+pub const KEY_FORMAT: &[u8] = b"relaycache-key/2";
 
 /// Version of the raw-request key (see [`KeyBuilder::raw_key`]).
-pub const RAW_KEY_FORMAT: &[u8] = b"relaycache-raw/1";
+pub const RAW_KEY_FORMAT: &[u8] = b"relaycache-raw/2";
 
-/// Request headers that change the answer and so are part of the key.
-pub const KEYED_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+/// Version of the tenant derivation.
+const TENANT_FORMAT: &[u8] = b"relaycache-tenant/2";
 
 /// A 256-bit cache key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,12 +60,33 @@ impl fmt::Debug for Tenant {
     }
 }
 
+/// Why a request has no tenant, and so is not cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoTenant {
+    /// `credential` isolation, and none of `cache.key.credential_headers`.
+    NoCredential,
+    /// `header:<name>` isolation, and no such header.
+    NoIsolationHeader,
+}
+
+impl NoTenant {
+    /// The reason, as the access log writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoTenant::NoCredential => "no credential header",
+            NoTenant::NoIsolationHeader => "no isolation header",
+        }
+    }
+}
+
 /// Derives tenants and keys according to the configuration.
 #[derive(Debug, Clone)]
 pub struct KeyBuilder {
     hash: KeyHash,
     isolation: Isolation,
-    ignore_fields: Vec<Vec<String>>,
+    ignored: IgnoredFields,
+    credential_headers: Vec<HeaderName>,
+    keyed_headers: Vec<HeaderName>,
 }
 
 /// Everything besides the body that goes into a key.
@@ -75,7 +98,7 @@ pub struct KeyParts<'a> {
     pub method: &'a str,
     /// Path and query.
     pub path: &'a str,
-    /// Request headers (only [`KEYED_HEADERS`] are read).
+    /// Request headers as forwarded (only the keyed ones are read).
     pub headers: &'a HeaderMap,
     /// `x-relaycache-namespace`, if any.
     pub namespace: Option<&'a str>,
@@ -110,17 +133,34 @@ impl Hasher {
     }
 }
 
+impl Write for Hasher {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Header names from configuration; validation already refused bad ones.
+fn header_names(names: &[String]) -> Vec<HeaderName> {
+    names
+        .iter()
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect()
+}
+
 impl KeyBuilder {
     /// A builder for the given key settings and isolation.
     pub fn new(config: &KeyConfig, isolation: Isolation) -> Self {
         Self {
             hash: config.hash,
             isolation,
-            ignore_fields: config
-                .ignore_fields
-                .iter()
-                .map(|f| f.split('.').map(String::from).collect())
-                .collect(),
+            ignored: IgnoredFields::new(&config.ignore_fields),
+            credential_headers: header_names(&config.credential_headers),
+            keyed_headers: header_names(&config.headers),
         }
     }
 
@@ -131,77 +171,78 @@ impl KeyBuilder {
         }
     }
 
-    /// The tenant of a request, or `None` when isolation needs a header the
-    /// request lacks (such a request must not be cached).
-    pub fn tenant(&self, headers: &HeaderMap) -> Option<Tenant> {
+    /// The tenant of a request, or why it has none (such a request must
+    /// not be cached).
+    pub fn tenant(&self, headers: &HeaderMap) -> Result<Tenant, NoTenant> {
         let mut hasher = self.hasher();
-        hasher.field(b"relaycache-tenant/1");
+        hasher.field(TENANT_FORMAT);
         match &self.isolation {
             Isolation::Shared => hasher.field(b"shared"),
             Isolation::Credential => {
-                // A caller without a credential is its own anonymous tenant;
-                // the upstream refuses it anyway and refusals are not stored.
-                let credential = headers
-                    .get("x-api-key")
-                    .map(|v| (&b"x-api-key"[..], v))
-                    .or_else(|| {
-                        headers
-                            .get(http::header::AUTHORIZATION)
-                            .map(|v| (&b"authorization"[..], v))
-                    });
-                match credential {
-                    Some((name, value)) => {
-                        hasher.field(name);
+                // Every credential counts, each under its name: a caller
+                // authenticating with Authorization behind a placeholder
+                // x-api-key is not the tenant of the placeholder alone.
+                let mut found = false;
+                for name in &self.credential_headers {
+                    for value in headers.get_all(name) {
+                        found = true;
+                        hasher.field(name.as_str().as_bytes());
                         hasher.field(value.as_bytes());
                     }
-                    None => hasher.field(b"anonymous"),
+                }
+                if !found {
+                    return Err(NoTenant::NoCredential);
                 }
             }
             Isolation::Header(name) => {
-                let value = headers.get(name.as_str())?;
+                let value = headers
+                    .get(name.as_str())
+                    .ok_or(NoTenant::NoIsolationHeader)?;
                 hasher.field(b"header");
                 hasher.field(name.as_bytes());
                 hasher.field(value.as_bytes());
             }
         }
-        Some(Tenant(hasher.finish()))
+        Ok(Tenant(hasher.finish()))
     }
 
-    /// The key of a request whose body parsed as `body`. Removes the ignored
-    /// fields from `body` in place.
-    pub fn key(&self, parts: KeyParts<'_>, body: &mut Value) -> CacheKey {
-        for path in &self.ignore_fields {
-            remove_path(body, path);
-        }
-        let mut canonical = Vec::with_capacity(1024);
-        write_canonical(body, &mut canonical);
-        self.hash_parts(KEY_FORMAT, parts, &canonical)
+    /// The key of a request whose body is the JSON object `body`, and what
+    /// was learned about the body on the way. Never builds a JSON tree.
+    pub fn key(
+        &self,
+        parts: KeyParts<'_>,
+        body: &[u8],
+    ) -> Result<(CacheKey, BodyFacts), CanonicalError> {
+        let mut hasher = self.head(KEY_FORMAT, parts);
+        let facts = canonical::canonicalize(body, &self.ignored, &mut hasher)?;
+        Ok((CacheKey(hasher.finish()), facts))
     }
 
     /// A key over the body's exact bytes, before any parsing. The same bytes
     /// always give the same [`key`](Self::key), so a raw key seen once can
     /// stand for its key: byte-identical repeats skip JSON canonicalization.
     pub fn raw_key(&self, parts: KeyParts<'_>, body: &[u8]) -> CacheKey {
-        self.hash_parts(RAW_KEY_FORMAT, parts, body)
+        let mut hasher = self.head(RAW_KEY_FORMAT, parts);
+        hasher.update(body);
+        CacheKey(hasher.finish())
     }
 
-    fn hash_parts(&self, format: &[u8], parts: KeyParts<'_>, body: &[u8]) -> CacheKey {
+    /// Hashes everything but the body, which comes last and unprefixed
+    /// (nothing follows it, so its end is unambiguous).
+    fn head(&self, format: &[u8], parts: KeyParts<'_>) -> Hasher {
         let mut hasher = self.hasher();
         hasher.field(format);
         hasher.field(&parts.tenant.0);
         hasher.field(parts.method.as_bytes());
         hasher.field(parts.path.as_bytes());
-        for name in KEYED_HEADERS {
-            // Repeated headers are joined in order; absent differs from empty.
-            let values: Vec<&[u8]> = parts
-                .headers
-                .get_all(name)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            hasher.field(&(values.len() as u64).to_le_bytes());
+        hasher.field(&(self.keyed_headers.len() as u64).to_le_bytes());
+        for name in &self.keyed_headers {
+            // Repeated headers are kept in order; absent differs from empty.
+            hasher.field(name.as_str().as_bytes());
+            let values = parts.headers.get_all(name);
+            hasher.field(&(values.iter().count() as u64).to_le_bytes());
             for value in values {
-                hasher.field(value);
+                hasher.field(value.as_bytes());
             }
         }
         match parts.namespace {
@@ -211,74 +252,8 @@ impl KeyBuilder {
             }
             None => hasher.field(b"no-ns"),
         }
-        hasher.field(body);
-        CacheKey(hasher.finish())
-    }
-}
-
-fn remove_path(value: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut current = value;
-    for part in parents {
-        match current.get_mut(part.as_str()) {
-            Some(next) => current = next,
-            None => return,
-        }
-    }
-    if let Value::Object(map) = current {
-        map.remove(last.as_str());
-    }
-}
-
-/// Writes `value` as compact JSON with object keys sorted by their bytes,
-/// independent of how serde_json's map is ordered in this build.
-pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json_string(k, out);
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        Value::String(s) => write_json_string(s, out),
-        scalar => {
-            // Numbers, booleans and null have one compact form.
-            if serde_json::to_writer(&mut *out, scalar).is_err() {
-                out.extend_from_slice(b"null");
-            }
-        }
-    }
-}
-
-fn write_json_string(s: &str, out: &mut Vec<u8>) {
-    // Most strings in a prompt need no escaping; copy those straight through.
-    let plain = s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-    if plain {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, s).is_err() {
-        out.extend_from_slice(b"\"\"");
+        hasher.field(b"body");
+        hasher
     }
 }
 
@@ -303,7 +278,6 @@ mod tests {
 
     fn key_of(b: &KeyBuilder, h: &HeaderMap, body: &str) -> CacheKey {
         let tenant = b.tenant(h).unwrap();
-        let mut value: Value = serde_json::from_str(body).unwrap();
         b.key(
             KeyParts {
                 tenant: &tenant,
@@ -312,36 +286,10 @@ mod tests {
                 headers: h,
                 namespace: None,
             },
-            &mut value,
+            body.as_bytes(),
         )
-    }
-
-    #[test]
-    fn canonical_form_sorts_keys_and_drops_whitespace() {
-        let value: Value =
-            serde_json::from_str(r#"{ "b": [1, {"z":1, "a":"x\n"}], "a": null }"#).unwrap();
-        let mut out = Vec::new();
-        write_canonical(&value, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            r#"{"a":null,"b":[1,{"a":"x\n","z":1}]}"#
-        );
-    }
-
-    #[test]
-    fn plain_and_escaped_strings_match_serde() {
-        for text in [
-            "plain text",
-            "quote \" here",
-            "back\\slash",
-            "tab\tnew\nline",
-            "\u{1}",
-            "caf\u{e9} \u{1F600}",
-        ] {
-            let mut ours = Vec::new();
-            write_json_string(text, &mut ours);
-            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
-        }
+        .unwrap()
+        .0
     }
 
     #[test]
@@ -401,7 +349,10 @@ mod tests {
     #[test]
     fn header_isolation_requires_the_header() {
         let b = builder(Isolation::Header("x-team".into()));
-        assert!(b.tenant(&headers(&[("x-api-key", "k1")])).is_none());
+        assert_eq!(
+            b.tenant(&headers(&[("x-api-key", "k1")])),
+            Err(NoTenant::NoIsolationHeader)
+        );
         assert_ne!(
             b.tenant(&headers(&[("x-team", "a")])),
             b.tenant(&headers(&[("x-team", "b")]))

@@ -9,12 +9,14 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod canonical;
 pub mod cluster;
 pub mod coalesce;
 pub use relaycache_config as config;
 pub mod entry;
 pub mod headers;
 pub mod key;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -60,6 +62,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(&config, Arc::clone(&metrics))?);
+    let refusals = Arc::clone(&metrics);
     let ready = Arc::new(AtomicBool::new(false));
     let token = Some(config.server.admin_token.clone()).filter(|t| !t.is_empty());
     let cluster = proxy.peers().map(|peers| Arc::clone(peers.cluster()));
@@ -88,6 +91,11 @@ pub async fn run(
     let settings = ListenerSettings {
         header_read_timeout: config.server.header_read_timeout,
         shutdown_timeout: config.server.shutdown_timeout,
+        max_connections: Some(config.server.max_connections),
+    };
+    let admin_settings = ListenerSettings {
+        max_connections: None,
+        ..settings
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy_handler = {
@@ -100,12 +108,14 @@ pub async fn run(
         proxy_handler,
         settings,
         stop_rx.clone(),
+        move || refusals.count_overload(limits::OverloadLimit::Connections),
     ));
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
         admin_handler,
-        settings,
+        admin_settings,
         stop_rx,
+        || {},
     ));
     ready.store(true, Ordering::Release);
 

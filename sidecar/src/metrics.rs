@@ -28,6 +28,13 @@ pub struct UpstreamLabels {
     pub upstream: String,
 }
 
+/// Label of overload refusals.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverloadLabels {
+    /// Which limit refused the request.
+    pub limit: crate::limits::OverloadLimit,
+}
+
 /// Metrics of the reserve (object-storage) tier.
 #[derive(Default)]
 pub struct ReserveMetrics {
@@ -47,6 +54,8 @@ pub struct ReserveMetrics {
     pub removed: Counter,
     /// Entries removed by the sweeper because they expired.
     pub expired: Counter,
+    /// Reads whose body did not match its metadata's digest (misses).
+    pub mismatches: Counter,
     /// Answer bytes served from the reserve instead of the upstream.
     pub upstream_bytes_saved: Counter,
     /// Prompt tokens of answers served from the reserve.
@@ -68,7 +77,12 @@ impl ReserveMetrics {
     }
 
     fn register(&self, registry: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 11] = [
+        let counters: [(&str, &str, &Counter); 12] = [
+            (
+                "mismatches",
+                "Reserve reads whose body did not match its metadata's digest (served as misses)",
+                &self.mismatches,
+            ),
             ("reads", "Answers served from the reserve", &self.reads),
             ("writes", "Entries written to the reserve", &self.writes),
             (
@@ -314,6 +328,11 @@ pub struct Metrics {
     pub hits_by_tier: Family<TierLabels, Counter>,
     /// The hit counters of memory, peer and reserve, resolved once.
     by_tier: [Counter; 3],
+    /// Requests and connections refused by an overload limit.
+    pub overloads: Family<OverloadLabels, Counter>,
+    /// Followers answered with their leader's failed upstream answer
+    /// instead of calling the upstream themselves.
+    pub shared_failures: Counter,
 }
 
 fn status_index(status: CacheStatus) -> usize {
@@ -414,6 +433,18 @@ impl Metrics {
             "Answers served from cache, by the tier that answered (memory, peer, reserve)",
             hits_by_tier.clone(),
         );
+        let overloads = Family::<OverloadLabels, Counter>::default();
+        registry.register(
+            "overload",
+            "Requests and connections refused with 503 by an overload limit (server.max_connections, max_inflight, max_buffered_bytes)",
+            overloads.clone(),
+        );
+        let shared_failures = Counter::default();
+        registry.register(
+            "coalesced_failures",
+            "Followers answered with their leader's upstream failure instead of calling the upstream again",
+            shared_failures.clone(),
+        );
         let by_status = [
             CacheStatus::Hit,
             CacheStatus::Miss,
@@ -428,6 +459,8 @@ impl Metrics {
         let by_tier = ["memory", "peer", "reserve"]
             .map(|tier| hits_by_tier.get_or_create(&TierLabels { tier }).clone());
         Self {
+            overloads,
+            shared_failures,
             reserve,
             cluster,
             hits_by_tier,
@@ -477,6 +510,13 @@ impl Metrics {
                 upstream: upstream.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request or connection refused by `limit`.
+    pub fn count_overload(&self, limit: crate::limits::OverloadLimit) {
+        self.overloads
+            .get_or_create(&OverloadLabels { limit })
+            .inc();
     }
 
     /// Counts a failed upstream exchange.

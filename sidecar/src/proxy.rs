@@ -6,22 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, LoggedBody};
 use crate::body::{boxed, full, DeadlineBody, ProxyBody};
 use crate::cluster::{Cluster, ClusterError};
-use crate::coalesce::{Flights, Join, Landing, Leader};
+use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
 use crate::config::{CacheConfig, Config, Mode};
 use crate::entry::{self, CachedResponse, EntryRecorder};
 use crate::headers::{self, CacheStatus};
 use crate::key::{CacheKey, KeyBuilder, KeyParts};
+use crate::limits::{self, Admission, BufferPermit};
 use crate::metrics::Metrics;
 use crate::policy::RequestPolicy;
 use crate::recording::{Destination, RecordingBody};
@@ -33,6 +34,14 @@ use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 /// Times a follower starts over after leaders that had nothing to share.
 const MAX_FOLLOW_ATTEMPTS: usize = 3;
+
+/// Largest upstream error body recorded to hand to followers; error bodies
+/// are a few hundred bytes.
+const MAX_SHARED_FAILURE_BYTES: usize = 64 * 1024;
+
+/// Response headers of a failed upstream answer that followers get too:
+/// what the SDKs read to decide when to retry, nothing naming the caller.
+const SHARED_FAILURE_HEADERS: [&str; 3] = ["content-type", "retry-after", "x-should-retry"];
 
 /// Why the proxy could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +90,7 @@ pub struct Proxy {
     client_body_timeout: Duration,
     memory: MemoryTier,
     metrics: Arc<Metrics>,
+    admission: Admission,
 }
 
 /// A cache route's request after its body was read and keyed.
@@ -131,6 +141,7 @@ impl Proxy {
             client_body_timeout: config.server.client_body_timeout,
             memory,
             metrics,
+            admission: Admission::new(config.server.max_inflight, config.server.max_buffered_bytes),
         })
     }
 
@@ -152,6 +163,17 @@ impl Proxy {
     /// Handles one client request; never fails, errors become responses.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
         let mut log = AccessLog::new(request.method().clone(), request.uri().path());
+        let slot = match self.admission.request() {
+            Ok(slot) => slot,
+            Err(limit) => {
+                self.metrics.count_overload(limit);
+                log.bypass_reason = Some(limit.as_str());
+                let response = limits::overloaded(request.uri().path(), limit);
+                log.status = response.status();
+                return response.map(|body| boxed(LoggedBody::new(body, log, None)));
+            }
+        };
+        log.slot = Some(slot);
         let response = self.route(request, &mut log).await;
         log.status = response.status();
         if let Some(status) = log.cache_status {
@@ -163,7 +185,7 @@ impl Proxy {
 
     async fn route(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
         let path = request.uri().path().to_string();
@@ -182,6 +204,9 @@ impl Proxy {
             Some(cache) if request.method() == Method::POST && cache.is_route(&path) => cache,
             _ => return self.pass_through(request, &upstream).await,
         };
+        // Key what is forwarded: a header a Connection header names never
+        // reaches the upstream, so it must not be in the key either.
+        headers::strip_hop_by_hop(request.headers_mut());
         let policy = RequestPolicy::from_headers(
             request.headers(),
             cache.settings.ttl,
@@ -196,12 +221,16 @@ impl Proxy {
         }
 
         let (parts, body) = request.into_parts();
-        let body = match self.read_body(body, &path).await {
-            Ok(body) => body,
+        let (body, mut budget) = match self.read_body(body, &parts.headers, &path).await {
+            Ok(read) => read,
             Err(response) => return response,
         };
-        let Some(tenant) = cache.keys.tenant(&parts.headers) else {
-            return self.bypass(parts, body, &upstream, log).await;
+        let tenant = match cache.keys.tenant(&parts.headers) {
+            Ok(tenant) => tenant,
+            Err(reason) => {
+                log.bypass_reason = Some(reason.as_str());
+                return self.bypass(parts, body, &upstream, log).await;
+            }
         };
         let key_parts = KeyParts {
             tenant: &tenant,
@@ -217,16 +246,29 @@ impl Proxy {
                 return self.serve_hit(&entry, &key, "memory", log);
             }
         }
-        let mut json: Value = match serde_json::from_slice(&body) {
-            Ok(value @ Value::Object(_)) => value,
-            // Not ours to judge: the upstream answers bad JSON with its own 400.
-            _ => return self.bypass(parts, body, &upstream, log).await,
+        // Keying needs scratch space up to the body's size (see
+        // `canonical`); it comes out of the same budget as bodies.
+        if let Err(limit) = self.admission.grow(&mut budget, body.len() as u64) {
+            self.metrics.count_overload(limit);
+            return limits::overloaded(&path, limit);
+        }
+        let keyed = cache.keys.key(key_parts, &body);
+        budget.release(body.len() as u64);
+        let (key, facts) = match keyed {
+            Ok(keyed) => keyed,
+            Err(err) => {
+                // Not ours to judge: the upstream answers bad JSON with its own 400.
+                tracing::debug!(error = %err, "body has no canonical form; not cached");
+                log.bypass_reason = Some("body is not one JSON object");
+                return self.bypass(parts, body, &upstream, log).await;
+            }
         };
-        let streamed = json.get("stream") == Some(&Value::Bool(true));
-        if streamed && !cache.settings.streaming {
+        if facts.streamed && !cache.settings.streaming {
+            log.bypass_reason = Some("streamed and cache.streaming is off");
             return self.bypass(parts, body, &upstream, log).await;
         }
-        let key = cache.keys.key(key_parts, &mut json);
+        // `budget` is held until the answer's head is out: by then the
+        // upstream has read the body.
         let keyed = Keyed {
             parts,
             body,
@@ -273,6 +315,11 @@ impl Proxy {
                     match follower.wait(coalesce.wait_timeout).await {
                         Landing::Answer(entry) => {
                             return self.serve_hit(&entry, &keyed.key, "memory", log)
+                        }
+                        Landing::Failed(failure) => {
+                            self.metrics.shared_failures.inc();
+                            log.cache_status = Some(status);
+                            return failure_response(&failure, status, &keyed.key);
                         }
                         Landing::Nothing => continue,
                         Landing::TimedOut => break,
@@ -402,7 +449,12 @@ impl Proxy {
             Ok(response) => response,
             Err(err) => {
                 self.upstream_failed(&upstream, &err);
-                let _ = head_tx.send(reply::error(&path, err.status(), &err.to_string()));
+                let failure = UpstreamFailure {
+                    status: err.status(),
+                    headers: error_headers(),
+                    body: reply::error_body(&path, err.status(), &err.to_string()),
+                };
+                let _ = head_tx.send(self.share_failure(failure, leader, status, &key));
                 return;
             }
         };
@@ -417,6 +469,18 @@ impl Proxy {
         head.headers.insert(headers::STATUS, status.header_value());
         if let Ok(value) = HeaderValue::from_str(&key.to_string()) {
             head.headers.insert(headers::KEY, value);
+        }
+        if leader.is_some() && is_shared_failure(head.status) {
+            let (answer, leader) = match self
+                .record_failure(head, incoming, deadline, &upstream, &path)
+                .await
+            {
+                Ok(failure) => (self.share_failure(failure, leader, status, &key), None),
+                Err(response) => (response, leader),
+            };
+            drop(leader);
+            let _ = head_tx.send(answer);
+            return;
         }
         if !storable {
             // Nothing to record: hand the upstream body straight over.
@@ -453,6 +517,62 @@ impl Proxy {
         let _ = head_tx.send(Response::from_parts(head, boxed(body)));
     }
 
+    /// Reads a failed upstream answer whole (it is small) so that the
+    /// followers can get it too. Past the size limit or the deadline the
+    /// leader's client gets a 502 and the followers nothing.
+    async fn record_failure(
+        &self,
+        head: http::response::Parts,
+        incoming: Incoming,
+        deadline: Instant,
+        upstream: &Upstream,
+        path: &str,
+    ) -> Result<UpstreamFailure, Response<ProxyBody>> {
+        let read = Limited::new(incoming, MAX_SHARED_FAILURE_BYTES).collect();
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(body)) => {
+                let mut headers = http::HeaderMap::new();
+                for name in SHARED_FAILURE_HEADERS {
+                    for value in head.headers.get_all(name) {
+                        headers.append(name, value.clone());
+                    }
+                }
+                Ok(UpstreamFailure {
+                    status: head.status,
+                    headers,
+                    body: body.to_bytes(),
+                })
+            }
+            _ => {
+                self.metrics.count_upstream_error(&upstream.name);
+                Err(reply::error(
+                    path,
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "the upstream answered {} and its error body could not be read; retry the request",
+                        head.status
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Hands `failure` to the followers and returns the leader's answer.
+    fn share_failure(
+        &self,
+        failure: UpstreamFailure,
+        leader: Option<Leader>,
+        status: CacheStatus,
+        key: &CacheKey,
+    ) -> Response<ProxyBody> {
+        let failure = Arc::new(failure);
+        let response = failure_response(&failure, status, key);
+        if let Some(leader) = leader {
+            leader.fail(failure);
+        }
+        response
+    }
+
     fn cache_limit(&self) -> u64 {
         self.cache
             .as_ref()
@@ -464,15 +584,46 @@ impl Proxy {
         tracing::warn!(upstream = %upstream.name, error = %err, "upstream call failed");
     }
 
-    /// Reads a cache route's body within the size and time limits.
-    async fn read_body(&self, body: Incoming, path: &str) -> Result<Bytes, Response<ProxyBody>> {
-        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
-        let read = Limited::new(body, limit).collect();
-        match tokio::time::timeout(self.client_body_timeout, read).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-                Err(self.too_large(path))
+    /// Reads a cache route's body within the size and time limits and the
+    /// budget of bytes held at once, into one buffer of its exact size.
+    async fn read_body(
+        &self,
+        body: Incoming,
+        headers: &http::HeaderMap,
+        path: &str,
+    ) -> Result<(Bytes, BufferPermit), Response<ProxyBody>> {
+        let mut budget = self.admission.no_buffer();
+        let declared = declared_length_of(headers);
+        let refuse = |limit| {
+            self.metrics.count_overload(limit);
+            limits::overloaded(path, limit)
+        };
+        if let Some(len) = declared {
+            self.admission.grow(&mut budget, len).map_err(refuse)?;
+        }
+        let read = async {
+            let mut body = body;
+            let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(0));
+            let mut buffer = BytesMut::with_capacity(capacity);
+            while let Some(frame) = body.frame().await {
+                let Ok(data) = frame?.into_data() else {
+                    continue; // trailers
+                };
+                if (buffer.len() + data.len()) as u64 > self.max_body_bytes {
+                    return Ok(Err(self.too_large(path)));
+                }
+                if declared.is_none_or(|len| (buffer.len() + data.len()) as u64 > len) {
+                    if let Err(limit) = self.admission.grow(&mut budget, data.len() as u64) {
+                        return Ok(Err(refuse(limit)));
+                    }
+                }
+                buffer.extend_from_slice(&data);
             }
+            Ok::<_, hyper::Error>(Ok(buffer.freeze()))
+        };
+        match tokio::time::timeout(self.client_body_timeout, read).await {
+            Ok(Ok(Ok(bytes))) => Ok((bytes, budget)),
+            Ok(Ok(Err(response))) => Err(response),
             Ok(Err(err)) => Err(reply::error(
                 path,
                 StatusCode::BAD_REQUEST,
@@ -580,6 +731,43 @@ fn upstream_request(
         parts.headers.remove(http::header::ACCEPT_ENCODING);
     }
     Ok(Request::from_parts(parts, body))
+}
+
+/// Upstream answers whose failure is handed to coalesced followers: rate
+/// limits and server errors (529 overload included). Other 4xx answers
+/// depend on the request; they are not shared.
+fn is_shared_failure(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// Headers of an error the proxy writes itself.
+fn error_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("x-relaycache-error", HeaderValue::from_static("1"));
+    headers
+}
+
+/// The answer to a request whose upstream call (its own or its leader's)
+/// failed. Never stored.
+fn failure_response(
+    failure: &UpstreamFailure,
+    status: CacheStatus,
+    key: &CacheKey,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(full(failure.body.clone()));
+    *response.status_mut() = failure.status;
+    *response.headers_mut() = failure.headers.clone();
+    response
+        .headers_mut()
+        .insert(headers::STATUS, status.header_value());
+    if let Ok(value) = HeaderValue::from_str(&key.to_string()) {
+        response.headers_mut().insert(headers::KEY, value);
+    }
+    response
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {

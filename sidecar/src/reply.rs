@@ -13,12 +13,27 @@ fn is_anthropic_path(path: &str) -> bool {
 
 /// An error response in the provider's JSON error shape.
 pub fn error(path: &str, status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(error_body(path, status, message)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert("x-relaycache-error", HeaderValue::from_static("1"));
+    response
+}
+
+/// The body of [`error`].
+pub fn error_body(path: &str, status: StatusCode, message: &str) -> bytes::Bytes {
     let body = if is_anthropic_path(path) {
         let kind = match status {
             StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
             s if s.is_client_error() => "invalid_request_error",
             _ => "api_error",
         };
@@ -31,16 +46,7 @@ pub fn error(path: &str, status: StatusCode, message: &str) -> Response<ProxyBod
         };
         serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
     };
-    let mut response = Response::new(full(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert("x-relaycache-error", HeaderValue::from_static("1"));
-    response
+    bytes::Bytes::from(body.to_string())
 }
 
 #[cfg(test)]

@@ -436,3 +436,170 @@ async fn http2_clients_are_served_too() {
     assert_eq!(statuses, ["miss", "hit"]);
     assert_eq!(upstream.calls(), 1);
 }
+
+/// Sends a Messages request with exactly `headers` (no default credential).
+async fn post_with(relay: &Relay, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send(
+        Method::POST,
+        &relay.url("/v1/messages"),
+        &all,
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn every_credential_header_makes_its_own_tenant_and_none_is_a_bypass() {
+    let upstream = mock().await;
+    let relay = Relay::start(&config_for(&upstream.url()));
+    let q = question("tenants");
+    let azure_a = post_with(&relay, &[("api-key", "AAA")], &q).await;
+    assert_eq!(azure_a.cache_status(), "miss");
+    let azure_b = post_with(&relay, &[("api-key", "BBB")], &q).await;
+    assert_eq!(
+        azure_b.cache_status(),
+        "miss",
+        "api-key BBB read what api-key AAA stored"
+    );
+    let gemini = post_with(&relay, &[("x-goog-api-key", "AAA")], &q).await;
+    assert_eq!(
+        gemini.cache_status(),
+        "miss",
+        "the header's name is part of the tenant"
+    );
+    let anonymous = post_with(&relay, &[], &q).await;
+    assert_eq!(
+        anonymous.cache_status(),
+        "bypass",
+        "a request without a credential is never cached"
+    );
+    let again = post_with(&relay, &[], &q).await;
+    assert_eq!(again.cache_status(), "bypass");
+    let logs = relay.wait_for_access_logs(5).await;
+    assert!(
+        logs.iter()
+            .any(|l| l["bypass_reason"] == "no credential header"),
+        "the log line says why: {logs:?}"
+    );
+
+    // Both x-api-key and Authorization: both are the tenant.
+    let a = post_with(
+        &relay,
+        &[
+            ("x-api-key", "placeholder"),
+            ("authorization", "Bearer sk-A"),
+        ],
+        &q,
+    )
+    .await;
+    assert_eq!(a.cache_status(), "miss");
+    let b = post_with(
+        &relay,
+        &[
+            ("x-api-key", "placeholder"),
+            ("authorization", "Bearer sk-B"),
+        ],
+        &q,
+    )
+    .await;
+    assert_eq!(
+        b.cache_status(),
+        "miss",
+        "Authorization sk-B read what sk-A stored"
+    );
+    let a_again = post_with(
+        &relay,
+        &[
+            ("x-api-key", "placeholder"),
+            ("authorization", "Bearer sk-A"),
+        ],
+        &q,
+    )
+    .await;
+    assert_eq!(a_again.cache_status(), "hit");
+    assert_eq!(upstream.calls(), 7);
+}
+
+#[tokio::test]
+async fn headers_that_change_openai_answers_are_keyed() {
+    let upstream = mock().await;
+    let relay = Relay::start(&config_for(&upstream.url()));
+    let q = question("openai-headers");
+    for header in ["openai-organization", "openai-project", "openai-beta"] {
+        let first = post_messages(&relay, "k", &q, &[(header, "a")]).await;
+        assert_eq!(first.cache_status(), "miss", "{header}");
+        let second = post_messages(&relay, "k", &q, &[(header, "b")]).await;
+        assert_eq!(
+            second.cache_status(),
+            "miss",
+            "{header}: b was served what a stored"
+        );
+        let repeat = post_messages(&relay, "k", &q, &[(header, "a")]).await;
+        assert_eq!(repeat.cache_status(), "hit", "{header}");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_header_cannot_strip_a_keyed_header_after_keying() {
+    let upstream = mock().await;
+    let mut config = config_for(&upstream.url());
+    config.cache.isolation = Isolation::Shared;
+    let relay = Relay::start(&config);
+    let q = question("beta");
+    // The upstream never sees anthropic-beta here: Connection names it.
+    let attacker = post_messages(
+        &relay,
+        "attacker",
+        &q,
+        &[("anthropic-beta", "x"), ("connection", "anthropic-beta")],
+    )
+    .await;
+    assert_eq!(attacker.cache_status(), "miss");
+    assert!(!upstream
+        .last_request_headers()
+        .contains_key("anthropic-beta"));
+    let victim = post_messages(&relay, "victim", &q, &[("anthropic-beta", "x")]).await;
+    assert_eq!(
+        victim.cache_status(),
+        "miss",
+        "an answer produced without beta x was served as the answer for beta x"
+    );
+    assert_eq!(
+        upstream.last_request_headers()["anthropic-beta"],
+        "x",
+        "the victim's own call carried its beta"
+    );
+    let plain = post_messages(&relay, "victim", &q, &[]).await;
+    assert_eq!(
+        plain.cache_status(),
+        "hit",
+        "what the upstream answered without beta is the answer without beta"
+    );
+}
+
+#[tokio::test]
+async fn headers_that_identify_the_first_caller_are_never_replayed() {
+    let upstream = mock().await;
+    let relay = Relay::start(&config_for(&upstream.url()));
+    let q = question("identity");
+    let first = post_messages(&relay, "k", &q, &[]).await;
+    assert_eq!(first.cache_status(), "miss");
+    for name in mock_upstream::IDENTIFYING_HEADERS {
+        assert!(
+            first.headers.contains_key(name),
+            "the caller's own miss carries {name}"
+        );
+    }
+    let hit = post_messages(&relay, "k", &q, &[]).await;
+    assert_eq!(hit.cache_status(), "hit");
+    for name in mock_upstream::IDENTIFYING_HEADERS {
+        assert!(
+            !hit.headers.contains_key(name),
+            "a hit replayed {name}: {:?}",
+            hit.headers.get(name)
+        );
+    }
+    assert_eq!(hit.header("content-type"), "application/json");
+}

@@ -86,3 +86,34 @@ async fn waiters_retry_when_the_leader_fails() {
         "the first follower led the retry, the rest waited for it"
     );
 }
+
+#[tokio::test]
+async fn a_leaders_failure_is_shared_with_its_followers_not_multiplied() {
+    let upstream = mock().await;
+    let relay = std::sync::Arc::new(Relay::start(&config_for(&upstream.url())));
+    let q = question("rate-limited");
+    let replies = post_concurrently(
+        &relay,
+        50,
+        &q,
+        &[("x-mock-status", "429"), ("x-mock-delay-ms", "400")],
+    )
+    .await;
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "50 identical requests during a 429 made more than one upstream call"
+    );
+    for reply in &replies {
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.header("retry-after"), "7");
+        assert_eq!(reply.cache_status(), "miss");
+        assert_eq!(reply.json()["error"]["message"], "mock status");
+    }
+    let later = post_messages(&relay, "k", &q, &[]).await;
+    assert_eq!(
+        (later.status, later.cache_status()),
+        (200, "miss"),
+        "a failure is never stored"
+    );
+}

@@ -188,3 +188,244 @@ async fn total_timeout_cuts_off_a_stalled_stream_and_stores_nothing() {
     assert!(String::from_utf8_lossy(&metrics.body)
         .contains("relaycache_upstream_errors_total{upstream=\"mock\"} 1"));
 }
+
+/// Bodies just under the default 10 MiB limit that are cheap to send and
+/// expensive to parse into a tree: many tiny values, many keys, long
+/// strings, deep nesting.
+fn adversarial_bodies(size: usize) -> Vec<(&'static str, String)> {
+    let tiny_values = {
+        let mut s = String::with_capacity(size);
+        s.push_str(r#"{"model":"m","messages":[0"#);
+        while s.len() + 4 < size {
+            s.push_str(",0");
+        }
+        s.push_str("]}");
+        s
+    };
+    let many_keys = {
+        let mut s = String::with_capacity(size);
+        s.push_str(r#"{"model":"m","metadata":{"k0":0"#);
+        let mut i = 1u64;
+        while s.len() + 32 < size {
+            s.push_str(&format!(r#","k{i}":0"#));
+            i += 1;
+        }
+        s.push_str("}}");
+        s
+    };
+    let long_strings = {
+        let mut s = String::with_capacity(size);
+        s.push_str(r#"{"model":"m","messages":["#);
+        let chunk = "a".repeat(64 * 1024);
+        let mut first = true;
+        while s.len() + chunk.len() + 8 < size {
+            if !first {
+                s.push(',');
+            }
+            first = false;
+            s.push('"');
+            s.push_str(&chunk);
+            s.push('"');
+        }
+        s.push_str("]}");
+        s
+    };
+    let deep = {
+        // As deep as a JSON parser accepts, repeated side by side.
+        let unit = format!("{}0{}", "[".repeat(100), "]".repeat(100));
+        let mut s = String::with_capacity(size);
+        s.push_str(r#"{"model":"m","messages":["#);
+        s.push_str(&unit);
+        while s.len() + unit.len() + 4 < size {
+            s.push(',');
+            s.push_str(&unit);
+        }
+        s.push_str("]}");
+        s
+    };
+    vec![
+        ("many tiny values", tiny_values),
+        ("many keys", many_keys),
+        ("long strings", long_strings),
+        ("deep nesting", deep),
+    ]
+}
+
+#[tokio::test]
+async fn keying_any_valid_json_body_costs_at_most_three_times_its_size() {
+    let upstream = mock().await;
+    let size = 10 * 1024 * 1024 - 1024;
+    for (name, body) in adversarial_bodies(size) {
+        let relay = Relay::start(&config_for(&upstream.url()));
+        // Warm the process up (allocator arenas, connection pools).
+        assert_eq!(
+            post_messages(&relay, "k", &question("warm"), &[])
+                .await
+                .status,
+            200
+        );
+        let before = relay.memory_bytes("VmHWM");
+        let reply = post_messages(&relay, "k", &body, &[]).await;
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+        assert_eq!(reply.cache_status(), "miss", "{name}");
+        let growth = relay.memory_bytes("VmHWM").saturating_sub(before);
+        eprintln!(
+            "{name}: {} byte body, peak RSS growth {growth} bytes ({:.2}x)",
+            body.len(),
+            growth as f64 / body.len() as f64
+        );
+        assert!(
+            growth <= 3 * body.len() as u64,
+            "{name}: peak RSS grew by {growth} bytes for a {} byte body",
+            body.len()
+        );
+        let again = post_messages(&relay, "k", &body, &[]).await;
+        assert_eq!(again.cache_status(), "hit", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_large_uploads_stay_within_the_buffer_budget() {
+    let upstream = mock().await;
+    let mut config = config_for(&upstream.url());
+    let budget: u64 = 256 * 1024 * 1024;
+    config.server.max_buffered_bytes = budget;
+    config.cache.memory.max_cost = 16 * 1024 * 1024;
+    let relay = std::sync::Arc::new(Relay::start(&config));
+    assert_eq!(
+        post_messages(&relay, "k", &question("warm"), &[])
+            .await
+            .status,
+        200
+    );
+    let baseline = relay.memory_bytes("VmRSS");
+    let body = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(10 * 1024 * 1024 - 100)
+    );
+    let body = Bytes::from(body);
+    let uploads: Vec<_> = (0..100)
+        .map(|i| {
+            let relay = std::sync::Arc::clone(&relay);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let key = format!("tenant-{i}");
+                send(
+                    Method::POST,
+                    &relay.url("/v1/messages"),
+                    &[
+                        ("x-api-key", key.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    body,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut served = 0;
+    let mut refused = 0;
+    for upload in uploads {
+        let reply = upload.await.expect("upload task");
+        match reply.status {
+            200 => served += 1,
+            503 => {
+                refused += 1;
+                assert!(!reply.header("retry-after").is_empty());
+                assert_eq!(reply.json()["error"]["type"], "overloaded_error");
+            }
+            other => panic!("upload answered {other}: {}", reply.text()),
+        }
+    }
+    let peak = relay.memory_bytes("VmHWM");
+    eprintln!(
+        "100 uploads of {} bytes: {served} served, {refused} refused; peak RSS {peak}, baseline {baseline}",
+        body.len()
+    );
+    assert!(served > 0, "some uploads fit in the budget");
+    assert!(
+        refused > 0,
+        "100 x 10 MiB cannot all fit in 256 MiB at once"
+    );
+    assert!(
+        peak <= baseline + budget + config.cache.memory.max_cost,
+        "peak RSS {peak} over the budget {budget} + the cache + baseline {baseline}"
+    );
+    let after = post_messages(&relay, "k", &question("after"), &[]).await;
+    assert_eq!(after.status, 200, "the process still serves");
+    let metrics = get(&relay.admin_url("/metrics")).await.text();
+    assert!(
+        metric_in(
+            &metrics,
+            "relaycache_overload_total{limit=\"buffered_bytes\"}"
+        )
+        .is_some_and(|n| n >= refused as f64),
+        "refusals are counted"
+    );
+}
+
+#[tokio::test]
+async fn requests_and_connections_beyond_their_limits_get_503_with_retry_after() {
+    let upstream = mock().await;
+    let mut config = config_for(&upstream.url());
+    config.server.max_inflight = 2;
+    config.server.max_connections = 4;
+    let relay = std::sync::Arc::new(Relay::start(&config));
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let relay = std::sync::Arc::clone(&relay);
+            tokio::spawn(async move {
+                post_messages(
+                    &relay,
+                    "k",
+                    &question(&format!("slow-{i}")),
+                    &[("x-mock-delay-ms", "800")],
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in slow {
+        let reply = request.await.expect("request task");
+        if reply.status == 503 {
+            assert!(!reply.header("retry-after").is_empty());
+            assert_eq!(reply.json()["error"]["type"], "overloaded_error");
+        }
+        statuses.push(reply.status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503], "two in flight at most");
+
+    // Hold four idle connections open: a fifth is answered 503 and closed.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(relay.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(relay.addr).await.unwrap();
+    extra
+        .write_all(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = post_messages(&relay, "k", &question("after-limits"), &[]).await;
+    assert_eq!(after.status, 200);
+    let metrics = get(&relay.admin_url("/metrics")).await.text();
+    for limit in ["inflight", "connections"] {
+        let series = format!("relaycache_overload_total{{limit=\"{limit}\"}}");
+        assert!(
+            metric_in(&metrics, &series).is_some_and(|n| n >= 1.0),
+            "{series} counted"
+        );
+    }
+}

@@ -8,6 +8,13 @@
 //! body, so a readable `.meta` means a complete entry; reading extends the
 //! retention by rewriting only the small `.meta`.
 //!
+//! The two objects are bound by the body's BLAKE3 digest in the metadata,
+//! checked on every read: a body that does not match its metadata (a
+//! refresh caught half-way, a damaged object) is a miss, never a wrong
+//! answer. A retention extension is a conditional update of the `.meta`
+//! it read (`PutMode::Update` on its ETag), so it never puts old metadata
+//! over a newer entry's.
+//!
 //! Nothing here ever delays or fails a request: writes go through a bounded
 //! queue that drops (and counts) when full, and a store that errors is a
 //! miss.
@@ -31,7 +38,8 @@ use crate::key::CacheKey;
 use crate::metrics::Metrics;
 
 /// Version of the metadata format; entries of another version are misses.
-const META_FORMAT: u32 = 1;
+/// 2: `body_digest`.
+const META_FORMAT: u32 = 2;
 /// Store writes in flight at once.
 const WRITE_CONCURRENCY: usize = 8;
 
@@ -57,6 +65,8 @@ struct Metadata {
     fresh_until_ms: u64,
     retention_until_ms: u64,
     body_len: u64,
+    /// BLAKE3 of the body, hex.
+    body_digest: String,
     headers: Vec<(String, String)>,
     input_tokens: u64,
     output_tokens: u64,
@@ -83,6 +93,7 @@ impl Metadata {
                 .saturating_add(u64::try_from(entry.ttl.as_millis()).unwrap_or(u64::MAX)),
             retention_until_ms: unix_ms(SystemTime::now() + retention),
             body_len: entry.body_len() as u64,
+            body_digest: blake3::hash(&entry.body()).to_hex().to_string(),
             headers: entry
                 .headers()
                 .iter()
@@ -103,8 +114,14 @@ impl Metadata {
         (meta.format == META_FORMAT && meta.key == key.to_string()).then_some(meta)
     }
 
+    /// Whether `body` is the one this metadata describes.
+    fn describes(&self, body: &[u8]) -> bool {
+        body.len() as u64 == self.body_len
+            && blake3::hash(body).to_hex().as_str() == self.body_digest
+    }
+
     fn restore(&self, body: Bytes) -> Option<CachedResponse> {
-        if body.len() as u64 != self.body_len {
+        if !self.describes(&body) {
             return None;
         }
         let mut headers = HeaderMap::new();
@@ -138,6 +155,9 @@ enum Job {
     Extend {
         key: CacheKey,
         meta: Box<Metadata>,
+        /// The `.meta` object the extension was computed from; a newer one
+        /// is left alone.
+        read: object_store::UpdateVersion,
     },
     Remove {
         key: CacheKey,
@@ -217,11 +237,17 @@ impl ReserveTier {
         let (meta_path, body_path) = inner.paths(key);
         let (meta, body) = tokio::join!(inner.store.get(&meta_path), inner.store.get(&body_path));
         let meta = match meta {
-            Ok(found) => found.bytes().await,
+            Ok(found) => {
+                let read = object_store::UpdateVersion {
+                    e_tag: found.meta.e_tag.clone(),
+                    version: found.meta.version.clone(),
+                };
+                found.bytes().await.map(|bytes| (bytes, read))
+            }
             Err(err) => Err(err),
         };
-        let meta_bytes = match meta {
-            Ok(bytes) => bytes,
+        let (meta_bytes, meta_version) = match meta {
+            Ok(read) => read,
             Err(object_store::Error::NotFound { .. }) => return None,
             Err(err) => {
                 inner.failed("read", &err);
@@ -239,21 +265,29 @@ impl ReserveTier {
             return None;
         }
         let body = match body {
-            Ok(found) => found.bytes().await,
+            Ok(found) => {
+                let modified = found.meta.last_modified;
+                found.bytes().await.map(|bytes| (bytes, modified))
+            }
             Err(err) => Err(err),
         };
         let entry = match body {
-            Ok(body) => meta.restore(body),
-            Err(object_store::Error::NotFound { .. }) => None,
+            Ok((body, modified)) => match meta.restore(body) {
+                Some(entry) => entry,
+                None => {
+                    self.mismatch(key, modified);
+                    return None;
+                }
+            },
+            Err(object_store::Error::NotFound { .. }) => {
+                tracing::warn!(%key, "reserve entry has metadata but no body; removing it");
+                self.enqueue(Job::Remove { key: *key });
+                return None;
+            }
             Err(err) => {
                 inner.failed("read", &err);
                 return None;
             }
-        };
-        let Some(entry) = entry else {
-            tracing::warn!(%key, "reserve entry body is missing or does not match its metadata; removing it");
-            self.enqueue(Job::Remove { key: *key });
-            return None;
         };
         let metrics = &inner.metrics;
         metrics.reserve.reads.inc();
@@ -275,9 +309,26 @@ impl ReserveTier {
             self.enqueue(Job::Extend {
                 key: *key,
                 meta: Box::new(extended),
+                read: meta_version,
             });
         }
         Some(Arc::new(entry))
+    }
+
+    /// A body that does not match its metadata: a miss, counted. The entry
+    /// is removed, unless the body is recent enough to be a refresh whose
+    /// metadata is still on its way (removing it would lose the new entry).
+    fn mismatch(&self, key: &CacheKey, body_modified: chrono::DateTime<chrono::Utc>) {
+        self.inner.metrics.reserve.mismatches.inc();
+        let age = (chrono::Utc::now() - body_modified)
+            .to_std()
+            .unwrap_or_default();
+        if age < self.inner.settings.write_timeout * 2 {
+            tracing::debug!(%key, "reserve body does not match its metadata, and may be a refresh under way; a miss");
+            return;
+        }
+        tracing::warn!(%key, "reserve body does not match its metadata (digest or length); removing the entry");
+        self.enqueue(Job::Remove { key: *key });
     }
 
     /// Queues `entry` to be written if it qualifies (TTL at least `min_ttl`,
@@ -360,6 +411,42 @@ impl Inner {
             .map(|_| ())
     }
 
+    /// Writes `meta` over the `.meta` object only if it is still the one
+    /// read (`read`). Returns false when it changed meanwhile. Stores
+    /// without conditional updates (the local file system) get the
+    /// closest equivalent: the ETag is checked just before the write.
+    async fn extend(
+        &self,
+        path: &Path,
+        meta: &Metadata,
+        read: object_store::UpdateVersion,
+    ) -> Result<bool, object_store::Error> {
+        let bytes = serde_json::to_vec(meta).unwrap_or_default();
+        let options = object_store::PutOptions::from(object_store::PutMode::Update(read.clone()));
+        match self
+            .store
+            .put_opts(path, PutPayload::from(bytes.clone()), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(object_store::Error::NotImplemented) => {
+                let current = match self.store.head(path).await {
+                    Ok(current) => current,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                    Err(err) => return Err(err),
+                };
+                if current.e_tag != read.e_tag || current.version != read.version {
+                    return Ok(false);
+                }
+                self.store.put(path, PutPayload::from(bytes)).await?;
+                Ok(true)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     async fn remove(&self, key: &CacheKey) -> Result<bool, object_store::Error> {
         let (meta_path, body_path) = self.paths(key);
         let mut removed = false;
@@ -396,11 +483,14 @@ impl Inner {
                 }
                 Err(err) => self.failed("write", &err),
             },
-            Job::Extend { key, meta } => {
+            Job::Extend { key, meta, read } => {
                 let (meta_path, _) = self.paths(&key);
-                match self.put_meta(&meta_path, &meta).await {
-                    Ok(()) => {
+                match self.extend(&meta_path, &meta, read).await {
+                    Ok(true) => {
                         reserve.extensions.inc();
+                    }
+                    Ok(false) => {
+                        tracing::debug!(%key, "reserve metadata changed since it was read; extension skipped");
                     }
                     Err(err) => self.failed("extend", &err),
                 }
@@ -712,6 +802,138 @@ mod tests {
             reserve.inner.store.head(&meta_path).await,
             Err(object_store::Error::NotFound { .. })
         ));
+    }
+
+    /// An answer whose body reports `tokens` in its usage, padded so that
+    /// every such body has the same length.
+    fn answer(tokens: u64) -> Arc<CachedResponse> {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let body = format!(r#"{{"usage":{{"input_tokens":{tokens:08},"output_tokens":1}}}}"#);
+        Arc::new(CachedResponse::new(
+            &headers,
+            body.as_bytes(),
+            Duration::from_secs(60),
+        ))
+    }
+
+    /// Whether a restored entry's metadata (usage) belongs to its body.
+    fn consistent(found: &CachedResponse) -> bool {
+        let reported =
+            crate::entry::CachedResponse::new(&HeaderMap::new(), &found.body(), found.ttl);
+        reported.usage == found.usage
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_match_its_metadata_is_a_counted_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut config = settings(&format!("file://{}", dir.path().display()));
+        config.write_timeout = Duration::from_millis(100);
+        let reserve = ReserveTier::open(&config, Arc::clone(&metrics)).unwrap();
+        let key = CacheKey([8; 32]);
+        reserve.admit(key, &answer(1));
+        written(&reserve, &metrics, 1).await;
+        // Same length, other content: only a digest tells them apart.
+        let (meta_path, body_path) = reserve.inner.paths(&key);
+        reserve
+            .inner
+            .store
+            .put(&body_path, PutPayload::from(answer(2).body()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            reserve.lookup(&key).await.is_none(),
+            "a body that is not the one its metadata describes was served"
+        );
+        assert_eq!(metrics.reserve.mismatches.get(), 1);
+        reserve.flush(Duration::from_secs(2)).await;
+        assert!(matches!(
+            reserve.inner.store.head(&meta_path).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    }
+
+    /// A read computes an extension, a refresh lands, then the extension
+    /// is written: it must not put the old metadata over the new body.
+    async fn stale_extension_never_overwrites_a_refresh(url: &str) {
+        let metrics = Arc::new(Metrics::new());
+        let reserve = ReserveTier::open(&settings(url), Arc::clone(&metrics)).unwrap();
+        let key = CacheKey([9; 32]);
+        reserve.admit(key, &answer(1));
+        written(&reserve, &metrics, 1).await;
+        let (meta_path, _) = reserve.inner.paths(&key);
+        let read = reserve.inner.store.get(&meta_path).await.unwrap();
+        let version = object_store::UpdateVersion {
+            e_tag: read.meta.e_tag.clone(),
+            version: read.meta.version.clone(),
+        };
+        let mut old = Metadata::decode(&read.bytes().await.unwrap(), &key).unwrap();
+        old.retention_until_ms += 1000;
+        // Local files carry their modification time in the ETag; let it move.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reserve.admit(key, &answer(2));
+        written(&reserve, &metrics, 2).await;
+        reserve
+            .inner
+            .run_job(Job::Extend {
+                key,
+                meta: Box::new(old),
+                read: version,
+            })
+            .await;
+        let found = reserve.lookup(&key).await.expect("the refresh is kept");
+        assert_eq!(found.body(), answer(2).body(), "{url}");
+        assert!(consistent(&found), "{url}: metadata of another body");
+        assert_eq!(metrics.reserve.extensions.get(), 0, "{url}");
+    }
+
+    #[tokio::test]
+    async fn a_stale_extension_never_overwrites_a_refresh() {
+        stale_extension_never_overwrites_a_refresh("memory://").await;
+        let dir = tempfile::tempdir().unwrap();
+        stale_extension_never_overwrites_a_refresh(&format!("file://{}", dir.path().display()))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_refreshes_and_extensions_never_serve_mixed_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut config = settings(&format!("file://{}", dir.path().display()));
+        // Reads of an entry older than half its retention extend it.
+        config.retention = Duration::from_secs(2);
+        let reserve = ReserveTier::open(&config, Arc::clone(&metrics)).unwrap();
+        let key = CacheKey([10; 32]);
+        reserve.admit(key, &answer(0));
+        written(&reserve, &metrics, 1).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let writer = {
+            let reserve = reserve.clone();
+            tokio::spawn(async move {
+                for n in 1..=40 {
+                    reserve.admit(key, &answer(n));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let mut served = 0;
+        for _ in 0..300 {
+            if let Some(found) = reserve.lookup(&key).await {
+                assert!(consistent(&found), "served a body with another's metadata");
+                served += 1;
+            }
+            tokio::task::yield_now().await;
+        }
+        writer.await.unwrap();
+        reserve.flush(Duration::from_secs(5)).await;
+        let last = reserve
+            .lookup(&key)
+            .await
+            .expect("the last refresh is kept");
+        assert!(consistent(&last));
+        assert!(served > 0);
     }
 
     #[tokio::test]

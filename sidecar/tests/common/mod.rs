@@ -118,6 +118,27 @@ impl Relay {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: peak RSS).
+    pub fn memory_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"));
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("a number of kB");
+        kib * 1024
+    }
+
     /// `http://ADDR/path` on the traffic listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
