@@ -594,32 +594,45 @@ impl Proxy {
     ) -> Result<(Bytes, BufferPermit), Response<ProxyBody>> {
         let mut budget = self.admission.no_buffer();
         let declared = declared_length_of(headers);
-        let refuse = |limit| {
-            self.metrics.count_overload(limit);
-            limits::overloaded(path, limit)
-        };
-        if let Some(len) = declared {
-            self.admission.grow(&mut budget, len).map_err(refuse)?;
-        }
+        // A refused body is still read to its end, and dropped as it comes:
+        // a client still sending would otherwise see its connection reset
+        // instead of the 503 that tells it to retry.
+        let mut refused = declared.and_then(|len| self.admission.grow(&mut budget, len).err());
         let read = async {
             let mut body = body;
-            let capacity = declared.map_or(0, |len| usize::try_from(len).unwrap_or(0));
+            let capacity = match (refused, declared) {
+                (None, Some(len)) => usize::try_from(len).unwrap_or(0),
+                _ => 0,
+            };
             let mut buffer = BytesMut::with_capacity(capacity);
+            let mut received = 0u64;
             while let Some(frame) = body.frame().await {
                 let Ok(data) = frame?.into_data() else {
                     continue; // trailers
                 };
-                if (buffer.len() + data.len()) as u64 > self.max_body_bytes {
+                received += data.len() as u64;
+                if received > self.max_body_bytes {
                     return Ok(Err(self.too_large(path)));
                 }
-                if declared.is_none_or(|len| (buffer.len() + data.len()) as u64 > len) {
+                if refused.is_some() {
+                    continue;
+                }
+                if declared.is_none_or(|len| received > len) {
                     if let Err(limit) = self.admission.grow(&mut budget, data.len() as u64) {
-                        return Ok(Err(refuse(limit)));
+                        refused = Some(limit);
+                        buffer = BytesMut::new();
+                        continue;
                     }
                 }
                 buffer.extend_from_slice(&data);
             }
-            Ok::<_, hyper::Error>(Ok(buffer.freeze()))
+            Ok::<_, hyper::Error>(match refused {
+                Some(limit) => {
+                    self.metrics.count_overload(limit);
+                    Err(limits::overloaded(path, limit))
+                }
+                None => Ok(buffer.freeze()),
+            })
         };
         match tokio::time::timeout(self.client_body_timeout, read).await {
             Ok(Ok(Ok(bytes))) => Ok((bytes, budget)),

@@ -20,6 +20,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::body::ProxyBody;
 
+/// Largest read buffer of one HTTP/1 connection.
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
 /// Connection settings of a listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerSettings {
@@ -65,6 +68,10 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
+        // Bodies are copied out of this buffer as they arrive; a small one
+        // keeps many concurrent uploads from holding memory the body budget
+        // (server.max_buffered_bytes) does not see.
+        .max_buf_size(MAX_CONNECTION_BUFFER)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
