@@ -660,3 +660,69 @@ async fn other_operations_and_kinds_pass_untouched() {
     let response = review.response.unwrap();
     assert!(response.allowed && response.patch.is_none() && response.warnings.is_none());
 }
+
+/// The decoder and the injection rules never panic: any body, and any
+/// recorded review with one value replaced by another kind of JSON value,
+/// is answered or refused with a reason.
+#[test]
+fn any_body_is_answered_or_refused_never_a_panic() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as Cases, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let handler = handler(true);
+    let mut runner = TestRunner::new(Cases::with_cases(256));
+    runner
+        .run(&prop::collection::vec(any::<u8>(), 0..512), |body| {
+            let _ = runtime.block_on(handler.review(&body));
+            Ok(())
+        })
+        .unwrap();
+
+    let fixtures: Vec<Value> = std::fs::read_dir(format!(
+        "{}/tests/fixtures/admission",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .filter_map(|entry| serde_json::from_slice(&std::fs::read(entry.ok()?.path()).ok()?).ok())
+    .collect();
+    assert!(fixtures.len() >= 10, "the recorded reviews are there");
+    let replacement = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        "\\PC{0,20}".prop_map(Value::String),
+        Just(json!([])),
+        Just(json!({})),
+        Just(json!([{"name": ""}])),
+    ];
+    let strategy = (
+        prop::sample::select(fixtures),
+        any::<prop::sample::Index>(),
+        replacement,
+    );
+    runner
+        .run(&strategy, |(mut review, at, value)| {
+            // Replace the at-th value of the review (depth-first) by `value`.
+            fn visit(node: &mut Value, target: &mut usize, value: &Value) -> bool {
+                if *target == 0 {
+                    *node = value.clone();
+                    return true;
+                }
+                *target -= 1;
+                match node {
+                    Value::Object(map) => map.values_mut().any(|v| visit(v, target, value)),
+                    Value::Array(items) => items.iter_mut().any(|v| visit(v, target, value)),
+                    _ => false,
+                }
+            }
+            let mut target = at.index(400);
+            visit(&mut review, &mut target, &value);
+            let body = serde_json::to_vec(&review).unwrap();
+            let _ = runtime.block_on(handler.review(&body));
+            Ok(())
+        })
+        .unwrap();
+}

@@ -497,4 +497,67 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let entry = whole.finish(Duration::from_secs(1)).unwrap();
         assert!(entry.body().ends_with(b"data: {}\n\n"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn event_stream() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec("[ -~\u{e9}\u{1F600}]{0,40}", 0..12).prop_map(|texts| {
+                let mut body = String::from(
+                    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}\n\n",
+                );
+                for text in texts {
+                    let data = serde_json::json!({"type": "content_block_delta", "delta": {"text": text}});
+                    body.push_str(&format!("event: content_block_delta\ndata: {data}\n\n"));
+                }
+                body.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+                body.into_bytes()
+            })
+        }
+
+        fn split(body: &[u8], cuts: &[prop::sample::Index]) -> Vec<Vec<u8>> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+            at.push(0);
+            at.push(body.len());
+            at.sort_unstable();
+            at.windows(2).map(|w| body[w[0]..w[1]].to_vec()).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn a_recorded_stream_replays_byte_for_byte_however_it_arrived(
+                body in event_stream(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+            ) {
+                let mut sse = HeaderMap::new();
+                sse.insert("content-type", HeaderValue::from_static("text/event-stream"));
+                let mut recorder = EntryRecorder::new(&sse, None, 1 << 20);
+                for chunk in split(&body, &cuts) {
+                    prop_assert!(recorder.push(&chunk));
+                }
+                let entry = recorder.finish(Duration::from_secs(5));
+                prop_assert!(entry.is_some(), "a complete stream is stored");
+                let entry = entry.unwrap();
+                prop_assert_eq!(&entry.body()[..], &body[..]);
+                prop_assert_eq!(entry.usage.input, 3);
+            }
+
+            #[test]
+            fn a_stream_cut_before_its_end_is_never_stored(
+                body in event_stream(),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let end = body.len() - "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".len();
+                let at = cut.index(end + 1);
+                let mut sse = HeaderMap::new();
+                sse.insert("content-type", HeaderValue::from_static("text/event-stream"));
+                let mut recorder = EntryRecorder::new(&sse, None, 1 << 20);
+                recorder.push(&body[..at]);
+                prop_assert!(recorder.finish(Duration::from_secs(5)).is_none());
+            }
+        }
+    }
 }

@@ -375,4 +375,95 @@ mod tests {
         assert_eq!(sha_key, key_of(&sha, &h, "{ }"));
         assert_eq!(CacheKey::from_hex(&sha_key.to_string()), Some(sha_key));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn parts_key(b: &KeyBuilder, h: &HeaderMap) -> Option<CacheKey> {
+            let tenant = b.tenant(h).ok()?;
+            Some(key_of_tenant(b, &tenant, h))
+        }
+
+        fn key_of_tenant(b: &KeyBuilder, tenant: &Tenant, h: &HeaderMap) -> CacheKey {
+            b.key(
+                KeyParts {
+                    tenant,
+                    method: "POST",
+                    path: "/v1/messages",
+                    headers: h,
+                    namespace: None,
+                },
+                br#"{"model":"m","messages":[]}"#,
+            )
+            .unwrap()
+            .0
+        }
+
+        fn credential_header() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "x-api-key",
+                "authorization",
+                "api-key",
+                "x-goog-api-key",
+            ])
+        }
+
+        fn keyed_header() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "anthropic-version",
+                "anthropic-beta",
+                "openai-organization",
+                "openai-project",
+                "openai-beta",
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn different_credentials_never_share_a_key(
+                // A tiny alphabet, so that equal values under other names,
+                // and equal sets in other orders, come up often.
+                a in prop::collection::vec((credential_header(), "[ab]{1,2}"), 1..3),
+                b in prop::collection::vec((credential_header(), "[ab]{1,2}"), 1..3),
+            ) {
+                let pairs = |list: &[(&'static str, String)]| -> HeaderMap {
+                    let borrowed: Vec<(&str, &str)> = list.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                    headers(&borrowed)
+                };
+                let (ha, hb) = (pairs(&a), pairs(&b));
+                let builder = builder(Isolation::Credential);
+                let ka = parts_key(&builder, &ha).unwrap();
+                let kb = parts_key(&builder, &hb).unwrap();
+                // Keys are equal only for the same credentials (in the
+                // configured header order, values in order).
+                let order = |h: &HeaderMap| -> Vec<(String, Vec<u8>)> {
+                    ["x-api-key", "authorization", "api-key", "x-goog-api-key"]
+                        .iter()
+                        .flat_map(|n| h.get_all(*n).iter().map(move |v| (n.to_string(), v.as_bytes().to_vec())))
+                        .collect()
+                };
+                prop_assert_eq!(ka == kb, order(&ha) == order(&hb), "{:?} vs {:?}", a, b);
+            }
+
+            #[test]
+            fn different_keyed_headers_never_share_a_key(
+                name_a in keyed_header(),
+                name_b in keyed_header(),
+                a in "[ab ]{0,2}",
+                b in "[ab ]{0,2}",
+                absent in any::<bool>(),
+            ) {
+                let builder = builder(Isolation::Shared);
+                let with_a = headers(&[(name_a, a.as_str())]);
+                let with_b = if absent { HeaderMap::new() } else { headers(&[(name_b, b.as_str())]) };
+                let ka = parts_key(&builder, &with_a).unwrap();
+                let kb = parts_key(&builder, &with_b).unwrap();
+                let same = !absent && name_a == name_b && a == b;
+                prop_assert_eq!(ka == kb, same, "{}: {:?} vs {}: {:?}", name_a, a, name_b, b);
+            }
+        }
+    }
 }

@@ -84,7 +84,9 @@ async fn waiters_retry_when_the_leaders_answer_cannot_be_stored() {
         &[("x-mock-delay-ms", "300"), ("x-mock-answer-bytes", "5000")],
     )
     .await;
-    assert!(replies.iter().all(|r| r.status == 200 && r.body.len() > 5000));
+    assert!(replies
+        .iter()
+        .all(|r| r.status == 200 && r.body.len() > 5000));
     assert!(
         upstream.calls() >= 2,
         "an answer that is not stored is not handed to the waiters"

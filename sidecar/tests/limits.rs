@@ -429,3 +429,64 @@ async fn requests_and_connections_beyond_their_limits_get_503_with_retry_after()
         );
     }
 }
+
+/// Any headers and any body on a cache route get an answer, and the process
+/// keeps serving.
+#[test]
+fn the_request_path_answers_arbitrary_input_and_keeps_serving() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as Cases, TestRunner};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let upstream = runtime.block_on(mock());
+    let mut config = config_for(&upstream.url());
+    config.cache.streaming = true;
+    let relay = Relay::start(&config);
+    let header_names = prop::sample::select(vec![
+        "x-api-key",
+        "authorization",
+        "api-key",
+        "anthropic-beta",
+        "openai-project",
+        "connection",
+        "cache-control",
+        "x-relaycache",
+        "x-relaycache-ttl",
+        "x-relaycache-namespace",
+        "content-type",
+    ]);
+    let headers = prop::collection::vec((header_names, "[ -~]{0,24}"), 0..6);
+    let body = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        "\\PC{0,64}".prop_map(|text| format!(
+            r#"{{"model":"m","messages":[{text:?}],"stream":true}}"#
+        )
+        .into_bytes()),
+        "[\\[\\]{}:,\"a0 ]{0,200}".prop_map(String::into_bytes),
+    ];
+    let path = prop::sample::select(vec![
+        "/v1/messages",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+    ]);
+    let mut runner = TestRunner::new(Cases::with_cases(128));
+    runner
+        .run(&(path, headers, body), |(path, headers, body)| {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            // The client refuses to send some header values; those never
+            // reach the proxy at all.
+            if headers
+                .iter()
+                .any(|(_, v)| http::HeaderValue::from_str(v).is_err())
+            {
+                return Ok(());
+            }
+            let reply = runtime.block_on(send(Method::POST, &relay.url(path), &headers, body));
+            prop_assert!((200..600).contains(&reply.status));
+            Ok(())
+        })
+        .unwrap();
+    let after = runtime.block_on(post_messages(&relay, "k", &question("still-serving"), &[]));
+    assert_eq!(after.status, 200);
+}
