@@ -412,8 +412,9 @@ async fn a_restarted_member_is_repaired_back_to_replica_count() {
     assert_eq!(upstream.calls(), 30);
 }
 
-/// Which upstream call (`x-mock-call`) the copy of `key` held by the
-/// member at `address` came from, asked over gRPC; `None` if it holds none.
+/// Which upstream call (the number in the answer's `id`) the copy of `key`
+/// held by the member at `address` came from, asked over gRPC; `None` if it
+/// holds none.
 async fn held_call(address: &str, key: &CacheKey) -> Option<String> {
     let reply = grpc_client(address)
         .await
@@ -424,13 +425,7 @@ async fn held_call(address: &str, key: &CacheKey) -> Option<String> {
         .expect("get")
         .into_inner();
     let (_, entry) = entry_from_wire(&reply.entry?).expect("a well-formed, fresh entry");
-    let call = entry
-        .headers()
-        .get("x-mock-call")?
-        .to_str()
-        .ok()?
-        .to_string();
-    Some(call)
+    mock_call_of(&entry.body())
 }
 
 #[tokio::test]
@@ -442,7 +437,7 @@ async fn the_freshest_version_wins_after_a_refresh() {
     let body = question("versioned");
     let first = post_messages(&members[0], "k", &body, &[]).await;
     assert_eq!(
-        (first.cache_status(), first.header("x-mock-call")),
+        (first.cache_status(), first.mock_call().as_str()),
         ("miss", "1")
     );
     members[0]
@@ -481,7 +476,7 @@ async fn the_freshest_version_wins_after_a_refresh() {
     )
     .await;
     assert_eq!(
-        (refreshed.cache_status(), refreshed.header("x-mock-call")),
+        (refreshed.cache_status(), refreshed.mock_call().as_str()),
         ("refresh", "2")
     );
     members[other]
@@ -508,7 +503,7 @@ async fn the_freshest_version_wins_after_a_refresh() {
         (
             read.cache_status(),
             read.header("x-relaycache-tier"),
-            read.header("x-mock-call")
+            read.mock_call().as_str()
         ),
         ("hit", "peer", "2")
     );
@@ -699,7 +694,7 @@ async fn a_client_without_the_token_never_reaches_the_cluster() {
         (
             reply.status,
             reply.cache_status(),
-            reply.header("x-mock-call")
+            reply.mock_call().as_str()
         ),
         (200, "miss", "2")
     );

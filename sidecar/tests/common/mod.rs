@@ -245,6 +245,17 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// Which call of the mock upstream produced this answer: its
+    /// `x-mock-call` on a miss; on a hit (which replays no such header)
+    /// the number in the answer's `id` (`msg_mock_N`, `chatcmpl-mock-N`).
+    pub fn mock_call(&self) -> String {
+        let header = self.header("x-mock-call");
+        if !header.is_empty() {
+            return header.to_string();
+        }
+        mock_call_of(&self.body).unwrap_or_default()
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
@@ -254,6 +265,13 @@ impl Reply {
             )
         })
     }
+}
+
+/// The mock upstream's call number in an answer body's `id`.
+pub fn mock_call_of(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let id = value["id"].as_str()?;
+    Some(id.rsplit(['_', '-']).next()?.to_string())
 }
 
 /// Sends a request and reads the whole answer.
