@@ -45,6 +45,11 @@
 #                         about 3 GB at the defaults, and is removed after use
 #   BENCH_ROLLING_KEYS    the working set of the rolling-restart measure:
 #                         the first this many of the stored answers (500)
+#   BENCH_PARTS           all (default), or core: only the hit and miss rows
+#                         (mock direct, nginx, relaycache single mode)
+#   BENCH_RELAY_BIN       benchmark this relaycache binary instead of
+#                         building one (to compare two revisions side by
+#                         side, each with the same mock and nginx)
 #   BENCH_PEER_KEYS       answers stored in the cluster for the peer-hit row
 #                         (5000); the client's 1 MiB memory holds about 170
 #                         of them, so cycling over them reads from the peers
@@ -56,7 +61,7 @@ RESULTS_DIR="$ROOT/bench-results"
 LOG_DIR="$RESULTS_DIR/logs"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ $TARGET_DIR == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
-RELAY_BIN="$TARGET_DIR/release/relaycache"
+RELAY_BIN="${BENCH_RELAY_BIN:-$TARGET_DIR/release/relaycache}"
 MOCK_BIN="$TARGET_DIR/release/mock-upstream"
 
 BENCH_SECONDS="${BENCH_SECONDS:-10}"
@@ -1015,6 +1020,28 @@ report() {
     echo "- Errors counts wrk's \"Non-2xx or 3xx\" (answers with status ≥400) and socket errors (connect, read, write, timeout)."
 }
 
+# The hit and miss rows only (BENCH_PARTS=core).
+report_core() {
+    echo "# relaycache benchmark (hit and miss rows)"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(machine); binary: $RELAY_BIN"
+    echo "- Load: wrk -t$THREADS -c$CONNECTIONS -d${BENCH_SECONDS}s (1-connection rows: -t1 -c1), each after a ${WARMUP_SECONDS} s warm-up"
+    echo
+    echo "| Configuration | Conns | Requests | req/s | p50 ms | p99 ms | Errors (HTTP ≥400 / socket) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for key in "${ROWS[@]}"; do
+        printf '| %s | %s | %s | %s | %s | %s | %s / %s |\n' "${LABEL[$key]}" "${CONNS[$key]}" "${REQS[$key]}" \
+            "${RPS[$key]}" "${P50[$key]}" "${P99[$key]}" "${NON2XX[$key]}" "${SOCKERR[$key]}"
+    done
+    echo
+    echo "| Comparison | Value |"
+    echo "|---|---|"
+    echo "| relaycache hit req/s ÷ nginx hit req/s | $(ratio "${RPS[relay_hit]}" "${RPS[nginx_hit]}")× |"
+    echo "| relaycache hit req/s ÷ mock direct req/s | $(ratio "${RPS[relay_hit]}" "${RPS[mock_fixed]}")× |"
+    echo "| relaycache miss req/s ÷ mock direct req/s, $CONNECTIONS connections | $(ratio "${RPS[relay_miss]}" "${RPS[mock_unique]}")× |"
+    echo "| relaycache miss req/s ÷ mock direct req/s, 1 connection | $(ratio "${RPS[relay_miss_1]}" "${RPS[mock_unique_1]}")× |"
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
@@ -1052,6 +1079,11 @@ main() {
     measure relay_miss "relaycache misses, unique bodies" "$THREADS" "$CONNECTIONS" unique "$RELAY_URL" "$RELAY_ADMIN"
     # The memory run wants a fresh process; this one holds every miss above.
     stop_child "$RELAY_PID"
+    if [[ ${BENCH_PARTS:-all} == core ]]; then
+        report_core | tee "$RESULTS_DIR/latest-core.md"
+        log "written to $RESULTS_DIR/latest-core.md"
+        return
+    fi
 
     # Cluster rows: three members and a client, with nothing else running.
     measure_cluster

@@ -344,6 +344,11 @@ pub struct HaConfig {
     /// Entries per second that repair may copy to bring keys back to
     /// `replica_count` after members join or restart.
     pub repair_rate: u32,
+    /// How far ahead of this member's wall clock another's clock, an
+    /// entry's version or its creation time may be. Further is refused:
+    /// a clock far in the future would make every later write lose.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// Shared secret every peer and client must present. Prefer an
     /// environment variable: `${RELAYCACHE_PEER_TOKEN}`.
     pub token: String,
@@ -366,6 +371,7 @@ impl Default for HaConfig {
             environment: Environment::Lan,
             leave_timeout: Duration::from_secs(5),
             repair_rate: 200,
+            max_clock_skew: Duration::from_secs(2),
             token: String::new(),
             tls: PeerTlsConfig::default(),
         }

@@ -124,6 +124,11 @@ fn check_ha(ha: &HaConfig, c: &mut Collector) {
         "must be at least 1",
     );
     c.check(
+        !ha.max_clock_skew.is_zero(),
+        "cache.ha.max_clock_skew",
+        "must be longer than 0s (2s suits machines synchronised by NTP)",
+    );
+    c.check(
         ha.repair_rate >= 1,
         "cache.ha.repair_rate",
         "must be at least 1 entry per second",

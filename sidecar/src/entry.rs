@@ -108,6 +108,26 @@ impl CachedResponse {
         })
     }
 
+    /// The entry as an answer from the upstream would have been stored:
+    /// its TTL at most `max_ttl`, and only [`STORED_HEADERS`] kept. For
+    /// entries that arrive from other processes, which must not be able to
+    /// store what the upstream path never would.
+    pub fn limited(self, max_ttl: Duration) -> Self {
+        let headers = self.headers();
+        let all_storable = headers.keys().all(|name| !is_unstorable_header(name));
+        let mut entry = if all_storable {
+            self
+        } else {
+            let mut rebuilt = Self::new(&headers, &self.body(), self.ttl);
+            rebuilt.created = self.created;
+            rebuilt.usage = self.usage;
+            rebuilt.version = self.version;
+            rebuilt
+        };
+        entry.ttl = entry.ttl.min(max_ttl);
+        entry
+    }
+
     /// Whether the entry may still be served.
     pub fn is_fresh(&self) -> bool {
         self.created.elapsed().map_or(true, |age| age < self.ttl)

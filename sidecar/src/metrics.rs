@@ -35,6 +35,55 @@ pub struct OverloadLabels {
     pub limit: crate::limits::OverloadLimit,
 }
 
+/// Why the cluster port refused a call, an entry or a clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClusterRefusal {
+    /// A missing or wrong token.
+    Token,
+    /// A remote clock further ahead than `cache.ha.max_clock_skew`.
+    ClockSkew,
+    /// An entry whose version or `created` lies beyond the skew.
+    EntryFromTheFuture,
+    /// An entry larger than `cache.max_entry_bytes`.
+    EntryTooLarge,
+}
+
+impl ClusterRefusal {
+    /// Every reason, for sums.
+    pub const ALL: [ClusterRefusal; 4] = [
+        ClusterRefusal::Token,
+        ClusterRefusal::ClockSkew,
+        ClusterRefusal::EntryFromTheFuture,
+        ClusterRefusal::EntryTooLarge,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRefusal::Token => "token",
+            ClusterRefusal::ClockSkew => "clock_skew",
+            ClusterRefusal::EntryFromTheFuture => "entry_from_the_future",
+            ClusterRefusal::EntryTooLarge => "entry_too_large",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for ClusterRefusal {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Label of cluster refusals.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Why.
+    pub reason: ClusterRefusal,
+}
+
 /// Metrics of the reserve (object-storage) tier.
 #[derive(Default)]
 pub struct ReserveMetrics {
@@ -192,13 +241,18 @@ pub struct ClusterMetrics {
     pub repaired: Counter,
     /// Entries handed to new owners on leave.
     pub handed_off: Counter,
-    /// Calls refused for a missing or wrong token.
-    pub refused: Counter,
+    /// Calls, entries and clocks refused, by reason.
+    pub refused: Family<RefusalLabels, Counter>,
     /// Membership changes seen (joins, leaves, failures).
     pub membership_changes: Counter,
 }
 
 impl ClusterMetrics {
+    /// Counts one refusal.
+    pub fn count_refusal(&self, reason: ClusterRefusal) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
     /// Counts one call to another member.
     pub fn count_call(&self, op: &'static str, ok: bool) {
         let outcome = if ok { "ok" } else { "error" };
@@ -224,7 +278,7 @@ impl ClusterMetrics {
         for (name, help, gauge) in gauges {
             registry.register(name, help, gauge.clone());
         }
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 9] = [
             ("writes", "Cluster writes finished", &self.writes),
             (
                 "read_quorum_failures",
@@ -258,11 +312,6 @@ impl ClusterMetrics {
                 &self.handed_off,
             ),
             (
-                "refused",
-                "Cluster calls refused for a missing or wrong token",
-                &self.refused,
-            ),
-            (
                 "membership_changes",
                 "Members that joined, left or failed",
                 &self.membership_changes,
@@ -272,6 +321,11 @@ impl ClusterMetrics {
             registry.register(name, help, counter.clone());
         }
         registry.register("calls", "Calls to other members", self.calls.clone());
+        registry.register(
+            "refused",
+            "Cluster calls, entries and clocks refused, by reason (token, clock_skew, entry_from_the_future, entry_too_large)",
+            self.refused.clone(),
+        );
     }
 
     fn stats(&self) -> ClusterStats {
@@ -287,7 +341,10 @@ impl ClusterMetrics {
             under_replicated_found: self.under_replicated_found.get(),
             repaired: self.repaired.get(),
             handed_off: self.handed_off.get(),
-            refused: self.refused.get(),
+            refused: ClusterRefusal::ALL
+                .iter()
+                .map(|&reason| self.refused.get_or_create(&RefusalLabels { reason }).get())
+                .sum(),
         }
     }
 }

@@ -114,6 +114,10 @@ impl Proxy {
         let peers = if config.cache.mode == Mode::Ha {
             let cluster = Cluster::new(
                 &config.cache.ha,
+                crate::cluster::EntryChecks {
+                    max_ttl: config.cache.max_ttl,
+                    max_entry_bytes: config.cache.max_entry_bytes,
+                },
                 memory.clone(),
                 reserve.clone(),
                 Arc::clone(&metrics),

@@ -19,11 +19,13 @@ pub struct Version {
     pub origin: u64,
 }
 
-/// A hybrid logical clock.
+/// A hybrid logical clock that refuses to be pulled far into the future.
 #[derive(Debug)]
 pub struct Clock {
     origin: u64,
     last: Mutex<(u64, u32)>,
+    /// How far ahead of the wall clock an observed version may be.
+    max_skew_ms: u64,
 }
 
 fn wall_ms() -> u64 {
@@ -34,12 +36,24 @@ fn wall_ms() -> u64 {
 }
 
 impl Clock {
-    /// A clock whose versions carry `origin`.
-    pub fn new(origin: u64) -> Self {
+    /// A clock whose versions carry `origin`, taking note of versions at
+    /// most `max_skew` ahead of its wall clock.
+    pub fn new(origin: u64, max_skew: std::time::Duration) -> Self {
         Self {
             origin,
             last: Mutex::new((0, 0)),
+            max_skew_ms: u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// Whether `version` lies more than the allowed skew ahead of now.
+    pub fn is_from_the_future(&self, version: Version) -> bool {
+        self.is_too_far_ahead(version.wall_ms)
+    }
+
+    /// Whether `wall_ms` lies more than the allowed skew ahead of now.
+    pub fn is_too_far_ahead(&self, wall_ms_seen: u64) -> bool {
+        wall_ms_seen > wall_ms().saturating_add(self.max_skew_ms)
     }
 
     /// The id stamped on this clock's versions.
@@ -52,9 +66,15 @@ impl Clock {
         self.advance(None)
     }
 
-    /// Takes note of a version seen elsewhere, so later ticks order after it.
-    pub fn observe(&self, seen: Version) {
+    /// Takes note of a version seen elsewhere, so later ticks order after
+    /// it; false (and nothing noted) when it lies more than the allowed
+    /// skew ahead of the wall clock, as a forged or broken clock would.
+    pub fn observe(&self, seen: Version) -> bool {
+        if self.is_from_the_future(seen) {
+            return false;
+        }
         self.advance(Some(seen));
+        true
     }
 
     fn advance(&self, seen: Option<Version>) -> Version {
@@ -68,11 +88,13 @@ impl Clock {
         if now > wall && now > seen.0 {
             (wall, counter) = (now, 0);
         } else if seen.0 > wall {
-            (wall, counter) = (seen.0, seen.1.saturating_add(1));
+            (wall, counter) = (seen.0, seen.1);
+            bump(&mut wall, &mut counter);
         } else if seen.0 == wall {
-            counter = counter.max(seen.1).saturating_add(1);
+            counter = counter.max(seen.1);
+            bump(&mut wall, &mut counter);
         } else {
-            counter = counter.saturating_add(1);
+            bump(&mut wall, &mut counter);
         }
         *last = (wall, counter);
         Version {
@@ -83,13 +105,62 @@ impl Clock {
     }
 }
 
+/// The next instant after (`wall`, `counter`): the counter, or when it is
+/// spent the wall part, so that a version is never repeated.
+fn bump(wall: &mut u64, counter: &mut u32) {
+    match counter.checked_add(1) {
+        Some(next) => *counter = next,
+        None => {
+            *wall = wall.saturating_add(1);
+            *counter = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    const SKEW: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_version_beyond_the_skew_is_not_observed() {
+        let clock = Clock::new(1, SKEW);
+        let pinned = Version {
+            wall_ms: u64::MAX,
+            counter: u32::MAX,
+            origin: 666,
+        };
+        assert!(!clock.observe(pinned));
+        let next = clock.tick();
+        assert!(next.wall_ms <= wall_ms() + 10, "{next:?}");
+        let near = Version {
+            wall_ms: wall_ms() + 1000,
+            counter: 3,
+            origin: 2,
+        };
+        assert!(clock.observe(near), "within the skew is noted");
+        assert!(clock.tick() > near);
+    }
+
+    #[test]
+    fn a_spent_counter_advances_the_wall_part() {
+        let clock = Clock::new(1, SKEW);
+        let edge = Version {
+            wall_ms: wall_ms() + 1000,
+            counter: u32::MAX,
+            origin: 2,
+        };
+        assert!(clock.observe(edge));
+        let next = clock.tick();
+        assert!(next > edge, "{next:?} after {edge:?}");
+        assert_eq!(next.wall_ms, edge.wall_ms + 1, "{next:?}");
+    }
 
     #[test]
     fn ticks_only_move_forward() {
-        let clock = Clock::new(7);
+        let clock = Clock::new(7, SKEW);
         let mut previous = clock.tick();
         for _ in 0..10_000 {
             let next = clock.tick();
@@ -101,7 +172,8 @@ mod tests {
 
     #[test]
     fn a_clock_behind_orders_after_what_it_saw() {
-        let clock = Clock::new(1);
+        // Within the allowed skew (here two hours).
+        let clock = Clock::new(1, Duration::from_secs(7200));
         let from_the_future = Version {
             wall_ms: wall_ms() + 3_600_000,
             counter: 5,

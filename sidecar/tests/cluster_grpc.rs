@@ -376,3 +376,156 @@ async fn calls_without_the_token_are_refused() {
     assert_eq!(held(&mut client, &key(1)).await.as_deref(), Some("kept"));
     assert_eq!(held(&mut client, &key(2)).await, None);
 }
+
+/// A header block as the wire carries it, with any headers at all.
+fn raw_header_block(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        block.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        block.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        block.extend_from_slice(name.as_bytes());
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// Stores `entry` with a member's credential; whether it was stored.
+async fn set(client: &mut ClusterClient<Channel>, entry: proto::Entry) -> bool {
+    client
+        .set(with_token(
+            SetRequest {
+                entry: Some(entry),
+                admit_to_reserve: false,
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("set")
+        .into_inner()
+        .stored
+}
+
+async fn held_entry(client: &mut ClusterClient<Channel>, key: &CacheKey) -> Option<proto::Entry> {
+    client
+        .get(with_token(
+            GetRequest {
+                key: key.0.to_vec(),
+            },
+            TOKEN,
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .entry
+}
+
+#[tokio::test]
+async fn entries_from_the_wire_are_checked_like_answers_from_the_upstream() {
+    let upstream = mock().await;
+    let grpc = member_addresses(1).remove(0);
+    let mut config = member_config(&upstream.url(), &grpc, std::slice::from_ref(&grpc), 1);
+    config.cache.ha.token = TOKEN.into();
+    config.cache.max_ttl = Duration::from_secs(3600);
+    config.cache.max_entry_bytes = 2000;
+    let relay = Relay::start(&config);
+    relay.wait_for_members(1).await;
+    let mut client = grpc_client(&grpc).await;
+    let now = now_ms();
+
+    // A 10-year TTL is cut to cache.max_ttl.
+    let mut decade = entry(&key(30), "long", at(now, 0));
+    decade.ttl_ms = 10 * 365 * 24 * 3600 * 1000;
+    assert!(set(&mut client, decade).await);
+    let held = held_entry(&mut client, &key(30)).await.expect("stored");
+    assert!(
+        held.ttl_ms <= 3600 * 1000 + 1000,
+        "a forged TTL of ten years was kept: {} ms",
+        held.ttl_ms
+    );
+
+    // Headers never stored from an upstream answer are not stored from a peer.
+    let mut cookie = entry(&key(31), "cookie", at(now, 0));
+    cookie.header_block = raw_header_block(&[
+        ("content-type", "application/json"),
+        ("set-cookie", "session=attacker"),
+        ("request-id", "req_forged"),
+    ]);
+    assert!(set(&mut client, cookie).await);
+    let held = held_entry(&mut client, &key(31)).await.expect("stored");
+    let (_, restored) = entry_from_wire(&held).expect("well formed");
+    assert!(
+        !restored.headers().contains_key("set-cookie"),
+        "a forged set-cookie was stored: {:?}",
+        restored.headers()
+    );
+    assert!(!restored.headers().contains_key("request-id"));
+    assert_eq!(restored.headers()["content-type"], "application/json");
+
+    // Created an hour from now: it would stay fresh forever.
+    let mut future = entry(&key(32), "future", at(now, 0));
+    future.created_ms = now + 3600 * 1000;
+    assert!(
+        !set(&mut client, future).await,
+        "an entry from the future was stored"
+    );
+    assert!(held_entry(&mut client, &key(32)).await.is_none());
+
+    // A version an hour ahead would win over every honest refresh.
+    let ahead = entry(&key(33), "ahead", at(now + 3600 * 1000, 0));
+    assert!(
+        !set(&mut client, ahead).await,
+        "a version from the future was stored"
+    );
+
+    // Larger than cache.max_entry_bytes.
+    let big = entry(&key(34), &"x".repeat(5000), at(now, 0));
+    assert!(
+        !set(&mut client, big).await,
+        "an entry over max_entry_bytes was stored"
+    );
+
+    let metrics = get(&relay.admin_url("/metrics")).await.text();
+    for reason in ["entry_from_the_future", "entry_too_large"] {
+        let series = format!("relaycache_cluster_refused_total{{reason=\"{reason}\"}}");
+        assert!(
+            metric_in(&metrics, &series).is_some_and(|n| n >= 1.0),
+            "{series} not counted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_remote_clock_far_ahead_cannot_pin_the_members_clock() {
+    let upstream = mock().await;
+    let (relay, grpc) = member(&upstream.url()).await;
+    let mut client = grpc_client(&grpc).await;
+    let pinned = PingRequest {
+        clock: Some(relaycache::cluster::wire::version_to_wire(Version {
+            wall_ms: u64::MAX,
+            counter: u32::MAX,
+            origin: 666,
+        })),
+        ..PingRequest::default()
+    };
+    client.ping(with_token(pinned, TOKEN)).await.expect("ping");
+    // The member's next writes must carry a version near its own clock, or
+    // no honest refresh could ever replace them.
+    let reply = post_messages(&relay, "k", &question("after-the-ping"), &[]).await;
+    assert_eq!(reply.cache_status(), "miss");
+    let key = CacheKey::from_hex(reply.header("x-relaycache-key")).expect("a key");
+    let held = held_entry(&mut client, &key).await.expect("stored");
+    let version = version_from_wire(held.version.as_ref());
+    assert!(
+        version.wall_ms <= now_ms() + 2000,
+        "the member's clock was pinned: {version:?}"
+    );
+    let metrics = get(&relay.admin_url("/metrics")).await.text();
+    assert!(
+        metric_in(
+            &metrics,
+            "relaycache_cluster_refused_total{reason=\"clock_skew\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the far clock is counted"
+    );
+}

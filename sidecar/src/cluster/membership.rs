@@ -276,9 +276,7 @@ async fn probe_round(cluster: &Cluster) {
                 let probe = match answer {
                     Ok(Ok(reply)) => {
                         let reply = reply.into_inner();
-                        cluster
-                            .clock
-                            .observe(version_from_wire(reply.clock.as_ref()));
+                        cluster.observe(version_from_wire(reply.clock.as_ref()));
                         Some(Probe {
                             id: reply.id,
                             leaving: reply.leaving,

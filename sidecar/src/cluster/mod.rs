@@ -124,6 +124,7 @@ pub struct Cluster {
     /// This member's id (its advertised address); `None` for a client.
     self_id: Option<Arc<str>>,
     clock: Clock,
+    checks: EntryChecks,
     membership: Membership,
     memory: MemoryTier,
     reserve: Option<ReserveTier>,
@@ -135,11 +136,22 @@ pub struct Cluster {
     stopping: watch::Sender<bool>,
 }
 
+/// What every entry from another process must meet, as an answer from the
+/// upstream does (`cache.max_ttl`, `cache.max_entry_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct EntryChecks {
+    /// Longest TTL kept; longer ones are cut to it.
+    pub max_ttl: std::time::Duration,
+    /// Largest body kept; larger entries are refused.
+    pub max_entry_bytes: u64,
+}
+
 impl Cluster {
     /// Builds the cluster state from validated settings. Nothing runs until
     /// [`Cluster::start`].
     pub fn new(
         settings: &HaConfig,
+        checks: EntryChecks,
         memory: MemoryTier,
         reserve: Option<ReserveTier>,
         metrics: Arc<Metrics>,
@@ -163,7 +175,8 @@ impl Cluster {
             settings: settings.clone(),
             timings,
             self_id,
-            clock: Clock::new(origin),
+            clock: Clock::new(origin, settings.max_clock_skew),
+            checks,
             membership,
             memory,
             reserve,
@@ -194,6 +207,49 @@ impl Cluster {
             "cluster tier started"
         );
         Ok(bound)
+    }
+
+    /// An entry that arrived from another process, checked as an answer
+    /// from the upstream is: `None` (counted) when it is too large or its
+    /// version or creation lies beyond the allowed clock skew; otherwise
+    /// with its TTL capped and only storable headers kept.
+    pub(crate) fn admit(
+        &self,
+        entry: crate::entry::CachedResponse,
+    ) -> Option<crate::entry::CachedResponse> {
+        use crate::metrics::ClusterRefusal;
+        if entry.body_len() as u64 > self.checks.max_entry_bytes {
+            self.metrics
+                .cluster
+                .count_refusal(ClusterRefusal::EntryTooLarge);
+            return None;
+        }
+        let created_ms = entry
+            .created
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        if self.clock.is_from_the_future(entry.version) || self.clock.is_too_far_ahead(created_ms) {
+            self.metrics
+                .cluster
+                .count_refusal(ClusterRefusal::EntryFromTheFuture);
+            return None;
+        }
+        Some(entry.limited(self.checks.max_ttl))
+    }
+
+    /// Notes a version seen elsewhere; one beyond the allowed skew is
+    /// ignored and counted.
+    pub(crate) fn observe(&self, seen: crate::version::Version) {
+        if !self.clock.observe(seen) {
+            self.metrics
+                .cluster
+                .count_refusal(crate::metrics::ClusterRefusal::ClockSkew);
+            tracing::debug!(
+                ?seen,
+                "ignored a clock further ahead than cache.ha.max_clock_skew"
+            );
+        }
     }
 
     /// The current view of live members.

@@ -69,9 +69,9 @@ impl Cluster {
                         .entry
                         .and_then(|e| entry_from_wire(&e))
                         .filter(|(k, _)| k == key)
-                        .map(|(_, entry)| entry);
+                        .and_then(|(_, entry)| self.admit(entry));
                     if let Some(entry) = found {
-                        self.clock.observe(entry.version);
+                        self.observe(entry.version);
                         keep_freshest(&mut freshest, entry);
                     }
                 }
@@ -289,8 +289,9 @@ mod tests {
 
     #[test]
     fn a_refresh_by_a_member_whose_clock_lags_still_wins() {
-        let ahead = Clock::new(1);
-        let behind = Clock::new(2);
+        // A minute apart, within the allowed skew (here two minutes).
+        let ahead = Clock::new(1, Duration::from_secs(120));
+        let behind = Clock::new(2, Duration::from_secs(120));
         // A version from a member whose wall clock runs a minute fast.
         let fast_wall = ahead.tick().wall_ms + 60_000;
         let old = Version {

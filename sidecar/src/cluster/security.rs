@@ -65,7 +65,9 @@ impl tonic::service::Interceptor for CheckToken {
         if bool::from(presented.ct_eq(expected)) {
             Ok(request)
         } else {
-            self.metrics.cluster.refused.inc();
+            self.metrics
+                .cluster
+                .count_refusal(crate::metrics::ClusterRefusal::Token);
             Err(Status::unauthenticated(
                 "missing or wrong cluster token; set cache.ha.token to the cluster's token",
             ))

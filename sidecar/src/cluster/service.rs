@@ -80,7 +80,10 @@ impl Service {
     /// Stores an entry unless a newer copy is held. True if stored.
     fn store(&self, key: CacheKey, entry: CachedResponse, admit_to_reserve: bool) -> bool {
         let cluster = &self.0;
-        cluster.clock.observe(entry.version);
+        let Some(entry) = cluster.admit(entry) else {
+            return false;
+        };
+        cluster.observe(entry.version);
         let newer_held = cluster
             .memory
             .lookup(&key)
@@ -102,9 +105,7 @@ impl ClusterRpc for Service {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         let cluster = &self.0;
         let request = request.into_inner();
-        cluster
-            .clock
-            .observe(version_from_wire(request.clock.as_ref()));
+        cluster.observe(version_from_wire(request.clock.as_ref()));
         if cluster.settings.embedded && !request.from.is_empty() {
             cluster.membership.learn(&request.from);
         }
