@@ -809,12 +809,22 @@ mod tests {
     fn answer(tokens: u64) -> Arc<CachedResponse> {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
-        let body = format!(r#"{{"usage":{{"input_tokens":{tokens:08},"output_tokens":1}}}}"#);
+        let digits = tokens.to_string();
+        let pad = "x".repeat(12 - digits.len());
+        let body =
+            format!(r#"{{"usage":{{"input_tokens":{digits},"output_tokens":1}},"pad":"{pad}"}}"#);
         Arc::new(CachedResponse::new(
             &headers,
             body.as_bytes(),
             Duration::from_secs(60),
         ))
+    }
+
+    #[test]
+    fn answers_report_their_tokens_and_have_one_length() {
+        assert_eq!(answer(7).usage.input, 7);
+        assert_eq!(answer(40).usage.input, 40);
+        assert_eq!(answer(7).body_len(), answer(40).body_len());
     }
 
     /// Whether a restored entry's metadata (usage) belongs to its body.
