@@ -955,6 +955,20 @@ peer_target() {
     fi
 }
 
+# The measured rows, and the first comparison every report makes.
+rows_table() {
+    echo "| Configuration | Conns | Requests | req/s | p50 ms | p99 ms | Errors (HTTP ≥400 / socket) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for key in "${ROWS[@]}"; do
+        printf '| %s | %s | %s | %s | %s | %s | %s / %s |\n' "${LABEL[$key]}" "${CONNS[$key]}" "${REQS[$key]}" \
+            "${RPS[$key]}" "${P50[$key]}" "${P99[$key]}" "${NON2XX[$key]}" "${SOCKERR[$key]}"
+    done
+    echo
+    echo "| Comparison | Value |"
+    echo "|---|---|"
+    echo "| relaycache hit req/s ÷ nginx hit req/s | $(ratio "${RPS[relay_hit]}" "${RPS[nginx_hit]}")× |"
+}
+
 report() {
     local key wrk_version nginx_version
     wrk_version=$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }' || true)
@@ -973,16 +987,7 @@ report() {
         "(memory capped at 1 MiB), on this machine's loopback and CPUs; the peer row cycles over $PEER_KEYS answers stored" \
         "through member 1, the HA miss rows go through member 1"
     echo
-    echo "| Configuration | Conns | Requests | req/s | p50 ms | p99 ms | Errors (HTTP ≥400 / socket) |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
-    for key in "${ROWS[@]}"; do
-        printf '| %s | %s | %s | %s | %s | %s | %s / %s |\n' "${LABEL[$key]}" "${CONNS[$key]}" "${REQS[$key]}" \
-            "${RPS[$key]}" "${P50[$key]}" "${P99[$key]}" "${NON2XX[$key]}" "${SOCKERR[$key]}"
-    done
-    echo
-    echo "| Comparison | Value |"
-    echo "|---|---|"
-    echo "| relaycache hit req/s ÷ nginx hit req/s | $(ratio "${RPS[relay_hit]}" "${RPS[nginx_hit]}")× |"
+    rows_table
     echo "| relaycache hit p99 vs nginx hit p99 | ${P99[relay_hit]} ms vs ${P99[nginx_hit]} ms ($(ratio "${P99[relay_hit]}" "${P99[nginx_hit]}")×) |"
     echo "| relaycache hit req/s ÷ mock direct req/s | $(ratio "${RPS[relay_hit]}" "${RPS[mock_fixed]}")× |"
     echo "| miss path added p50, 1 connection | $(calc '%+.3f' 'a - b' "a=${P50[relay_miss_1]}" "b=${P50[mock_unique_1]}") ms" \
@@ -1027,16 +1032,7 @@ report_core() {
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(machine); binary: $RELAY_BIN"
     echo "- Load: wrk -t$THREADS -c$CONNECTIONS -d${BENCH_SECONDS}s (1-connection rows: -t1 -c1), each after a ${WARMUP_SECONDS} s warm-up"
     echo
-    echo "| Configuration | Conns | Requests | req/s | p50 ms | p99 ms | Errors (HTTP ≥400 / socket) |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
-    for key in "${ROWS[@]}"; do
-        printf '| %s | %s | %s | %s | %s | %s | %s / %s |\n' "${LABEL[$key]}" "${CONNS[$key]}" "${REQS[$key]}" \
-            "${RPS[$key]}" "${P50[$key]}" "${P99[$key]}" "${NON2XX[$key]}" "${SOCKERR[$key]}"
-    done
-    echo
-    echo "| Comparison | Value |"
-    echo "|---|---|"
-    echo "| relaycache hit req/s ÷ nginx hit req/s | $(ratio "${RPS[relay_hit]}" "${RPS[nginx_hit]}")× |"
+    rows_table
     echo "| relaycache hit req/s ÷ mock direct req/s | $(ratio "${RPS[relay_hit]}" "${RPS[mock_fixed]}")× |"
     echo "| relaycache miss req/s ÷ mock direct req/s, $CONNECTIONS connections | $(ratio "${RPS[relay_miss]}" "${RPS[mock_unique]}")× |"
     echo "| relaycache miss req/s ÷ mock direct req/s, 1 connection | $(ratio "${RPS[relay_miss_1]}" "${RPS[mock_unique_1]}")× |"

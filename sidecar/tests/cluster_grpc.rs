@@ -73,17 +73,7 @@ fn request<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
 }
 
 async fn held(client: &mut ClusterClient<Channel>, key: &CacheKey) -> Option<String> {
-    let reply = client
-        .get(with_token(
-            GetRequest {
-                key: key.0.to_vec(),
-            },
-            TOKEN,
-        ))
-        .await
-        .expect("get")
-        .into_inner();
-    reply.entry.as_ref().map(body_of)
+    held_entry(client, key).await.as_ref().map(body_of)
 }
 
 #[tokio::test]
