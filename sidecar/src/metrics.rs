@@ -46,15 +46,18 @@ pub enum ClusterRefusal {
     EntryFromTheFuture,
     /// An entry larger than `cache.max_entry_bytes`.
     EntryTooLarge,
+    /// A member named by an address `cache.ha.peers` does not list.
+    NotAPeer,
 }
 
 impl ClusterRefusal {
     /// Every reason, for sums.
-    pub const ALL: [ClusterRefusal; 4] = [
+    pub const ALL: [ClusterRefusal; 5] = [
         ClusterRefusal::Token,
         ClusterRefusal::ClockSkew,
         ClusterRefusal::EntryFromTheFuture,
         ClusterRefusal::EntryTooLarge,
+        ClusterRefusal::NotAPeer,
     ];
 
     /// The metric label.
@@ -64,6 +67,7 @@ impl ClusterRefusal {
             ClusterRefusal::ClockSkew => "clock_skew",
             ClusterRefusal::EntryFromTheFuture => "entry_from_the_future",
             ClusterRefusal::EntryTooLarge => "entry_too_large",
+            ClusterRefusal::NotAPeer => "not_a_peer",
         }
     }
 }
@@ -323,7 +327,7 @@ impl ClusterMetrics {
         registry.register("calls", "Calls to other members", self.calls.clone());
         registry.register(
             "refused",
-            "Cluster calls, entries and clocks refused, by reason (token, clock_skew, entry_from_the_future, entry_too_large)",
+            "Cluster calls, entries, clocks and members refused, by reason (token, clock_skew, entry_from_the_future, entry_too_large, not_a_peer)",
             self.refused.clone(),
         );
     }

@@ -519,3 +519,59 @@ async fn a_remote_clock_far_ahead_cannot_pin_the_members_clock() {
         "the far clock is counted"
     );
 }
+
+#[tokio::test]
+async fn a_ping_from_an_address_outside_the_peer_list_never_makes_a_member() {
+    let upstream = mock().await;
+    let (relay, grpc) = member(&upstream.url()).await;
+    // A process that holds the token (a leaked or shared one) and answers
+    // probes, but that no member lists in cache.ha.peers.
+    let rogue_grpc = member_addresses(1).remove(0);
+    let mut rogue_config = member_config(
+        &upstream.url(),
+        &rogue_grpc,
+        std::slice::from_ref(&rogue_grpc),
+        1,
+    );
+    rogue_config.cache.ha.token = TOKEN.into();
+    let rogue = Relay::start(&rogue_config);
+    rogue.wait_for_members(1).await;
+
+    let mut client = grpc_client(&grpc).await;
+    let join = PingRequest {
+        from: rogue_grpc.clone(),
+        ..PingRequest::default()
+    };
+    let reply = client
+        .ping(with_token(join, TOKEN))
+        .await
+        .expect("the ping is answered")
+        .into_inner();
+    assert_eq!(reply.members, [grpc.as_str()]);
+    // Several probe rounds (environment: local probes every few hundred ms).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = relay.stats().await;
+    assert_eq!(
+        stats["cluster"]["members"], 1,
+        "a ping from an unlisted address made a member: {stats}"
+    );
+    let reply = client
+        .ping(with_token(PingRequest::default(), TOKEN))
+        .await
+        .expect("ping")
+        .into_inner();
+    assert!(
+        !reply.members.contains(&rogue_grpc),
+        "the rogue is spread to others through probe replies: {:?}",
+        reply.members
+    );
+    let metrics = get(&relay.admin_url("/metrics")).await.text();
+    assert!(
+        metric_in(
+            &metrics,
+            "relaycache_cluster_refused_total{reason=\"not_a_peer\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the attempt is counted"
+    );
+}

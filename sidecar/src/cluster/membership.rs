@@ -83,6 +83,10 @@ struct Target {
 /// The membership state.
 pub struct Membership {
     self_id: Option<Arc<str>>,
+    /// For a member: the only ids that may be members (`cache.ha.peers`
+    /// and itself). `None` for a client, which learns members from the
+    /// members it is configured with.
+    allowed: Option<Vec<String>>,
     connector: Connector,
     targets: Mutex<Vec<Target>>,
     view: RwLock<Arc<View>>,
@@ -91,11 +95,18 @@ pub struct Membership {
 
 impl Membership {
     /// Starts with every configured address unprobed (so not yet live).
+    /// A member (`self_id` set) admits only the ids in `addresses` (its
+    /// `cache.ha.peers`) and itself.
     pub fn new(
         self_id: Option<Arc<str>>,
         addresses: &[String],
         connector: Connector,
     ) -> Result<Self, ClusterError> {
+        let allowed = self_id.as_ref().map(|id| {
+            let mut allowed = addresses.to_vec();
+            allowed.push(id.to_string());
+            allowed
+        });
         let mut targets = Vec::new();
         for address in addresses {
             targets.push(Target::new(
@@ -106,6 +117,7 @@ impl Membership {
         }
         let membership = Self {
             self_id,
+            allowed,
             connector,
             targets: Mutex::new(targets),
             view: RwLock::new(Arc::new(View::default())),
@@ -133,6 +145,7 @@ impl Membership {
         let mut live: Vec<&Target> = targets
             .iter()
             .filter(|t| t.live && !t.leaving && !t.is_self && t.id.is_some())
+            .filter(|t| t.id.as_deref().is_some_and(|id| self.may_be_member(id)))
             .collect();
         live.sort_by_key(|t| t.id.as_deref() != Some(t.address.as_str()));
         for target in live {
@@ -185,18 +198,36 @@ impl Membership {
             .collect()
     }
 
+    /// Whether `id` may be in the view: for a member, only what
+    /// `cache.ha.peers` lists (and itself); for a client, any id its
+    /// members report.
+    pub fn may_be_member(&self, id: &str) -> bool {
+        self.allowed
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|a| a == id))
+    }
+
     /// Starts probing `address` if nothing probes it yet (a member heard of
-    /// from a probe reply or a caller).
-    pub fn learn(&self, address: &str) {
+    /// from a probe reply or a caller). False when a member was told of an
+    /// address its `cache.ha.peers` does not list: such an address is
+    /// never probed, so it can never join.
+    pub fn learn(&self, address: &str) -> bool {
         if address.is_empty() || self.self_id.as_deref() == Some(address) {
-            return;
+            return true;
+        }
+        if !self.may_be_member(address) {
+            tracing::debug!(
+                address,
+                "not learning an address that cache.ha.peers does not list"
+            );
+            return false;
         }
         let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
         let known = targets
             .iter()
             .any(|t| t.address == address || t.id.as_deref() == Some(address));
         if known {
-            return;
+            return true;
         }
         match self.connector.client(address) {
             Ok(client) => {
@@ -207,6 +238,7 @@ impl Membership {
                 tracing::debug!(address, %err, "ignoring a member address that cannot be used")
             }
         }
+        true
     }
 
     fn snapshot(&self) -> Vec<(usize, String, PeerClient)> {
@@ -337,7 +369,12 @@ async fn probe_round(cluster: &Cluster) {
         });
     }
     for address in learned {
-        membership.learn(&address);
+        if !membership.learn(&address) {
+            cluster
+                .metrics
+                .cluster
+                .count_refusal(crate::metrics::ClusterRefusal::NotAPeer);
+        }
     }
     let changed = membership.refresh_view();
     let view = membership.view();
