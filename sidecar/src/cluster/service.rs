@@ -106,13 +106,14 @@ impl ClusterRpc for Service {
         let cluster = &self.0;
         let request = request.into_inner();
         cluster.observe(version_from_wire(request.clock.as_ref()));
-        if cluster.settings.embedded && !request.from.is_empty() {
-            if !cluster.membership.learn(&request.from) {
-                cluster
-                    .metrics
-                    .cluster
-                    .count_refusal(crate::metrics::ClusterRefusal::NotAPeer);
-            }
+        if cluster.settings.embedded
+            && !request.from.is_empty()
+            && !cluster.membership.learn(&request.from)
+        {
+            cluster
+                .metrics
+                .cluster
+                .count_refusal(crate::metrics::ClusterRefusal::NotAPeer);
         }
         Ok(Response::new(PingReply {
             id: cluster.self_id.as_deref().unwrap_or_default().to_string(),
