@@ -39,15 +39,6 @@ impl CacheStatus {
     }
 }
 
-impl prometheus_client::encoding::EncodeLabelValue for CacheStatus {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, self.as_str())
-    }
-}
-
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus `proxy-*` credentials meant for us, never for the upstream.
 pub fn is_hop_by_hop(name: &str) -> bool {

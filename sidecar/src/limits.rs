@@ -57,15 +57,6 @@ impl OverloadLimit {
     }
 }
 
-impl prometheus_client::encoding::EncodeLabelValue for OverloadLimit {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, self.as_str())
-    }
-}
-
 /// The 503 answer for a refused request on `path`.
 pub fn overloaded(path: &str, limit: OverloadLimit) -> Response<ProxyBody> {
     let mut response = reply::error(path, StatusCode::SERVICE_UNAVAILABLE, &limit.message());

@@ -72,14 +72,23 @@ impl ClusterRefusal {
     }
 }
 
-impl prometheus_client::encoding::EncodeLabelValue for ClusterRefusal {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, self.as_str())
-    }
+/// Label values of closed sets are their `as_str` names.
+macro_rules! label_values_from_as_str {
+    ($($label:ty),* $(,)?) => {
+        $(
+            impl prometheus_client::encoding::EncodeLabelValue for $label {
+                fn encode(
+                    &self,
+                    encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+                ) -> Result<(), std::fmt::Error> {
+                    std::fmt::Write::write_str(encoder, self.as_str())
+                }
+            }
+        )*
+    };
 }
+
+label_values_from_as_str!(CacheStatus, crate::limits::OverloadLimit, ClusterRefusal);
 
 /// Label of cluster refusals.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
