@@ -204,13 +204,14 @@ impl Proxy {
         if declared_length(&request).is_some_and(|len| len > self.max_body_bytes) {
             return self.too_large(&path);
         }
+        // Once, for every route: what is keyed and what is forwarded is the
+        // request without hop-by-hop headers (nor those a Connection header
+        // names), so a header the upstream never sees is never keyed.
+        headers::strip_hop_by_hop(request.headers_mut());
         let cache = match &self.cache {
             Some(cache) if request.method() == Method::POST && cache.is_route(&path) => cache,
             _ => return self.pass_through(request, &upstream).await,
         };
-        // Key what is forwarded: a header a Connection header names never
-        // reaches the upstream, so it must not be in the key either.
-        headers::strip_hop_by_hop(request.headers_mut());
         let policy = RequestPolicy::from_headers(
             request.headers(),
             cache.settings.ttl,
@@ -455,7 +456,7 @@ impl Proxy {
                 self.upstream_failed(&upstream, &err);
                 let failure = UpstreamFailure {
                     status: err.status(),
-                    headers: error_headers(),
+                    headers: reply::error_headers(),
                     body: reply::error_body(&path, err.status(), &err.to_string()),
                 };
                 let _ = head_tx.send(self.share_failure(failure, leader, status, &key));
@@ -470,10 +471,7 @@ impl Proxy {
             && !entry::upstream_forbids_store(&head.headers)
             && declared_length_of(&head.headers).is_none_or(|len| len <= self.cache_limit());
         headers::strip_hop_by_hop(&mut head.headers);
-        head.headers.insert(headers::STATUS, status.header_value());
-        if let Ok(value) = HeaderValue::from_str(&key.to_string()) {
-            head.headers.insert(headers::KEY, value);
-        }
+        tag_upstream_answer(&mut head.headers, status, &key);
         if leader.is_some() && is_shared_failure(head.status) {
             let (answer, leader) = match self
                 .record_failure(head, incoming, deadline, &upstream, &path)
@@ -721,8 +719,9 @@ impl Proxy {
     }
 }
 
-/// Rewrites a client request for the upstream: its URI, no hop-by-hop or
-/// RelayCache control headers, no Host (the client sets the upstream's).
+/// Rewrites a client request for the upstream: its URI, no RelayCache
+/// control headers, no Host (the client sets the upstream's). Hop-by-hop
+/// headers were removed when the request was routed.
 /// On cache routes the answer is asked for uncompressed, so one stored
 /// copy serves every client whatever encodings it accepts.
 fn upstream_request(
@@ -733,7 +732,6 @@ fn upstream_request(
 ) -> Result<Request<ProxyBody>, UpstreamError> {
     parts.uri = upstream.uri_for(parts.uri.path_and_query().map_or("/", |p| p.as_str()))?;
     parts.version = http::Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::HOST);
     let ours: Vec<http::HeaderName> = parts
         .headers
@@ -757,17 +755,6 @@ fn is_shared_failure(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
-/// Headers of an error the proxy writes itself.
-fn error_headers() -> http::HeaderMap {
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert("x-relaycache-error", HeaderValue::from_static("1"));
-    headers
-}
-
 /// The answer to a request whose upstream call (its own or its leader's)
 /// failed. Never stored.
 fn failure_response(
@@ -778,13 +765,17 @@ fn failure_response(
     let mut response = Response::new(full(failure.body.clone()));
     *response.status_mut() = failure.status;
     *response.headers_mut() = failure.headers.clone();
+    tag_upstream_answer(response.headers_mut(), status, key);
     response
-        .headers_mut()
-        .insert(headers::STATUS, status.header_value());
+}
+
+/// Marks an answer that came from the upstream (this request's call or its
+/// leader's): what the cache did, and the key it was asked under.
+fn tag_upstream_answer(map: &mut http::HeaderMap, status: CacheStatus, key: &CacheKey) {
+    map.insert(headers::STATUS, status.header_value());
     if let Ok(value) = HeaderValue::from_str(&key.to_string()) {
-        response.headers_mut().insert(headers::KEY, value);
+        map.insert(headers::KEY, value);
     }
-    response
 }
 
 fn declared_length<B>(request: &Request<B>) -> Option<u64> {

@@ -15,14 +15,19 @@ fn is_anthropic_path(path: &str) -> bool {
 pub fn error(path: &str, status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(full(error_body(path, status, message)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    *response.headers_mut() = error_headers();
+    response
+}
+
+/// The headers of [`error`]: a JSON body the proxy wrote itself.
+pub fn error_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    response
-        .headers_mut()
-        .insert("x-relaycache-error", HeaderValue::from_static("1"));
-    response
+    headers.insert("x-relaycache-error", HeaderValue::from_static("1"));
+    headers
 }
 
 /// The body of [`error`].

@@ -224,11 +224,7 @@ impl Cluster {
                 .count_refusal(ClusterRefusal::EntryTooLarge);
             return None;
         }
-        let created_ms = entry
-            .created
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let created_ms = wire::unix_ms(entry.created);
         if self.clock.is_from_the_future(entry.version) || self.clock.is_too_far_ahead(created_ms) {
             self.metrics
                 .cluster

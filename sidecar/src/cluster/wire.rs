@@ -8,7 +8,8 @@ use crate::entry::{CachedResponse, TokenUsage};
 use crate::key::CacheKey;
 use crate::version::Version;
 
-fn unix_ms(time: SystemTime) -> u64 {
+/// Milliseconds since the Unix epoch, as the wire carries times.
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
