@@ -89,8 +89,9 @@ pub struct Admission {
     buffered: Arc<Semaphore>,
 }
 
-/// A share of the body budget; returned when dropped.
-#[derive(Debug)]
+/// A share of the body budget (empty by default, grown with
+/// [`Admission::grow`]); returned when dropped.
+#[derive(Debug, Default)]
 pub struct BufferPermit(Option<OwnedSemaphorePermit>);
 
 impl BufferPermit {
@@ -126,11 +127,6 @@ impl Admission {
             .map_err(|_| OverloadLimit::Inflight)
     }
 
-    /// An empty share of the body budget, to grow with [`Self::grow`].
-    pub fn no_buffer(&self) -> BufferPermit {
-        BufferPermit(None)
-    }
-
     /// Adds `bytes` to `permit`, or refuses when the budget has no room.
     pub fn grow(&self, permit: &mut BufferPermit, bytes: u64) -> Result<(), OverloadLimit> {
         let units =
@@ -156,9 +152,9 @@ mod tests {
     #[test]
     fn the_body_budget_is_shared_and_given_back() {
         let admission = Admission::new(2, 10 * 1024);
-        let mut first = admission.no_buffer();
+        let mut first = BufferPermit::default();
         admission.grow(&mut first, 6 * 1024).unwrap();
-        let mut second = admission.no_buffer();
+        let mut second = BufferPermit::default();
         assert_eq!(
             admission.grow(&mut second, 6 * 1024),
             Err(OverloadLimit::BufferedBytes)
@@ -167,7 +163,7 @@ mod tests {
         admission.grow(&mut second, 6 * 1024).unwrap();
         drop(first);
         drop(second);
-        let mut all = admission.no_buffer();
+        let mut all = BufferPermit::default();
         admission.grow(&mut all, 10 * 1024).unwrap();
     }
 

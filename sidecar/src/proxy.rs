@@ -594,7 +594,7 @@ impl Proxy {
         headers: &http::HeaderMap,
         path: &str,
     ) -> Result<(Bytes, BufferPermit), Response<ProxyBody>> {
-        let mut budget = self.admission.no_buffer();
+        let mut budget = BufferPermit::default();
         let declared = declared_length_of(headers);
         // A refused body is still read to its end, and dropped as it comes:
         // a client still sending would otherwise see its connection reset
