@@ -671,12 +671,13 @@ declare -A CLUSTER_NOTE # per cluster row: what the cluster counted, for Checks
 # start_ha NAME EMBEDDED MAX_COST GRPC_PORT: a relaycache in mode ha with
 # CLUSTER_MEMBERS as its member list (see relaycache-ha.yaml.template).
 start_ha() {
-    local name=$1 port admin_port config="$WORK/$1.yaml"
+    local name=$1 port admin_port config="$WORK/$1.yaml" member_token=""
     free_port port
     free_port admin_port
+    [[ $2 == true ]] && member_token=bench-members-token
     render "$BENCH_DIR/relaycache-ha.yaml.template" "$config" \
         "PORT=$port" "ADMIN_PORT=$admin_port" "MOCK_PORT=$MOCK_PORT" "EMBEDDED=$2" \
-        "MAX_COST=$3" "GRPC_PORT=$4" "MEMBERS=$CLUSTER_MEMBERS"
+        "MAX_COST=$3" "GRPC_PORT=$4" "MEMBERS=$CLUSTER_MEMBERS" "MEMBER_TOKEN=$member_token"
     launch_relaycache "$name" "$config" "$port" "$admin_port"
 }
 

@@ -349,9 +349,18 @@ pub struct HaConfig {
     /// a clock far in the future would make every later write lose.
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
-    /// Shared secret every peer and client must present. Prefer an
-    /// environment variable: `${RELAYCACHE_PEER_TOKEN}`.
+    /// The members' secret: a member presents it to other members, and
+    /// only a caller presenting it may write, delete, clear, repair or
+    /// hand off. Clients must not hold it. Prefer an environment variable:
+    /// `${RELAYCACHE_PEER_TOKEN}`.
     pub token: String,
+    /// The clients' secret. A member lets a caller presenting it read and
+    /// offer the answers to its own requests; a client presents it.
+    /// Prefer `${RELAYCACHE_CLIENT_TOKEN}`.
+    pub client_token: String,
+    /// Runs a cluster without tokens or mutual TLS, open to anyone who
+    /// reaches `bind_addr`: for a demo on one machine only.
+    pub insecure: bool,
     /// Mutual TLS between members and clients.
     pub tls: PeerTlsConfig,
 }
@@ -373,6 +382,8 @@ impl Default for HaConfig {
             repair_rate: 200,
             max_clock_skew: Duration::from_secs(2),
             token: String::new(),
+            client_token: String::new(),
+            insecure: false,
             tls: PeerTlsConfig::default(),
         }
     }

@@ -133,6 +133,7 @@ fn check_ha(ha: &HaConfig, c: &mut Collector) {
         "cache.ha.repair_rate",
         "must be at least 1 entry per second",
     );
+    check_ha_credentials(ha, c);
     let tls = &ha.tls;
     if tls.enabled() {
         for (field, value) in [
@@ -151,6 +152,40 @@ fn check_ha(ha: &HaConfig, c: &mut Collector) {
                 format!("{value:?} is not a readable file"),
             );
         }
+    }
+}
+
+/// Secure by default: a member needs the members' token or mutual TLS, a
+/// client the clients' token or mutual TLS, unless `insecure` says
+/// otherwise on purpose. A client never holds the members' token.
+fn check_ha_credentials(ha: &HaConfig, c: &mut Collector) {
+    const DEMO: &str = "(or set cache.ha.insecure: true for a demo on one machine)";
+    if ha.embedded {
+        c.check(
+            ha.insecure || !ha.token.is_empty() || ha.tls.enabled(),
+            "cache.ha.token",
+            format!(
+                "a member needs the members' token, such as \"${{RELAYCACHE_PEER_TOKEN}}\", or mutual TLS (cache.ha.tls) {DEMO}; without either anyone who reaches cache.ha.bind_addr could write to or wipe the cache"
+            ),
+        );
+        c.check(
+            ha.client_token.is_empty() || ha.client_token != ha.token,
+            "cache.ha.client_token",
+            "must differ from cache.ha.token, or every client could act as a member",
+        );
+    } else {
+        c.check(
+            ha.token.is_empty(),
+            "cache.ha.token",
+            "a client (embedded: false) must not hold the members' token; move the value to cache.ha.client_token and give it the clients' token",
+        );
+        c.check(
+            ha.insecure || !ha.client_token.is_empty() || ha.tls.enabled(),
+            "cache.ha.client_token",
+            format!(
+                "a client needs the clients' token, such as \"${{RELAYCACHE_CLIENT_TOKEN}}\", or mutual TLS (cache.ha.tls) {DEMO}"
+            ),
+        );
     }
 }
 
@@ -416,7 +451,7 @@ cache:
     #[test]
     fn ha_settings_and_reserve_urls_are_checked() {
         let found = issues(
-            "cache:\n  mode: ha\n  ha:\n    peers: [\"a:3320\", \"b\"]\n    replica_count: 2\n    read_quorum: 3\n    write_quorum: 0\n    tls:\n      cert_file: /nonexistent.pem\n  reserve:\n    url: ftp://x/y\n    queue: 0\n",
+            "cache:\n  mode: ha\n  ha:\n    token: m\n    peers: [\"a:3320\", \"b\"]\n    replica_count: 2\n    read_quorum: 3\n    write_quorum: 0\n    tls:\n      cert_file: /nonexistent.pem\n  reserve:\n    url: ftp://x/y\n    queue: 0\n",
         );
         let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(
@@ -435,9 +470,38 @@ cache:
         let client = issues("cache:\n  mode: ha\n  ha:\n    embedded: false\n");
         assert_eq!(client[0].path, "cache.ha.addresses");
         assert!(Config::from_yaml(
-            "cache:\n  mode: ha\n  ha:\n    embedded: false\n    addresses: [\"rc.default.svc:3320\"]\n"
+            "cache:\n  mode: ha\n  ha:\n    embedded: false\n    addresses: [\"rc.default.svc:3320\"]\n    client_token: c\n"
         )
         .is_ok());
         assert!(Config::from_yaml("cache:\n  reserve:\n    url: file:///tmp/x\n").is_ok());
+    }
+
+    #[test]
+    fn a_cluster_is_secure_unless_it_says_otherwise() {
+        let paths = |yaml: &str| -> Vec<String> {
+            match Config::from_yaml(yaml) {
+                Ok(_) => Vec::new(),
+                Err(_) => issues(yaml).into_iter().map(|i| i.path).collect(),
+            }
+        };
+        let member = "cache:\n  mode: ha\n  ha:\n";
+        let client =
+            "cache:\n  mode: ha\n  ha:\n    embedded: false\n    addresses: [\"m:3320\"]\n";
+        assert_eq!(paths(member), ["cache.ha.token"]);
+        assert!(paths(&format!("{member}    token: m\n")).is_empty());
+        assert!(paths(&format!("{member}    insecure: true\n")).is_empty());
+        assert_eq!(
+            paths(&format!(
+                "{member}    token: same\n    client_token: same\n"
+            )),
+            ["cache.ha.client_token"]
+        );
+        assert_eq!(paths(client), ["cache.ha.client_token"]);
+        assert_eq!(
+            paths(&format!("{client}    token: m\n    client_token: c\n")),
+            ["cache.ha.token"]
+        );
+        assert!(paths(&format!("{client}    client_token: c\n")).is_empty());
+        assert!(paths(&format!("{client}    insecure: true\n")).is_empty());
     }
 }

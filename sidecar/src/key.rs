@@ -79,6 +79,35 @@ impl NoTenant {
     }
 }
 
+/// A request reduced to what its key is derived from: what a cluster
+/// client sends with an answer, so that a member derives the key itself.
+/// Holds credentials, so it prints none (see its `Debug`).
+#[derive(Clone)]
+pub struct KeyOrigin {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// `x-relaycache-namespace`, if any.
+    pub namespace: Option<String>,
+    /// Only the headers the tenant and the key read.
+    pub headers: HeaderMap,
+    /// The request body.
+    pub body: bytes::Bytes,
+}
+
+impl fmt::Debug for KeyOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyOrigin")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("namespace", &self.namespace)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
 /// Derives tenants and keys according to the configuration.
 #[derive(Debug, Clone)]
 pub struct KeyBuilder {
@@ -204,6 +233,57 @@ impl KeyBuilder {
             }
         }
         Ok(Tenant(hasher.finish()))
+    }
+
+    /// The headers of `headers` that the tenant or the key read, and no
+    /// other: what a cluster member needs to derive the key again.
+    pub fn headers_in_key<'h>(
+        &'h self,
+        headers: &'h HeaderMap,
+    ) -> impl Iterator<Item = (&'h HeaderName, &'h http::HeaderValue)> + 'h {
+        let isolation = match &self.isolation {
+            Isolation::Header(name) => HeaderName::from_bytes(name.as_bytes()).ok(),
+            _ => None,
+        };
+        let names: Vec<&'h HeaderName> = self
+            .credential_headers
+            .iter()
+            .filter(|_| self.isolation == Isolation::Credential)
+            .chain(&self.keyed_headers)
+            .collect();
+        headers.iter().filter(move |(name, _)| {
+            names.contains(name) || isolation.as_ref().is_some_and(|own| own == *name)
+        })
+    }
+
+    /// What a member needs to derive the key of this request again.
+    pub fn origin(&self, parts: KeyParts<'_>, body: &bytes::Bytes) -> KeyOrigin {
+        let mut headers = HeaderMap::new();
+        for (name, value) in self.headers_in_key(parts.headers) {
+            headers.append(name.clone(), value.clone());
+        }
+        KeyOrigin {
+            method: parts.method.to_string(),
+            path: parts.path.to_string(),
+            namespace: parts.namespace.map(str::to_string),
+            headers,
+            body: body.clone(),
+        }
+    }
+
+    /// The key of the request `origin` describes; `None` when such a
+    /// request would not be cached at all (no tenant, or a body that is
+    /// not one JSON object).
+    pub fn key_of_origin(&self, origin: &KeyOrigin) -> Option<CacheKey> {
+        let tenant = self.tenant(&origin.headers).ok()?;
+        let parts = KeyParts {
+            tenant: &tenant,
+            method: &origin.method,
+            path: &origin.path,
+            headers: &origin.headers,
+            namespace: origin.namespace.as_deref(),
+        };
+        self.key(parts, &origin.body).ok().map(|(key, _)| key)
     }
 
     /// The key of a request whose body is the JSON object `body`, and what

@@ -48,16 +48,23 @@ pub enum ClusterRefusal {
     EntryTooLarge,
     /// A member named by an address `cache.ha.peers` does not list.
     NotAPeer,
+    /// A member-only call (writes without an origin, deletes, clears,
+    /// repair, handoff) from a caller holding only the clients' token.
+    MemberOnly,
+    /// A client's entry whose key is not the key of the request it came with.
+    ForgedKey,
 }
 
 impl ClusterRefusal {
     /// Every reason, for sums.
-    pub const ALL: [ClusterRefusal; 5] = [
+    pub const ALL: [ClusterRefusal; 7] = [
         ClusterRefusal::Token,
         ClusterRefusal::ClockSkew,
         ClusterRefusal::EntryFromTheFuture,
         ClusterRefusal::EntryTooLarge,
         ClusterRefusal::NotAPeer,
+        ClusterRefusal::MemberOnly,
+        ClusterRefusal::ForgedKey,
     ];
 
     /// The metric label.
@@ -68,6 +75,8 @@ impl ClusterRefusal {
             ClusterRefusal::EntryFromTheFuture => "entry_from_the_future",
             ClusterRefusal::EntryTooLarge => "entry_too_large",
             ClusterRefusal::NotAPeer => "not_a_peer",
+            ClusterRefusal::MemberOnly => "member_only",
+            ClusterRefusal::ForgedKey => "forged_key",
         }
     }
 }
@@ -228,6 +237,8 @@ pub struct PeerCallLabels {
 /// Metrics of the cluster tier (mode `ha`).
 #[derive(Default)]
 pub struct ClusterMetrics {
+    /// Whether the cluster runs open (`cache.ha.insecure`), for `/stats`.
+    pub insecure: std::sync::atomic::AtomicBool,
     /// Live members this process sees, itself included when a member.
     pub members: Gauge<i64, AtomicI64>,
     /// 1 while at least `member_count_quorum` members are live, else 0.
@@ -336,13 +347,14 @@ impl ClusterMetrics {
         registry.register("calls", "Calls to other members", self.calls.clone());
         registry.register(
             "refused",
-            "Cluster calls, entries, clocks and members refused, by reason (token, clock_skew, entry_from_the_future, entry_too_large, not_a_peer)",
+            "Cluster calls, entries, clocks and members refused, by reason (token, clock_skew, entry_from_the_future, entry_too_large, not_a_peer, member_only, forged_key)",
             self.refused.clone(),
         );
     }
 
     fn stats(&self) -> ClusterStats {
         ClusterStats {
+            insecure: self.insecure.load(std::sync::atomic::Ordering::Relaxed),
             members: u64::try_from(self.members.get()).unwrap_or(0),
             quorum: self.quorum.get() == 1,
             writes: self.writes.get(),
@@ -694,6 +706,10 @@ pub struct Stats {
 /// The cluster part of `/stats`.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct ClusterStats {
+    /// Whether the cluster runs open (`cache.ha.insecure: true`): anyone
+    /// who reaches the gRPC port may write to it or wipe it.
+    #[serde(default)]
+    pub insecure: bool,
     /// Live members seen.
     pub members: u64,
     /// Whether member_count_quorum members are live.
@@ -717,7 +733,7 @@ pub struct ClusterStats {
     pub repaired: u64,
     /// Entries handed off on leave.
     pub handed_off: u64,
-    /// Calls refused for a missing or wrong token.
+    /// Calls, entries, clocks and members refused, every reason summed.
     pub refused: u64,
 }
 

@@ -21,7 +21,7 @@ use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
 use crate::config::{CacheConfig, Config, Mode};
 use crate::entry::{self, CachedResponse, EntryRecorder};
 use crate::headers::{self, CacheStatus};
-use crate::key::{CacheKey, KeyBuilder, KeyParts};
+use crate::key::{CacheKey, KeyBuilder, KeyOrigin, KeyParts};
 use crate::limits::{self, Admission, BufferPermit};
 use crate::metrics::Metrics;
 use crate::policy::RequestPolicy;
@@ -80,6 +80,14 @@ impl CacheLayer {
     fn is_route(&self, path: &str) -> bool {
         self.settings.routes.iter().any(|r| r == path)
     }
+
+    /// The request as the cluster's members derive its key, when this
+    /// process is a cluster client (members need none).
+    fn origin_for_cluster(&self, keyed: &Keyed) -> Option<KeyOrigin> {
+        self.peers.as_ref().filter(|peers| peers.is_client())?;
+        let tenant = self.keys.tenant(&keyed.parts.headers).ok()?;
+        Some(self.keys.origin(keyed.key_parts(&tenant), &keyed.body))
+    }
 }
 
 /// The caching reverse proxy.
@@ -102,6 +110,19 @@ struct Keyed {
     policy: RequestPolicy,
 }
 
+impl Keyed {
+    /// What went into the key besides the body.
+    fn key_parts<'a>(&'a self, tenant: &'a crate::key::Tenant) -> KeyParts<'a> {
+        KeyParts {
+            tenant,
+            method: self.parts.method.as_str(),
+            path: self.parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers: &self.parts.headers,
+            namespace: self.policy.namespace.as_deref(),
+        }
+    }
+}
+
 impl Proxy {
     /// Builds the proxy from a validated configuration.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
@@ -115,6 +136,7 @@ impl Proxy {
             let cluster = Cluster::new(
                 &config.cache.ha,
                 crate::cluster::EntryChecks {
+                    keys: KeyBuilder::new(&config.cache.key, config.cache.isolation.clone()),
                     max_ttl: config.cache.max_ttl,
                     max_entry_bytes: config.cache.max_entry_bytes,
                 },
@@ -363,7 +385,8 @@ impl Proxy {
             if let Some(entry) = reserve.lookup(&keyed.key).await {
                 cache.memory.insert(keyed.key, Arc::clone(&entry));
                 if let Some(peers) = &cache.peers {
-                    peers.replicate(keyed.key, Arc::clone(&entry), false);
+                    let origin = cache.origin_for_cluster(&keyed);
+                    peers.replicate(keyed.key, Arc::clone(&entry), false, origin);
                 }
                 if let Some(leader) = leader {
                     leader.land(Some(Arc::clone(&entry)));
@@ -433,6 +456,10 @@ impl Proxy {
         leader: Option<Leader>,
         head_tx: oneshot::Sender<Response<ProxyBody>>,
     ) {
+        let origin = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.origin_for_cluster(&keyed));
         let Keyed {
             parts,
             body,
@@ -506,6 +533,7 @@ impl Proxy {
             upstream: Arc::clone(&upstream.name),
             reserve: self.reserve().cloned(),
             peers: self.peers().cloned(),
+            origin,
         };
         let body = RecordingBody::new(
             incoming,

@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 use crate::body::{BoxError, DeadlineExceeded};
 use crate::coalesce::Leader;
 use crate::entry::EntryRecorder;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, KeyOrigin};
 use crate::metrics::Metrics;
 use crate::tier::reserve::ReserveTier;
 use crate::tier::{MemoryTier, PeerTier};
@@ -44,6 +44,9 @@ pub struct Destination {
     /// The cluster, in mode `ha`: it gets the copies (and its primary
     /// owner writes the reserve's).
     pub peers: Option<PeerTier>,
+    /// The request answered, when this process is a cluster client: the
+    /// members derive the key from it before storing the copy.
+    pub origin: Option<KeyOrigin>,
 }
 
 impl Destination {
@@ -62,7 +65,7 @@ impl Destination {
             self.memory.insert(self.key, Arc::clone(entry));
             self.metrics.stores.inc();
             match (&self.peers, &self.reserve) {
-                (Some(peers), _) => peers.replicate(self.key, Arc::clone(entry), true),
+                (Some(peers), _) => peers.replicate(self.key, Arc::clone(entry), true, self.origin),
                 (None, Some(reserve)) => reserve.admit(self.key, entry),
                 (None, None) => {}
             }

@@ -418,9 +418,12 @@ async fn a_restarted_member_is_repaired_back_to_replica_count() {
 async fn held_call(address: &str, key: &CacheKey) -> Option<String> {
     let reply = grpc_client(address)
         .await
-        .get(GetRequest {
-            key: key.0.to_vec(),
-        })
+        .get(with_token(
+            GetRequest {
+                key: key.0.to_vec(),
+            },
+            CLIENT_TOKEN,
+        ))
         .await
         .expect("get")
         .into_inner();
@@ -630,13 +633,10 @@ async fn members_without_the_token_are_refused_and_it_is_never_logged() {
 }
 
 #[tokio::test]
-async fn a_client_without_the_token_never_reaches_the_cluster() {
-    const TOKEN: &str = "client-token-42";
+async fn a_client_without_the_clients_token_never_reaches_the_cluster() {
     let upstream = mock().await;
     let addresses = member_addresses(2);
-    let members = start_cluster_with(&upstream.url(), &addresses, 2, |_, ha| {
-        ha.token = TOKEN.into();
-    });
+    let members = start_cluster(&upstream.url(), &addresses, 2);
     wait_all(&members, 2).await;
     let body = question("members only");
     assert_eq!(
@@ -652,10 +652,8 @@ async fn a_client_without_the_token_never_reaches_the_cluster() {
         assert_eq!(member.stats().await["cluster"]["refused"], 0);
     }
 
-    // With the token, a client gets the stored answer from the cluster.
-    let mut trusted = client_config(&upstream.url(), &addresses, 2);
-    trusted.cache.ha.token = TOKEN.into();
-    let trusted = Relay::start(&trusted);
+    // With the clients' token, a client gets the stored answer from the cluster.
+    let trusted = Relay::start(&client_config(&upstream.url(), &addresses, 2));
     trusted.wait_for_members(2).await;
     let hit = post_messages(&trusted, "k", &body, &[]).await;
     assert_eq!(
@@ -668,6 +666,7 @@ async fn a_client_without_the_token_never_reaches_the_cluster() {
 
     // Without it, every probe is refused and counted by the members.
     let mut config = client_config(&upstream.url(), &addresses, 2);
+    config.cache.ha.client_token = "not-the-clients-token".into();
     config.log.level = "debug".into();
     let stranger = Relay::start(&config);
     for member in &members {

@@ -10,12 +10,15 @@ use common::*;
 use http::HeaderMap;
 use relaycache::cluster::proto::cluster_client::ClusterClient;
 use relaycache::cluster::proto::{
-    self, DeleteRequest, GetManyRequest, GetRequest, PingRequest, SetManyRequest, SetRequest,
-    VersionsRequest,
+    self, ClearRequest, DeleteRequest, GetManyRequest, GetRequest, PingRequest, SetManyRequest,
+    SetRequest, VersionsRequest,
 };
-use relaycache::cluster::wire::{entry_from_wire, entry_to_wire, version_from_wire};
+use relaycache::cluster::wire::{
+    entry_from_wire, entry_to_wire, origin_to_wire, version_from_wire,
+};
+use relaycache::config::Config;
 use relaycache::entry::CachedResponse;
-use relaycache::key::CacheKey;
+use relaycache::key::{CacheKey, KeyBuilder, KeyParts};
 use relaycache::version::Version;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -157,7 +160,7 @@ async fn batched_and_single_calls_store_read_and_delete() {
         .set(with_token(
             SetRequest {
                 entry: Some(entry(&key(3), "older", at(now - 1, 0))),
-                admit_to_reserve: false,
+                ..SetRequest::default()
             },
             TOKEN,
         ))
@@ -385,7 +388,7 @@ async fn set(client: &mut ClusterClient<Channel>, entry: proto::Entry) -> bool {
         .set(with_token(
             SetRequest {
                 entry: Some(entry),
-                admit_to_reserve: false,
+                ..SetRequest::default()
             },
             TOKEN,
         ))
@@ -574,4 +577,321 @@ async fn a_ping_from_an_address_outside_the_peer_list_never_makes_a_member() {
         .is_some_and(|n| n >= 1.0),
         "the attempt is counted"
     );
+}
+
+// Roles: what a caller holding only the clients' token (every injected
+// sidecar holds it) can and cannot do.
+
+/// A one-member cluster with the test harness's members' and clients'
+/// tokens, its config and its gRPC address.
+async fn member_with_roles(upstream: &str) -> (Relay, Config, String) {
+    let grpc = member_addresses(1).remove(0);
+    let config = member_config(upstream, &grpc, std::slice::from_ref(&grpc), 1);
+    let relay = Relay::start(&config);
+    relay.wait_for_members(1).await;
+    (relay, config, grpc)
+}
+
+/// The value of `relaycache_cluster_refused_total{reason}`.
+async fn refused(relay: &Relay, reason: &str) -> f64 {
+    relay
+        .metric(&format!(
+            "relaycache_cluster_refused_total{{reason=\"{reason}\"}}"
+        ))
+        .await
+}
+
+#[tokio::test]
+async fn a_forged_set_from_a_client_never_reaches_another_tenant() {
+    let upstream = mock().await;
+    let (relay, _, grpc) = member_with_roles(&upstream.url()).await;
+    let body = question("victim's question");
+    let first = post_messages(&relay, "victim-key", &body, &[]).await;
+    assert_eq!(first.cache_status(), "miss");
+    let victim_key = CacheKey::from_hex(first.header("x-relaycache-key")).expect("hex key");
+
+    // An app pod's sidecar holds the clients' token. It writes a forged
+    // answer, a newer version than the victim's, under the victim's key.
+    let mut attacker = grpc_client(&grpc).await;
+    let mut forged = entry(&victim_key, "forged answer", at(now_ms() + 500, 0));
+    forged.header_block = raw_header_block(&[
+        ("content-type", "application/json"),
+        ("set-cookie", "session=attacker"),
+    ]);
+    let outcome = attacker
+        .set(with_token(
+            SetRequest {
+                entry: Some(forged),
+                ..SetRequest::default()
+            },
+            CLIENT_TOKEN,
+        ))
+        .await;
+    let status = outcome.expect_err("a client's set without its request is stored");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+
+    let again = post_messages(&relay, "victim-key", &body, &[]).await;
+    assert_eq!(
+        (again.cache_status(), again.mock_call().as_str()),
+        ("hit", "1"),
+        "the victim was served {:?}",
+        again.text()
+    );
+    assert!(!again.headers.contains_key("set-cookie"));
+    assert_eq!(refused(&relay, "forged_key").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_client_stores_only_the_answers_to_its_own_requests() {
+    let upstream = mock().await;
+    let (relay, config, grpc) = member_with_roles(&upstream.url()).await;
+    let body = question("shared wording");
+    let victim = post_messages(&relay, "victim-key", &body, &[]).await;
+    let victim_key = CacheKey::from_hex(victim.header("x-relaycache-key")).expect("hex key");
+
+    // The attacker's own request, as its sidecar would describe it.
+    let keys = KeyBuilder::new(&config.cache.key, config.cache.isolation.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("x-api-key", "attacker-key".parse().unwrap());
+    headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let tenant = keys.tenant(&headers).expect("a credential");
+    let parts = KeyParts {
+        tenant: &tenant,
+        method: "POST",
+        path: "/v1/messages",
+        headers: &headers,
+        namespace: None,
+    };
+    let (own_key, _) = keys.key(parts, body.as_bytes()).expect("a JSON body");
+    let origin = origin_to_wire(&keys.origin(parts, &bytes::Bytes::from(body.clone())));
+    assert!(
+        origin.headers.iter().all(|h| h.name != "content-type"),
+        "only the headers the key reads travel: {:?}",
+        origin.headers.iter().map(|h| &h.name).collect::<Vec<_>>()
+    );
+    let mut attacker = grpc_client(&grpc).await;
+    let offer = |key: &CacheKey, text: &str| SetRequest {
+        entry: Some(entry(key, text, at(now_ms() + 500, 0))),
+        admit_to_reserve: true,
+        origin: Some(origin.clone()),
+    };
+
+    // Its own request's origin does not make the victim's key its own.
+    let status = attacker
+        .set(with_token(offer(&victim_key, "forged"), CLIENT_TOKEN))
+        .await
+        .expect_err("a client stored under another tenant's key");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    assert_eq!(refused(&relay, "forged_key").await, 1.0);
+
+    // Under its own key the member derives the same key and stores it.
+    let stored = attacker
+        .set(with_token(offer(&own_key, "own answer"), CLIENT_TOKEN))
+        .await
+        .expect("a client's set of its own answer")
+        .into_inner()
+        .stored;
+    assert!(stored);
+    let own = post_messages(&relay, "attacker-key", &body, &[]).await;
+    assert_eq!(
+        (own.cache_status(), own.text()),
+        ("hit", "own answer".to_string())
+    );
+    let theirs = post_messages(&relay, "victim-key", &body, &[]).await;
+    assert_eq!(
+        (theirs.cache_status(), theirs.mock_call().as_str()),
+        ("hit", "1")
+    );
+}
+
+#[tokio::test]
+async fn member_only_calls_from_a_client_are_refused() {
+    let upstream = mock().await;
+    let (relay, _, grpc) = member_with_roles(&upstream.url()).await;
+    post_messages(&relay, "k", &question("kept"), &[]).await;
+    let held_key = CacheKey::from_hex(
+        post_messages(&relay, "k", &question("kept"), &[])
+            .await
+            .header("x-relaycache-key"),
+    )
+    .expect("hex key");
+    let mut client = grpc_client(&grpc).await;
+
+    // Reads and pings are a client's to make.
+    client
+        .ping(with_token(PingRequest::default(), CLIENT_TOKEN))
+        .await
+        .expect("a client's ping");
+    let read = client
+        .get(with_token(
+            GetRequest {
+                key: held_key.0.to_vec(),
+            },
+            CLIENT_TOKEN,
+        ))
+        .await
+        .expect("a client's read")
+        .into_inner();
+    assert!(read.entry.is_some());
+
+    let now = now_ms();
+    let outcomes = [
+        (
+            "SetMany",
+            client
+                .set_many(with_token(
+                    SetManyRequest {
+                        entries: vec![entry(&key(2), "intruder", at(now, 9))],
+                    },
+                    CLIENT_TOKEN,
+                ))
+                .await
+                .err(),
+        ),
+        (
+            "Versions",
+            client
+                .versions(with_token(
+                    VersionsRequest {
+                        keys: vec![held_key.0.to_vec()],
+                    },
+                    CLIENT_TOKEN,
+                ))
+                .await
+                .err(),
+        ),
+        (
+            "Delete",
+            client
+                .delete(with_token(
+                    DeleteRequest {
+                        key: held_key.0.to_vec(),
+                    },
+                    CLIENT_TOKEN,
+                ))
+                .await
+                .err(),
+        ),
+        (
+            "Clear",
+            client
+                .clear(with_token(ClearRequest {}, CLIENT_TOKEN))
+                .await
+                .err(),
+        ),
+    ];
+    for (call, outcome) in outcomes {
+        let status = outcome.unwrap_or_else(|| panic!("{call} from a client was served"));
+        assert_eq!(status.code(), Code::PermissionDenied, "{call}: {status}");
+        assert!(status.message().contains("cache.ha.token"), "{status}");
+    }
+    assert_eq!(refused(&relay, "member_only").await, 4.0);
+    let stats = relay.stats().await;
+    assert_eq!(stats["key_count"], 1, "{stats}");
+    let hit = post_messages(&relay, "k", &question("kept"), &[]).await;
+    assert_eq!(hit.cache_status(), "hit");
+}
+
+#[tokio::test]
+async fn a_clients_ping_never_makes_a_member() {
+    let upstream = mock().await;
+    let (relay, _, grpc) = member_with_roles(&upstream.url()).await;
+    // A process answering probes whose address the attacker claims.
+    let rogue_grpc = member_addresses(1).remove(0);
+    let rogue = Relay::start(&member_config(
+        &upstream.url(),
+        &rogue_grpc,
+        std::slice::from_ref(&rogue_grpc),
+        1,
+    ));
+    rogue.wait_for_members(1).await;
+    let mut client = grpc_client(&grpc).await;
+    let join = PingRequest {
+        from: rogue_grpc.clone(),
+        ..PingRequest::default()
+    };
+    client
+        .ping(with_token(join, CLIENT_TOKEN))
+        .await
+        .expect("the ping is answered");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(relay.stats().await["cluster"]["members"], 1);
+}
+
+fn relaycache_command(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_relaycache"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run relaycache")
+}
+
+#[test]
+fn mode_ha_without_credentials_is_refused_unless_insecure_on_purpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relaycache.yaml");
+    let path = path.to_str().unwrap();
+    let cases = [
+        // A member as the README's first cluster example once showed it.
+        (
+            "cache:\n  mode: ha\n  ha:\n    peers: [\"127.0.0.1:3320\"]\n",
+            "cache.ha.token:",
+        ),
+        // A client handed the members' token.
+        (
+            "cache:\n  mode: ha\n  ha:\n    embedded: false\n    addresses: [\"127.0.0.1:3320\"]\n    token: members-secret\n",
+            "cache.ha.client_token",
+        ),
+        // A client with no credential.
+        (
+            "cache:\n  mode: ha\n  ha:\n    embedded: false\n    addresses: [\"127.0.0.1:3320\"]\n",
+            "cache.ha.client_token:",
+        ),
+    ];
+    for (yaml, named) in cases {
+        std::fs::write(path, yaml).unwrap();
+        let out = relaycache_command(&["config", "validate", path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{yaml}\n{stderr}");
+        assert!(stderr.contains(named), "{named} not named in:\n{stderr}");
+        assert!(!stderr.contains("members-secret"), "{stderr}");
+        let serve = relaycache_command(&["serve", "--config", path]);
+        assert!(!serve.status.success(), "serve started with:\n{yaml}");
+    }
+    std::fs::write(
+        path,
+        "cache:\n  mode: ha\n  ha:\n    peers: [\"127.0.0.1:3320\"]\n    insecure: true\n",
+    )
+    .unwrap();
+    let out = relaycache_command(&["config", "validate", path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn an_insecure_cluster_says_so_at_start_and_in_stats() {
+    let upstream = mock().await;
+    let grpc = member_addresses(1).remove(0);
+    let relay = Relay::start(&insecure_member_config(
+        &upstream.url(),
+        &grpc,
+        std::slice::from_ref(&grpc),
+        1,
+    ));
+    relay.wait_for_members(1).await;
+    assert_eq!(relay.stats().await["cluster"]["insecure"], true);
+    assert!(
+        relay
+            .logs()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("cache.ha.insecure")),
+        "no warning: {:?}",
+        relay.logs()
+    );
+    let (secure, _, _) = member_with_roles(&upstream.url()).await;
+    assert_eq!(secure.stats().await["cluster"]["insecure"], false);
 }

@@ -36,6 +36,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Environment, HaConfig};
+use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::tier::reserve::ReserveTier;
 use crate::tier::MemoryTier;
@@ -107,6 +108,12 @@ pub enum ClusterError {
     /// TLS files could not be read or used.
     #[error("cache.ha.tls: {0}")]
     Tls(String),
+    /// A token cannot be sent as a header.
+    #[error("cache.ha.{key} must be printable ASCII without line breaks")]
+    Token {
+        /// `token` or `client_token`.
+        key: &'static str,
+    },
     /// A member address could not be turned into an endpoint.
     #[error("cache.ha address {address:?} is not usable: {reason}")]
     Address {
@@ -137,9 +144,13 @@ pub struct Cluster {
 }
 
 /// What every entry from another process must meet, as an answer from the
-/// upstream does (`cache.max_ttl`, `cache.max_entry_bytes`).
-#[derive(Debug, Clone, Copy)]
+/// upstream does (`cache.max_ttl`, `cache.max_entry_bytes`), and how a
+/// client's entry is tied to its request.
+#[derive(Debug, Clone)]
 pub struct EntryChecks {
+    /// Derives the key of a client's request again (the cluster's key
+    /// settings are the same everywhere).
+    pub keys: crate::key::KeyBuilder,
     /// Longest TTL kept; longer ones are cut to it.
     pub max_ttl: std::time::Duration,
     /// Largest body kept; larger entries are refused.
@@ -190,6 +201,12 @@ impl Cluster {
     /// Binds the gRPC port (members only) and starts probing and repair.
     /// Returns the address the port is bound to.
     pub async fn start(self: &Arc<Self>) -> Result<Option<std::net::SocketAddr>, ClusterError> {
+        if self.settings.insecure {
+            self.metrics.cluster.insecure.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                "cache.ha.insecure is true: anyone who reaches the cluster port may read, write and wipe this cache; set cache.ha.token and cache.ha.client_token outside a one-machine demo"
+            );
+        }
         let bound = if self.settings.embedded {
             Some(service::serve(Arc::clone(self)).await?)
         } else {
@@ -246,6 +263,26 @@ impl Cluster {
                 "ignored a clock further ahead than cache.ha.max_clock_skew"
             );
         }
+    }
+
+    /// Whether a client's entry for `key` answers the request `origin`
+    /// describes: the key derived from it here must be `key`. Counted
+    /// when not.
+    pub(crate) fn is_own_request(&self, key: &CacheKey, origin: &crate::key::KeyOrigin) -> bool {
+        let derived = self.checks.keys.key_of_origin(origin);
+        let own = derived.as_ref() == Some(key);
+        if !own {
+            self.metrics
+                .cluster
+                .count_refusal(crate::metrics::ClusterRefusal::ForgedKey);
+            tracing::warn!(%key, ?origin, "refused a client's entry whose key is not its request's key");
+        }
+        own
+    }
+
+    /// Whether this process is a client of the cluster, not a member.
+    pub fn is_client(&self) -> bool {
+        self.self_id.is_none()
     }
 
     /// The current view of live members.

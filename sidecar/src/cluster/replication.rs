@@ -11,10 +11,10 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::proto::{ClearRequest, DeleteRequest, GetRequest, SetRequest};
 use super::security::PeerClient;
-use super::wire::{entry_from_wire, entry_to_wire};
+use super::wire::{entry_from_wire, entry_to_wire, origin_to_wire};
 use super::Cluster;
 use crate::entry::CachedResponse;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, KeyOrigin};
 use crate::version::Version;
 
 /// Keeps in `freshest` the copy with the higher version of the one held so
@@ -99,7 +99,21 @@ impl Cluster {
     /// Writes `entry` (already versioned and in local memory) to its
     /// replicas. `from_miss` marks the write that follows an upstream
     /// answer: the key's primary owner then writes it to the reserve.
-    pub async fn replicate(&self, key: CacheKey, entry: Arc<CachedResponse>, from_miss: bool) {
+    /// A client must send the request the entry answers (`origin`), from
+    /// which the members derive the key again; without one it writes
+    /// nothing.
+    pub async fn replicate(
+        &self,
+        key: CacheKey,
+        entry: Arc<CachedResponse>,
+        from_miss: bool,
+        origin: Option<&KeyOrigin>,
+    ) {
+        if self.is_client() && origin.is_none() {
+            tracing::debug!(%key, "not offered to the cluster: a client writes only with the request's origin");
+            return;
+        }
+        let origin = origin.map(origin_to_wire);
         let view = self.view();
         let admit_locally = |why: &str| {
             if let (true, Some(reserve)) = (from_miss, &self.reserve) {
@@ -131,6 +145,7 @@ impl Cluster {
                 let request = SetRequest {
                     entry: Some(message.clone()),
                     admit_to_reserve: from_miss && rank == 0,
+                    origin: origin.clone(),
                 };
                 async move {
                     (

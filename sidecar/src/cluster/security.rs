@@ -1,6 +1,6 @@
-//! Who may talk to the gRPC port: a shared token carried as a bearer
-//! header on every call, and optional mutual TLS with one CA for members
-//! and clients.
+//! Who may talk to the gRPC port, and as what: the members' token or the
+//! clients' token carried as a bearer header on every call, and optional
+//! mutual TLS with one CA for members and clients.
 
 use std::sync::Arc;
 
@@ -35,42 +35,80 @@ impl tonic::service::Interceptor for AddToken {
     }
 }
 
-/// Refuses calls without the configured token.
+/// What a caller on the gRPC port is allowed to do, as its credential says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Another member: every call.
+    Member,
+    /// A client (an injected sidecar): pings, reads, and the answers to
+    /// its own requests.
+    Client,
+}
+
+/// Decides each call's [`Role`] from its bearer token and refuses calls
+/// that present neither token. The role travels in the request's
+/// extensions to the service.
 #[derive(Clone)]
-pub struct CheckToken {
-    expected: Option<Arc<[u8]>>,
+pub struct Authenticate {
+    member: Option<Arc<[u8]>>,
+    client: Option<Arc<[u8]>>,
     metrics: Arc<Metrics>,
 }
 
-impl CheckToken {
-    /// Checks for `token`; an empty token lets every call in.
-    pub fn new(token: &str, metrics: Arc<Metrics>) -> Self {
+fn bearer(token: &str) -> Option<Arc<[u8]>> {
+    (!token.is_empty()).then(|| format!("Bearer {token}").into_bytes().into())
+}
+
+impl Authenticate {
+    /// Roles for a member's `settings`. Without the members' token every
+    /// caller that got this far (past mutual TLS, or in an `insecure`
+    /// cluster) is a member, unless it presents the clients' token.
+    pub fn new(settings: &HaConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            expected: (!token.is_empty()).then(|| format!("Bearer {token}").into_bytes().into()),
+            member: bearer(&settings.token),
+            client: bearer(&settings.client_token),
             metrics,
+        }
+    }
+
+    fn role(&self, presented: &[u8]) -> Option<Role> {
+        let matches = |expected: &Option<Arc<[u8]>>| {
+            expected
+                .as_ref()
+                .is_some_and(|expected| bool::from(presented.ct_eq(expected)))
+        };
+        if matches(&self.member) {
+            Some(Role::Member)
+        } else if matches(&self.client) {
+            Some(Role::Client)
+        } else if self.member.is_none() {
+            Some(Role::Member)
+        } else {
+            None
         }
     }
 }
 
-impl tonic::service::Interceptor for CheckToken {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
-            return Ok(request);
-        };
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let presented = request
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if bool::from(presented.ct_eq(expected)) {
-            Ok(request)
-        } else {
-            self.metrics
-                .cluster
-                .count_refusal(crate::metrics::ClusterRefusal::Token);
-            Err(Status::unauthenticated(
-                "missing or wrong cluster token; set cache.ha.token to the cluster's token",
-            ))
+        match self.role(presented) {
+            Some(role) => {
+                request.extensions_mut().insert(role);
+                Ok(request)
+            }
+            None => {
+                self.metrics
+                    .cluster
+                    .count_refusal(crate::metrics::ClusterRefusal::Token);
+                Err(Status::unauthenticated(
+                    "missing or wrong cluster token; a member presents cache.ha.token, a client cache.ha.client_token",
+                ))
+            }
         }
     }
 }
@@ -111,14 +149,18 @@ pub struct Connector {
 impl Connector {
     /// A connector for `settings`.
     pub fn new(settings: &HaConfig, timings: Timings) -> Result<Self, ClusterError> {
-        let token = if settings.token.is_empty() {
+        // A member presents the members' token, a client the clients'.
+        let (own, key) = if settings.embedded {
+            (&settings.token, "token")
+        } else {
+            (&settings.client_token, "client_token")
+        };
+        let token = if own.is_empty() {
             None
         } else {
-            let value = format!("Bearer {}", settings.token).parse().map_err(|_| {
-                ClusterError::Tls(
-                    "cache.ha.token must be printable ASCII without line breaks".into(),
-                )
-            })?;
+            let value = format!("Bearer {own}")
+                .parse()
+                .map_err(|_| ClusterError::Token { key })?;
             Some(value)
         };
         let tls = if settings.tls.enabled() {

@@ -1,5 +1,7 @@
 //! The gRPC service other members and clients call. Every call is answered
 //! from this member's own store and never forwarded, so no request loops.
+//! What a caller may do depends on its [`Role`]: a client pings, reads and
+//! offers the answers to its own requests; everything else is member-only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +14,10 @@ use super::proto::{
     GetRequest, KeyVersion, PingReply, PingRequest, SetManyReply, SetManyRequest, SetReply,
     SetRequest, VersionsReply, VersionsRequest,
 };
-use super::security::{server_tls, CheckToken, MAX_MESSAGE_BYTES};
+use super::security::{server_tls, Authenticate, Role, MAX_MESSAGE_BYTES};
 use super::wire::{
-    entry_from_wire, entry_to_wire, key_from_wire, version_from_wire, version_to_wire,
+    entry_from_wire, entry_to_wire, key_from_wire, origin_from_wire, version_from_wire,
+    version_to_wire,
 };
 use super::{Cluster, ClusterError};
 use crate::entry::CachedResponse;
@@ -48,7 +51,7 @@ pub async fn serve(cluster: Arc<Cluster>) -> Result<SocketAddr, ClusterError> {
         ClusterServer::new(Service(Arc::clone(&cluster)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        CheckToken::new(&cluster.settings.token, Arc::clone(&cluster.metrics)),
+        Authenticate::new(&cluster.settings, Arc::clone(&cluster.metrics)),
     ));
     tokio::spawn(async move {
         let incoming =
@@ -76,7 +79,31 @@ fn too_many(n: usize) -> Status {
     ))
 }
 
+/// The caller's role, as [`Authenticate`] found it; a request that did not
+/// pass through it gets the least.
+fn role_of<T>(request: &Request<T>) -> Role {
+    request
+        .extensions()
+        .get::<Role>()
+        .copied()
+        .unwrap_or(Role::Client)
+}
+
 impl Service {
+    /// Refuses (and counts) a member-only call from a client.
+    fn members_only<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        if role_of(request) == Role::Member {
+            return Ok(());
+        }
+        self.0
+            .metrics
+            .cluster
+            .count_refusal(crate::metrics::ClusterRefusal::MemberOnly);
+        Err(Status::permission_denied(format!(
+            "{call} is for cluster members (cache.ha.token); a client (cache.ha.client_token) may ping, read, and set the answer to its own request with its origin"
+        )))
+    }
+
     /// Stores an entry unless a newer copy is held. True if stored.
     fn store(&self, key: CacheKey, entry: CachedResponse, admit_to_reserve: bool) -> bool {
         let cluster = &self.0;
@@ -104,9 +131,13 @@ impl Service {
 impl ClusterRpc for Service {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
         let cluster = &self.0;
+        let role = role_of(&request);
         let request = request.into_inner();
         cluster.observe(version_from_wire(request.clock.as_ref()));
+        // Only a member's ping can make a member: a client (or anyone
+        // holding only the clients' token) is answered, never joined.
         if cluster.settings.embedded
+            && role == Role::Member
             && !request.from.is_empty()
             && !cluster.membership.learn(&request.from)
         {
@@ -148,6 +179,7 @@ impl ClusterRpc for Service {
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetReply>, Status> {
+        let role = role_of(&request);
         let request = request.into_inner();
         let wire = request
             .entry
@@ -156,6 +188,24 @@ impl ClusterRpc for Service {
             // Expired in flight, or malformed: nothing to keep.
             return Ok(Response::new(SetReply { stored: false }));
         };
+        if role == Role::Client {
+            let origin = request.origin.and_then(origin_from_wire);
+            let own = match &origin {
+                Some(origin) => self.0.is_own_request(&key, origin),
+                None => {
+                    self.0
+                        .metrics
+                        .cluster
+                        .count_refusal(crate::metrics::ClusterRefusal::ForgedKey);
+                    false
+                }
+            };
+            if !own {
+                return Err(Status::permission_denied(
+                    "a client may store only the answer to its own request: send the request's origin, whose key must be the entry's key",
+                ));
+            }
+        }
         let stored = self.store(key, entry, request.admit_to_reserve);
         Ok(Response::new(SetReply { stored }))
     }
@@ -164,6 +214,7 @@ impl ClusterRpc for Service {
         &self,
         request: Request<SetManyRequest>,
     ) -> Result<Response<SetManyReply>, Status> {
+        self.members_only(&request, "SetMany")?;
         let entries = request.into_inner().entries;
         if entries.len() > MAX_BATCH_KEYS {
             return Err(too_many(entries.len()));
@@ -181,12 +232,14 @@ impl ClusterRpc for Service {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteReply>, Status> {
+        self.members_only(&request, "Delete")?;
         let key = key_from_wire(&request.get_ref().key).ok_or_else(bad_key)?;
         let removed = self.0.memory.delete(&key).await.unwrap_or(false);
         Ok(Response::new(DeleteReply { removed }))
     }
 
-    async fn clear(&self, _request: Request<ClearRequest>) -> Result<Response<ClearReply>, Status> {
+    async fn clear(&self, request: Request<ClearRequest>) -> Result<Response<ClearReply>, Status> {
+        self.members_only(&request, "Clear")?;
         self.0
             .memory
             .clear()
@@ -200,6 +253,7 @@ impl ClusterRpc for Service {
         &self,
         request: Request<VersionsRequest>,
     ) -> Result<Response<VersionsReply>, Status> {
+        self.members_only(&request, "Versions")?;
         let keys = &request.get_ref().keys;
         if keys.len() > MAX_BATCH_KEYS {
             return Err(too_many(keys.len()));

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::proto;
 use crate::entry::{CachedResponse, TokenUsage};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, KeyOrigin};
 use crate::version::Version;
 
 /// Milliseconds since the Unix epoch, as the wire carries times.
@@ -45,6 +45,43 @@ pub fn entry_to_wire(key: &CacheKey, entry: &CachedResponse) -> proto::Entry {
         output_tokens: entry.usage.output,
         version: Some(version_to_wire(entry.version)),
     }
+}
+
+/// A request's key origin as sent.
+pub fn origin_to_wire(origin: &KeyOrigin) -> proto::Origin {
+    proto::Origin {
+        method: origin.method.clone(),
+        path: origin.path.clone(),
+        has_namespace: origin.namespace.is_some(),
+        namespace: origin.namespace.clone().unwrap_or_default(),
+        headers: origin
+            .headers
+            .iter()
+            .map(|(name, value)| proto::Header {
+                name: name.as_str().to_string(),
+                value: value.as_bytes().to_vec(),
+            })
+            .collect(),
+        body: origin.body.to_vec(),
+    }
+}
+
+/// A key origin as received; `None` when a header is not a valid header.
+pub fn origin_from_wire(origin: proto::Origin) -> Option<KeyOrigin> {
+    let mut headers = http::HeaderMap::new();
+    for header in origin.headers {
+        headers.append(
+            http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
+            http::HeaderValue::from_bytes(&header.value).ok()?,
+        );
+    }
+    Some(KeyOrigin {
+        method: origin.method,
+        path: origin.path,
+        namespace: origin.has_namespace.then_some(origin.namespace),
+        headers,
+        body: origin.body.into(),
+    })
 }
 
 /// A key as received.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Tier, TierFuture};
 use crate::cluster::Cluster;
 use crate::entry::CachedResponse;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, KeyOrigin};
 
 /// The cluster tier of a member or client.
 #[derive(Clone)]
@@ -35,11 +35,28 @@ impl PeerTier {
         entry.version = self.cluster.next_version();
     }
 
+    /// Whether this process is a client: its writes need the request's
+    /// origin (see [`Cluster::replicate`]).
+    pub fn is_client(&self) -> bool {
+        self.cluster.is_client()
+    }
+
     /// Replicates `entry` in the background. `from_miss`: it came from the
     /// upstream, so the primary owner also writes it to the reserve.
-    pub fn replicate(&self, key: CacheKey, entry: Arc<CachedResponse>, from_miss: bool) {
+    /// `origin`: the request it answers, which a client must send.
+    pub fn replicate(
+        &self,
+        key: CacheKey,
+        entry: Arc<CachedResponse>,
+        from_miss: bool,
+        origin: Option<KeyOrigin>,
+    ) {
         let cluster = Arc::clone(&self.cluster);
-        tokio::spawn(async move { cluster.replicate(key, entry, from_miss).await });
+        tokio::spawn(async move {
+            cluster
+                .replicate(key, entry, from_miss, origin.as_ref())
+                .await
+        });
     }
 }
 
@@ -54,7 +71,7 @@ impl Tier for PeerTier {
 
     fn set<'a>(&'a self, key: CacheKey, entry: Arc<CachedResponse>) -> TierFuture<'a, ()> {
         Box::pin(async move {
-            self.cluster.replicate(key, entry, false).await;
+            self.cluster.replicate(key, entry, false, None).await;
             Ok(())
         })
     }

@@ -506,8 +506,15 @@ pub fn member_addresses(count: usize) -> Vec<String> {
         .collect()
 }
 
+/// The members' token of test clusters.
+pub const MEMBER_TOKEN: &str = "test-members-token";
+
+/// The clients' token of test clusters.
+pub const CLIENT_TOKEN: &str = "test-clients-token";
+
 /// A cluster member's config: mode ha on `grpc`, every address in `peers`
-/// (itself included, as a StatefulSet lists them), local timings.
+/// (itself included, as a StatefulSet lists them), local timings, the
+/// members' and the clients' test tokens.
 pub fn member_config(upstream: &str, grpc: &str, peers: &[String], replica_count: u32) -> Config {
     let mut config = config_for(upstream);
     config.cache.mode = relaycache::config::Mode::Ha;
@@ -518,6 +525,8 @@ pub fn member_config(upstream: &str, grpc: &str, peers: &[String], replica_count
     ha.replica_count = replica_count;
     ha.environment = relaycache::config::Environment::Local;
     ha.leave_timeout = Duration::from_secs(5);
+    ha.token = MEMBER_TOKEN.into();
+    ha.client_token = CLIENT_TOKEN.into();
     config
 }
 
@@ -526,6 +535,22 @@ pub fn client_config(upstream: &str, members: &[String], replica_count: u32) -> 
     let mut config = member_config(upstream, "127.0.0.1:0", &[], replica_count);
     config.cache.ha.embedded = false;
     config.cache.ha.addresses = members.to_vec();
+    config.cache.ha.token = String::new();
+    config
+}
+
+/// A member's config of an open cluster (`cache.ha.insecure`), as a demo
+/// on one machine runs it: no tokens.
+pub fn insecure_member_config(
+    upstream: &str,
+    grpc: &str,
+    peers: &[String],
+    replica_count: u32,
+) -> Config {
+    let mut config = member_config(upstream, grpc, peers, replica_count);
+    config.cache.ha.token = String::new();
+    config.cache.ha.client_token = String::new();
+    config.cache.ha.insecure = true;
     config
 }
 
