@@ -11,7 +11,7 @@ use crate::body::{full, ProxyBody};
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::tier::reserve::ReserveTier;
-use crate::tier::{MemoryTier, PeerTier, Tier, TierStats};
+use crate::tier::{MemoryTier, PeerTier, Tier, TierError, TierStats};
 
 /// State the admin endpoints read.
 pub struct Admin {
@@ -82,7 +82,7 @@ impl Admin {
                 None => {
                     for tier in self.tiers() {
                         if let Err(err) = tier.clear().await {
-                            return message(StatusCode::BAD_GATEWAY, &format!("{err}; retry the purge"));
+                            return purge_failed(&err);
                         }
                     }
                     tracing::info!("purged every entry");
@@ -102,7 +102,7 @@ impl Admin {
                     for tier in self.tiers() {
                         match tier.delete(&key).await {
                             Ok(found) => removed |= found,
-                            Err(err) => return message(StatusCode::BAD_GATEWAY, &format!("{err}; retry the purge")),
+                            Err(err) => return purge_failed(&err),
                         }
                     }
                     tracing::info!(%key, removed, "purged one entry");
@@ -163,6 +163,17 @@ impl Admin {
                 HeaderValue::from_static("Bearer"),
             );
             Some(response)
+        }
+    }
+}
+
+/// A purge a tier could not finish: retry when its backend failed; a
+/// client purging the cluster is told where to purge instead.
+fn purge_failed(err: &TierError) -> Response<ProxyBody> {
+    match err {
+        TierError::NotAllowed(_) => message(StatusCode::FORBIDDEN, &err.to_string()),
+        TierError::Unavailable { .. } => {
+            message(StatusCode::BAD_GATEWAY, &format!("{err}; retry the purge"))
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use relaycache::cluster::proto::cluster_client::ClusterClient;
 use relaycache::cluster::proto::{
     self, ClearRequest, DeleteRequest, GetManyRequest, GetRequest, PingRequest, SetManyRequest,
@@ -894,4 +894,33 @@ async fn an_insecure_cluster_says_so_at_start_and_in_stats() {
     );
     let (secure, _, _) = member_with_roles(&upstream.url()).await;
     assert_eq!(secure.stats().await["cluster"]["insecure"], false);
+}
+
+#[tokio::test]
+async fn a_clients_purge_stops_at_its_own_memory() {
+    let upstream = mock().await;
+    let (member, _, grpc) = member_with_roles(&upstream.url()).await;
+    let mut config = client_config(&upstream.url(), std::slice::from_ref(&grpc), 1);
+    config.server.admin_token = "purge-token".into();
+    let client = Relay::start(&config);
+    client.wait_for_members(1).await;
+    let body = question("kept by the member");
+    post_messages(&member, "k", &body, &[]).await;
+    let through_client = post_messages(&client, "k", &body, &[]).await;
+    assert_eq!(through_client.cache_status(), "hit");
+    let key = through_client.header("x-relaycache-key").to_string();
+
+    let auth = [("authorization", "Bearer purge-token")];
+    for path in ["/cache".to_string(), format!("/cache/{key}")] {
+        let purge = send(Method::DELETE, &client.admin_url(&path), &auth, "").await;
+        assert_eq!(purge.status, 403, "{path}: {}", purge.text());
+        assert!(
+            purge.text().contains("member's admin port"),
+            "{}",
+            purge.text()
+        );
+    }
+    assert_eq!(client.stats().await["key_count"], 0, "its memory was purged");
+    assert_eq!(member.stats().await["key_count"], 1, "the member kept it");
+    assert_eq!(refused(&member, "member_only").await, 0.0);
 }

@@ -29,6 +29,10 @@ pub enum TierError {
         /// What failed.
         reason: String,
     },
+    /// This process may not do that to the tier: a cluster client purging
+    /// the cluster, which only members may.
+    #[error("{0}")]
+    NotAllowed(&'static str),
 }
 
 /// Counters a tier can report for `/stats`.

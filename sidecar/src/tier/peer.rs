@@ -8,6 +8,9 @@ use crate::cluster::Cluster;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin};
 
+/// Why a client's purge stops at its own memory.
+const CLIENTS_DO_NOT_PURGE: &str = "this process is a cluster client, and only members may purge the cluster; its own memory was purged, purge the cluster through a member's admin port";
+
 /// The cluster tier of a member or client.
 #[derive(Clone)]
 pub struct PeerTier {
@@ -77,11 +80,19 @@ impl Tier for PeerTier {
     }
 
     fn delete<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, bool> {
-        Box::pin(async move { Ok(self.cluster.delete_everywhere(key).await) })
+        Box::pin(async move {
+            if self.is_client() {
+                return Err(super::TierError::NotAllowed(CLIENTS_DO_NOT_PURGE));
+            }
+            Ok(self.cluster.delete_everywhere(key).await)
+        })
     }
 
     fn clear(&self) -> TierFuture<'_, ()> {
         Box::pin(async move {
+            if self.is_client() {
+                return Err(super::TierError::NotAllowed(CLIENTS_DO_NOT_PURGE));
+            }
             match self.cluster.clear_everywhere().await {
                 0 => Ok(()),
                 failed => Err(super::TierError::Unavailable {
