@@ -12,7 +12,7 @@ OPERATOR_IMAGE ?= relaycache/relaycache-operator:0.1.0
 E2E_TOTAL_TIMEOUT ?= 1800
 
 .PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean \
-	image image-operator chart-crds chart-check e2e-chart e2e
+	image image-operator chart-crds chart-check e2e-chart e2e chaos
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,8 +41,8 @@ fmt-check: toolchain
 lint: toolchain ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test-deps: ## Install what the tests need: moto (a local S3-compatible server), PyYAML, jq, openssl, curl
-	@missing=""; for tool in jq openssl curl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+test-deps: ## Install what the tests need: moto (a local S3-compatible server), PyYAML, jq, openssl, curl, libfaketime
+	@missing=""; for tool in jq openssl curl faketime; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -53,6 +53,9 @@ test-deps: ## Install what the tests need: moto (a local S3-compatible server), 
 
 unit: test-deps ## Every Rust test (unit and integration)
 	$(CARGO) test --workspace
+
+chaos: test-deps ## The chaos test with a checker for CHAOS_SECONDS (default 900); make test runs it for 75
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-900} $(CARGO) test -p relaycache --test chaos -- --nocapture
 
 test: fmt-check lint unit chart-check e2e ## Everything CI runs: format check, clippy, all tests, chart checks, end to end
 	@echo "make test: all checks passed"

@@ -13,7 +13,10 @@
 //! - `x-mock-event-delay-ms: N` pauses between stream events;
 //! - `x-mock-answer-bytes: N` sets the answer size.
 //!
-//! Successful JSON answers carry the headers in [`IDENTIFYING_HEADERS`],
+//! Successful JSON answers carry `mock_request_digest`, the
+//! [`request_digest`] of the request's credential and body, so that a
+//! checker can tell whether an answer served (from cache or not) was made
+//! for the request it answers; and the headers in [`IDENTIFYING_HEADERS`],
 //! valued per call. Every answer carries `x-mock-call: N` (calls so far) and echoes the
 //! `host` and `accept-encoding` it received as `x-mock-saw-*`.
 
@@ -390,9 +393,11 @@ async fn respond(
     if let Some(gate) = gate {
         gate.notified().await;
     }
+    let digest = request_digest(&credential_of(headers), body);
     let value = match path {
         "/v1/messages" => json!({
             "id": format!("msg_mock_{call}"), "type": "message", "role": "assistant", "model": model,
+            "mock_request_digest": digest,
             "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn", "stop_sequence": null,
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}
@@ -404,6 +409,7 @@ async fn respond(
         }),
         _ => json!({
             "id": format!("chatcmpl-mock-{call}"), "object": "chat.completion", "model": model,
+            "mock_request_digest": digest,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
                       "total_tokens": input_tokens + output_tokens}
@@ -412,6 +418,32 @@ async fn respond(
     let mut response = full(StatusCode::OK, "application/json", value.to_string());
     identify_the_caller(response.headers_mut(), call);
     response
+}
+
+/// The credential headers a request carried, as [`request_digest`] reads
+/// them: `x-api-key` and `authorization`, absent ones empty.
+pub fn credential_of(headers: &HeaderMap) -> String {
+    let value = |name| header(headers, name).unwrap_or_default();
+    format!(
+        "x-api-key={}\nauthorization={}",
+        value("x-api-key"),
+        value("authorization")
+    )
+}
+
+/// A 64-bit FNV-1a digest, in hex, of `credential` (see [`credential_of`])
+/// and the request body: which request an answer was made for. Not a
+/// security measure, a test oracle.
+pub fn request_digest(credential: &str, body: &[u8]) -> String {
+    let digest = credential
+        .as_bytes()
+        .iter()
+        .chain(b"\n")
+        .chain(body)
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+    format!("{digest:016x}")
 }
 
 /// Headers a real provider sends that name this call, its caller's

@@ -920,7 +920,11 @@ async fn a_clients_purge_stops_at_its_own_memory() {
             purge.text()
         );
     }
-    assert_eq!(client.stats().await["key_count"], 0, "its memory was purged");
+    assert_eq!(
+        client.stats().await["key_count"],
+        0,
+        "its memory was purged"
+    );
     assert_eq!(member.stats().await["key_count"], 1, "the member kept it");
     assert_eq!(refused(&member, "member_only").await, 0.0);
 }

@@ -281,29 +281,51 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Reply {
+    try_send(method, url, headers, body, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|err| panic!("{url}: {err}"))
+}
+
+/// Sends a request and reads the whole answer within `timeout`; an error
+/// says what failed instead of panicking (for tests where failures are
+/// expected, such as chaos).
+pub async fn try_send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+    timeout: Duration,
+) -> Result<Reply, String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request.body(Full::new(body.into())).expect("request");
-    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+    let request = request
+        .body(Full::new(body.into()))
+        .map_err(|e| format!("bad request: {e}"))?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body broke off: {e}"))?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
         .await
-        .expect("no answer within 30s")
-        .expect("request failed");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+        .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
 /// POST with the usual Anthropic headers and credential `key`.
