@@ -17,8 +17,13 @@ E2E_TOTAL_TIMEOUT ?= 1800
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-run: ## Run the proxy on its embedded default (single mode, 0.0.0.0:8787 -> api.anthropic.com)
-	$(CARGO) run --release -p relaycache -- serve $(if $(CONFIG),--config $(CONFIG))
+# Every entry point builds the whole workspace with one feature set, so
+# that run, demo, bench and the tests reuse each other's artifacts instead
+# of compiling shared dependencies again with other features.
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+run: release ## Run the proxy on its embedded default (single mode, 0.0.0.0:8787 -> api.anthropic.com)
+	$(TARGET_DIR)/release/relaycache serve $(if $(CONFIG),--config $(CONFIG))
 
 demo: release ## Offline demo: the mock upstream behind relaycache on 127.0.0.1:8787
 	scripts/demo.sh
@@ -26,8 +31,8 @@ demo: release ## Offline demo: the mock upstream behind relaycache on 127.0.0.1:
 build: ## Debug build of every crate
 	$(CARGO) build --workspace
 
-release: ## Release build of the proxy and the mock upstream
-	$(CARGO) build --release -p relaycache -p mock-upstream
+release: ## Release build of the workspace (the proxy, the operator, the mock upstream)
+	$(CARGO) build --release --workspace
 
 toolchain: ## Make sure rustfmt and clippy are installed
 	@command -v cargo-fmt >/dev/null && command -v cargo-clippy >/dev/null || rustup component add rustfmt clippy
@@ -51,11 +56,12 @@ test-deps: ## Install what the tests need: moto (a local S3-compatible server), 
 	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml; }
 
-unit: test-deps ## Every Rust test (unit and integration)
+unit: test-deps ## Every Rust test (unit and integration), then the chaos test alone for 75 s
 	$(CARGO) test --workspace
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-75} $(CARGO) test -p relaycache --test it chaos:: -- --ignored --nocapture
 
 chaos: test-deps ## The chaos test with a checker for CHAOS_SECONDS (default 900); make test runs it for 75
-	CHAOS_SECONDS=$${CHAOS_SECONDS:-900} $(CARGO) test -p relaycache --test chaos -- --nocapture
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-900} $(CARGO) test -p relaycache --test it chaos:: -- --ignored --nocapture
 
 test: fmt-check lint unit chart-check e2e ## Everything CI runs: format check, clippy, all tests, chart checks, end to end
 	@echo "make test: all checks passed"
@@ -86,7 +92,7 @@ e2e-chart: e2e-bin ## helm install/upgrade/uninstall the chart on a real control
 # helm are built.
 e2e: test-deps ## End to end: chart, operator, webhook, cache on a real control plane (E2E_KUBECONFIG=... for an existing cluster)
 	e2e/build-binaries.sh $(if $(E2E_KUBECONFIG),kubectl helm)
-	$(CARGO) build -p relaycache -p relaycache-operator -p mock-upstream
+	$(CARGO) build --workspace --all-targets
 	timeout --signal=TERM $(E2E_TOTAL_TIMEOUT) e2e/run-scenarios.sh
 
 bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)

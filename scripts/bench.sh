@@ -190,7 +190,7 @@ install_tools() {
 
 build() {
     log "building release binaries"
-    (cd "$ROOT" && cargo build --release -p relaycache -p mock-upstream)
+    (cd "$ROOT" && cargo build --release --workspace)
     [[ -x $RELAY_BIN && -x $MOCK_BIN ]] || die "build did not produce $RELAY_BIN and $MOCK_BIN"
 }
 

@@ -50,6 +50,7 @@ ALL_ON=(
   --set networkPolicy.enabled=true
   --set 'networkPolicy.monitoringNamespaces={monitoring}'
   --set 'networkPolicy.cacheNamespaces={team-a,team-b}'
+  --set 'networkPolicy.clientNamespaces={apps,team-a}'
   --set metrics.serviceMonitor.enabled=true
   --set metrics.podMonitor.enabled=true
   --set metrics.sidecarPodMonitor.enabled=true
@@ -73,7 +74,7 @@ check manifests "$work/default.yaml" --namespace "$NS"
 step "helm template: cert-manager, NetworkPolicy, ServiceMonitor, both PodMonitors, dashboard"
 render "$work/all.yaml" "${ALL_ON[@]}"
 check manifests "$work/all.yaml" --namespace "$NS" --cert-manager --network-policy \
-  --monitoring-ns monitoring --cache-ns team-a team-b --service-monitor --pod-monitor \
+  --monitoring-ns monitoring --cache-ns team-a team-b --client-ns apps team-a --service-monitor --pod-monitor \
   --sidecar-pod-monitor --dashboard
 
 step "helm template: only the sidecar PodMonitor"
@@ -148,7 +149,8 @@ step "dashboard metric names against a live relaycache /metrics"
 if [[ -z "${RELAYCACHE_SET:-}" ]]; then
   # Up to date after `make unit`, so this is a no-op inside `make test`;
   # run alone it keeps the binary from lagging behind the sources.
-  cargo build -q -j 2 -p relaycache
+  # All targets: the feature set of make unit's test build, so nothing recompiles.
+  cargo build -q --workspace --all-targets
 fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 listen_port="$(free_port)"

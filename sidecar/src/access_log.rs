@@ -29,7 +29,7 @@ pub struct AccessLog {
     /// What the cache did (None on routes that are not cached).
     pub cache_status: Option<CacheStatus>,
     /// Tier that answered a hit.
-    pub tier: Option<&'static str>,
+    pub tier: Option<crate::tier::TierKind>,
     /// Whether the request waited for an identical upstream call.
     pub coalesced: bool,
     /// Whether the answer came from the reserve tier.
@@ -70,7 +70,7 @@ impl AccessLog {
             path = %self.path,
             status = self.status.as_u16(),
             cache = self.cache_status.map(CacheStatus::as_str).unwrap_or("-"),
-            tier = self.tier.unwrap_or("-"),
+            tier = self.tier.map_or("-", crate::tier::TierKind::as_str),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             coalesced = self.coalesced,
             reserve_used = self.reserve_used,

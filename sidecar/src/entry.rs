@@ -400,10 +400,13 @@ fn sse_usage(body: &[u8]) -> TokenUsage {
 }
 
 /// Adds the answer headers of a cache hit.
-pub fn hit_headers(entry: &CachedResponse, tier: &'static str, key: &str) -> HeaderMap {
+pub fn hit_headers(entry: &CachedResponse, tier: crate::tier::TierKind, key: &str) -> HeaderMap {
     let mut headers = entry.headers();
     headers.insert(crate::headers::STATUS, HeaderValue::from_static("hit"));
-    headers.insert(crate::headers::TIER, HeaderValue::from_static(tier));
+    headers.insert(
+        crate::headers::TIER,
+        HeaderValue::from_static(tier.as_str()),
+    );
     if let Ok(value) = HeaderValue::from_str(key) {
         headers.insert(crate::headers::KEY, value);
     }

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::headers::CacheStatus;
-use crate::tier::TierStats;
+use crate::tier::{TierKind, TierStats};
 
 /// Label of request counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,7 +97,12 @@ macro_rules! label_values_from_as_str {
     };
 }
 
-label_values_from_as_str!(CacheStatus, crate::limits::OverloadLimit, ClusterRefusal);
+label_values_from_as_str!(
+    CacheStatus,
+    crate::limits::OverloadLimit,
+    ClusterRefusal,
+    TierKind
+);
 
 /// Label of cluster refusals.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,8 +226,8 @@ impl ReserveMetrics {
 /// Label of hit counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
-    /// The tier that answered: memory, peer or reserve.
-    pub tier: &'static str,
+    /// The tier that answered.
+    pub tier: TierKind,
 }
 
 /// Label of cluster calls.
@@ -538,8 +543,8 @@ impl Metrics {
                 .get_or_create(&StatusLabels { cache_status })
                 .clone()
         });
-        let by_tier = ["memory", "peer", "reserve"]
-            .map(|tier| hits_by_tier.get_or_create(&TierLabels { tier }).clone());
+        let by_tier =
+            TierKind::ALL.map(|tier| hits_by_tier.get_or_create(&TierLabels { tier }).clone());
         Self {
             overloads,
             shared_failures,
@@ -568,17 +573,9 @@ impl Metrics {
         self.by_status[status_index(cache_status)].inc();
     }
 
-    /// Counts a hit answered by `tier` (memory, peer or reserve).
-    pub fn count_hit(&self, tier: &'static str) {
-        match tier {
-            "memory" => self.by_tier[0].inc(),
-            "peer" => self.by_tier[1].inc(),
-            "reserve" => self.by_tier[2].inc(),
-            other => self
-                .hits_by_tier
-                .get_or_create(&TierLabels { tier: other })
-                .inc(),
-        };
+    /// Counts a hit answered by `tier`.
+    pub fn count_hit(&self, tier: TierKind) {
+        self.by_tier[tier as usize].inc();
     }
 
     fn requests_with(&self, cache_status: CacheStatus) -> u64 {
@@ -664,7 +661,7 @@ impl Metrics {
                 input_tokens_saved: r.input_tokens_saved.get(),
                 output_tokens_saved: r.output_tokens_saved.get(),
             },
-            peer_hits: self.by_tier[1].get(),
+            peer_hits: self.by_tier[TierKind::Peer as usize].get(),
             cluster: self.cluster.stats(),
         }
     }

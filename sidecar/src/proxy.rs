@@ -28,8 +28,8 @@ use crate::policy::RequestPolicy;
 use crate::recording::{Destination, RecordingBody};
 use crate::reply;
 use crate::tier::reserve::{ReserveError, ReserveTier};
-use crate::tier::MemoryTier;
 use crate::tier::PeerTier;
+use crate::tier::{MemoryTier, TierKind};
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 /// Times a follower starts over after leaders that had nothing to share.
@@ -270,7 +270,7 @@ impl Proxy {
         if policy.lookup {
             let known = cache.aliases.get(&raw_key);
             if let Some((key, entry)) = known.and_then(|k| Some((k, cache.memory.lookup(&k)?))) {
-                return self.serve_hit(&entry, &key, "memory", log);
+                return self.serve_hit(&entry, &key, TierKind::Memory, log);
             }
         }
         // Keying needs scratch space up to the body's size (see
@@ -323,7 +323,7 @@ impl Proxy {
             if keyed.policy.lookup {
                 if let Some(entry) = cache.memory.lookup(&keyed.key) {
                     cache.aliases.insert(keyed.raw_key, keyed.key);
-                    return self.serve_hit(&entry, &keyed.key, "memory", log);
+                    return self.serve_hit(&entry, &keyed.key, TierKind::Memory, log);
                 }
             }
             if !coalesce.enabled {
@@ -341,7 +341,7 @@ impl Proxy {
                     log.coalesced = true;
                     match follower.wait(coalesce.wait_timeout).await {
                         Landing::Answer(entry) => {
-                            return self.serve_hit(&entry, &keyed.key, "memory", log)
+                            return self.serve_hit(&entry, &keyed.key, TierKind::Memory, log)
                         }
                         Landing::Failed(failure) => {
                             self.metrics.shared_failures.inc();
@@ -378,7 +378,7 @@ impl Proxy {
                 if let Some(leader) = leader {
                     leader.land(Some(Arc::clone(&entry)));
                 }
-                return self.serve_hit(&entry, &keyed.key, "peer", log);
+                return self.serve_hit(&entry, &keyed.key, TierKind::Peer, log);
             }
         }
         if let Some(reserve) = &cache.reserve {
@@ -392,7 +392,7 @@ impl Proxy {
                     leader.land(Some(Arc::clone(&entry)));
                 }
                 log.reserve_used = true;
-                return self.serve_hit(&entry, &keyed.key, "reserve", log);
+                return self.serve_hit(&entry, &keyed.key, TierKind::Reserve, log);
             }
         }
         self.fetch(keyed, upstream, status, leader, log).await
@@ -402,7 +402,7 @@ impl Proxy {
         &self,
         entry: &CachedResponse,
         key: &CacheKey,
-        tier: &'static str,
+        tier: TierKind,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
         log.cache_status = Some(CacheStatus::Hit);

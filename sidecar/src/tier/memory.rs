@@ -9,7 +9,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 use prometheus_client::metrics::counter::Counter;
 
-use super::{Tier, TierFuture, TierStats};
+use super::{Tier, TierFuture, TierKind, TierStats};
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
@@ -101,8 +101,8 @@ impl MemoryTier {
 }
 
 impl Tier for MemoryTier {
-    fn name(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> TierKind {
+        TierKind::Memory
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>> {

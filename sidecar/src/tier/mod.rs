@@ -15,6 +15,31 @@ use crate::key::CacheKey;
 pub use memory::MemoryTier;
 pub use peer::PeerTier;
 
+/// Which tier: in `x-relaycache-tier`, the access log, metrics and `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TierKind {
+    /// This process's memory (L1).
+    Memory,
+    /// The cache cluster's replicas (L2, mode `ha`).
+    Peer,
+    /// The long-lived tier in object storage (L3).
+    Reserve,
+}
+
+impl TierKind {
+    /// Every tier, nearest first.
+    pub const ALL: [TierKind; 3] = [TierKind::Memory, TierKind::Peer, TierKind::Reserve];
+
+    /// The name headers, logs and metric labels use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierKind::Memory => "memory",
+            TierKind::Peer => "peer",
+            TierKind::Reserve => "reserve",
+        }
+    }
+}
+
 /// A boxed future, so tiers can be used behind `dyn Tier`.
 pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, TierError>> + Send + 'a>>;
 
@@ -22,10 +47,10 @@ pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, TierError>> +
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
     /// The tier's backend is unreachable or refused the operation.
-    #[error("{tier} tier unavailable: {reason}")]
+    #[error("{} tier unavailable: {reason}", tier.as_str())]
     Unavailable {
-        /// Tier name.
-        tier: &'static str,
+        /// Which tier.
+        tier: TierKind,
         /// What failed.
         reason: String,
     },
@@ -49,8 +74,8 @@ pub struct TierStats {
 /// One level of the cache, in the spirit of cc-relay's Cache interface.
 /// `set` carries the TTL inside the entry.
 pub trait Tier: Send + Sync {
-    /// Short name used in `x-relaycache-tier`, logs and metrics.
-    fn name(&self) -> &'static str;
+    /// Which tier this is.
+    fn kind(&self) -> TierKind;
     /// The fresh entry under `key`, if any.
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>>;
     /// Stores `entry` under `key` for `entry.ttl`.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Tier, TierFuture};
+use super::{Tier, TierFuture, TierKind};
 use crate::cluster::Cluster;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin};
@@ -64,8 +64,8 @@ impl PeerTier {
 }
 
 impl Tier for PeerTier {
-    fn name(&self) -> &'static str {
-        "peer"
+    fn kind(&self) -> TierKind {
+        TierKind::Peer
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>> {
@@ -96,7 +96,7 @@ impl Tier for PeerTier {
             match self.cluster.clear_everywhere().await {
                 0 => Ok(()),
                 failed => Err(super::TierError::Unavailable {
-                    tier: "peer",
+                    tier: TierKind::Peer,
                     reason: format!("{failed} member(s) did not confirm the purge"),
                 }),
             }

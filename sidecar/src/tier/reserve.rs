@@ -31,7 +31,7 @@ use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{Tier, TierError, TierFuture, TierStats};
+use super::{Tier, TierError, TierFuture, TierKind, TierStats};
 use crate::config::ReserveConfig;
 use crate::entry::{CachedResponse, TokenUsage};
 use crate::key::CacheKey;
@@ -636,8 +636,8 @@ async fn sweep_forever(inner: Arc<Inner>) {
 }
 
 impl Tier for ReserveTier {
-    fn name(&self) -> &'static str {
-        "reserve"
+    fn kind(&self) -> TierKind {
+        TierKind::Reserve
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>> {
@@ -696,7 +696,7 @@ impl Tier for ReserveTier {
 
 fn unavailable(err: object_store::Error) -> TierError {
     TierError::Unavailable {
-        tier: "reserve",
+        tier: TierKind::Reserve,
         reason: err.to_string(),
     }
 }

@@ -7,11 +7,8 @@
 //! come from a per-namespace hosts file that the test rewrites, standing in
 //! for cluster DNS. Skipped with a message where namespaces cannot be made.
 
-mod common;
-mod netns;
-
-use common::*;
-use netns::{Member, Net, Refused, MEMBERS};
+use crate::common::*;
+use crate::netns::{Member, Net, Refused, MEMBERS};
 
 fn peer_name(member: char) -> String {
     format!("member-{member}.peers.test")

@@ -7,13 +7,10 @@
 //! the environment refuses to create namespaces or veth pairs the test says
 //! so and passes without running.
 
-mod common;
-mod netns;
-
 use std::time::Instant;
 
-use common::*;
-use netns::{Member, Net, Refused, MEMBERS};
+use crate::common::*;
+use crate::netns::{Member, Net, Refused, MEMBERS};
 
 /// A write that missed its quorum shows in `/stats`, in `/metrics` and in
 /// the log; returns the log line.

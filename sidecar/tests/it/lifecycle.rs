@@ -1,11 +1,9 @@
 //! The process: the command line, logs, and graceful shutdown.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn relaycache(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_relaycache"))

@@ -2,9 +2,7 @@
 //! is negotiated by ALPN); without it the certificate is refused with a 502
 //! that says why.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// A CA certificate (PEM) and a `localhost` server certificate and key it signed.

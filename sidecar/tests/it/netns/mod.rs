@@ -69,12 +69,12 @@ pub struct Net {
 
 impl Net {
     /// Builds the topology. `tag` (a lower-case letter) tells apart tests
-    /// of one process; `index` (0..=1) keeps their subnets apart.
+    /// of one process; `index` (0..=2) keeps their subnets apart.
     pub fn create(tag: char, index: u32) -> Result<Self, Refused> {
         let pid = std::process::id();
         let mut net = Self {
             prefix: format!("rc-{pid}{tag}"),
-            octet: (pid * 2 + index) % 250 + 1,
+            octet: (pid * 3 + index) % 250 + 1,
             namespaces: Vec::new(),
         };
         net.build()?;

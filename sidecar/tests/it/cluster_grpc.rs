@@ -1,12 +1,10 @@
 //! The cluster's gRPC protocol as another member or a client speaks it: a
 //! real member process on loopback, called with the generated client.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use http::{HeaderMap, Method};
 use relaycache::cluster::proto::cluster_client::ClusterClient;
 use relaycache::cluster::proto::{

@@ -2,11 +2,9 @@
 //! restart, a real S3-compatible server (moto), and a store that is down,
 //! refuses access, or runs out of disk. Requests never fail because of it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use relaycache::config::Config;
 
 fn with_reserve(upstream: &MockUpstream, url: &str) -> Config {

@@ -1,11 +1,9 @@
 //! Concurrent identical misses make one upstream call, and the waiters do
 //! not fail with the leader.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn concurrent_identical_misses_make_one_upstream_call() {

@@ -1,11 +1,9 @@
 //! Streamed (SSE) answers: passed through as they arrive; recorded only
 //! when complete and enabled.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http_body_util::BodyExt;
 
 fn streamed_question(tag: &str) -> String {

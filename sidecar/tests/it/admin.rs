@@ -1,8 +1,6 @@
 //! The admin listener: health, readiness, stats, metrics and purge.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::Method;
 
 #[tokio::test]

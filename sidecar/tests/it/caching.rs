@@ -1,10 +1,8 @@
 //! The cache as a client sees it: hits, keys, tenants, per-request controls.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::Method;
 use relaycache::config::{Isolation, Mode};
 

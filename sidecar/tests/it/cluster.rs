@@ -2,11 +2,9 @@
 //! gRPC, in front of one mock upstream whose call count proves where each
 //! answer came from.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use relaycache::cluster::placement;
 use relaycache::cluster::proto::GetRequest;
 use relaycache::cluster::wire::entry_from_wire;
