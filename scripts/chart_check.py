@@ -48,7 +48,8 @@ INJECT_SOURCE = "operator/src/webhook/inject.rs"
 # when the operator sets ownerReferences / blockOwnerDeletion.
 CHILD_VERBS = {"list", "watch", "create", "patch", "delete"}
 CLUSTER_RBAC = {
-    ("relaycache.io", "relaycaches"): {"get", "list", "watch"},
+    # patch: the finalizer that removes the clients' token copies.
+    ("relaycache.io", "relaycaches"): {"get", "list", "watch", "patch"},
     ("relaycache.io", "relaycaches/status"): {"patch"},
     ("relaycache.io", "relaycaches/finalizers"): {"update"},
     ("", "services"): CHILD_VERBS,
@@ -57,6 +58,13 @@ CLUSTER_RBAC = {
     ("apps", "statefulsets"): CHILD_VERBS | {"get"},
     ("policy", "poddisruptionbudgets"): CHILD_VERBS,
     ("events.k8s.io", "events"): {"create", "patch"},
+    # The generated token Secrets (get, create; watched so a deleted one is
+    # generated again) and the copies of the clients' one in the namespaces
+    # spec.clients allows (patch, list by label, delete).
+    ("", "secrets"): {"get", "list", "watch", "create", "patch", "delete"},
+    # get: the webhook reads a pod's namespace for spec.clients.namespaceSelector;
+    # list, watch: the controller follows namespaces as they come and go.
+    ("", "namespaces"): {"get", "list", "watch"},
 }
 # Self-signed mode only: the caBundle of the chart's own configuration.
 WEBHOOK_RBAC = {("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"get", "patch"}}
@@ -239,7 +247,7 @@ def check_rbac(docs, args, fullname, webhook_name, lease, secret):
         missing = {k: sorted(expected_cluster.get(k, set()) - got.get(k, set())) for k in expected_cluster}
         fail(f"ClusterRole differs from what the operator calls; extra {dict((k, v) for k, v in extra.items() if v)}, "
              f"missing {dict((k, v) for k, v in missing.items() if v)}")
-    ok("ClusterRole grants exactly the verbs the operator calls, no wildcards, no pods, no secrets"
+    ok("ClusterRole grants exactly the verbs the operator calls, no wildcards, no pods"
        f"{', no webhook configurations (cert-manager injects the CA)' if args.cert_manager else ''}")
 
     expected_ns = dict(NAMESPACED_RBAC)
@@ -561,15 +569,25 @@ def check_optional(docs, args, service, pod_labels):
         if len(peer) != 1:
             fail(f"{ident(p)}: expected one rule for the peer port")
         allowed = peer[0].get("from") or fail(f"{ident(p)}: peer port open to everyone")
+        want_ns = sorted({p["metadata"]["namespace"], *args.client_ns})
+        members = namespaces = 0
         for src in allowed:
-            sel = src.get("podSelector") or fail(f"{ident(p)}: peer port source without a pod selector: {src}")
-            members = sel.get("matchLabels") == CACHE_LABELS and "namespaceSelector" not in src
-            injected = sel.get("matchExpressions") == [{"key": INJECT_LABEL, "operator": "Exists"}]
-            if not (members or injected) or "ipBlock" in src:
+            if "ipBlock" in src:
                 fail(f"{ident(p)}: peer port open to {src}")
-        if len(allowed) != 2:
-            fail(f"{ident(p)}: the peer port must admit cache members and injected pods, got {allowed}")
-    ok(f"cache-member NetworkPolicies in {got_ns}: 3320 only from members and injected pods")
+            if INJECT_LABEL in json.dumps(src):
+                fail(f"{ident(p)}: the inject label is no credential, yet it opens the peer port: {src}")
+            if src.get("podSelector", {}).get("matchLabels") == CACHE_LABELS and "namespaceSelector" not in src:
+                members += 1
+                continue
+            sel = src.get("namespaceSelector") or fail(f"{ident(p)}: peer port source {src}")
+            if "podSelector" in src or sel.get("matchExpressions") != [
+                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": want_ns}]:
+                fail(f"{ident(p)}: peer port open to {src}, expected the namespaces {want_ns}")
+            namespaces += 1
+        if (members, namespaces) != (1, 1):
+            fail(f"{ident(p)}: the peer port must admit the members and the namespaces {want_ns}, got {allowed}")
+    ok(f"cache-member NetworkPolicies in {got_ns}: 3320 only from members and the client namespaces"
+       f" (own{', ' + ', '.join(args.client_ns) if args.client_ns else ''}); no label opens it")
 
 
 def sidecar_admin_port():
@@ -737,6 +755,7 @@ def main():
     m.add_argument("--network-policy", action="store_true")
     m.add_argument("--monitoring-ns", nargs="*", default=[])
     m.add_argument("--cache-ns", nargs="*", default=[])
+    m.add_argument("--client-ns", nargs="*", default=[])
     m.add_argument("--dashboard", action="store_true")
     m.add_argument("--service-monitor", action="store_true")
     m.add_argument("--pod-monitor", action="store_true")

@@ -30,8 +30,13 @@ scenario_7() {
   rendered_config "$ns_cluster" >"$tmp/rendered.yaml"
   [[ "$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["cache"]["mode"])' \
     "$tmp/rendered.yaml")" == ha ]] || fail "the rendered config is not mode ha"
-  local token
-  token="$(kubectl get secret "$rc_name-peer-token" -n "$ns_cluster" -o jsonpath='{.data.token}' | base64 -d)"
+  local member_token client_token
+  until_true "Secret $ns_cluster/$rc_name-member-token generated" \
+    kubectl get secret "$rc_name-member-token" -n "$ns_cluster"
+  until_true "Secret $ns_cluster/$rc_name-client-token generated" \
+    kubectl get secret "$rc_name-client-token" -n "$ns_cluster"
+  member_token="$(token_of "$ns_cluster" "$rc_name-member-token")"
+  client_token="$(token_of "$ns_cluster" "$rc_name-client-token")"
 
   local mock_port=""
   free_port mock_port
@@ -56,7 +61,8 @@ scenario_7() {
   python3 "$e2e_dir/lib/loopback-config.py" "$tmp/rendered.yaml" "$tmp/members" \
     "http://127.0.0.1:$mock_port" "${members[@]}"
   for i in 0 1 2; do
-    RELAYCACHE_PEER_TOKEN="$token" POD_NAME="$rc_name-$i" POD_NAMESPACE="$ns_cluster" \
+    RELAYCACHE_PEER_TOKEN="$member_token" RELAYCACHE_CLIENT_TOKEN="$client_token" \
+      POD_NAME="$rc_name-$i" POD_NAMESPACE="$ns_cluster" \
       "$RUST_BIN_DIR/relaycache" serve --config "$tmp/members/member-$i.yaml" \
       >"$tmp/relaycache-$i.log" 2>&1 &
     member_pids+=($!)

@@ -56,11 +56,16 @@ new_namespace() {
     pod-security.kubernetes.io/enforce-version=latest >&2
 }
 
-# apply_example NS: the example RelayCache and the peer-token Secret it names.
+# apply_example NS: the example RelayCache, as its comment says to (no
+# Secret: the operator generates both tokens).
 apply_example() {
-  kubectl create secret generic "$rc_name-peer-token" -n "$1" \
-    --from-literal=token="$(openssl rand -hex 32)" >&2
   kubectl apply -f "$example" -n "$1" >&2
+}
+
+# token_of NS SECRET: the token a generated Secret holds, read through the
+# apiserver as a pod's secretKeyRef would.
+token_of() {
+  kubectl get secret "$2" -n "$1" -o jsonpath='{.data.token}' | base64 -d
 }
 
 # rendered_config NS: the proxy configuration the operator put in the ConfigMap.

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,37 @@ pub struct RelayCacheSpec {
     /// RelayCache (`relaycache.io/inject: NAME`).
     #[serde(default)]
     pub sidecar: SidecarSpec,
+    /// Which namespaces' pods may have a sidecar of this RelayCache injected.
+    /// Omitted: its own namespace only.
+    #[serde(default, skip_serializing_if = "ClientsSpec::is_own_namespace_only")]
+    pub clients: ClientsSpec,
+}
+
+/// Namespaces, besides the RelayCache's own, whose injected pods may use it.
+/// The operator keeps a copy of the clients' token Secret in each of them
+/// (named `RCNAMESPACE.NAME-client-token`, labelled
+/// `app.kubernetes.io/managed-by: relaycache-operator`) and removes it when
+/// the namespace is no longer allowed or the RelayCache is deleted. A pod in
+/// any other namespace that names this RelayCache is admitted without the
+/// sidecar, with a warning.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientsSpec {
+    /// Names of namespaces allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub namespaces: Vec<String>,
+    /// Namespaces whose labels match are allowed too. An empty selector
+    /// (`{}`) matches every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+impl ClientsSpec {
+    /// Whether no other namespace is allowed.
+    pub fn is_own_namespace_only(&self) -> bool {
+        self.namespaces.is_empty() && self.namespace_selector.is_none()
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -285,9 +316,20 @@ pub struct ReplicationSpec {
     #[serde(default = "default_leave_timeout")]
     #[schemars(length(max = 64))]
     pub leave_timeout: String,
-    /// Secret (key `token`) with the shared token peers and clients present.
+    /// Secret (key `token`) with the members' token: members present it to
+    /// each other, and only its holder may replicate, repair, hand off or
+    /// purge. Omitted: the operator generates the Secret `NAME-member-token`
+    /// (32 random bytes as hex), owned by the RelayCache and never
+    /// overwritten; delete it to get a new token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretName>,
+    /// Secret (key `token`) with the clients' token, which injected sidecars
+    /// present: a member accepts its holder as a client (reads, and writes
+    /// it recomputes the key of). Must differ from the members' token.
+    /// Omitted: the operator generates the Secret `NAME-client-token`. It is
+    /// copied into every namespace `clients` allows, never the members' token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token_secret: Option<SecretName>,
 }
 
 impl Default for ReplicationSpec {
@@ -300,6 +342,7 @@ impl Default for ReplicationSpec {
             environment: Environment::default(),
             leave_timeout: default_leave_timeout(),
             token_secret: None,
+            client_token_secret: None,
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum Outcome {
     applied,
     /// The spec was invalid; Degraded set, no child touched.
     invalid,
+    /// An object not owned by the RelayCache holds a child's name; Degraded
+    /// set, nothing written.
+    conflict,
     /// The RelayCache is being deleted; garbage collection does the rest.
     deleting,
     /// An API call failed; retried with backoff.

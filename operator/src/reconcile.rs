@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -24,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::crd::{RelayCache, RelayCacheStatus};
 use crate::metrics::{Metrics, Outcome};
+use crate::resources::tokens::{self, NoRandomness, TokenSecret};
 use crate::resources::{
     self, statefulset, BuildSettings, Children, Names, RenderFailure, MANAGED_BY_SELECTOR,
 };
@@ -97,6 +99,21 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// Creating a generated token Secret failed.
+    #[error("creating {kind} {namespace}/{name}: {source}")]
+    Create {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// No token could be generated.
+    #[error(transparent)]
+    Token(#[from] NoRandomness),
     /// Writing the status failed.
     #[error("updating the status of RelayCache {namespace}/{name}: {source}")]
     Status {
@@ -155,7 +172,34 @@ async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Act
         name: rc.name_any(),
         namespace: rc.namespace().unwrap_or_default(),
     };
-    let sts = match apply_children(&ctx.client, &names, &children).await {
+    let token_secrets = tokens::token_secrets(rc, &names);
+    let found = match check_names(&ctx.client, rc, &names, &token_secrets).await {
+        Ok(found) => found,
+        Err(err) => return fail_apply(rc, ctx, &observation, &previous, err).await,
+    };
+    if !found.conflicts.is_empty() {
+        let message = conflict_message(&names, &found.conflicts);
+        warn!(relaycache = %rc.name_any(), %message, "names taken; no child changed");
+        let next = observation.name_conflict(&message);
+        write_status(rc, ctx, &next).await?;
+        publish_transitions(rc, ctx, &previous, &next).await;
+        // Deleting the other object sends no event this controller watches
+        // (it is not ours), so look again before the resync.
+        return Ok((Outcome::conflict, Action::requeue(CONFLICT_RECHECK)));
+    }
+    if let Err(err) = create_token_secrets(
+        &ctx.client,
+        rc,
+        &children.owner,
+        &names,
+        &token_secrets,
+        &found.absent_secrets,
+    )
+    .await
+    {
+        return fail_apply(rc, ctx, &observation, &previous, err).await;
+    }
+    let sts = match apply_children(&ctx.client, &names, &children, found.stateful_set).await {
         Ok(Applied::All(sts)) => sts,
         Ok(Applied::ClaimsHeld { sts, message }) => {
             warn!(relaycache = %rc.name_any(), %message, "volume claim templates changed; StatefulSet held back");
@@ -168,15 +212,7 @@ async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Act
             // watches, the resync is a backstop.
             return Ok((Outcome::applied, Action::requeue(RESYNC)));
         }
-        Err(err) => {
-            let next = observation.apply_failed(&err.to_string());
-            // Best effort: the apply error is what the caller must see.
-            if let Err(status_err) = write_status(rc, ctx, &next).await {
-                warn!(error = %status_err, "could not record the apply failure in the status");
-            }
-            publish_transitions(rc, ctx, &previous, &next).await;
-            return Err(err);
-        }
+        Err(err) => return fail_apply(rc, ctx, &observation, &previous, err).await,
     };
     let next = observation.applied(
         rc.spec.replicas,
@@ -192,6 +228,179 @@ async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Act
         Action::requeue(RESYNC)
     };
     Ok((Outcome::applied, action))
+}
+
+/// Records a failed API call in the status (`ApplyFailed`) and returns it,
+/// so the controller retries.
+async fn fail_apply(
+    rc: &RelayCache,
+    ctx: &Context,
+    observation: &Observation<'_>,
+    previous: &RelayCacheStatus,
+    err: Error,
+) -> Result<(Outcome, Action), Error> {
+    let next = observation.apply_failed(&err.to_string());
+    // Best effort: the apply error is what the caller must see.
+    if let Err(status_err) = write_status(rc, ctx, &next).await {
+        warn!(error = %status_err, "could not record the apply failure in the status");
+    }
+    publish_transitions(rc, ctx, previous, &next).await;
+    Err(err)
+}
+
+/// Re-check of a RelayCache whose children's names are taken.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
+
+/// What the reads of the children's names found.
+struct Found {
+    /// Objects holding a child's name without this RelayCache's owner
+    /// reference, as (kind, name).
+    conflicts: Vec<(&'static str, String)>,
+    /// The StatefulSet as stored, if it exists.
+    stateful_set: Option<StatefulSet>,
+    /// Generated token Secrets that do not exist yet.
+    absent_secrets: Vec<TokenSecret>,
+}
+
+/// Reads every name a child will take (the Services, the ConfigMap, the
+/// StatefulSet, the PodDisruptionBudget and the generated token Secrets)
+/// before anything is written: an object there that this RelayCache does not
+/// own is someone else's, and is never taken over. Metadata only, except the
+/// StatefulSet, whose volume claim templates are compared before applying,
+/// and never a Secret's data.
+async fn check_names(
+    client: &Client,
+    rc: &RelayCache,
+    names: &Names,
+    token_secrets: &[TokenSecret],
+) -> Result<Found, Error> {
+    let uid = rc.uid().unwrap_or_default();
+    let mut found = Found {
+        conflicts: Vec::new(),
+        stateful_set: None,
+        absent_secrets: Vec::new(),
+    };
+    let mut check = |kind: &'static str, name: &str, meta: Option<&ObjectMeta>| {
+        if let Some(meta) = meta {
+            let owned = meta
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|owner| owner.uid == uid);
+            if !owned {
+                found.conflicts.push((kind, name.to_string()));
+            }
+        }
+    };
+    for name in [names.peers_service(), names.name.clone()] {
+        let meta = read_metadata::<Service>(client, names, &name).await?;
+        check("Service", &name, meta.as_ref());
+    }
+    let meta = read_metadata::<ConfigMap>(client, names, &names.name).await?;
+    check("ConfigMap", &names.name, meta.as_ref());
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
+    let sts = api
+        .get_opt(&names.name)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "StatefulSet",
+            namespace: names.namespace.clone(),
+            name: names.name.clone(),
+            source,
+        })?;
+    check(
+        "StatefulSet",
+        &names.name,
+        sts.as_ref().map(|s| &s.metadata),
+    );
+    let meta = read_metadata::<PodDisruptionBudget>(client, names, &names.name).await?;
+    check("PodDisruptionBudget", &names.name, meta.as_ref());
+    let mut absent = Vec::new();
+    for secret in token_secrets.iter().filter(|s| s.generated) {
+        let meta = read_metadata::<Secret>(client, names, &secret.name).await?;
+        check("Secret", &secret.name, meta.as_ref());
+        if meta.is_none() {
+            absent.push(secret.clone());
+        }
+    }
+    found.stateful_set = sts;
+    found.absent_secrets = absent;
+    Ok(found)
+}
+
+async fn read_metadata<K>(
+    client: &Client,
+    names: &Names,
+    name: &str,
+) -> Result<Option<ObjectMeta>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &names.namespace);
+    api.get_metadata_opt(name)
+        .await
+        .map(|found| found.map(|partial| partial.metadata))
+        .map_err(|source| Error::Read {
+            kind: <K as k8s_openapi::Resource>::KIND,
+            namespace: names.namespace.clone(),
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// The `Degraded` message of a name conflict: each object, and what to do.
+fn conflict_message(names: &Names, conflicts: &[(&'static str, String)]) -> String {
+    let objects = conflicts
+        .iter()
+        .map(|(kind, name)| format!("{kind}/{name}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{objects} in namespace {ns} exists and is not owned by this RelayCache; the operator never takes over another's object, so nothing was changed. Delete or rename it, or give this RelayCache another name",
+        ns = names.namespace
+    )
+}
+
+/// Creates the generated token Secrets that do not exist, each with a new
+/// random token. Create, never apply: an existing Secret (one another
+/// reconcile created meanwhile) is left as it is, so a token is never
+/// overwritten. The token's value is never logged.
+async fn create_token_secrets(
+    client: &Client,
+    rc: &RelayCache,
+    owner: &OwnerReference,
+    names: &Names,
+    token_secrets: &[TokenSecret],
+    absent: &[TokenSecret],
+) -> Result<(), Error> {
+    if absent.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    for secret in token_secrets.iter().filter(|s| absent.contains(s)) {
+        let object = tokens::generated_secret(names, owner, secret, tokens::random_token()?);
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => {
+                info!(relaycache = %rc.name_any(), secret = %secret.name, "generated a token Secret")
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                debug!(secret = %secret.name, "token Secret created meanwhile; kept as it is")
+            }
+            Err(source) => {
+                return Err(Error::Create {
+                    kind: "Secret",
+                    namespace: names.namespace.clone(),
+                    name: secret.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `Degraded` reason when the spec changes the StatefulSet's immutable
@@ -216,26 +425,18 @@ enum Applied {
 
 /// Applies the children in dependency order (Services and ConfigMap before
 /// the StatefulSet that uses them) and returns the StatefulSet as stored.
-/// The existing StatefulSet is read first: a change to its immutable volume
-/// claim templates would be refused on every apply, so it is reported
-/// instead (and the PodDisruptionBudget still applied).
+/// The `existing` StatefulSet (as read by `check_names`) is compared first:
+/// a change to its immutable volume claim templates would be refused on
+/// every apply, so it is reported instead (and the PodDisruptionBudget
+/// still applied).
 async fn apply_children(
     client: &Client,
     names: &Names,
     children: &Children,
+    existing: Option<StatefulSet>,
 ) -> Result<Applied, Error> {
     apply::<Service>(client, names, &children.peers_service).await?;
     apply::<Service>(client, names, &children.client_service).await?;
-    let api: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
-    let existing = api
-        .get_opt(&names.name)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "StatefulSet",
-            namespace: names.namespace.clone(),
-            name: names.name.clone(),
-            source,
-        })?;
     let change = existing.as_ref().and_then(|existing| {
         statefulset::claim_templates_change(existing, &children.stateful_set, names)
     });
@@ -390,7 +591,12 @@ pub async fn run(
     .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
     .owns(Api::<Service>::all(client.clone()), owned.clone())
     .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-    .owns(Api::<PodDisruptionBudget>::all(client), owned)
+    .owns(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        owned.clone(),
+    )
+    // A generated token Secret deleted (to rotate it) is created again at once.
+    .owns(Api::<Secret>::all(client), owned)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {

@@ -3,6 +3,7 @@
 //! A mocked apiserver stands in for a real one, which `cargo test` cannot
 //! start; the e2e suite runs the operator against a real control plane.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,13 +120,91 @@ async fn expect_service_applies(server: &mut ApiServer) -> Vec<Value> {
     bodies
 }
 
-/// The read of the StatefulSet before it is applied (to compare its volume
-/// claim templates), answered with `existing` or 404.
-async fn expect_sts_read(server: &mut ApiServer, existing: Option<Value>) {
-    let call = server.expect(Method::GET, STS).await;
-    match existing {
-        Some(sts) => call.respond(sts).await,
-        None => call.not_found().await,
+/// What the reads before any write find under the children's names.
+struct NameChecks {
+    /// Objects found, by `Kind/name`; every other name is free (404).
+    existing: BTreeMap<String, Value>,
+    /// The members' token Secret is the operator's (no `tokenSecret`).
+    member_token_generated: bool,
+    /// The clients' token Secret is the operator's (no `clientTokenSecret`).
+    client_token_generated: bool,
+}
+
+impl Default for NameChecks {
+    fn default() -> Self {
+        Self {
+            existing: BTreeMap::new(),
+            member_token_generated: true,
+            client_token_generated: true,
+        }
+    }
+}
+
+impl NameChecks {
+    /// A settled RelayCache of `spec`: every child exists and is owned, the
+    /// StatefulSet as built from `spec`.
+    fn settled(spec: Value) -> Self {
+        let owned = |name: &str| {
+            json!({"metadata": {"name": name, "namespace": "cache", "uid": format!("uid-of-{name}"),
+                "ownerReferences": [{"apiVersion": "relaycache.io/v1alpha1", "kind": "RelayCache",
+                                     "name": "web", "uid": "uid-web", "controller": true}]}})
+        };
+        let mut existing: BTreeMap<String, Value> = CHILD_NAMES
+            .iter()
+            .map(|(kind, name, _)| (format!("{kind}/{name}"), owned(name)))
+            .collect();
+        existing.insert("StatefulSet/web".into(), stored_sts(spec));
+        Self {
+            existing,
+            ..Self::default()
+        }
+    }
+}
+
+/// Every name a reconcile checks before writing, in order: kind, name, path.
+const CHILD_NAMES: [(&str, &str, &str); 7] = [
+    (
+        "Service",
+        "web-peers",
+        "/api/v1/namespaces/cache/services/web-peers",
+    ),
+    ("Service", "web", "/api/v1/namespaces/cache/services/web"),
+    (
+        "ConfigMap",
+        "web",
+        "/api/v1/namespaces/cache/configmaps/web",
+    ),
+    ("StatefulSet", "web", STS),
+    ("PodDisruptionBudget", "web", PDB),
+    (
+        "Secret",
+        "web-member-token",
+        "/api/v1/namespaces/cache/secrets/web-member-token",
+    ),
+    (
+        "Secret",
+        "web-client-token",
+        "/api/v1/namespaces/cache/secrets/web-client-token",
+    ),
+];
+
+/// The reads of every child's name (the StatefulSet's also compares its
+/// volume claim templates), answered from `checks`.
+async fn expect_name_checks(server: &mut ApiServer, checks: &NameChecks) {
+    for (kind, name, path) in CHILD_NAMES {
+        let generated = match name {
+            "web-member-token" => checks.member_token_generated,
+            "web-client-token" => checks.client_token_generated,
+            _ => true,
+        };
+        if !generated {
+            continue;
+        }
+        let call = server.expect(Method::GET, path).await;
+        match checks.existing.get(&format!("{kind}/{name}")) {
+            Some(found) => call.respond(found.clone()).await,
+            None => call.not_found().await,
+        }
     }
 }
 
@@ -146,8 +225,29 @@ async fn expect_applies_over(
     sts_generation: i64,
     sts_status: Value,
 ) -> Applied {
+    match existing {
+        Some(sts) => {
+            let mut checks = NameChecks::settled(json!({}));
+            checks.existing.insert("StatefulSet/web".into(), sts);
+            expect_name_checks(server, &checks).await;
+        }
+        None => {
+            expect_name_checks(server, &NameChecks::default()).await;
+            expect_token_secret_created(server, "web-member-token").await;
+            expect_token_secret_created(server, "web-client-token").await;
+        }
+    }
+    expect_child_applies(server, sts_generation, sts_status).await
+}
+
+/// The applies of the five children, once the names are checked and the
+/// token Secrets exist.
+async fn expect_child_applies(
+    server: &mut ApiServer,
+    sts_generation: i64,
+    sts_status: Value,
+) -> Applied {
     let mut bodies = expect_service_applies(server).await;
-    expect_sts_read(server, existing).await;
     for (path, kind) in [
         (format!("{NS}/configmaps/web"), "ConfigMap"),
         (STS.to_string(), "StatefulSet"),
@@ -460,12 +560,14 @@ async fn changed_volume_claim_templates_hold_the_statefulset_and_apply_the_rest(
     let bigger = Arc::new(bigger);
     let task = tokio::spawn(reconcile(bigger.clone(), ctx.clone()));
 
-    expect_service_applies(&mut server).await;
     let mut existing = stored_sts(reserve("1Gi"));
     existing["metadata"]["generation"] = json!(1);
     existing["status"] = json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": 3,
         "updatedReplicas": 3, "currentRevision": "web-1", "updateRevision": "web-1"});
-    expect_sts_read(&mut server, Some(existing)).await;
+    let mut checks = NameChecks::settled(reserve("1Gi"));
+    checks.existing.insert("StatefulSet/web".into(), existing);
+    expect_name_checks(&mut server, &checks).await;
+    expect_service_applies(&mut server).await;
     // No ConfigMap and no StatefulSet: straight on to the PodDisruptionBudget.
     let pdb = server.expect(Method::PATCH, PDB).await;
     assert_apply(&pdb, "PodDisruptionBudget");
@@ -672,8 +774,11 @@ async fn a_refused_apply_sets_degraded_and_fails_the_reconcile() {
     let ctx = context(client);
     let rc = Arc::new(rc("web", json!({})));
     let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
+    // The token Secrets exist; the StatefulSet does not yet.
+    let mut checks = NameChecks::settled(json!({}));
+    checks.existing.remove("StatefulSet/web");
+    expect_name_checks(&mut server, &checks).await;
     expect_service_applies(&mut server).await;
-    expect_sts_read(&mut server, None).await;
     let call = server
         .expect(Method::PATCH, &format!("{NS}/configmaps/web"))
         .await;
@@ -749,4 +854,165 @@ async fn delete_is_left_to_garbage_collection_through_owner_references() {
     assert_eq!(action, Action::await_change());
     drop(ctx);
     server.expect_nothing_more().await;
+}
+
+const SECRETS: &str = "/api/v1/namespaces/cache/secrets";
+
+/// The value under `token` of a Secret body (its `data` is base64 on the wire).
+fn token_of(body: &Value) -> String {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(body.clone()).unwrap();
+    let data = secret.data.unwrap_or_default();
+    String::from_utf8(data.get("token").expect("key token").0.clone()).unwrap()
+}
+
+/// The create of a generated token Secret: owned by the RelayCache,
+/// labelled, 32 random bytes as hex under `token`. Answered as created;
+/// returns the token.
+async fn expect_token_secret_created(server: &mut ApiServer, name: &str) -> String {
+    let call = server.expect(Method::POST, SECRETS).await;
+    assert_eq!(call.body["kind"], "Secret");
+    assert_eq!(call.body["metadata"]["name"], name);
+    assert_owned(&call);
+    let token = token_of(&call.body);
+    assert_eq!(token.len(), 64, "32 bytes as hex");
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+    let body = call.body.clone();
+    call.respond(body).await;
+    token
+}
+
+#[tokio::test]
+async fn generated_token_secrets_are_created_once_and_never_overwritten() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let rc = Arc::new(rc("web", json!({"replicas": 3})));
+    let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
+
+    // Nothing exists yet: every child's name is free.
+    expect_name_checks(&mut server, &NameChecks::default()).await;
+    let members = expect_token_secret_created(&mut server, "web-member-token").await;
+    let clients = expect_token_secret_created(&mut server, "web-client-token").await;
+    assert_ne!(members, clients, "two tokens, two roles");
+    let applied = expect_child_applies(&mut server, 1, json!({"replicas": 0})).await;
+    // The tokens reach the members only by reference.
+    for body in applied.all() {
+        let text = body.to_string();
+        assert!(
+            !text.contains(&members) && !text.contains(&clients),
+            "{text}"
+        );
+    }
+    let config = applied.config_map["data"]["relaycache.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("token: ${RELAYCACHE_PEER_TOKEN}"),
+        "{config}"
+    );
+    assert!(
+        config.contains("client_token: ${RELAYCACHE_CLIENT_TOKEN}"),
+        "{config}"
+    );
+    let env = &applied.stateful_set["spec"]["template"]["spec"]["containers"][0]["env"];
+    let secret_of = |var: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == var)
+            .map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone())
+    };
+    assert_eq!(
+        secret_of("RELAYCACHE_PEER_TOKEN"),
+        Some(json!("web-member-token"))
+    );
+    assert_eq!(
+        secret_of("RELAYCACHE_CLIENT_TOKEN"),
+        Some(json!("web-client-token"))
+    );
+    let status = expect_status(&mut server, &rc).await;
+    expect_events(&mut server, 1).await;
+    task.await.unwrap().unwrap();
+
+    // The next reconcile finds both Secrets (owned): neither is written again.
+    let mut settled = (*rc).clone();
+    settled.status = Some(status);
+    let settled = Arc::new(settled);
+    let task = tokio::spawn(reconcile(settled.clone(), ctx.clone()));
+    let owned = NameChecks::settled(json!({"replicas": 3}));
+    expect_name_checks(&mut server, &owned).await;
+    expect_child_applies(&mut server, 1, json!({"replicas": 0})).await;
+    expect_status(&mut server, &settled).await;
+    task.await.unwrap().unwrap();
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_named_token_secret_is_neither_generated_nor_checked() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let rc = Arc::new(rc(
+        "web",
+        json!({"replication": {"tokenSecret": {"name": "mine"}}}),
+    ));
+    let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
+    let checks = NameChecks {
+        member_token_generated: false,
+        ..NameChecks::default()
+    };
+    expect_name_checks(&mut server, &checks).await;
+    expect_token_secret_created(&mut server, "web-client-token").await;
+    let applied = expect_child_applies(&mut server, 1, json!({"replicas": 0})).await;
+    let env = applied.stateful_set["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("\"mine\""), "{env}");
+    expect_status(&mut server, &rc).await;
+    expect_events(&mut server, 1).await;
+    task.await.unwrap().unwrap();
+}
+
+/// Reconciles `web` while `kind`/`name` exists without its owner reference.
+async fn reconcile_with_a_foreign(kind: &str, name: &str) {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let rc = Arc::new(rc("web", json!({})));
+    let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
+    let foreign = json!({"metadata": {"name": name, "namespace": "cache", "uid": "someone-else",
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "other",
+                             "uid": "uid-other", "controller": true}]}});
+    let checks = NameChecks {
+        existing: [(format!("{kind}/{name}"), foreign)].into_iter().collect(),
+        ..NameChecks::default()
+    };
+    expect_name_checks(&mut server, &checks).await;
+    // Nothing is created or applied: the very next request is the status.
+    let status = expect_status(&mut server, &rc).await;
+    assert_eq!(condition(&status, "Degraded"), ("True", "NameConflict"));
+    let message = &crate::status::find(&status, "Degraded").unwrap().message;
+    assert!(message.contains(&format!("{kind}/{name}")), "{message}");
+    assert!(
+        message.contains("not owned by this RelayCache"),
+        "{message}"
+    );
+    assert_eq!(
+        expect_events(&mut server, 1).await,
+        pairs(&[("Warning", "NameConflict")])
+    );
+    task.await.unwrap().unwrap();
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_foreign_object_with_a_childs_name_is_never_taken_over() {
+    for (kind, name) in [
+        ("Service", "web-peers"),
+        ("Service", "web"),
+        ("ConfigMap", "web"),
+        ("StatefulSet", "web"),
+        ("PodDisruptionBudget", "web"),
+        ("Secret", "web-member-token"),
+        ("Secret", "web-client-token"),
+    ] {
+        reconcile_with_a_foreign(kind, name).await;
+    }
 }

@@ -13,6 +13,8 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: the operator cannot make the cluster match the spec.
 pub const DEGRADED: &str = "Degraded";
+/// `Degraded` reason: an object the RelayCache does not own has a child's name.
+pub const NAME_CONFLICT: &str = "NameConflict";
 
 /// The inputs of one status computation.
 pub struct Observation<'a> {
@@ -65,7 +67,21 @@ impl Observation<'_> {
         self.failed("ApplyFailed", message.to_string())
     }
 
+    /// Objects the RelayCache does not own hold its children's names: it
+    /// takes none of them over, and changes nothing.
+    pub fn name_conflict(&self, message: &str) -> RelayCacheStatus {
+        self.failed_waiting(
+            NAME_CONFLICT,
+            message.to_string(),
+            "waiting for the names to be free",
+        )
+    }
+
     fn failed(&self, reason: &str, message: String) -> RelayCacheStatus {
+        self.failed_waiting(reason, message, "waiting for a valid spec")
+    }
+
+    fn failed_waiting(&self, reason: &str, message: String, waiting: &str) -> RelayCacheStatus {
         let previous = self.previous;
         let ready = previous
             .conditions
@@ -88,12 +104,7 @@ impl Observation<'_> {
                         previous.ready_replicas, previous.replicas
                     ),
                 ),
-                self.condition(
-                    PROGRESSING,
-                    false,
-                    reason,
-                    "waiting for a valid spec".into(),
-                ),
+                self.condition(PROGRESSING, false, reason, waiting.into()),
                 self.condition(DEGRADED, true, reason, message),
             ],
             ..previous.clone()

@@ -13,18 +13,29 @@ use kube::core::admission::AdmissionReview;
 use kube::core::DynamicObject;
 use relaycache_config::{Config, Mode};
 use relaycache_operator::crd::RelayCache;
-use relaycache_operator::webhook::inject::{Found, InjectSettings};
-use relaycache_operator::webhook::{BadReview, Handler, Lookup, LookupFuture};
+use relaycache_operator::webhook::inject::{Found, InjectSettings, NamespaceLabels};
+use relaycache_operator::webhook::{BadReview, Handler, Lookup, LookupFuture, NamespaceFuture};
 use serde_json::{json, Value};
 
-/// RelayCaches by `namespace/name`.
-struct Store(BTreeMap<String, RelayCache>);
+/// RelayCaches by `namespace/name`, and the labels of each namespace.
+struct Store {
+    relaycaches: BTreeMap<String, RelayCache>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
 
 impl Lookup for Store {
     fn get(&self, namespace: &str, name: &str) -> LookupFuture {
-        let found = match self.0.get(&format!("{namespace}/{name}")) {
+        let found = match self.relaycaches.get(&format!("{namespace}/{name}")) {
             Some(rc) => Found::Present(Box::new(rc.clone())),
             None => Found::Missing,
+        };
+        Box::pin(async move { found })
+    }
+
+    fn namespace_labels(&self, name: &str) -> NamespaceFuture {
+        let found = match self.namespaces.get(name) {
+            Some(labels) => NamespaceLabels::Found(labels.clone()),
+            None => NamespaceLabels::Failed(format!("namespaces \"{name}\" not found")),
         };
         Box::pin(async move { found })
     }
@@ -58,7 +69,14 @@ fn handler(native_sidecars: bool) -> Handler {
         relaycache(
             "cache",
             "shared",
-            json!({"image": "relaycache/relaycache:0.1.0-team", "replication": {"tokenSecret": {"name": "shared-token"}}}),
+            json!({"image": "relaycache/relaycache:0.1.0-team", "replication": {"tokenSecret": {"name": "shared-token"}},
+                   "clients": {"namespaces": ["apps"]}}),
+        ),
+        relaycache("cache", "private", json!({})),
+        relaycache(
+            "cache",
+            "by-label",
+            json!({"clients": {"namespaceSelector": {"matchLabels": {"relaycache.io/client": "true"}}}}),
         ),
         relaycache(
             "apps",
@@ -79,12 +97,28 @@ fn handler(native_sidecars: bool) -> Handler {
         (key, rc)
     })
     .collect();
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let namespaces = BTreeMap::from([
+        (
+            "apps".to_string(),
+            labels(&[("relaycache.io/client", "true")]),
+        ),
+        ("other".to_string(), labels(&[("team", "b")])),
+    ]);
     Handler {
         settings: InjectSettings {
             default_image: "relaycache/relaycache:0.1.0".into(),
             native_sidecars,
         },
-        lookup: Arc::new(Store(store)),
+        lookup: Arc::new(Store {
+            relaycaches: store,
+            namespaces,
+        }),
     }
 }
 
@@ -157,33 +191,37 @@ fn env<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
 }
 
 /// The config the proxy would read from `RELAYCACHE_CONFIG_YAML`, after the
-/// kubelet (`$$` → `$`) and the proxy (`${RELAYCACHE_PEER_TOKEN}`) expanded it.
+/// kubelet (`$$` → `$`) and the proxy (`${RELAYCACHE_CLIENT_TOKEN}`)
+/// expanded it. Any other variable left unset fails the load, as in the pod.
 fn sidecar_config(sidecar: &Container) -> Config {
-    sidecar_config_with_token(sidecar, Some("s3cret"))
-}
-
-/// The same with `RELAYCACHE_PEER_TOKEN` set to `token`, or unset (its
-/// optional Secret is missing).
-fn sidecar_config_with_token(sidecar: &Container, token: Option<&str>) -> Config {
     let raw = env(sidecar, "RELAYCACHE_CONFIG_YAML").expect("config env");
     let from_kubelet = raw.replace("$$", "$");
     let expanded = relaycache_config::expand_env(&from_kubelet, |name| {
-        (name == "RELAYCACHE_PEER_TOKEN")
-            .then(|| token.map(str::to_string))
-            .flatten()
+        (name == "RELAYCACHE_CLIENT_TOKEN").then(|| "clients-s3cret".to_string())
     })
     .unwrap();
-    Config::from_yaml(&expanded).unwrap()
+    let config = Config::from_yaml(&expanded).unwrap();
+    config.validate().unwrap();
+    config
 }
 
-/// The `secretKeyRef` of the sidecar's `RELAYCACHE_PEER_TOKEN`.
+/// The `secretKeyRef` of the sidecar's `RELAYCACHE_CLIENT_TOKEN`; the
+/// sidecar has no other token variable.
 fn token_ref(sidecar: &Container) -> &k8s_openapi::api::core::v1::SecretKeySelector {
+    assert!(
+        sidecar
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "RELAYCACHE_PEER_TOKEN"),
+        "the members' token never reaches a sidecar"
+    );
     let token = sidecar
         .env
         .iter()
         .flatten()
-        .find(|e| e.name == "RELAYCACHE_PEER_TOKEN")
-        .expect("RELAYCACHE_PEER_TOKEN env");
+        .find(|e| e.name == "RELAYCACHE_CLIENT_TOKEN")
+        .expect("RELAYCACHE_CLIENT_TOKEN env");
     assert!(
         token.value.is_none(),
         "the token's value is never in the pod"
@@ -264,14 +302,17 @@ async fn a_deployment_pod_gets_a_native_sidecar_in_client_mode() {
         .unwrap();
     assert_eq!(startup.path.as_deref(), Some("/healthz"));
 
-    // The token comes by reference; its value is nowhere in the pod. The
-    // reference is optional: a missing Secret must not hold the app back.
+    // The clients' token comes by reference from the RelayCache's own
+    // Secret (the pod shares its namespace); its value is nowhere in the
+    // pod, and the members' Secret (web-peer-token) is never named.
     let secret = token_ref(sidecar);
     assert_eq!(
         (secret.name.as_str(), secret.key.as_str()),
-        ("web-peer-token", "token")
+        ("web-client-token", "token")
     );
-    assert_eq!(secret.optional, Some(true));
+    assert_eq!(secret.optional, Some(false));
+    let pod_text = serde_json::to_string(pod).unwrap();
+    assert!(!pod_text.contains("web-peer-token"), "{pod_text}");
 
     // The admin port is named, so a PodMonitor can scrape every sidecar.
     let ports: Vec<(Option<&str>, i32)> = sidecar
@@ -294,7 +335,8 @@ async fn a_deployment_pod_gets_a_native_sidecar_in_client_mode() {
     assert!(!ha.embedded, "client mode");
     assert_eq!(ha.addresses, ["web.apps.svc:3320"]);
     assert!(ha.peers.is_empty());
-    assert_eq!(ha.token, "s3cret");
+    assert_eq!(ha.token, "", "no members' token");
+    assert_eq!(ha.client_token, "clients-s3cret");
     assert_eq!(
         (
             ha.replica_count,
@@ -445,37 +487,19 @@ async fn namespace_dot_name_uses_a_relaycache_elsewhere() {
     assert_eq!(config.cache.ha.addresses, ["shared.cache.svc:3320"]);
     // Default L1 of a sidecar when the RelayCache sets none.
     assert_eq!(config.cache.memory.max_cost, 32 << 20);
-    // The Secret is referenced in the pod's namespace, where it usually is
-    // not: the reference is optional, so the kubelet still starts the
-    // sidecar (and, with a native sidecar, the app) without it.
+    // The operator's copy of the clients' Secret in the pod's namespace,
+    // named after the RelayCache's namespace and name; required, so the
+    // kubelet waits for the copy rather than start a sidecar the members
+    // would refuse.
     let secret = token_ref(sidecar);
-    assert_eq!(secret.name, "shared-token");
     assert_eq!(
-        secret.optional,
-        Some(true),
-        "a missing Secret would block the app pod"
+        (secret.name.as_str(), secret.key.as_str()),
+        ("cache.shared-client-token", "token")
     );
-    // Without the Secret the proxy's config still loads: an empty token, so
-    // the members refuse the sidecar and it serves from memory and upstream.
-    let tokenless = sidecar_config_with_token(sidecar, None);
-    assert_eq!(tokenless.cache.ha.token, "");
-    assert_eq!(tokenless.cache.ha.addresses, ["shared.cache.svc:3320"]);
-    assert_eq!(
-        config.cache.ha.token, "s3cret",
-        "with the copy, the token is used"
-    );
-    // The warning says what to do: copy the Secret into the pod's namespace.
-    let w = warnings(&out);
-    assert_eq!(w.len(), 1, "{w:?}");
-    for needle in [
-        "\"shared-token\"",
-        "namespace apps",
-        "copy it there from namespace cache",
-        "restart the pod",
-        "runs without the token",
-    ] {
-        assert!(w[0].contains(needle), "{needle}: {w:?}");
-    }
+    assert_eq!(secret.optional, Some(false));
+    assert_eq!(config.cache.ha.token, "");
+    assert_eq!(config.cache.ha.client_token, "clients-s3cret");
+    assert_eq!(warnings(&out), Vec::<String>::new());
     assert_eq!(out.response["allowed"], true);
     assert_eq!(
         pod.metadata
@@ -725,4 +749,69 @@ fn any_body_is_answered_or_refused_never_a_panic() {
             Ok(())
         })
         .unwrap();
+}
+
+/// The recorded review of a pod in `namespace` labelled `label`.
+fn review_in(namespace: &str, label: &str) -> Vec<u8> {
+    let mut input: Value = serde_json::from_slice(&fixture("other-namespace.json")).unwrap();
+    input["request"]["namespace"] = json!(namespace);
+    input["request"]["object"]["metadata"]["namespace"] = json!(namespace);
+    input["request"]["object"]["metadata"]["labels"]["relaycache.io/inject"] = json!(label);
+    serde_json::to_vec(&input).unwrap()
+}
+
+/// The response to `body`: allowed, its sidecar if injected, its warnings.
+async fn answer(body: &[u8]) -> (bool, Option<Pod>, Vec<String>) {
+    let review = handler(true).review(body).await.unwrap();
+    let response = review.response.unwrap();
+    let pod = response.patch.as_ref().map(|patch| {
+        let input: Value = serde_json::from_slice(body).unwrap();
+        let mut pod = input["request"]["object"].clone();
+        let patch: json_patch::Patch = serde_json::from_slice(patch).unwrap();
+        json_patch::patch(&mut pod, &patch).unwrap();
+        serde_json::from_value(pod).unwrap()
+    });
+    (response.allowed, pod, response.warnings.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_namespace_the_relaycache_does_not_serve_gets_no_sidecar_and_a_warning() {
+    let (allowed, pod, warnings) = answer(&review_in("apps", "cache.private")).await;
+    assert!(allowed, "the app still starts");
+    assert!(pod.is_none(), "no sidecar, no patch");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    for part in [
+        "RelayCache cache/private does not serve namespace apps",
+        "admitted without the sidecar",
+        "spec.clients.namespaces",
+    ] {
+        assert!(warnings[0].contains(part), "{part}: {warnings:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_selector_allows_the_namespaces_it_matches() {
+    // `apps` carries relaycache.io/client=true: injected, with the copy.
+    let (allowed, pod, warnings) = answer(&review_in("apps", "cache.by-label")).await;
+    assert!(allowed);
+    assert_eq!(warnings, Vec::<String>::new());
+    let pod = pod.expect("injected");
+    let secret = token_ref(sidecars(&pod)[0]);
+    assert_eq!(secret.name, "cache.by-label-client-token");
+
+    // `other` does not match: no sidecar, and the warning names the fields.
+    let (allowed, pod, warnings) = answer(&review_in("other", "cache.by-label")).await;
+    assert!(allowed && pod.is_none());
+    assert!(
+        warnings[0].contains("spec.clients.namespaceSelector"),
+        "{warnings:?}"
+    );
+
+    // A namespace whose labels cannot be read: no sidecar, and why.
+    let (allowed, pod, warnings) = answer(&review_in("gone", "cache.by-label")).await;
+    assert!(allowed && pod.is_none());
+    assert!(
+        warnings[0].contains("cannot read namespace gone"),
+        "{warnings:?}"
+    );
 }

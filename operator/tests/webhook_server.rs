@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use relaycache_operator::crd::RelayCache;
 use relaycache_operator::webhook::certs::{self, CertStore, TlsMaterial};
-use relaycache_operator::webhook::inject::{Found, InjectSettings};
-use relaycache_operator::webhook::{server, Handler, Lookup, LookupFuture};
+use relaycache_operator::webhook::inject::{Found, InjectSettings, NamespaceLabels};
+use relaycache_operator::webhook::{server, Handler, Lookup, LookupFuture, NamespaceFuture};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -32,6 +32,11 @@ impl Lookup for OneRelayCache {
             Found::Missing
         };
         Box::pin(async move { found })
+    }
+
+    fn namespace_labels(&self, _name: &str) -> NamespaceFuture {
+        // Only a RelayCache with a namespace selector asks; this one has none.
+        Box::pin(async { NamespaceLabels::Failed("not served by this test".into()) })
     }
 }
 

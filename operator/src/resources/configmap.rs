@@ -17,19 +17,15 @@ use super::{
 use super::{GRPC_PORT, HTTP_PORT};
 use crate::crd::{ClusterMode, RelayCache};
 
-/// Environment variable holding the peer token (from `replication.tokenSecret`).
+/// Environment variable holding the members' token (`cache.ha.token`).
 pub const PEER_TOKEN_ENV: &str = "RELAYCACHE_PEER_TOKEN";
+/// Environment variable holding the clients' token (`cache.ha.client_token`).
+pub const CLIENT_TOKEN_ENV: &str = "RELAYCACHE_CLIENT_TOKEN";
 
-/// What `cache.ha.token` says in a rendered config: a reference to
-/// [`PEER_TOKEN_ENV`], which the proxy expands at load. A member needs the
-/// token (`required`: an unset variable stops it); an injected sidecar may
-/// run without one, so it gets an empty fallback instead.
-pub fn peer_token_reference(required: bool) -> String {
-    if required {
-        format!("${{{PEER_TOKEN_ENV}}}")
-    } else {
-        format!("${{{PEER_TOKEN_ENV}:-}}")
-    }
+/// `${VAR}`: a reference the proxy expands from its environment at load,
+/// so the file never holds the value. Unset, the proxy refuses to start.
+pub fn env_reference(var: &str) -> String {
+    format!("${{{var}}}")
 }
 
 /// Seconds the proxy may spend draining in-flight requests on shutdown.
@@ -173,9 +169,11 @@ fn proxy_config(rc: &RelayCache, names: &Names) -> Result<Config, InvalidSpec> {
             Ok(timeout) => ha.leave_timeout = timeout,
             Err(issue) => issues.push(issue),
         }
-        if replication.token_secret.is_some() {
-            ha.token = peer_token_reference(true);
-        }
+        // Both tokens, always: a member presents the members' token and
+        // accepts clients that present the clients' one. The values come
+        // from Secrets through the pod's environment (`tokens`).
+        ha.token = env_reference(PEER_TOKEN_ENV);
+        ha.client_token = env_reference(CLIENT_TOKEN_ENV);
     }
 
     if let Some(reserve) = &spec.reserve {
@@ -223,7 +221,7 @@ fn proxy_config(rc: &RelayCache, names: &Names) -> Result<Config, InvalidSpec> {
 /// The operator's own `${VAR}` references in the file, which the proxy
 /// expands from the pod's environment.
 fn own_reference(name: &str) -> bool {
-    name == "POD_NAME" || name == PEER_TOKEN_ENV
+    name == "POD_NAME" || name == PEER_TOKEN_ENV || name == CLIENT_TOKEN_ENV
 }
 
 /// Writes `config` as the ConfigMap's file with `to_yaml`, and checks that
@@ -383,7 +381,34 @@ mod tests {
         );
         assert_eq!(r.config.server.listen, "0.0.0.0:8787");
         assert_eq!(r.config.server.admin_listen, "0.0.0.0:9787");
-        assert!(ha.token.is_empty(), "no token without a tokenSecret");
+    }
+
+    #[test]
+    fn members_read_both_tokens_by_reference_when_the_spec_names_no_secret() {
+        // No tokenSecret: the members still authenticate, with the tokens
+        // the operator generates, read from the environment at load.
+        let r = rendered(json!({}));
+        let ha = &r.config.cache.ha;
+        assert_eq!(ha.token, "${RELAYCACHE_PEER_TOKEN}");
+        assert_eq!(ha.client_token, "${RELAYCACHE_CLIENT_TOKEN}");
+        assert!(!ha.insecure);
+        // The file loads in a member whose environment holds both tokens,
+        // and passes the proxy's own rules.
+        let expanded = expand_env(&r.text, |name| match name {
+            "POD_NAME" => Some("web-0".to_string()),
+            "RELAYCACHE_PEER_TOKEN" => Some("m".repeat(64)),
+            "RELAYCACHE_CLIENT_TOKEN" => Some("c".repeat(64)),
+            _ => None,
+        })
+        .unwrap();
+        let loaded = Config::from_yaml(&expanded).unwrap();
+        assert_eq!(loaded.cache.ha.token, "m".repeat(64));
+        assert_eq!(loaded.cache.ha.client_token, "c".repeat(64));
+        // Single and disabled members run no cluster and read no token.
+        for mode in ["single", "disabled"] {
+            let ha = rendered(json!({"mode": mode})).config.cache.ha;
+            assert!(ha.token.is_empty() && ha.client_token.is_empty(), "{mode}");
+        }
     }
 
     #[test]
@@ -435,10 +460,13 @@ mod tests {
         assert!(r
             .text
             .starts_with("# Rendered by relaycache-operator from RelayCache cache/web"));
-        // Expand ${POD_NAME} as the proxy would in the pod, then load it with
-        // the proxy's loader: same values, and valid.
-        let expanded = relaycache_config::expand_env(&r.text, |name| {
-            (name == "POD_NAME").then(|| "web-1".to_string())
+        // Expand ${POD_NAME} and the tokens as the proxy would in the pod,
+        // then load it with the proxy's loader: same values, and valid.
+        let expanded = relaycache_config::expand_env(&r.text, |name| match name {
+            "POD_NAME" => Some("web-1".to_string()),
+            "RELAYCACHE_PEER_TOKEN" => Some("m".to_string()),
+            "RELAYCACHE_CLIENT_TOKEN" => Some("c".to_string()),
+            _ => None,
         })
         .unwrap();
         let loaded = Config::from_yaml(&expanded).unwrap();
@@ -544,6 +572,7 @@ mod tests {
             let expanded = expand_env(text, |name| match name {
                 "POD_NAME" => Some("web-0".to_string()),
                 "RELAYCACHE_PEER_TOKEN" => Some("t0k3n".to_string()),
+                "RELAYCACHE_CLIENT_TOKEN" => Some("c0k3n".to_string()),
                 _ => None,
             })
             .unwrap();

@@ -2,11 +2,13 @@
 //! Kubernetes object, ready for server-side apply. They are pure functions so
 //! unit tests can check every field without an apiserver.
 
+pub mod clients;
 pub mod configmap;
 pub mod pdb;
 pub mod quantity;
 pub mod service;
 pub mod statefulset;
+pub mod tokens;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -100,6 +102,24 @@ impl Names {
         format!("{}-peers", self.name)
     }
 
+    /// The Secret the operator generates for the members' token.
+    pub fn member_token_secret(&self) -> String {
+        format!("{}-member-token", self.name)
+    }
+
+    /// The Secret the operator generates for the clients' token.
+    pub fn client_token_secret(&self) -> String {
+        format!("{}-client-token", self.name)
+    }
+
+    /// Name of the copy of the clients' token Secret in another namespace:
+    /// `NAMESPACE.NAME-client-token`, so RelayCaches of one name in two
+    /// namespaces never share a copy (as in the inject label, the first dot
+    /// splits, since namespaces hold none).
+    pub fn client_token_copy(&self) -> String {
+        format!("{}.{}-client-token", self.namespace, self.name)
+    }
+
     /// `host:port` of member `ordinal` as the other members reach it.
     pub fn peer_address(&self, ordinal: i32) -> String {
         format!(
@@ -163,6 +183,9 @@ impl Names {
 /// Every child of one RelayCache, in the order they are applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
+    /// The controller owner reference every child carries (the generated
+    /// token Secrets too).
+    pub owner: OwnerReference,
     /// `NAME-peers`, headless, publishing not-ready members.
     pub peers_service: Service,
     /// `NAME`, the Service clients use.
@@ -197,6 +220,7 @@ pub fn build(rc: &RelayCache, settings: &BuildSettings) -> Result<Children, Rend
         config_hash: rendered.hash.clone(),
         stateful_set,
         pdb: pdb::pod_disruption_budget(&names, &owner),
+        owner,
     })
 }
 

@@ -23,20 +23,20 @@ use k8s_openapi::api::core::v1::{
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource,
-    SecretKeySelector, SecurityContext, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
+    SecurityContext, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::configmap::{Rendered, DRAIN_SECONDS, PEER_TOKEN_ENV};
+use super::configmap::{Rendered, DRAIN_SECONDS};
 use super::quantity::format_bytes;
 use super::{
-    BuildSettings, Names, ADMIN_PORT, CONFIG_DIR, CONFIG_HASH_ANNOTATION, CONFIG_KEY, GRPC_PORT,
-    HTTP_PORT,
+    tokens, BuildSettings, Names, ADMIN_PORT, CONFIG_DIR, CONFIG_HASH_ANNOTATION, CONFIG_KEY,
+    GRPC_PORT, HTTP_PORT,
 };
-use crate::crd::{RelayCache, SchedulingSpec};
+use crate::crd::{ClusterMode, RelayCache, SchedulingSpec};
 
 /// Name of the proxy container.
 pub const CONTAINER: &str = "relaycache";
@@ -127,7 +127,7 @@ pub fn stateful_set(
             container_port("admin", ADMIN_PORT),
             container_port("grpc", GRPC_PORT),
         ]),
-        env: Some(env(rc)),
+        env: Some(env(rc, names)),
         env_from: spec
             .reserve
             .as_ref()
@@ -334,7 +334,7 @@ pub fn claim_templates_change(
     })
 }
 
-fn env(rc: &RelayCache) -> Vec<EnvVar> {
+fn env(rc: &RelayCache, names: &Names) -> Vec<EnvVar> {
     let field = |name: &str, path: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -350,26 +350,16 @@ fn env(rc: &RelayCache) -> Vec<EnvVar> {
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
     ];
-    env.extend(peer_token_env(rc));
+    // Only a cluster's members read tokens; single and disabled members
+    // start without the Secrets.
+    if rc.spec.mode == ClusterMode::Ha {
+        env.extend(
+            tokens::token_secrets(rc, names)
+                .iter()
+                .map(|secret| tokens::token_env(secret.role, &secret.name)),
+        );
+    }
     env
-}
-
-/// `RELAYCACHE_PEER_TOKEN` from key `token` of `replication.tokenSecret`,
-/// by reference: the token's value never enters a pod spec.
-pub(crate) fn peer_token_env(rc: &RelayCache) -> Option<EnvVar> {
-    let secret = rc.spec.replication.token_secret.as_ref()?;
-    Some(EnvVar {
-        name: PEER_TOKEN_ENV.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.name.clone(),
-                key: "token".into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    })
 }
 
 /// The restricted Pod Security profile for one container; `run_as` None
@@ -570,15 +560,22 @@ mod tests {
             .unwrap()
             .iter()
             .map(|e| {
-                let field = e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
-                (e.name.as_str(), field.field_path.as_str())
+                let from = e.value_from.as_ref().unwrap();
+                let source = match (&from.field_ref, &from.secret_key_ref) {
+                    (Some(field), _) => field.field_path.as_str(),
+                    (_, Some(secret)) => secret.name.as_str(),
+                    _ => panic!("{e:?}"),
+                };
+                (e.name.as_str(), source)
             })
             .collect();
         assert_eq!(
             env,
             [
                 ("POD_NAME", "metadata.name"),
-                ("POD_NAMESPACE", "metadata.namespace")
+                ("POD_NAMESPACE", "metadata.namespace"),
+                ("RELAYCACHE_PEER_TOKEN", "web-member-token"),
+                ("RELAYCACHE_CLIENT_TOKEN", "web-client-token")
             ]
         );
         let mounts: Vec<(&str, &str)> = c
@@ -690,6 +687,45 @@ mod tests {
         );
         assert_eq!(p.containers[0].image_pull_policy.as_deref(), Some("Always"));
         assert_eq!(p.image_pull_secrets.as_ref().unwrap()[0].name, "pull");
+    }
+
+    /// The `secretKeyRef` (name, key, optional) behind env var `name`; the
+    /// variable never carries a value of its own.
+    fn secret_env(sts: &StatefulSet, name: &str) -> Option<(String, String, Option<bool>)> {
+        let var = pod(sts).containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)?;
+        assert!(var.value.is_none(), "{name} is a literal in the pod spec");
+        let key = var.value_from.as_ref()?.secret_key_ref.as_ref()?;
+        Some((key.name.clone(), key.key.clone(), key.optional))
+    }
+
+    #[test]
+    fn members_read_the_generated_tokens_from_the_operators_secrets() {
+        let (sts, _) = build(json!({}));
+        assert_eq!(
+            secret_env(&sts, "RELAYCACHE_PEER_TOKEN"),
+            Some(("web-member-token".into(), "token".into(), Some(false)))
+        );
+        assert_eq!(
+            secret_env(&sts, "RELAYCACHE_CLIENT_TOKEN"),
+            Some(("web-client-token".into(), "token".into(), Some(false)))
+        );
+        // Secrets the spec names replace the generated ones.
+        let (sts, _) = build(json!({"replication": {
+            "tokenSecret": {"name": "my-members"},
+            "clientTokenSecret": {"name": "my-clients"}
+        }}));
+        assert_eq!(
+            secret_env(&sts, "RELAYCACHE_PEER_TOKEN").map(|s| s.0),
+            Some("my-members".into())
+        );
+        assert_eq!(
+            secret_env(&sts, "RELAYCACHE_CLIENT_TOKEN").map(|s| s.0),
+            Some("my-clients".into())
+        );
     }
 
     #[test]

@@ -102,6 +102,18 @@ pub fn check(rc: &RelayCache) -> Vec<SpecIssue> {
         issues.extend(check_reserve_url(&reserve.url));
     }
     issues.extend(check_single_lines(rc));
+    if let (Some(members), Some(clients)) = (&r.token_secret, &r.client_token_secret) {
+        if members.name == clients.name {
+            issues.push(SpecIssue::new(
+                "spec.replication.clientTokenSecret",
+                format!(
+                    "names the same Secret as tokenSecret ({:?}): the clients' token must differ from the members' token, or every client could act as a member; name another Secret, or omit clientTokenSecret to have one generated",
+                    members.name
+                ),
+            ));
+        }
+    }
+    issues.extend(super::clients::check(rc));
     issues
 }
 

@@ -14,11 +14,19 @@
 //!   in the pod itself, and the refusal (which names the annotation, its
 //!   value and a value that works) shows in the ReplicaSet's events. This is
 //!   the only refusal;
+//! - a pod whose namespace the RelayCache does not serve (`spec.clients`)
+//!   is admitted unchanged with a warning naming the field to set;
 //! - anything else the pod cannot fix itself (an unknown or invalid
 //!   RelayCache, an apiserver that cannot be read) admits the pod unchanged
-//!   with a warning, and a peer-token Secret missing from the pod's
-//!   namespace does not hold the pod back either: the cache is an
-//!   optimisation, and must not keep an app from starting.
+//!   with a warning: the cache is an optimisation, and must not keep an app
+//!   from starting.
+//!
+//! The sidecar of a cluster (mode `ha`) presents the clients' token, never
+//! the members'. It reads it with a required `secretKeyRef`: from the
+//! RelayCache's own Secret in its namespace, from the operator's copy
+//! elsewhere. A copy the operator has not written yet makes the kubelet wait
+//! (and retry) rather than start a sidecar the members would refuse; the
+//! operator writes copies as soon as a namespace is allowed.
 
 use std::collections::BTreeMap;
 
@@ -36,11 +44,13 @@ use serde_json::{json, Value};
 
 use crate::cli::NativeSidecars;
 use crate::crd::{ClusterMode, RelayCache};
-use crate::resources::configmap::{peer_token_reference, render};
+use crate::resources::clients;
+use crate::resources::configmap::{env_reference, render, CLIENT_TOKEN_ENV};
 use crate::resources::quantity;
 use crate::resources::statefulset::{
-    peer_token_env, restricted_security_context, sized_resources, CONTAINER, RUN_AS,
+    restricted_security_context, sized_resources, CONTAINER, RUN_AS,
 };
+use crate::resources::tokens::{self, Role};
 use crate::resources::{InvalidSpec, Names, SpecIssue, ADMIN_PORT, GRPC_PORT, HTTP_PORT};
 
 /// Pod label naming the RelayCache: `NAME` (in the pod's namespace) or `NAMESPACE.NAME`.
@@ -127,6 +137,19 @@ pub enum Found {
     Present(Box<RelayCache>),
     /// No such RelayCache.
     Missing,
+    /// The apiserver could not answer; the text says why.
+    Failed(String),
+}
+
+/// What the caller learned of the pod's namespace: read only when the
+/// RelayCache's `spec.clients.namespaceSelector` decides whether it serves
+/// the pod (see [`clients::allowed_by_name`]).
+#[derive(Debug, Clone)]
+pub enum NamespaceLabels {
+    /// Not read: the RelayCache's namespace or its list decides.
+    NotRead,
+    /// The namespace's labels.
+    Found(BTreeMap<String, String>),
     /// The apiserver could not answer; the text says why.
     Failed(String),
 }
@@ -236,12 +259,14 @@ fn parse_label(value: &str, pod_namespace: &str) -> Result<(String, String), Str
     }
 }
 
-/// Builds the answer once the RelayCache has been looked up.
+/// Builds the answer once the RelayCache (and, when its selector decides,
+/// the pod's namespace) has been looked up.
 pub fn respond(
     req: &AdmissionRequest<DynamicObject>,
     target: &Target,
     pod: &Pod,
     found: Found,
+    namespace: NamespaceLabels,
     settings: &InjectSettings,
 ) -> AdmissionResponse {
     let rc = match found {
@@ -265,6 +290,36 @@ pub fn respond(
             )
         }
     };
+    let allowed = match (
+        clients::allowed_by_name(&rc, &target.pod_namespace),
+        namespace,
+    ) {
+        (Some(allowed), _) => allowed,
+        (None, NamespaceLabels::Found(labels)) => {
+            clients::allows(&rc, &target.pod_namespace, &labels)
+        }
+        (None, NamespaceLabels::Failed(err)) => {
+            return with_warning(
+                req,
+                format!(
+                    "relaycache: cannot read namespace {} to match it against spec.clients.namespaceSelector of RelayCache {}/{} ({err}); admitted without the sidecar",
+                    target.pod_namespace, target.namespace, target.name
+                ),
+            )
+        }
+        (None, NamespaceLabels::NotRead) => {
+            return with_warning(
+                req,
+                format!(
+                    "relaycache: the labels of namespace {} were not read, so RelayCache {}/{} cannot tell whether it serves it; admitted without the sidecar",
+                    target.pod_namespace, target.namespace, target.name
+                ),
+            )
+        }
+    };
+    if !allowed {
+        return with_warning(req, clients::refusal(&rc, &target.pod_namespace));
+    }
     let overrides = match Overrides::of(pod) {
         Ok(overrides) => overrides,
         Err(message) => return AdmissionResponse::from(req).deny(message),
@@ -282,24 +337,24 @@ pub fn respond(
         }
     };
 
-    let mut warnings = Vec::new();
-    // The webhook may not read Secrets, so it cannot tell whether the copy
-    // exists; across namespaces it usually does not, and the sidecar then
-    // runs without the token (not refused: see `optional_secret`).
-    let elsewhere = target.namespace != target.pod_namespace;
-    let reads_token = !config.cache.ha.token.is_empty();
-    if let Some(secret) = rc
-        .spec
-        .replication
-        .token_secret
-        .as_ref()
-        .filter(|_| elsewhere && reads_token)
-    {
-        warnings.push(format!(
-            "relaycache: the sidecar reads the peer token from Secret {:?} (key \"token\") in namespace {}; Secrets are not shared across namespaces, so copy it there from namespace {}, then restart the pod. Until then the sidecar runs without the token: the cache members refuse it and it serves from its own memory and the upstream",
-            secret.name, target.pod_namespace, target.namespace
-        ));
-    }
+    // The clients' token: the RelayCache's own Secret in its namespace, the
+    // operator's copy anywhere else.
+    let client_token_secret = match Names::of(&rc) {
+        Ok(names) if target.pod_namespace == names.namespace => {
+            tokens::token_secret(&rc, &names, Role::Client).name
+        }
+        Ok(names) => names.client_token_copy(),
+        // `sidecar_config` above has read the names already.
+        Err(invalid) => {
+            return with_warning(
+                req,
+                format!(
+                "relaycache: RelayCache {}/{} is invalid ({invalid}); admitted without the sidecar",
+                target.namespace, target.name
+            ),
+            )
+        }
+    };
     // Serialising a plain config does not fail in practice; if it ever
     // did, an empty config would start a sidecar on defaults, so admit the
     // pod as it is instead.
@@ -315,7 +370,15 @@ pub fn respond(
             )
         }
     };
-    let container = sidecar_container(&rc, pod, &config, &config_text, &overrides, settings);
+    let container = sidecar_container(
+        &rc,
+        pod,
+        &config,
+        &config_text,
+        &client_token_secret,
+        &overrides,
+        settings,
+    );
     let native = settings.native_sidecars;
 
     let mut ops = Ops::default();
@@ -353,7 +416,7 @@ pub fn respond(
             json!({ INJECTED_ANNOTATION: target.label }),
         ),
     }
-    ops.respond(req, warnings)
+    ops.respond(req, Vec::new())
 }
 
 fn with_warning(req: &AdmissionRequest<DynamicObject>, message: String) -> AdmissionResponse {
@@ -393,12 +456,10 @@ pub fn sidecar_config(rc: &RelayCache) -> Result<Config, InvalidSpec> {
         ha.peers = defaults.peers;
         ha.advertise_addr = defaults.advertise_addr;
         ha.bind_addr = defaults.bind_addr;
-        // The token Secret is optional for the sidecar (see
-        // `optional_secret`); without the fallback an unset variable would
-        // stop the proxy at startup instead of letting it run tokenless.
-        if !ha.token.is_empty() {
-            ha.token = peer_token_reference(false);
-        }
+        // A client: the clients' token only. The members' token would let
+        // any app pod act as a member.
+        ha.token = String::new();
+        ha.client_token = env_reference(CLIENT_TOKEN_ENV);
     }
     config.validate().map_err(|found| {
         InvalidSpec(
@@ -495,6 +556,7 @@ fn sidecar_container(
     pod: &Pod,
     config: &Config,
     config_text: &str,
+    client_token_secret: &str,
     overrides: &Overrides,
     settings: &InjectSettings,
 ) -> Container {
@@ -511,9 +573,9 @@ fn sidecar_container(
         value: Some(kubelet_literal(config_text)),
         ..EnvVar::default()
     }];
-    // Only where the config reads it (HA clients).
-    if !config.cache.ha.token.is_empty() {
-        env.extend(peer_token_env(rc).map(optional_secret));
+    // Only where the config reads it (clients of a cluster).
+    if !config.cache.ha.client_token.is_empty() {
+        env.push(tokens::token_env(Role::Client, client_token_secret));
     }
 
     let mut resources = spec
@@ -590,24 +652,6 @@ fn sidecar_container(
     }
 }
 
-/// The members' token reference is mandatory (a member without the token
-/// cannot join its cluster, and should not start). An app pod must never
-/// wait on the cache: a missing Secret would keep the kubelet from starting
-/// the sidecar, and a native sidecar holds every app container back. So the
-/// sidecar's reference is optional; without the Secret the sidecar runs
-/// tokenless (its config falls back to an empty token), the members refuse
-/// it, and it serves from its own memory and the upstream.
-fn optional_secret(mut var: EnvVar) -> EnvVar {
-    if let Some(secret) = var
-        .value_from
-        .as_mut()
-        .and_then(|from| from.secret_key_ref.as_mut())
-    {
-        secret.optional = Some(true);
-    }
-    var
-}
-
 /// 25m CPU; memory for the L1 cache plus half again plus 32 MiB for the
 /// process, as request and limit.
 fn default_resources(cache_bytes: u64) -> ResourceRequirements {
@@ -616,7 +660,7 @@ fn default_resources(cache_bytes: u64) -> ResourceRequirements {
 
 /// The kubelet expands `$(VAR)` in env values and turns `$$` into `$`;
 /// doubling every `$` makes it hand the text over exactly as written (the
-/// proxy then expands `${RELAYCACHE_PEER_TOKEN}` itself).
+/// proxy then expands `${RELAYCACHE_CLIENT_TOKEN}` itself).
 fn kubelet_literal(text: &str) -> String {
     text.replace('$', "$$")
 }
@@ -785,7 +829,11 @@ mod tests {
     fn dollars_survive_the_kubelet() {
         // The kubelet's rule: `$$` becomes `$`, everything else stays.
         let kubelet = |s: &str| s.replace("$$", "\u{0}").replace('\u{0}', "$");
-        for text in ["token: ${RELAYCACHE_PEER_TOKEN}", "a $$ b $(X) c", "plain"] {
+        for text in [
+            "client_token: ${RELAYCACHE_CLIENT_TOKEN}",
+            "a $$ b $(X) c",
+            "plain",
+        ] {
             assert_eq!(kubelet(&kubelet_literal(text)), text);
         }
     }
@@ -853,21 +901,18 @@ mod tests {
     }
 
     #[test]
-    fn the_sidecar_runs_tokenless_when_its_secret_is_missing() {
+    fn the_sidecar_holds_the_clients_token_and_never_the_members() {
         use crate::resources::testing::rc;
-        let config = sidecar_config(&rc(
-            "web",
+        for spec in [
+            serde_json::json!({}),
             serde_json::json!({"replication": {"tokenSecret": {"name": "t"}}}),
-        ))
-        .unwrap();
-        assert_eq!(config.cache.ha.token, "${RELAYCACHE_PEER_TOKEN:-}");
-        let unset =
-            relaycache_config::expand_env(&config.try_to_yaml().unwrap(), |_| None).unwrap();
-        let loaded = Config::from_yaml(&unset).unwrap();
-        assert_eq!(loaded.cache.ha.token, "");
-        // No Secret, no token variable at all.
-        let config = sidecar_config(&rc("web", serde_json::json!({}))).unwrap();
-        assert_eq!(config.cache.ha.token, "");
+        ] {
+            let config = sidecar_config(&rc("web", spec.clone())).unwrap();
+            let ha = &config.cache.ha;
+            assert!(!ha.embedded, "{spec}");
+            assert_eq!(ha.token, "", "{spec}: the members' token");
+            assert_eq!(ha.client_token, "${RELAYCACHE_CLIENT_TOKEN}", "{spec}");
+        }
     }
 
     #[test]

@@ -26,7 +26,10 @@ use tracing::{debug, info, warn};
 use crate::cli::{CertMode, NativeSidecars, RunArgs};
 use crate::crd::RelayCache;
 use certs::{CertError, CertStore, SelfSigned};
-use inject::{Found, InjectSettings, Plan};
+use inject::{Found, InjectSettings, NamespaceLabels, Plan};
+use k8s_openapi::api::core::v1::Namespace;
+
+use crate::resources::clients;
 
 /// How often self-signed material is re-checked (another replica may have
 /// renewed it, or the caBundle may have been reset by a reinstall).
@@ -59,10 +62,15 @@ pub struct BadReview(pub String);
 /// A boxed lookup result.
 pub type LookupFuture = Pin<Box<dyn Future<Output = Found> + Send>>;
 
-/// Finds the RelayCache a pod names.
+/// A boxed namespace lookup result.
+pub type NamespaceFuture = Pin<Box<dyn Future<Output = NamespaceLabels> + Send>>;
+
+/// Finds the RelayCache a pod names, and the labels of a namespace.
 pub trait Lookup: Send + Sync {
     /// The RelayCache `namespace/name`.
     fn get(&self, namespace: &str, name: &str) -> LookupFuture;
+    /// The labels of namespace `name` (for `spec.clients.namespaceSelector`).
+    fn namespace_labels(&self, name: &str) -> NamespaceFuture;
 }
 
 /// Reads RelayCaches from the apiserver.
@@ -78,6 +86,19 @@ impl Lookup for ApiLookup {
                 Ok(Some(rc)) => Found::Present(Box::new(rc)),
                 Ok(None) => Found::Missing,
                 Err(err) => Found::Failed(err.to_string()),
+            }
+        })
+    }
+
+    fn namespace_labels(&self, name: &str) -> NamespaceFuture {
+        let api: Api<Namespace> = Api::all(self.0.clone());
+        let name = name.to_string();
+        Box::pin(async move {
+            match api.get_metadata(&name).await {
+                Ok(namespace) => {
+                    NamespaceLabels::Found(namespace.metadata.labels.unwrap_or_default())
+                }
+                Err(err) => NamespaceLabels::Failed(err.to_string()),
             }
         })
     }
@@ -109,7 +130,16 @@ impl Handler {
             Plan::Answer(response) => *response,
             Plan::Inject { target, pod } => {
                 let found = self.lookup.get(&target.namespace, &target.name).await;
-                inject::respond(&request, &target, &pod, found, &self.settings)
+                // The namespace's labels only when the selector decides.
+                let namespace = match &found {
+                    Found::Present(rc)
+                        if clients::allowed_by_name(rc, &target.pod_namespace).is_none() =>
+                    {
+                        self.lookup.namespace_labels(&target.pod_namespace).await
+                    }
+                    _ => NamespaceLabels::NotRead,
+                };
+                inject::respond(&request, &target, &pod, found, namespace, &self.settings)
             }
         };
         let pod = request.name.as_str();
