@@ -10,14 +10,14 @@ use subtle::ConstantTimeEq;
 use crate::body::{full, ProxyBody};
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
+use crate::metrics::TierStats;
 use crate::tier::reserve::ReserveTier;
-use crate::tier::{MemoryTier, PeerTier, Tier, TierError, TierStats};
+use crate::tier::TierError;
+use crate::tiers::Tiers;
 
 /// State the admin endpoints read.
 pub struct Admin {
-    memory: MemoryTier,
-    peers: Option<PeerTier>,
-    reserve: Option<ReserveTier>,
+    tiers: Tiers,
     metrics: Arc<Metrics>,
     token: Option<String>,
     ready: Arc<AtomicBool>,
@@ -27,17 +27,13 @@ impl Admin {
     /// `token` protects purge; `None` disables purge. `ready` turns false
     /// when shutdown starts, so load balancers stop sending traffic.
     pub fn new(
-        memory: MemoryTier,
-        peers: Option<PeerTier>,
-        reserve: Option<ReserveTier>,
+        tiers: Tiers,
         metrics: Arc<Metrics>,
         token: Option<String>,
         ready: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            memory,
-            peers,
-            reserve,
+            tiers,
             metrics,
             token,
             ready,
@@ -53,9 +49,9 @@ impl Admin {
                 // Below the cluster's quorum the proxy still answers (from
                 // memory, reserve and upstream), so it stays ready and says why.
                 let detail = self
-                    .peers
-                    .as_ref()
-                    .map(|p| p.cluster().readiness_detail())
+                    .tiers
+                    .cluster()
+                    .map(|cluster| cluster.readiness_detail())
                     .unwrap_or_default();
                 if self.ready.load(Ordering::Acquire) {
                     text(StatusCode::OK, &format!("ready\n{detail}"))
@@ -80,10 +76,8 @@ impl Admin {
             (&Method::DELETE, "/cache") => match self.refusal(&request) {
                 Some(refusal) => refusal,
                 None => {
-                    for tier in self.tiers() {
-                        if let Err(err) = tier.clear().await {
-                            return purge_failed(&err);
-                        }
+                    if let Err(err) = self.tiers.purge_all().await {
+                        return purge_failed(&err);
                     }
                     tracing::info!("purged every entry");
                     json(StatusCode::OK, &serde_json::json!({"purged": "all"}))
@@ -98,13 +92,10 @@ impl Admin {
                             "the key must be the 64 hex characters of an x-relaycache-key header",
                         );
                     };
-                    let mut removed = false;
-                    for tier in self.tiers() {
-                        match tier.delete(&key).await {
-                            Ok(found) => removed |= found,
-                            Err(err) => return purge_failed(&err),
-                        }
-                    }
+                    let removed = match self.tiers.purge(&key).await {
+                        Ok(removed) => removed,
+                        Err(err) => return purge_failed(&err),
+                    };
                     tracing::info!(%key, removed, "purged one entry");
                     json(StatusCode::OK, &serde_json::json!({"purged": key.to_string(), "removed": removed}))
                 }
@@ -116,25 +107,13 @@ impl Admin {
         }
     }
 
-    /// Every tier, nearest first.
-    fn tiers(&self) -> Vec<&dyn Tier> {
-        let mut tiers: Vec<&dyn Tier> = vec![&self.memory];
-        if let Some(peers) = &self.peers {
-            tiers.push(peers);
-        }
-        if let Some(reserve) = &self.reserve {
-            tiers.push(reserve);
-        }
-        tiers
-    }
-
     fn census(&self) -> (TierStats, TierStats) {
         let reserve = self
-            .reserve
-            .as_ref()
+            .tiers
+            .reserve()
             .map(ReserveTier::census)
             .unwrap_or_default();
-        (self.memory.current_stats(), reserve)
+        (self.tiers.memory().current_stats(), reserve)
     }
 
     /// The response refusing a purge, or `None` when the caller may purge.

@@ -79,6 +79,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Which tier: in `x-relaycache-tier`, the access log, metrics and `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TierKind {
+    /// This process's memory (L1).
+    Memory,
+    /// The cache cluster's replicas (L2, mode `ha`).
+    Peer,
+    /// The long-lived tier in object storage (L3).
+    Reserve,
+}
+
+impl TierKind {
+    /// Every tier, nearest first.
+    pub const ALL: [TierKind; 3] = [TierKind::Memory, TierKind::Peer, TierKind::Reserve];
+
+    /// The name headers, logs and metric labels use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierKind::Memory => "memory",
+            TierKind::Peer => "peer",
+            TierKind::Reserve => "reserve",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

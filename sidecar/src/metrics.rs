@@ -11,8 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::headers::CacheStatus;
-use crate::tier::{TierKind, TierStats};
+use crate::headers::{CacheStatus, TierKind};
 
 /// Label of request counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,6 +220,17 @@ impl ReserveMetrics {
             self.bytes.clone(),
         );
     }
+}
+
+/// Counters a tier can report for `/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TierStats {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held (as the tier weighs them).
+    pub bytes: u64,
+    /// Entries removed to make room.
+    pub evictions: u64,
 }
 
 /// Label of hit counters.

@@ -16,7 +16,6 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, LoggedBody};
 use crate::body::{boxed, full, DeadlineBody, ProxyBody};
-use crate::cluster::{Cluster, ClusterError};
 use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
 use crate::config::{CacheConfig, Config, Mode};
 use crate::entry::{self, CachedResponse, EntryRecorder};
@@ -27,9 +26,8 @@ use crate::metrics::Metrics;
 use crate::policy::RequestPolicy;
 use crate::recording::{Destination, RecordingBody};
 use crate::reply;
-use crate::tier::reserve::{ReserveError, ReserveTier};
-use crate::tier::PeerTier;
-use crate::tier::{MemoryTier, TierKind};
+use crate::tier::TierKind;
+use crate::tiers::Tiers;
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 /// Times a follower starts over after leaders that had nothing to share.
@@ -49,27 +47,16 @@ pub enum ProxyError {
     /// An upstream could not be set up.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    /// The reserve store could not be opened.
-    #[error(transparent)]
-    Reserve(#[from] ReserveError),
-    /// The cluster settings could not be used.
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
 }
 
 /// The caching part of the proxy; absent in `disabled` mode.
 struct CacheLayer {
     settings: CacheConfig,
     keys: KeyBuilder,
-    memory: MemoryTier,
     flights: Flights,
     /// Raw-request key → key, recorded when a request hits, so that
     /// byte-identical repeats find their entry without parsing JSON.
     aliases: moka::sync::Cache<CacheKey, CacheKey>,
-    /// L2, in mode `ha`.
-    peers: Option<PeerTier>,
-    /// L3, when configured.
-    reserve: Option<ReserveTier>,
 }
 
 /// Memory budget per alias slot: one alias (~200 bytes) per 8 KiB of
@@ -83,8 +70,10 @@ impl CacheLayer {
 
     /// The request as the cluster's members derive its key, when this
     /// process is a cluster client (members need none).
-    fn origin_for_cluster(&self, keyed: &Keyed) -> Option<KeyOrigin> {
-        self.peers.as_ref().filter(|peers| peers.is_client())?;
+    fn origin_for_cluster(&self, tiers: &Tiers, keyed: &Keyed) -> Option<KeyOrigin> {
+        if !tiers.is_cluster_client() {
+            return None;
+        }
         let tenant = self.keys.tenant(&keyed.parts.headers).ok()?;
         Some(self.keys.origin(keyed.key_parts(&tenant), &keyed.body))
     }
@@ -96,7 +85,7 @@ pub struct Proxy {
     cache: Option<CacheLayer>,
     max_body_bytes: u64,
     client_body_timeout: Duration,
-    memory: MemoryTier,
+    tiers: Tiers,
     metrics: Arc<Metrics>,
     admission: Admission,
 }
@@ -124,66 +113,27 @@ impl Keyed {
 }
 
 impl Proxy {
-    /// Builds the proxy from a validated configuration.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
-        let memory = MemoryTier::new(config.cache.memory.max_cost, metrics.evictions.clone());
+    /// Builds the proxy from a validated configuration, over `tiers`.
+    pub fn new(config: &Config, tiers: Tiers, metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
         let caching = config.cache.mode != Mode::Disabled;
-        let reserve = match &config.cache.reserve {
-            r if caching && !r.url.is_empty() => Some(ReserveTier::open(r, Arc::clone(&metrics))?),
-            _ => None,
-        };
-        let peers = if config.cache.mode == Mode::Ha {
-            let cluster = Cluster::new(
-                &config.cache.ha,
-                crate::cluster::EntryChecks {
-                    keys: KeyBuilder::new(&config.cache.key, config.cache.isolation.clone()),
-                    max_ttl: config.cache.max_ttl,
-                    max_entry_bytes: config.cache.max_entry_bytes,
-                },
-                memory.clone(),
-                reserve.clone(),
-                Arc::clone(&metrics),
-            )?;
-            Some(PeerTier::new(cluster))
-        } else {
-            None
-        };
         let cache = caching.then(|| CacheLayer {
             settings: config.cache.clone(),
             keys: KeyBuilder::new(&config.cache.key, config.cache.isolation.clone()),
-            memory: memory.clone(),
             flights: Flights::default(),
             aliases: moka::sync::Cache::builder()
                 .max_capacity((config.cache.memory.max_cost / ALIAS_BUDGET_BYTES).max(1024))
                 .time_to_live(config.cache.max_ttl)
                 .build(),
-            peers,
-            reserve,
         });
         Ok(Self {
             upstreams: Upstreams::new(&config.upstreams)?,
             cache,
             max_body_bytes: config.server.max_body_bytes,
             client_body_timeout: config.server.client_body_timeout,
-            memory,
+            tiers,
             metrics,
             admission: Admission::new(config.server.max_inflight, config.server.max_buffered_bytes),
         })
-    }
-
-    /// The memory tier (for the admin endpoints).
-    pub fn memory(&self) -> &MemoryTier {
-        &self.memory
-    }
-
-    /// The cluster tier, in mode `ha`.
-    pub fn peers(&self) -> Option<&PeerTier> {
-        self.cache.as_ref().and_then(|c| c.peers.as_ref())
-    }
-
-    /// The reserve tier, when configured.
-    pub fn reserve(&self) -> Option<&ReserveTier> {
-        self.cache.as_ref().and_then(|c| c.reserve.as_ref())
     }
 
     /// Handles one client request; never fails, errors become responses.
@@ -269,7 +219,7 @@ impl Proxy {
         let raw_key = cache.keys.raw_key(key_parts, &body);
         if policy.lookup {
             let known = cache.aliases.get(&raw_key);
-            if let Some((key, entry)) = known.and_then(|k| Some((k, cache.memory.lookup(&k)?))) {
+            if let Some((key, entry)) = known.and_then(|k| Some((k, self.tiers.in_memory(&k)?))) {
                 return self.serve_hit(&entry, &key, TierKind::Memory, log);
             }
         }
@@ -321,7 +271,7 @@ impl Proxy {
         let coalesce = &cache.settings.coalesce;
         for _ in 0..MAX_FOLLOW_ATTEMPTS {
             if keyed.policy.lookup {
-                if let Some(entry) = cache.memory.lookup(&keyed.key) {
+                if let Some(entry) = self.tiers.in_memory(&keyed.key) {
                     cache.aliases.insert(keyed.raw_key, keyed.key);
                     return self.serve_hit(&entry, &keyed.key, TierKind::Memory, log);
                 }
@@ -372,28 +322,13 @@ impl Proxy {
         if !keyed.policy.lookup {
             return self.fetch(keyed, upstream, status, leader, log).await;
         }
-        if let Some(peers) = &cache.peers {
-            if let Some(entry) = peers.lookup(&keyed.key).await {
-                cache.memory.insert(keyed.key, Arc::clone(&entry));
-                if let Some(leader) = leader {
-                    leader.land(Some(Arc::clone(&entry)));
-                }
-                return self.serve_hit(&entry, &keyed.key, TierKind::Peer, log);
+        let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
+        if let Some((entry, tier)) = self.tiers.below_memory(&keyed.key, origin).await {
+            if let Some(leader) = leader {
+                leader.land(Some(Arc::clone(&entry)));
             }
-        }
-        if let Some(reserve) = &cache.reserve {
-            if let Some(entry) = reserve.lookup(&keyed.key).await {
-                cache.memory.insert(keyed.key, Arc::clone(&entry));
-                if let Some(peers) = &cache.peers {
-                    let origin = cache.origin_for_cluster(&keyed);
-                    peers.replicate(keyed.key, Arc::clone(&entry), false, origin);
-                }
-                if let Some(leader) = leader {
-                    leader.land(Some(Arc::clone(&entry)));
-                }
-                log.reserve_used = true;
-                return self.serve_hit(&entry, &keyed.key, TierKind::Reserve, log);
-            }
+            log.reserve_used = tier == TierKind::Reserve;
+            return self.serve_hit(&entry, &keyed.key, tier, log);
         }
         self.fetch(keyed, upstream, status, leader, log).await
     }
@@ -459,7 +394,7 @@ impl Proxy {
         let origin = self
             .cache
             .as_ref()
-            .and_then(|cache| cache.origin_for_cluster(&keyed));
+            .and_then(|cache| cache.origin_for_cluster(&self.tiers, &keyed));
         let Keyed {
             parts,
             body,
@@ -527,12 +462,10 @@ impl Proxy {
         let destination = Destination {
             key,
             ttl: policy.ttl,
-            memory: self.memory.clone(),
+            tiers: self.tiers.clone(),
             metrics: Arc::clone(&self.metrics),
             leader,
             upstream: Arc::clone(&upstream.name),
-            reserve: self.reserve().cloned(),
-            peers: self.peers().cloned(),
             origin,
         };
         let body = RecordingBody::new(

@@ -21,8 +21,7 @@ use crate::coalesce::Leader;
 use crate::entry::EntryRecorder;
 use crate::key::{CacheKey, KeyOrigin};
 use crate::metrics::Metrics;
-use crate::tier::reserve::ReserveTier;
-use crate::tier::{MemoryTier, PeerTier};
+use crate::tiers::Tiers;
 use crate::upstream::error_chain;
 
 /// Where a finished recording goes.
@@ -31,19 +30,14 @@ pub struct Destination {
     pub key: CacheKey,
     /// TTL of the entry.
     pub ttl: Duration,
-    /// The tier that keeps it.
-    pub memory: MemoryTier,
+    /// Where it is stored.
+    pub tiers: Tiers,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Followers to hand the entry to.
     pub leader: Option<Leader>,
     /// Upstream name, for logs and metrics.
     pub upstream: Arc<str>,
-    /// The long-lived tier that gets a copy, when configured.
-    pub reserve: Option<ReserveTier>,
-    /// The cluster, in mode `ha`: it gets the copies (and its primary
-    /// owner writes the reserve's).
-    pub peers: Option<PeerTier>,
     /// The request answered, when this process is a cluster client: the
     /// members derive the key from it before storing the copy.
     pub origin: Option<KeyOrigin>,
@@ -53,22 +47,15 @@ impl Destination {
     /// Stores a complete recording (if worth keeping) and releases followers.
     fn complete(self, recorder: EntryRecorder) {
         let entry = recorder.finish(self.ttl).map(|mut entry| {
-            if let Some(peers) = &self.peers {
-                peers.stamp(&mut entry);
-            }
+            self.tiers.stamp(&mut entry);
             Arc::new(entry)
         });
         if entry.is_none() {
             tracing::debug!(key = %self.key, "answer not stored: over max_entry_bytes or an incomplete stream");
         }
         if let Some(entry) = &entry {
-            self.memory.insert(self.key, Arc::clone(entry));
+            self.tiers.store_answer(self.key, entry, self.origin);
             self.metrics.stores.inc();
-            match (&self.peers, &self.reserve) {
-                (Some(peers), _) => peers.replicate(self.key, Arc::clone(entry), true, self.origin),
-                (None, Some(reserve)) => reserve.admit(self.key, entry),
-                (None, None) => {}
-            }
         }
         if let Some(leader) = self.leader {
             leader.land(entry);

@@ -21,6 +21,7 @@ pub mod repair;
 pub mod replication;
 pub mod security;
 pub mod service;
+pub mod tier;
 pub mod wire;
 
 /// Code generated from `proto/relaycache/cluster/v1/cluster.proto`.
@@ -43,6 +44,7 @@ use crate::tier::MemoryTier;
 use crate::version::Clock;
 
 pub use membership::{Member, Membership, View};
+pub use tier::PeerTier;
 
 /// Failure-detection and call timings for an `environment`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,6 +29,17 @@ fn keep_freshest(freshest: &mut Option<CachedResponse>, candidate: CachedRespons
     }
 }
 
+/// Whether a replicated entry also gets a copy in the reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveCopy {
+    /// A new answer from the upstream: the key's primary owner writes the
+    /// reserve copy, or this process when the primary does not take it.
+    ByPrimaryOwner,
+    /// No reserve copy: the entry came from the reserve (a promotion), or
+    /// is a copy being moved between members.
+    NotNeeded,
+}
+
 impl Cluster {
     /// A version for an entry about to be stored.
     pub fn next_version(&self) -> Version {
@@ -97,8 +108,7 @@ impl Cluster {
     }
 
     /// Writes `entry` (already versioned and in local memory) to its
-    /// replicas. `from_miss` marks the write that follows an upstream
-    /// answer: the key's primary owner then writes it to the reserve.
+    /// replicas, and its reserve copy as `reserve_copy` says.
     /// A client must send the request the entry answers (`origin`), from
     /// which the members derive the key again; without one it writes
     /// nothing.
@@ -106,7 +116,7 @@ impl Cluster {
         &self,
         key: CacheKey,
         entry: Arc<CachedResponse>,
-        from_miss: bool,
+        reserve_copy: ReserveCopy,
         origin: Option<&KeyOrigin>,
     ) {
         if self.is_client() && origin.is_none() {
@@ -114,9 +124,10 @@ impl Cluster {
             return;
         }
         let origin = origin.map(origin_to_wire);
+        let from_upstream = reserve_copy == ReserveCopy::ByPrimaryOwner;
         let view = self.view();
         let admit_locally = |why: &str| {
-            if let (true, Some(reserve)) = (from_miss, &self.reserve) {
+            if let (true, Some(reserve)) = (from_upstream, &self.reserve) {
                 tracing::trace!(%key, why, "writing the reserve copy here");
                 reserve.admit(key, &entry);
             }
@@ -144,7 +155,7 @@ impl Cluster {
             .map(|(rank, mut client)| {
                 let request = SetRequest {
                     entry: Some(message.clone()),
-                    admit_to_reserve: from_miss && rank == 0,
+                    admit_to_reserve: from_upstream && rank == 0,
                     origin: origin.clone(),
                 };
                 async move {

@@ -1,8 +1,9 @@
-//! Cache tiers, nearest first: memory (L1), peers (L2, mode `ha`) and the
-//! reserve in object storage (L3), behind one interface.
+//! The tiers this process holds itself: memory (L1) and the reserve in
+//! object storage (L3), and the interface every tier implements (the
+//! cluster's, L2, is [`crate::cluster::PeerTier`]). [`crate::tiers`]
+//! owns all three and the rules between them.
 
 pub mod memory;
-pub mod peer;
 pub mod reserve;
 
 use std::future::Future;
@@ -12,33 +13,9 @@ use std::sync::Arc;
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
+pub use crate::headers::TierKind;
+pub use crate::metrics::TierStats;
 pub use memory::MemoryTier;
-pub use peer::PeerTier;
-
-/// Which tier: in `x-relaycache-tier`, the access log, metrics and `/stats`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TierKind {
-    /// This process's memory (L1).
-    Memory,
-    /// The cache cluster's replicas (L2, mode `ha`).
-    Peer,
-    /// The long-lived tier in object storage (L3).
-    Reserve,
-}
-
-impl TierKind {
-    /// Every tier, nearest first.
-    pub const ALL: [TierKind; 3] = [TierKind::Memory, TierKind::Peer, TierKind::Reserve];
-
-    /// The name headers, logs and metric labels use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TierKind::Memory => "memory",
-            TierKind::Peer => "peer",
-            TierKind::Reserve => "reserve",
-        }
-    }
-}
 
 /// A boxed future, so tiers can be used behind `dyn Tier`.
 pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, TierError>> + Send + 'a>>;
@@ -58,17 +35,6 @@ pub enum TierError {
     /// the cluster, which only members may.
     #[error("{0}")]
     NotAllowed(&'static str),
-}
-
-/// Counters a tier can report for `/stats`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TierStats {
-    /// Entries held.
-    pub entries: u64,
-    /// Bytes held (as the tier weighs them).
-    pub bytes: u64,
-    /// Entries removed to make room.
-    pub evictions: u64,
 }
 
 /// One level of the cache, in the spirit of cc-relay's Cache interface.

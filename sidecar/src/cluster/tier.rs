@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{Tier, TierFuture, TierKind};
-use crate::cluster::Cluster;
+use super::replication::ReserveCopy;
+use super::Cluster;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin};
+use crate::tier::{Tier, TierError, TierFuture, TierKind};
 
 /// Why a client's purge stops at its own memory.
 const CLIENTS_DO_NOT_PURGE: &str = "this process is a cluster client, and only members may purge the cluster; its own memory was purged, purge the cluster through a member's admin port";
@@ -44,20 +45,20 @@ impl PeerTier {
         self.cluster.is_client()
     }
 
-    /// Replicates `entry` in the background. `from_miss`: it came from the
-    /// upstream, so the primary owner also writes it to the reserve.
-    /// `origin`: the request it answers, which a client must send.
+    /// Replicates `entry` in the background, with its reserve copy as
+    /// `reserve_copy` says. `origin`: the request it answers, which a
+    /// client must send.
     pub fn replicate(
         &self,
         key: CacheKey,
         entry: Arc<CachedResponse>,
-        from_miss: bool,
+        reserve_copy: ReserveCopy,
         origin: Option<KeyOrigin>,
     ) {
         let cluster = Arc::clone(&self.cluster);
         tokio::spawn(async move {
             cluster
-                .replicate(key, entry, from_miss, origin.as_ref())
+                .replicate(key, entry, reserve_copy, origin.as_ref())
                 .await
         });
     }
@@ -74,7 +75,9 @@ impl Tier for PeerTier {
 
     fn set<'a>(&'a self, key: CacheKey, entry: Arc<CachedResponse>) -> TierFuture<'a, ()> {
         Box::pin(async move {
-            self.cluster.replicate(key, entry, false, None).await;
+            self.cluster
+                .replicate(key, entry, ReserveCopy::NotNeeded, None)
+                .await;
             Ok(())
         })
     }
@@ -82,7 +85,7 @@ impl Tier for PeerTier {
     fn delete<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, bool> {
         Box::pin(async move {
             if self.is_client() {
-                return Err(super::TierError::NotAllowed(CLIENTS_DO_NOT_PURGE));
+                return Err(TierError::NotAllowed(CLIENTS_DO_NOT_PURGE));
             }
             Ok(self.cluster.delete_everywhere(key).await)
         })
@@ -91,11 +94,11 @@ impl Tier for PeerTier {
     fn clear(&self) -> TierFuture<'_, ()> {
         Box::pin(async move {
             if self.is_client() {
-                return Err(super::TierError::NotAllowed(CLIENTS_DO_NOT_PURGE));
+                return Err(TierError::NotAllowed(CLIENTS_DO_NOT_PURGE));
             }
             match self.cluster.clear_everywhere().await {
                 0 => Ok(()),
-                failed => Err(super::TierError::Unavailable {
+                failed => Err(TierError::Unavailable {
                     tier: TierKind::Peer,
                     reason: format!("{failed} member(s) did not confirm the purge"),
                 }),

@@ -1,0 +1,157 @@
+//! The tiers together: memory (L1), the cluster (L2, mode `ha`) and the
+//! reserve (L3), and the rules between them. The request path, the
+//! recorder and the admin endpoints go through [`Tiers`] only, so the rules
+//! live here once:
+//!
+//! - a lookup below memory asks the cluster, then the reserve; a hit there
+//!   is promoted into memory, and a reserve hit into the cluster too;
+//! - an answer from the upstream is stored in memory and goes to the
+//!   cluster, whose primary owner writes the reserve copy; without a
+//!   cluster it goes to the reserve directly;
+//! - a purge goes through every tier, nearest first.
+
+use std::sync::Arc;
+
+use crate::cluster::replication::ReserveCopy;
+use crate::cluster::{Cluster, PeerTier};
+use crate::entry::CachedResponse;
+use crate::headers::TierKind;
+use crate::key::{CacheKey, KeyOrigin};
+use crate::tier::reserve::ReserveTier;
+use crate::tier::{MemoryTier, Tier, TierError};
+
+/// Every tier this process uses, nearest first.
+#[derive(Clone)]
+pub struct Tiers {
+    memory: MemoryTier,
+    peers: Option<PeerTier>,
+    reserve: Option<ReserveTier>,
+}
+
+impl Tiers {
+    /// The tiers of one process; `peers` in mode `ha`, `reserve` when
+    /// configured.
+    pub fn new(memory: MemoryTier, peers: Option<PeerTier>, reserve: Option<ReserveTier>) -> Self {
+        Self {
+            memory,
+            peers,
+            reserve,
+        }
+    }
+
+    /// L1.
+    pub fn memory(&self) -> &MemoryTier {
+        &self.memory
+    }
+
+    /// L3, when configured.
+    pub fn reserve(&self) -> Option<&ReserveTier> {
+        self.reserve.as_ref()
+    }
+
+    /// The cluster behind L2, in mode `ha`.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.peers.as_ref().map(PeerTier::cluster)
+    }
+
+    /// Whether this process is a cluster client, whose writes to the
+    /// cluster carry the request they answer.
+    pub fn is_cluster_client(&self) -> bool {
+        self.peers.as_ref().is_some_and(PeerTier::is_client)
+    }
+
+    /// The fresh entry in memory, if any: the fast path.
+    pub fn in_memory(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        self.memory.lookup(key)
+    }
+
+    /// The cluster, then the reserve. A hit is promoted into memory, and a
+    /// reserve hit also into the cluster (with `origin`, the request, when
+    /// this process is a cluster client).
+    pub async fn below_memory(
+        &self,
+        key: &CacheKey,
+        origin: impl FnOnce() -> Option<KeyOrigin>,
+    ) -> Option<(Arc<CachedResponse>, TierKind)> {
+        if let Some(peers) = &self.peers {
+            if let Some(entry) = peers.lookup(key).await {
+                self.memory.insert(*key, Arc::clone(&entry));
+                return Some((entry, TierKind::Peer));
+            }
+        }
+        let entry = self.reserve.as_ref()?.lookup(key).await?;
+        self.memory.insert(*key, Arc::clone(&entry));
+        if let Some(peers) = &self.peers {
+            peers.replicate(*key, Arc::clone(&entry), ReserveCopy::NotNeeded, origin());
+        }
+        Some((entry, TierKind::Reserve))
+    }
+
+    /// Stamps a new answer with the cluster's next version (mode `ha`).
+    pub fn stamp(&self, entry: &mut CachedResponse) {
+        if let Some(peers) = &self.peers {
+            peers.stamp(entry);
+        }
+    }
+
+    /// Stores an answer fresh from the upstream in every tier, in the
+    /// background beyond memory. `origin`: the request it answers, which a
+    /// cluster client must send with it.
+    pub fn store_answer(
+        &self,
+        key: CacheKey,
+        entry: &Arc<CachedResponse>,
+        origin: Option<KeyOrigin>,
+    ) {
+        self.memory.insert(key, Arc::clone(entry));
+        match (&self.peers, &self.reserve) {
+            (Some(peers), _) => {
+                peers.replicate(key, Arc::clone(entry), ReserveCopy::ByPrimaryOwner, origin)
+            }
+            (None, Some(reserve)) => reserve.admit(key, entry),
+            (None, None) => {}
+        }
+    }
+
+    /// Every tier, nearest first.
+    fn each(&self) -> Vec<&dyn Tier> {
+        let mut tiers: Vec<&dyn Tier> = vec![&self.memory];
+        if let Some(peers) = &self.peers {
+            tiers.push(peers);
+        }
+        if let Some(reserve) = &self.reserve {
+            tiers.push(reserve);
+        }
+        tiers
+    }
+
+    /// Removes every entry from every tier, nearest first; stops at the
+    /// first tier that cannot.
+    pub async fn purge_all(&self) -> Result<(), TierError> {
+        for tier in self.each() {
+            tier.clear().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `key` from every tier; whether any held it.
+    pub async fn purge(&self, key: &CacheKey) -> Result<bool, TierError> {
+        let mut removed = false;
+        for tier in self.each() {
+            removed |= tier.delete(key).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Flushes the tiers this process holds before exit.
+    pub async fn close(&self) {
+        if let Err(err) = self.memory.close().await {
+            tracing::warn!(%err, "closing memory");
+        }
+        if let Some(reserve) = &self.reserve {
+            if let Err(err) = reserve.close().await {
+                tracing::warn!(%err, "closing the reserve; queued writes may be lost");
+            }
+        }
+    }
+}
