@@ -46,13 +46,14 @@ fmt-check: toolchain
 lint: toolchain ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test-deps: ## Install what the tests need: moto (a local S3-compatible server), PyYAML, jq, openssl, curl, libfaketime
+test-deps: ## Install what the tests need: moto (a local S3-compatible server), the Anthropic SDK, PyYAML, jq, openssl, curl, libfaketime
 	@missing=""; for tool in jq openssl curl faketime; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]'
+	@python3 -c 'import anthropic' 2>/dev/null || python3 -m pip install --quiet anthropic
 	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml; }
 

@@ -174,6 +174,19 @@ pub enum Mode {
     Disabled,
 }
 
+/// Whether a miss may call the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replay {
+    /// Misses call the upstream.
+    #[default]
+    Off,
+    /// Every request is `only-if-cached`: a miss is answered 504 without
+    /// calling the upstream (hermetic test suites, evaluation runs). A
+    /// request with `x-relaycache: record` still calls and stores.
+    Strict,
+}
+
 /// Who may read an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Isolation {
@@ -474,6 +487,8 @@ pub struct CacheConfig {
     pub isolation: Isolation,
     /// Record complete SSE streams.
     pub streaming: bool,
+    /// Whether misses may call the upstream.
+    pub replay: Replay,
     /// POST paths whose answers are cached.
     pub routes: Vec<String>,
     /// Largest answer stored.
@@ -498,6 +513,7 @@ impl Default for CacheConfig {
             max_ttl: Duration::from_secs(720 * 3600),
             isolation: Isolation::Credential,
             streaming: false,
+            replay: Replay::Off,
             routes: [
                 "/v1/messages",
                 "/v1/chat/completions",

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-/// Header that turns caching off for one request: `x-relaycache: off`.
+/// Header that turns caching off for one request (`x-relaycache: off`) or
+/// forces a call and a store (`x-relaycache: record`).
 pub const HEADER_SWITCH: &str = "x-relaycache";
 /// Header giving the TTL of what this request stores (`300` or `5m`).
 pub const HEADER_TTL: &str = "x-relaycache-ttl";
@@ -24,17 +25,28 @@ pub struct RequestPolicy {
     pub ttl: Duration,
     /// Namespace, part of the key.
     pub namespace: Option<String>,
+    /// `Cache-Control: only-if-cached`: a miss is answered 504 without
+    /// calling the upstream.
+    pub only_if_cached: bool,
+    /// `x-relaycache: record`: call the upstream and store the answer,
+    /// whatever is cached and whatever the replay setting says.
+    pub record: bool,
 }
 
 impl RequestPolicy {
     /// Reads the controls from `headers`; `default_ttl` applies when none is
     /// asked for and `max_ttl` caps what is asked for.
     pub fn from_headers(headers: &HeaderMap, default_ttl: Duration, max_ttl: Duration) -> Self {
-        let mut policy = Self {
-            bypass: headers
+        let switch = |word: &str| {
+            headers
                 .get(HEADER_SWITCH)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("off")),
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case(word))
+        };
+        let mut policy = Self {
+            bypass: switch("off"),
+            only_if_cached: false,
+            record: switch("record"),
             lookup: true,
             store: true,
             ttl: default_ttl,
@@ -56,6 +68,7 @@ impl RequestPolicy {
                 match (name.to_ascii_lowercase().as_str(), arg) {
                     ("no-cache", _) => policy.lookup = false,
                     ("no-store", _) => policy.store = false,
+                    ("only-if-cached", _) => policy.only_if_cached = true,
                     ("max-age", Some(seconds)) => {
                         if let Ok(seconds) = seconds.parse::<u64>() {
                             policy.ttl = Duration::from_secs(seconds);
@@ -73,6 +86,12 @@ impl RequestPolicy {
             policy.ttl = ttl;
         }
         policy.ttl = policy.ttl.min(max_ttl);
+        if policy.record {
+            // Recording is a refresh that must land.
+            policy.lookup = false;
+            policy.store = true;
+            policy.only_if_cached = false;
+        }
         if policy.ttl.is_zero() {
             policy.store = false;
         }
@@ -102,6 +121,19 @@ mod tests {
             headers.append(*k, v.parse().unwrap());
         }
         RequestPolicy::from_headers(&headers, HOUR, DAY)
+    }
+
+    #[test]
+    fn only_if_cached_and_record() {
+        let p = policy(&[("cache-control", "max-age=60, only-if-cached")]);
+        assert!(p.only_if_cached && p.lookup && !p.record);
+        assert_eq!(p.ttl, Duration::from_secs(60));
+        // Recording calls and stores, whatever else the request says.
+        let p = policy(&[
+            ("x-relaycache", "Record"),
+            ("cache-control", "only-if-cached, no-store"),
+        ]);
+        assert!(p.record && !p.lookup && p.store && !p.only_if_cached && !p.bypass);
     }
 
     #[test]

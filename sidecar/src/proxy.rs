@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::access_log::{AccessLog, LoggedBody};
 use crate::body::{boxed, full, DeadlineBody, ProxyBody};
 use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
-use crate::config::{CacheConfig, Config, Mode};
+use crate::config::{CacheConfig, Config, Mode, Replay};
 use crate::entry::{self, CachedResponse, EntryRecorder};
 use crate::headers::{self, CacheStatus};
 use crate::key::{CacheKey, KeyBuilder, KeyOrigin, KeyParts};
@@ -184,11 +184,14 @@ impl Proxy {
             Some(cache) if request.method() == Method::POST && cache.is_route(&path) => cache,
             _ => return self.pass_through(request, &upstream).await,
         };
-        let policy = RequestPolicy::from_headers(
+        let mut policy = RequestPolicy::from_headers(
             request.headers(),
             cache.settings.ttl,
             cache.settings.max_ttl,
         );
+        if cache.settings.replay == Replay::Strict && !policy.record {
+            policy.only_if_cached = true;
+        }
         if policy.bypass {
             log.cache_status = Some(CacheStatus::Bypass);
             return self
@@ -263,6 +266,9 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
+        if keyed.policy.only_if_cached {
+            return self.only_from_cache(cache, keyed, log).await;
+        }
         let status = if keyed.policy.lookup {
             CacheStatus::Miss
         } else {
@@ -305,6 +311,39 @@ impl Proxy {
             }
         }
         self.fill(cache, keyed, upstream, status, None, log).await
+    }
+
+    /// `only-if-cached` (or `cache.replay: strict`): an answer from any
+    /// tier, or a 504 that never reaches the upstream. No coalescing: there
+    /// is no call to share.
+    async fn only_from_cache(
+        &self,
+        cache: &CacheLayer,
+        keyed: Keyed,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        if keyed.policy.lookup {
+            if let Some(entry) = self.tiers.in_memory(&keyed.key) {
+                return self.serve_hit(&entry, &keyed.key, TierKind::Memory, log);
+            }
+            let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
+            if let Some((entry, tier)) = self.tiers.below_memory(&keyed.key, origin).await {
+                log.reserve_used = tier == TierKind::Reserve;
+                return self.serve_hit(&entry, &keyed.key, tier, log);
+            }
+        }
+        log.cache_status = Some(CacheStatus::Miss);
+        log.bypass_reason = Some("only-if-cached and not in the cache");
+        let mut response = reply::error(
+            keyed.parts.uri.path(),
+            StatusCode::GATEWAY_TIMEOUT,
+            "relaycache: this answer is not in the cache, and the request may only be answered from it (Cache-Control: only-if-cached, or cache.replay: strict); record it by sending the request once without them, or with the header x-relaycache: record",
+        );
+        let headers = response.headers_mut();
+        tag_upstream_answer(headers, CacheStatus::Miss, &keyed.key);
+        // The SDKs retry 5xx answers; retrying cannot fill the cache.
+        headers.insert("x-should-retry", HeaderValue::from_static("false"));
+        response
     }
 
     /// Below memory: the cluster, the reserve, then the upstream. A hit

@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod partition;
 mod peer_names;
+mod replay;
 mod reserve;
 mod streaming;
 mod tls;
