@@ -90,7 +90,8 @@ fn serve(path: Option<PathBuf>, inline: Option<String>) -> anyhow::Result<()> {
             .context("invalid configuration in --config-yaml / RELAYCACHE_CONFIG_YAML")?,
         (None, None) => Config::default(),
     };
-    relaycache::telemetry::init(&config.log);
+    // Held to the end: dropping it writes the lines still queued.
+    let _log = relaycache::telemetry::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -410,6 +410,9 @@ pub struct Metrics {
     pub output_tokens_saved: Counter,
     /// Answer bytes served from the cache.
     pub bytes_served_from_cache: Counter,
+    /// Log lines dropped because standard output fell behind (brought up
+    /// to date with the log writer's own counter when scraped).
+    pub log_lines_dropped: Counter,
     /// Entries in memory (set when scraped).
     pub entries: Gauge<i64, AtomicI64>,
     /// Bytes in memory (set when scraped).
@@ -512,6 +515,12 @@ impl Metrics {
             "Answer bytes served from cache instead of the upstream",
             bytes_served_from_cache.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because standard output could not keep up (requests never wait for the log)",
+            log_lines_dropped.clone(),
+        );
         let entries = Gauge::<i64, AtomicI64>::default();
         registry.register("memory_entries", "Answers held in memory", entries.clone());
         let bytes = Gauge::<i64, AtomicI64>::default();
@@ -573,6 +582,7 @@ impl Metrics {
             input_tokens_saved,
             output_tokens_saved,
             bytes_served_from_cache,
+            log_lines_dropped,
             entries,
             bytes,
         }
@@ -619,6 +629,11 @@ impl Metrics {
 
     /// Prometheus text exposition, after refreshing the tier gauges.
     pub fn encode(&self, memory: TierStats, reserve: TierStats) -> String {
+        let dropped = crate::telemetry::dropped_lines();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
         self.reserve
             .entries
             .set(i64::try_from(reserve.entries).unwrap_or(i64::MAX));

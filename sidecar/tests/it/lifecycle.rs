@@ -152,3 +152,37 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_queued_log_line_is_written_before_exit() {
+    let upstream = mock().await;
+    let relay = std::sync::Arc::new(Relay::start(&config_for(&upstream.url())));
+    // A burst of hits, then SIGTERM at once: the lines still queued for
+    // the log writer must reach standard output before the process ends.
+    let body = question("logged burst");
+    let replies = post_concurrently(&relay, 400, &body, &[]).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let scraped = get(&relay.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric_in(&scraped, "relaycache_log_lines_dropped_total"),
+        Some(0.0),
+        "the dropped-lines counter is exported and zero at this rate"
+    );
+    let mut relay = std::sync::Arc::into_inner(relay).expect("no other holder");
+    relay.terminate();
+    assert!(relay.wait_exit(Duration::from_secs(20)).success());
+    // The reader thread may still be draining the closed pipe.
+    let mut logged = 0;
+    for _ in 0..100 {
+        logged = relay.access_logs().len();
+        if logged >= 400 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(logged, 400, "access-log lines lost at shutdown");
+    assert!(relay
+        .logs()
+        .iter()
+        .any(|l| l.contains("relaycache stopped")));
+}
