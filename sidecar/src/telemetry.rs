@@ -30,7 +30,9 @@ pub fn dropped_lines() -> u64 {
 /// Keeps the writer thread alive; dropping it writes every queued line.
 /// Hold it until the process ends.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(Option<WorkerGuard>);
+pub struct LogGuard {
+    _writer: Option<WorkerGuard>,
+}
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the level.
 pub fn init(config: &LogConfig) -> LogGuard {
@@ -56,5 +58,7 @@ pub fn init(config: &LogConfig) -> LogGuard {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    LogGuard(installed.is_ok().then_some(guard))
+    LogGuard {
+        _writer: installed.is_ok().then_some(guard),
+    }
 }
