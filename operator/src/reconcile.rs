@@ -2,29 +2,39 @@
 //! apply (one field manager), then write the status and publish Events when
 //! a condition changes.
 //!
-//! Deletion needs no finalizer: every child carries an owner reference to
-//! its RelayCache, so the garbage collector removes them.
+//! Before writing anything it reads every name a child will take, and
+//! changes nothing when one belongs to another owner (`NameConflict`). It
+//! generates the token Secrets the spec does not name, and keeps copies of
+//! the clients' token in the other namespaces the RelayCache serves.
+//!
+//! Deletion: every child carries an owner reference to its RelayCache, so
+//! the garbage collector removes them. The copies in other namespaces cannot
+//! (an owner lives in the same namespace); a RelayCache that has them holds
+//! the finalizer `relaycache.io/client-token-copies` until they are deleted.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use crate::crd::{RelayCache, RelayCacheStatus};
+use crate::crd::{ClusterMode, RelayCache, RelayCacheStatus};
 use crate::metrics::{Metrics, Outcome};
+use crate::resources::clients;
 use crate::resources::tokens::{self, NoRandomness, TokenSecret};
 use crate::resources::{
     self, statefulset, BuildSettings, Children, Names, RenderFailure, MANAGED_BY_SELECTOR,
@@ -111,6 +121,18 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// Deleting a copy of the clients' token failed.
+    #[error("deleting {kind} {namespace}/{name}: {source}")]
+    Delete {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
     /// No token could be generated.
     #[error(transparent)]
     Token(#[from] NoRandomness),
@@ -140,7 +162,19 @@ pub async fn reconcile(rc: Arc<RelayCache>, ctx: Arc<Context>) -> Result<Action,
 
 async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Action), Error> {
     if rc.metadata.deletion_timestamp.is_some() {
-        // Re-applying children now would race the garbage collector.
+        // Re-applying children now would race the garbage collector, which
+        // removes every owned child; only the copies in other namespaces
+        // (no owner reference possible) are the operator's to remove.
+        if holds_copies_finalizer(rc) {
+            let names = Names {
+                name: rc.name_any(),
+                namespace: rc.namespace().unwrap_or_default(),
+            };
+            let copies = list_copies(&ctx.client, &names).await?;
+            delete_copies(&ctx.client, copies.iter()).await?;
+            set_copies_finalizer(&ctx.client, rc, &names, false).await?;
+            info!(relaycache = %rc.name_any(), copies = copies.len(), "removed the clients' token copies");
+        }
         return Ok((Outcome::deleting, Action::await_change()));
     }
     let previous = rc.status.clone().unwrap_or_default();
@@ -199,7 +233,14 @@ async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Act
     {
         return fail_apply(rc, ctx, &observation, &previous, err).await;
     }
-    let sts = match apply_children(&ctx.client, &names, &children, found.stateful_set).await {
+    let applied = apply_children(&ctx.client, &names, &children, found.stateful_set).await;
+    if applied.is_ok() {
+        let client_secret = &token_secrets[1];
+        if let Err(err) = sync_copies(&ctx.client, rc, &names, client_secret).await {
+            return fail_apply(rc, ctx, &observation, &previous, err).await;
+        }
+    }
+    let sts = match applied {
         Ok(Applied::All(sts)) => sts,
         Ok(Applied::ClaimsHeld { sts, message }) => {
             warn!(relaycache = %rc.name_any(), %message, "volume claim templates changed; StatefulSet held back");
@@ -403,6 +444,211 @@ async fn create_token_secrets(
     Ok(())
 }
 
+/// Finalizer of a RelayCache that serves other namespaces: its clients'
+/// token has copies there, which cannot carry an owner reference (owners
+/// live in the same namespace), so the operator removes them before the
+/// RelayCache goes.
+pub const COPIES_FINALIZER: &str = "relaycache.io/client-token-copies";
+
+/// Whether `rc` serves pods of other namespaces, whose sidecars read a copy
+/// of its clients' token (only clients of a cluster read a token).
+pub fn serves_other_namespaces(rc: &RelayCache) -> bool {
+    rc.spec.mode == ClusterMode::Ha && !rc.spec.clients.is_own_namespace_only()
+}
+
+fn holds_copies_finalizer(rc: &RelayCache) -> bool {
+    rc.finalizers().iter().any(|f| f == COPIES_FINALIZER)
+}
+
+/// Keeps one copy of the clients' token in each namespace `rc` serves
+/// besides its own, and none elsewhere. A copy is created when missing,
+/// applied again when its token differs (a rotation), and deleted when its
+/// namespace is no longer served; a Secret with a copy's name that is not a
+/// copy (no labels of this RelayCache) is never touched. The finalizer goes
+/// on before the first copy and comes off once none is left.
+async fn sync_copies(
+    client: &Client,
+    rc: &RelayCache,
+    names: &Names,
+    client_secret: &TokenSecret,
+) -> Result<(), Error> {
+    let serves = serves_other_namespaces(rc);
+    let held = holds_copies_finalizer(rc);
+    if !serves && !held {
+        return Ok(());
+    }
+    if !serves {
+        let copies = list_copies(client, names).await?;
+        delete_copies(client, copies.iter()).await?;
+        return set_copies_finalizer(client, rc, names, false).await;
+    }
+    if !held {
+        set_copies_finalizer(client, rc, names, true).await?;
+    }
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Namespace",
+            namespace: String::new(),
+            name: "(all)".into(),
+            source,
+        })?;
+    let served: BTreeSet<String> = namespaces
+        .items
+        .iter()
+        .filter(|ns| ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating"))
+        .filter_map(|ns| {
+            let name = ns.name_any();
+            let labels = ns.metadata.labels.clone().unwrap_or_default();
+            (name != names.namespace && clients::allows(rc, &name, &labels)).then_some(name)
+        })
+        .collect();
+    let source = Api::<Secret>::namespaced(client.clone(), &names.namespace)
+        .get_opt(&client_secret.name)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Secret",
+            namespace: names.namespace.clone(),
+            name: client_secret.name.clone(),
+            source,
+        })?;
+    let token = source
+        .and_then(|secret| secret.data)
+        .and_then(|mut data| data.remove(tokens::TOKEN_KEY));
+    let copies = list_copies(client, names).await?;
+    let copy_name = names.client_token_copy();
+    match &token {
+        None => warn!(relaycache = %rc.name_any(), secret = %client_secret.name,
+            "the clients' token Secret has no key \"token\" yet; no copy written"),
+        Some(token) => {
+            for namespace in &served {
+                let existing = copies
+                    .iter()
+                    .find(|c| c.namespace().as_deref() == Some(namespace.as_str()));
+                let current = existing
+                    .and_then(|c| c.data.as_ref())
+                    .and_then(|d| d.get(tokens::TOKEN_KEY));
+                let copy = tokens::client_token_copy(names, namespace, token.clone());
+                let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+                match (existing, current == Some(token)) {
+                    (Some(_), true) => {}
+                    (Some(_), false) => {
+                        api.patch(
+                            &copy_name,
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&copy),
+                        )
+                        .await
+                        .map_err(|source| Error::Apply {
+                            kind: "Secret",
+                            namespace: namespace.clone(),
+                            name: copy_name.clone(),
+                            source,
+                        })?;
+                    }
+                    // Create, not apply: a Secret of this name that is not
+                    // a copy must never be taken over.
+                    (None, _) => match api.create(&PostParams::default(), &copy).await {
+                        Ok(_) => {
+                            info!(relaycache = %rc.name_any(), %namespace, "copied the clients' token")
+                        }
+                        Err(kube::Error::Api(status)) if status.code == 409 => warn!(
+                            relaycache = %rc.name_any(), %namespace, secret = %copy_name,
+                            "a Secret of the copy's name exists and is not a copy; left alone (sidecars there cannot start until it is renamed)"
+                        ),
+                        Err(source) => {
+                            return Err(Error::Create {
+                                kind: "Secret",
+                                namespace: namespace.clone(),
+                                name: copy_name.clone(),
+                                source,
+                            })
+                        }
+                    },
+                }
+            }
+        }
+    }
+    let unserved = copies.iter().filter(|c| {
+        c.namespace()
+            .is_none_or(|namespace| !served.contains(&namespace))
+    });
+    delete_copies(client, unserved).await
+}
+
+/// Every copy of this RelayCache's clients' token, in any namespace.
+async fn list_copies(client: &Client, names: &Names) -> Result<Vec<Secret>, Error> {
+    Api::<Secret>::all(client.clone())
+        .list(&ListParams::default().labels(&tokens::copy_selector(names)))
+        .await
+        .map(|list| list.items)
+        .map_err(|source| Error::Read {
+            kind: "Secret",
+            namespace: String::new(),
+            name: format!("(copies of {})", names.client_token_copy()),
+            source,
+        })
+}
+
+/// Deletes copies; one already gone is fine.
+async fn delete_copies<'a>(
+    client: &Client,
+    copies: impl Iterator<Item = &'a Secret>,
+) -> Result<(), Error> {
+    for copy in copies {
+        let namespace = copy.namespace().unwrap_or_default();
+        let name = copy.name_any();
+        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => info!(%namespace, secret = %name, "removed a copy of a clients' token"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind: "Secret",
+                    namespace,
+                    name,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds or removes [`COPIES_FINALIZER`], keeping every other finalizer, at
+/// the resourceVersion read (a concurrent change makes the patch fail and
+/// the reconcile retry, rather than drop another's finalizer).
+async fn set_copies_finalizer(
+    client: &Client,
+    rc: &RelayCache,
+    names: &Names,
+    present: bool,
+) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = rc
+        .finalizers()
+        .iter()
+        .filter(|f| *f != COPIES_FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(COPIES_FINALIZER.into());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": rc.resource_version()}
+    });
+    Api::<RelayCache>::namespaced(client.clone(), &names.namespace)
+        .patch(&names.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Apply {
+            kind: "RelayCache",
+            namespace: names.namespace.clone(),
+            name: names.name.clone(),
+            source,
+        })
+}
+
 /// `Degraded` reason when the spec changes the StatefulSet's immutable
 /// volume claim templates.
 pub const CLAIMS_CHANGED: &str = "VolumeClaimTemplatesChanged";
@@ -584,32 +830,49 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    Controller::new(
+    let controller = Controller::new(
         Api::<RelayCache>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-    .owns(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        owned.clone(),
-    )
-    // A generated token Secret deleted (to rotate it) is created again at once.
-    .owns(Api::<Secret>::all(client), owned)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => debug!(relaycache = %object, "reconciled"),
-            // A RelayCache deleted while queued: nothing left to do.
-            Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
-                debug!(relaycache = %object, "gone before its reconcile")
+    );
+    let relaycaches = controller.store();
+    controller
+        // A namespace that appears, goes or is labelled may change where the
+        // clients' token must be copied: every RelayCache serving other
+        // namespaces (or still holding copies) looks again.
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |_namespace| {
+                relaycaches
+                    .state()
+                    .into_iter()
+                    .filter(|rc| serves_other_namespaces(rc) || holds_copies_finalizer(rc))
+                    .map(|rc| ObjectRef::from_obj(&*rc))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+        )
+        // A generated token Secret deleted (to rotate it) is created again at once.
+        .owns(Api::<Secret>::all(client), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(relaycache = %object, "reconciled"),
+                // A RelayCache deleted while queued: nothing left to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                    debug!(relaycache = %object, "gone before its reconcile")
+                }
+                Err(err) => warn!(error = %err, "reconcile failed"),
             }
-            Err(err) => warn!(error = %err, "reconcile failed"),
-        }
-    })
-    .await;
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -1016,3 +1016,234 @@ async fn a_foreign_object_with_a_childs_name_is_never_taken_over() {
         reconcile_with_a_foreign(kind, name).await;
     }
 }
+
+const RELAYCACHE: &str = "/apis/relaycache.io/v1alpha1/namespaces/cache/relaycaches/web";
+const COPIES_FINALIZER: &str = "relaycache.io/client-token-copies";
+const COPY: &str = "cache.web-client-token";
+/// The label selector of `web`'s copies, as sent in a query (URL-encoded).
+fn copies_query() -> String {
+    "app.kubernetes.io%2Fcomponent%3Dcache%2Capp.kubernetes.io%2Finstance%3Dweb%2Capp.kubernetes.io%2Fmanaged-by%3Drelaycache-operator%2Capp.kubernetes.io%2Fname%3Drelaycache%2Crelaycache.io%2Fclient-token-of-name%3Dweb%2Crelaycache.io%2Fclient-token-of-namespace%3Dcache".into()
+}
+
+fn secret_json(namespace: &str, name: &str, token: &str, labels: Value) -> Value {
+    let data: k8s_openapi::ByteString = k8s_openapi::ByteString(token.as_bytes().to_vec());
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": namespace, "labels": labels},
+           "data": {"token": data}})
+}
+
+/// A copy of web's clients' token in `namespace`, as listed.
+fn listed_copy(namespace: &str, token: &str) -> Value {
+    let names = crate::resources::Names {
+        name: "web".into(),
+        namespace: "cache".into(),
+    };
+    let labels = serde_json::to_value(crate::resources::tokens::copy_labels(&names)).unwrap();
+    secret_json(namespace, COPY, token, labels)
+}
+
+fn namespace_json(name: &str, labels: Value, phase: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": name, "labels": labels}, "status": {"phase": phase}})
+}
+
+/// The list of copies of web's clients' token (cluster-wide, by label).
+async fn expect_copies_listed(server: &mut ApiServer, copies: Vec<Value>) {
+    let call = server.expect(Method::GET, "/api/v1/secrets").await;
+    assert_eq!(
+        call.query.get("labelSelector").cloned(),
+        Some(copies_query())
+    );
+    call.respond(
+        json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": copies}),
+    )
+    .await;
+}
+
+/// The finalizer written to (or removed from) the RelayCache: a merge patch
+/// at the version read; answered with `rc` carrying it. Returns the list.
+async fn expect_finalizers(server: &mut ApiServer, rc: &RelayCache) -> Vec<String> {
+    let call = server.expect(Method::PATCH, RELAYCACHE).await;
+    assert_eq!(call.content_type, "application/merge-patch+json");
+    assert_eq!(call.body["metadata"]["resourceVersion"], "7");
+    assert!(call.body.get("spec").is_none(), "only the metadata");
+    let finalizers: Vec<String> =
+        serde_json::from_value(call.body["metadata"]["finalizers"].clone()).unwrap();
+    let mut answer = serde_json::to_value(rc).unwrap();
+    answer["metadata"]["finalizers"] = json!(finalizers);
+    call.respond(answer).await;
+    finalizers
+}
+
+fn with_version(mut rc: RelayCache, finalizers: &[&str]) -> RelayCache {
+    rc.metadata.resource_version = Some("7".into());
+    if !finalizers.is_empty() {
+        rc.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+    }
+    rc
+}
+
+#[tokio::test]
+async fn allowed_namespaces_get_a_copy_of_the_clients_token_and_no_others() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let spec = json!({"clients": {
+        "namespaces": ["apps", "taken", "not-there"],
+        "namespaceSelector": {"matchLabels": {"team": "llm"}}
+    }});
+    let rc = Arc::new(with_version(rc("web", spec.clone()), &[]));
+    let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
+    expect_name_checks(&mut server, &NameChecks::settled(spec)).await;
+    expect_child_applies(&mut server, 1, json!({"replicas": 0})).await;
+
+    // First the finalizer: copies carry no owner reference (they live in
+    // other namespaces), so the operator must remove them itself.
+    assert_eq!(
+        expect_finalizers(&mut server, &rc).await,
+        [COPIES_FINALIZER]
+    );
+    server
+        .expect(Method::GET, "/api/v1/namespaces")
+        .await
+        .respond(
+            json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": [
+                namespace_json("cache", json!({}), "Active"),
+                namespace_json("apps", json!({}), "Active"),
+                namespace_json("taken", json!({}), "Active"),
+                namespace_json("team-x", json!({"team": "llm"}), "Active"),
+                namespace_json("dying", json!({"team": "llm"}), "Terminating"),
+                namespace_json("other", json!({"team": "web"}), "Active"),
+                namespace_json("old", json!({}), "Active"),
+            ]}),
+        )
+        .await;
+    // The clients' Secret, never the members'.
+    server
+        .expect(Method::GET, &format!("{SECRETS}/web-client-token"))
+        .await
+        .respond(secret_json(
+            "cache",
+            "web-client-token",
+            "clients-token",
+            json!({}),
+        ))
+        .await;
+    expect_copies_listed(
+        &mut server,
+        vec![
+            listed_copy("apps", "rotated-away"),
+            listed_copy("old", "clients-token"),
+        ],
+    )
+    .await;
+
+    // apps: the copy is stale (the token was rotated): applied again.
+    let call = server
+        .expect(
+            Method::PATCH,
+            &format!("/api/v1/namespaces/apps/secrets/{COPY}"),
+        )
+        .await;
+    assert_apply(&call, "Secret");
+    assert_eq!(token_of(&call.body), "clients-token");
+    assert!(call.body["metadata"].get("ownerReferences").is_none());
+    let body = call.body.clone();
+    call.respond(body).await;
+    // taken: a Secret of that name that is not a copy exists; it is kept.
+    let call = server
+        .expect(Method::POST, "/api/v1/namespaces/taken/secrets")
+        .await;
+    call.conflict().await;
+    // team-x matches the selector: a new copy, labelled as the operator's.
+    let call = server
+        .expect(Method::POST, "/api/v1/namespaces/team-x/secrets")
+        .await;
+    assert_eq!(call.body["metadata"]["name"], COPY);
+    assert_eq!(token_of(&call.body), "clients-token");
+    assert_eq!(
+        call.body["metadata"]["labels"]["relaycache.io/client-token-of-namespace"],
+        "cache"
+    );
+    let body = call.body.clone();
+    call.respond(body).await;
+    // old is no longer allowed: its copy goes.
+    server
+        .expect(
+            Method::DELETE,
+            &format!("/api/v1/namespaces/old/secrets/{COPY}"),
+        )
+        .await
+        .respond(json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}))
+        .await;
+
+    let status = expect_status(&mut server, &rc).await;
+    assert_eq!(condition(&status, "Degraded"), ("False", "Reconciled"));
+    expect_events(&mut server, 1).await;
+    task.await.unwrap().unwrap();
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn copies_go_when_no_other_namespace_is_allowed_any_more() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let rc = Arc::new(with_version(rc("web", json!({})), &[COPIES_FINALIZER]));
+    let task = tokio::spawn(reconcile(rc.clone(), ctx.clone()));
+    expect_name_checks(&mut server, &NameChecks::settled(json!({}))).await;
+    expect_child_applies(&mut server, 1, json!({"replicas": 0})).await;
+    expect_copies_listed(&mut server, vec![listed_copy("apps", "t")]).await;
+    server
+        .expect(
+            Method::DELETE,
+            &format!("/api/v1/namespaces/apps/secrets/{COPY}"),
+        )
+        .await
+        .not_found()
+        .await;
+    assert_eq!(
+        expect_finalizers(&mut server, &rc).await,
+        Vec::<String>::new()
+    );
+    expect_status(&mut server, &rc).await;
+    expect_events(&mut server, 1).await;
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_relaycache_removes_its_copies_then_its_finalizer() {
+    let (client, mut server) = ApiServer::start();
+    let ctx = context(client);
+    let mut deleting = with_version(
+        rc("web", json!({"clients": {"namespaces": ["apps"]}})),
+        &["someone.else/keep", COPIES_FINALIZER],
+    );
+    deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let deleting = Arc::new(deleting);
+    let task = tokio::spawn(reconcile(deleting.clone(), ctx.clone()));
+    expect_copies_listed(
+        &mut server,
+        vec![listed_copy("apps", "t"), listed_copy("b", "t")],
+    )
+    .await;
+    for namespace in ["apps", "b"] {
+        server
+            .expect(
+                Method::DELETE,
+                &format!("/api/v1/namespaces/{namespace}/secrets/{COPY}"),
+            )
+            .await
+            .respond(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            )
+            .await;
+    }
+    // Only its own finalizer is removed.
+    assert_eq!(
+        expect_finalizers(&mut server, &deleting).await,
+        ["someone.else/keep"]
+    );
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
