@@ -489,6 +489,11 @@ pub struct CacheConfig {
     pub streaming: bool,
     /// Whether misses may call the upstream.
     pub replay: Replay,
+    /// How long after expiry an entry may still answer when the upstream
+    /// fails (429, 5xx, 529, a timeout, unreachable); 0 turns it off.
+    /// Memory keeps expired entries this long.
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
     /// POST paths whose answers are cached.
     pub routes: Vec<String>,
     /// Largest answer stored.
@@ -514,6 +519,7 @@ impl Default for CacheConfig {
             isolation: Isolation::Credential,
             streaming: false,
             replay: Replay::Off,
+            stale_if_error: Duration::ZERO,
             routes: [
                 "/v1/messages",
                 "/v1/chat/completions",

@@ -36,6 +36,8 @@ pub struct AccessLog {
     pub reserve_used: bool,
     /// Why a request was not cached, or which limit refused it.
     pub bypass_reason: Option<&'static str>,
+    /// How the upstream failed, when a stale entry answered instead.
+    pub upstream_error: Option<String>,
     /// The request's place under `server.max_inflight`, held until the
     /// answer is sent.
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -57,6 +59,7 @@ impl AccessLog {
             coalesced: false,
             reserve_used: false,
             bypass_reason: None,
+            upstream_error: None,
             slot: None,
             bytes: 0,
             completed: false,
@@ -75,6 +78,7 @@ impl AccessLog {
             coalesced = self.coalesced,
             reserve_used = self.reserve_used,
             bypass_reason = self.bypass_reason.unwrap_or("-"),
+            upstream_error = self.upstream_error.as_deref().unwrap_or("-"),
             latency_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             bytes = self.bytes,
             completed = self.completed,

@@ -127,7 +127,11 @@ pub async fn run(
 /// mode `ha`, over this process's memory and reserve.
 fn build_tiers(config: &Config, metrics: &Arc<Metrics>) -> Result<Tiers, RunError> {
     let cache = &config.cache;
-    let memory = MemoryTier::new(cache.memory.max_cost, metrics.evictions.clone());
+    let memory = MemoryTier::new(
+        cache.memory.max_cost,
+        cache.stale_if_error,
+        metrics.evictions.clone(),
+    );
     let caching = cache.mode != Mode::Disabled;
     let reserve = match &cache.reserve {
         r if caching && !r.url.is_empty() => Some(ReserveTier::open(r, Arc::clone(metrics))?),

@@ -133,6 +133,14 @@ impl CachedResponse {
         self.created.elapsed().map_or(true, |age| age < self.ttl)
     }
 
+    /// Whether the entry expired, but no longer ago than `window`: what
+    /// stale-if-error may serve when the upstream fails.
+    pub fn is_stale_within(&self, window: Duration) -> bool {
+        self.created
+            .elapsed()
+            .is_ok_and(|age| age >= self.ttl && age - self.ttl <= window)
+    }
+
     /// The stored response headers.
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();

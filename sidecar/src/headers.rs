@@ -2,7 +2,7 @@
 
 use http::HeaderMap;
 
-/// `hit | miss | bypass | refresh`.
+/// `hit | miss | bypass | refresh | stale`.
 pub const STATUS: &str = "x-relaycache-status";
 /// `memory` (later `peer`, `reserve`) on hits.
 pub const TIER: &str = "x-relaycache-tier";
@@ -20,6 +20,9 @@ pub enum CacheStatus {
     Bypass,
     /// `Cache-Control: no-cache`: asked the upstream and replaced the entry.
     Refresh,
+    /// The upstream failed, and an entry that expired within the
+    /// stale-if-error window answered instead.
+    Stale,
 }
 
 impl CacheStatus {
@@ -30,6 +33,7 @@ impl CacheStatus {
             CacheStatus::Miss => "miss",
             CacheStatus::Bypass => "bypass",
             CacheStatus::Refresh => "refresh",
+            CacheStatus::Stale => "stale",
         }
     }
 

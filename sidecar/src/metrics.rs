@@ -419,7 +419,7 @@ pub struct Metrics {
     pub bytes: Gauge<i64, AtomicI64>,
     /// The request counters by status, resolved once: counting a request
     /// must not take the family's lock and hash its labels.
-    by_status: [Counter; 4],
+    by_status: [Counter; 5],
     /// The reserve tier.
     pub reserve: ReserveMetrics,
     /// The cluster tier.
@@ -441,6 +441,7 @@ fn status_index(status: CacheStatus) -> usize {
         CacheStatus::Miss => 1,
         CacheStatus::Bypass => 2,
         CacheStatus::Refresh => 3,
+        CacheStatus::Stale => 4,
     }
 }
 
@@ -556,6 +557,7 @@ impl Metrics {
             CacheStatus::Miss,
             CacheStatus::Bypass,
             CacheStatus::Refresh,
+            CacheStatus::Stale,
         ]
         .map(|cache_status| {
             requests

@@ -31,6 +31,8 @@ pub struct RequestPolicy {
     /// `x-relaycache: record`: call the upstream and store the answer,
     /// whatever is cached and whatever the replay setting says.
     pub record: bool,
+    /// `Cache-Control: stale-if-error=N`: this request's own window.
+    pub stale_if_error: Option<Duration>,
 }
 
 impl RequestPolicy {
@@ -47,6 +49,7 @@ impl RequestPolicy {
             bypass: switch("off"),
             only_if_cached: false,
             record: switch("record"),
+            stale_if_error: None,
             lookup: true,
             store: true,
             ttl: default_ttl,
@@ -69,6 +72,11 @@ impl RequestPolicy {
                     ("no-cache", _) => policy.lookup = false,
                     ("no-store", _) => policy.store = false,
                     ("only-if-cached", _) => policy.only_if_cached = true,
+                    ("stale-if-error", Some(seconds)) => {
+                        if let Ok(seconds) = seconds.parse::<u64>() {
+                            policy.stale_if_error = Some(Duration::from_secs(seconds));
+                        }
+                    }
                     ("max-age", Some(seconds)) => {
                         if let Ok(seconds) = seconds.parse::<u64>() {
                             policy.ttl = Duration::from_secs(seconds);

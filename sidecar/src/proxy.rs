@@ -301,6 +301,13 @@ impl Proxy {
                         }
                         Landing::Failed(failure) => {
                             self.metrics.shared_failures.inc();
+                            let reason = format!("the upstream answered {}", failure.status);
+                            if let Some(stale) = self
+                                .stale_answer(&failure, &keyed.key, &keyed.policy, reason)
+                                .await
+                            {
+                                return stale.logged(log);
+                            }
                             log.cache_status = Some(status);
                             return failure_response(&failure, status, &keyed.key);
                         }
@@ -413,7 +420,10 @@ impl Proxy {
                 .await;
         });
         match head_rx.await {
-            Ok(response) => response,
+            Ok(response) => {
+                note_stale(&response, log);
+                response
+            }
             Err(_) => reply::error(
                 &path,
                 StatusCode::BAD_GATEWAY,
@@ -460,7 +470,10 @@ impl Proxy {
                     headers: reply::error_headers(),
                     body: reply::error_body(&path, err.status(), &err.to_string()),
                 };
-                let _ = head_tx.send(self.share_failure(failure, leader, status, &key));
+                let answer = self
+                    .share_failure(failure, leader, status, &key, &policy, err.to_string())
+                    .await;
+                let _ = head_tx.send(answer);
                 return;
             }
         };
@@ -473,12 +486,19 @@ impl Proxy {
             && declared_length_of(&head.headers).is_none_or(|len| len <= self.cache_limit());
         headers::strip_hop_by_hop(&mut head.headers);
         tag_upstream_answer(&mut head.headers, status, &key);
-        if leader.is_some() && is_shared_failure(head.status) {
+        let may_go_stale =
+            stale_window(&policy, self.cache.as_ref()).is_some() && is_stale_trigger(head.status);
+        if (leader.is_some() || may_go_stale) && is_shared_failure(head.status) {
+            let reason = format!("the upstream answered {}", head.status);
             let (answer, leader) = match self
                 .record_failure(head, incoming, deadline, &upstream, &path)
                 .await
             {
-                Ok(failure) => (self.share_failure(failure, leader, status, &key), None),
+                Ok(failure) => (
+                    self.share_failure(failure, leader, status, &key, &policy, reason)
+                        .await,
+                    None,
+                ),
                 Err(response) => (response, leader),
             };
             drop(leader);
@@ -560,19 +580,55 @@ impl Proxy {
     }
 
     /// Hands `failure` to the followers and returns the leader's answer.
-    fn share_failure(
+    /// Hands a failed upstream answer to the followers, and answers this
+    /// request with a stale entry if stale-if-error allows one, else with
+    /// the failure.
+    async fn share_failure(
         &self,
         failure: UpstreamFailure,
         leader: Option<Leader>,
         status: CacheStatus,
         key: &CacheKey,
+        policy: &RequestPolicy,
+        reason: String,
     ) -> Response<ProxyBody> {
         let failure = Arc::new(failure);
-        let response = failure_response(&failure, status, key);
         if let Some(leader) = leader {
-            leader.fail(failure);
+            leader.fail(Arc::clone(&failure));
         }
+        match self.stale_answer(&failure, key, policy, reason).await {
+            Some(stale) => stale.response,
+            None => failure_response(&failure, status, key),
+        }
+    }
+
+    /// An entry that expired within the stale-if-error window, as the
+    /// answer to a request whose upstream call failed with `failure`:
+    /// only for 429, 500, 502, 503, 504 and 529 (timeouts and unreachable
+    /// upstreams are 504 and 502 here), never for a `no-cache` request.
+    async fn stale_answer(
+        &self,
+        failure: &UpstreamFailure,
+        key: &CacheKey,
+        policy: &RequestPolicy,
+        reason: String,
+    ) -> Option<StaleAnswer> {
+        if !is_stale_trigger(failure.status) {
+            return None;
+        }
+        let window = stale_window(policy, self.cache.as_ref())?;
+        let (entry, tier) = self.tiers.stale(key, window).await?;
+        tracing::warn!(%key, tier = tier.as_str(), age_secs = entry.age_secs(), %reason, "served a stale answer: the upstream failed");
+        let mut response = Response::new(full(entry.body()));
+        *response.headers_mut() = entry::hit_headers(&entry, tier, &key.to_string());
         response
+            .headers_mut()
+            .insert(headers::STATUS, CacheStatus::Stale.header_value());
+        response.extensions_mut().insert(StaleServed {
+            tier,
+            reason: reason.clone(),
+        });
+        Some(StaleAnswer { response })
     }
 
     fn cache_limit(&self) -> u64 {
@@ -751,6 +807,55 @@ fn upstream_request(
 /// Upstream answers whose failure is handed to coalesced followers: rate
 /// limits and server errors (529 overload included). Other 4xx answers
 /// depend on the request; they are not shared.
+/// Upstream answers that stale-if-error may answer instead of (RFC 5861
+/// names the 5xx; 429 and Anthropic's 529 "overloaded" are the same kind
+/// of trouble).
+fn is_stale_trigger(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504 | 529)
+}
+
+/// The stale-if-error window of a request: its own `stale-if-error=N`, else
+/// `cache.stale_if_error`; `None` when off or when the request said
+/// `no-cache`.
+fn stale_window(policy: &RequestPolicy, cache: Option<&CacheLayer>) -> Option<Duration> {
+    if !policy.lookup {
+        return None;
+    }
+    policy
+        .stale_if_error
+        .or_else(|| cache.map(|c| c.settings.stale_if_error))
+        .filter(|window| !window.is_zero())
+}
+
+/// Marks a response answered by a stale entry, for the access log.
+#[derive(Clone)]
+struct StaleServed {
+    tier: TierKind,
+    reason: String,
+}
+
+/// A stale entry's response.
+struct StaleAnswer {
+    response: Response<ProxyBody>,
+}
+
+impl StaleAnswer {
+    /// The response, with the log told what happened.
+    fn logged(self, log: &mut AccessLog) -> Response<ProxyBody> {
+        note_stale(&self.response, log);
+        self.response
+    }
+}
+
+/// Copies a stale answer's facts into the access log.
+fn note_stale(response: &Response<ProxyBody>, log: &mut AccessLog) {
+    if let Some(stale) = response.extensions().get::<StaleServed>() {
+        log.cache_status = Some(CacheStatus::Stale);
+        log.tier = Some(stale.tier);
+        log.upstream_error = Some(stale.reason.clone());
+    }
+}
+
 fn is_shared_failure(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }

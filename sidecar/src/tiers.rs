@@ -87,6 +87,22 @@ impl Tiers {
         Some((entry, TierKind::Reserve))
     }
 
+    /// An entry that expired no longer ago than `window`, from memory or
+    /// the cluster, for when the upstream failed (stale-if-error). Not
+    /// promoted: it answers one failure, it is not fresh.
+    pub async fn stale(
+        &self,
+        key: &CacheKey,
+        window: std::time::Duration,
+    ) -> Option<(Arc<CachedResponse>, TierKind)> {
+        if let Some(entry) = self.memory.lookup_stale(key, window) {
+            return Some((entry, TierKind::Memory));
+        }
+        let peers = self.peers.as_ref()?;
+        let entry = peers.lookup_stale(key, window).await?;
+        Some((entry, TierKind::Peer))
+    }
+
     /// Stamps a new answer with the cluster's next version (mode `ha`).
     pub fn stamp(&self, entry: &mut CachedResponse) {
         if let Some(peers) = &self.peers {

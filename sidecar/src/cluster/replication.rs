@@ -11,7 +11,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::proto::{ClearRequest, DeleteRequest, GetRequest, SetRequest};
 use super::security::PeerClient;
-use super::wire::{entry_from_wire, entry_to_wire, origin_to_wire};
+use super::wire::{entry_from_wire, entry_from_wire_within, entry_to_wire, origin_to_wire};
 use super::Cluster;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin};
@@ -65,6 +65,7 @@ impl Cluster {
             .map(|mut client| async move {
                 let request = GetRequest {
                     key: key.0.to_vec(),
+                    stale_within_ms: 0,
                 };
                 tokio::time::timeout(timeout, client.get(request)).await
             })
@@ -103,6 +104,48 @@ impl Cluster {
             self.metrics.cluster.read_quorum_failures.inc();
             tracing::debug!(%key, answers, needed, "cluster read below read_quorum; treated as a miss");
             return None;
+        }
+        freshest.map(Arc::new)
+    }
+
+    /// The freshest copy of `key` among its replicas that expired no longer
+    /// ago than `window`, for stale-if-error: any replica's answer will do
+    /// (no read quorum), since the alternative is the upstream's failure.
+    pub async fn lookup_stale(
+        &self,
+        key: &CacheKey,
+        window: std::time::Duration,
+    ) -> Option<Arc<CachedResponse>> {
+        let view = self.view();
+        let replicas = view.replicas(key, self.settings.replica_count as usize);
+        let timeout = self.timings.call_timeout;
+        let stale_within_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let calls = replicas
+            .iter()
+            .filter_map(|m| m.client.clone())
+            .map(|mut client| async move {
+                let request = GetRequest {
+                    key: key.0.to_vec(),
+                    stale_within_ms,
+                };
+                tokio::time::timeout(timeout, client.get(request)).await
+            });
+        let mut freshest: Option<CachedResponse> = None;
+        for result in futures::future::join_all(calls).await {
+            self.metrics
+                .cluster
+                .count_call("get", matches!(result, Ok(Ok(_))));
+            let found = match result {
+                Ok(Ok(reply)) => reply.into_inner().entry,
+                _ => None,
+            };
+            let found = found
+                .and_then(|e| entry_from_wire_within(&e, window))
+                .filter(|(k, _)| k == key)
+                .and_then(|(_, entry)| self.admit(entry));
+            if let Some(entry) = found {
+                keep_freshest(&mut freshest, entry);
+            }
         }
         freshest.map(Arc::new)
     }

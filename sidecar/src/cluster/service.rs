@@ -156,7 +156,16 @@ impl ClusterRpc for Service {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
         let key = key_from_wire(&request.get_ref().key).ok_or_else(bad_key)?;
-        let entry = self.0.memory.lookup(&key).map(|e| entry_to_wire(&key, &e));
+        let stale_within = std::time::Duration::from_millis(request.get_ref().stale_within_ms);
+        let memory = &self.0.memory;
+        let entry = memory
+            .lookup(&key)
+            .or_else(|| {
+                (!stale_within.is_zero())
+                    .then(|| memory.lookup_stale(&key, stale_within))
+                    .flatten()
+            })
+            .map(|e| entry_to_wire(&key, &e));
         Ok(Response::new(GetReply { entry }))
     }
 

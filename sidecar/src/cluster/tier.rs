@@ -34,6 +34,16 @@ impl PeerTier {
         self.cluster.lookup(key).await
     }
 
+    /// A copy among the key's replicas that expired no longer ago than
+    /// `window` (stale-if-error).
+    pub async fn lookup_stale(
+        &self,
+        key: &CacheKey,
+        window: std::time::Duration,
+    ) -> Option<Arc<CachedResponse>> {
+        self.cluster.lookup_stale(key, window).await
+    }
+
     /// Stamps a new entry with the cluster's next version.
     pub fn stamp(&self, entry: &mut CachedResponse) {
         entry.version = self.cluster.next_version();

@@ -91,6 +91,21 @@ pub fn key_from_wire(bytes: &[u8]) -> Option<CacheKey> {
 
 /// An entry as received; `None` when it is malformed or no longer fresh.
 pub fn entry_from_wire(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
+    let (key, restored) = restore(entry)?;
+    restored.is_fresh().then_some((key, restored))
+}
+
+/// An entry as received for stale-if-error: fresh, or expired no longer
+/// ago than `window`; `None` when malformed or older.
+pub fn entry_from_wire_within(
+    entry: &proto::Entry,
+    window: Duration,
+) -> Option<(CacheKey, CachedResponse)> {
+    let (key, restored) = restore(entry)?;
+    (restored.is_fresh() || restored.is_stale_within(window)).then_some((key, restored))
+}
+
+fn restore(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
     let key = key_from_wire(&entry.key)?;
     let created = UNIX_EPOCH.checked_add(Duration::from_millis(entry.created_ms))?;
     let restored = CachedResponse::from_parts(
@@ -104,7 +119,7 @@ pub fn entry_from_wire(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse
         },
         version_from_wire(entry.version.as_ref()),
     )?;
-    restored.is_fresh().then_some((key, restored))
+    Some((key, restored))
 }
 
 #[cfg(test)]

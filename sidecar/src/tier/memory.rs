@@ -13,14 +13,21 @@ use super::{Tier, TierFuture, TierKind, TierStats};
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
-/// Expires each entry at `created + ttl`, so an entry restored from a
-/// longer-lived tier keeps its original deadline rather than a new full TTL.
-struct EntryTtl;
+/// Expires each entry at `created + ttl` plus the stale-if-error window
+/// (during which it is kept but only served when the upstream fails), so
+/// an entry restored from a longer-lived tier keeps its original deadline
+/// rather than a new full TTL.
+struct EntryTtl {
+    keep_stale: Duration,
+}
 
-fn remaining(entry: &CachedResponse) -> Duration {
-    entry
-        .ttl
-        .saturating_sub(entry.created.elapsed().unwrap_or_default())
+impl EntryTtl {
+    fn remaining(&self, entry: &CachedResponse) -> Duration {
+        entry
+            .ttl
+            .saturating_sub(entry.created.elapsed().unwrap_or_default())
+            + self.keep_stale
+    }
 }
 
 impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {
@@ -30,7 +37,7 @@ impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {
         value: &Arc<CachedResponse>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(remaining(value))
+        Some(self.remaining(value))
     }
 
     fn expire_after_update(
@@ -40,7 +47,7 @@ impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(remaining(value))
+        Some(self.remaining(value))
     }
 }
 
@@ -53,13 +60,14 @@ pub struct MemoryTier {
 
 impl MemoryTier {
     /// A tier holding at most `max_cost` bytes of answers, counting
-    /// entries evicted for room in `evictions`.
-    pub fn new(max_cost: u64, evictions: Counter) -> Self {
+    /// entries evicted for room in `evictions`. Expired entries stay
+    /// `keep_stale` longer (still within `max_cost`), for stale-if-error.
+    pub fn new(max_cost: u64, keep_stale: Duration, evictions: Counter) -> Self {
         let counter = evictions.clone();
         let cache = Cache::builder()
             .max_capacity(max_cost)
             .weigher(|_key: &CacheKey, entry: &Arc<CachedResponse>| entry.weight())
-            .expire_after(EntryTtl)
+            .expire_after(EntryTtl { keep_stale })
             .eviction_listener(move |_key, _value, cause| {
                 if cause == RemovalCause::Size {
                     counter.inc();
@@ -72,7 +80,14 @@ impl MemoryTier {
     /// The entry under `key`. Synchronous: a memory lookup never waits on
     /// I/O, and the request path avoids a boxed future for it.
     pub fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
-        self.cache.get(key)
+        self.cache.get(key).filter(|entry| entry.is_fresh())
+    }
+
+    /// The entry under `key` if it expired no longer ago than `window`.
+    pub fn lookup_stale(&self, key: &CacheKey, window: Duration) -> Option<Arc<CachedResponse>> {
+        self.cache
+            .get(key)
+            .filter(|entry| entry.is_stale_within(window))
     }
 
     /// Stores `entry`.
@@ -148,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn stores_expires_and_deletes() {
-        let tier = MemoryTier::new(1 << 20, Counter::default());
+        let tier = MemoryTier::new(1 << 20, Duration::ZERO, Counter::default());
         let key = CacheKey([1; 32]);
         tier.set(key, entry(10, Duration::from_millis(200)))
             .await
@@ -169,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn weighs_by_bytes_and_evicts() {
-        let tier = MemoryTier::new(100_000, Counter::default());
+        let tier = MemoryTier::new(100_000, Duration::ZERO, Counter::default());
         for i in 0..50u8 {
             tier.insert(CacheKey([i; 32]), entry(10_000, Duration::from_secs(60)));
         }

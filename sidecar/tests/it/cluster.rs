@@ -419,6 +419,7 @@ async fn held_call(address: &str, key: &CacheKey) -> Option<String> {
         .get(with_token(
             GetRequest {
                 key: key.0.to_vec(),
+                ..GetRequest::default()
             },
             CLIENT_TOKEN,
         ))

@@ -259,7 +259,13 @@ async fn batched_and_single_calls_store_read_and_delete() {
 
     // Malformed requests are refused with a reason, not stored.
     let short_key = client
-        .get(with_token(GetRequest { key: vec![1; 31] }, TOKEN))
+        .get(with_token(
+            GetRequest {
+                key: vec![1; 31],
+                ..GetRequest::default()
+            },
+            TOKEN,
+        ))
         .await
         .expect_err("a 31-byte key");
     assert_eq!(short_key.code(), Code::InvalidArgument);
@@ -307,6 +313,7 @@ async fn calls_without_the_token_are_refused() {
                 .get(request(
                     GetRequest {
                         key: key(1).0.to_vec(),
+                        ..GetRequest::default()
                     },
                     token,
                 ))
@@ -401,6 +408,7 @@ async fn held_entry(client: &mut ClusterClient<Channel>, key: &CacheKey) -> Opti
         .get(with_token(
             GetRequest {
                 key: key.0.to_vec(),
+                ..GetRequest::default()
             },
             TOKEN,
         ))
@@ -725,6 +733,7 @@ async fn member_only_calls_from_a_client_are_refused() {
         .get(with_token(
             GetRequest {
                 key: held_key.0.to_vec(),
+                ..GetRequest::default()
             },
             CLIENT_TOKEN,
         ))

@@ -18,5 +18,6 @@ mod partition;
 mod peer_names;
 mod replay;
 mod reserve;
+mod stale;
 mod streaming;
 mod tls;
