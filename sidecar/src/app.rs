@@ -137,6 +137,9 @@ fn build_tiers(config: &Config, metrics: &Arc<Metrics>) -> Result<Tiers, RunErro
         r if caching && !r.url.is_empty() => Some(ReserveTier::open(r, Arc::clone(metrics))?),
         _ => None,
     };
+    if let Some(reserve) = &reserve {
+        reserve.keep_stale_for(cache.stale_if_error);
+    }
     let peers = if cache.mode == Mode::Ha {
         let checks = EntryChecks {
             keys: KeyBuilder::new(&cache.key, cache.isolation.clone()),

@@ -87,8 +87,9 @@ impl Tiers {
         Some((entry, TierKind::Reserve))
     }
 
-    /// An entry that expired no longer ago than `window`, from memory or
-    /// the cluster, for when the upstream failed (stale-if-error). Not
+    /// An entry that expired no longer ago than `window`, from memory, the
+    /// cluster or the reserve, for when the upstream failed
+    /// (stale-if-error). Not
     /// promoted: it answers one failure, it is not fresh.
     pub async fn stale(
         &self,
@@ -98,9 +99,13 @@ impl Tiers {
         if let Some(entry) = self.memory.lookup_stale(key, window) {
             return Some((entry, TierKind::Memory));
         }
-        let peers = self.peers.as_ref()?;
-        let entry = peers.lookup_stale(key, window).await?;
-        Some((entry, TierKind::Peer))
+        if let Some(peers) = &self.peers {
+            if let Some(entry) = peers.lookup_stale(key, window).await {
+                return Some((entry, TierKind::Peer));
+            }
+        }
+        let entry = self.reserve.as_ref()?.lookup_stale(key, window).await?;
+        Some((entry, TierKind::Reserve))
     }
 
     /// Stamps a new answer with the cluster's next version (mode `ha`).

@@ -105,8 +105,11 @@ impl Metadata {
     }
 
     /// Whether the entry may still be served at `now_ms`.
-    fn is_live(&self, now_ms: u64) -> bool {
-        now_ms < self.fresh_until_ms && now_ms < self.retention_until_ms
+    /// Whether the entry is kept: fresh, or expired no longer ago than
+    /// `keep_stale_ms` (for stale-if-error), and within its retention.
+    fn is_kept(&self, now_ms: u64, keep_stale_ms: u64) -> bool {
+        now_ms < self.fresh_until_ms.saturating_add(keep_stale_ms)
+            && now_ms < self.retention_until_ms
     }
 
     fn decode(bytes: &[u8], key: &CacheKey) -> Option<Self> {
@@ -133,7 +136,7 @@ impl Metadata {
         }
         let now = unix_ms(SystemTime::now());
         let ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(now));
-        Some(CachedResponse::restore(
+        let mut entry = CachedResponse::restore(
             &headers,
             &body,
             from_unix_ms(self.created_ms),
@@ -142,7 +145,11 @@ impl Metadata {
                 input: self.input_tokens,
                 output: self.output_tokens,
             },
-        ))
+        );
+        // The TTL as stored, from creation: an expired entry then knows how
+        // long ago it expired (for stale-if-error).
+        entry.ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(self.created_ms));
+        Some(entry)
     }
 }
 
@@ -177,6 +184,8 @@ struct Inner {
     settings: ReserveConfig,
     metrics: Arc<Metrics>,
     census: Census,
+    /// How long expired entries are kept for stale-if-error, in ms.
+    keep_stale_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The object-storage tier.
@@ -207,6 +216,7 @@ impl ReserveTier {
             settings: settings.clone(),
             metrics,
             census: Census::default(),
+            keep_stale_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let (jobs, queue) = mpsc::channel(settings.queue);
         tokio::spawn(write_behind(Arc::clone(&inner), queue));
@@ -214,12 +224,39 @@ impl ReserveTier {
         Ok(Self { inner, jobs })
     }
 
+    /// Keeps expired entries `window` longer (neither the sweep nor a read
+    /// removes them), so that [`ReserveTier::lookup_stale`] finds them.
+    pub fn keep_stale_for(&self, window: Duration) {
+        self.inner.keep_stale_ms.store(
+            u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// The live entry under `key`, if the reserve has one. Store errors, a
     /// store slower than `read_timeout`, and undecodable entries are misses
     /// (and counted; undecodable entries are removed).
     pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        self.lookup_within(key, None).await
+    }
+
+    /// The entry under `key` if it expired no longer ago than `window`
+    /// (stale-if-error), or is fresh.
+    pub async fn lookup_stale(
+        &self,
+        key: &CacheKey,
+        window: Duration,
+    ) -> Option<Arc<CachedResponse>> {
+        self.lookup_within(key, Some(window)).await
+    }
+
+    async fn lookup_within(
+        &self,
+        key: &CacheKey,
+        stale_within: Option<Duration>,
+    ) -> Option<Arc<CachedResponse>> {
         let timeout = self.inner.settings.read_timeout;
-        match tokio::time::timeout(timeout, self.read(key)).await {
+        match tokio::time::timeout(timeout, self.read(key, stale_within)).await {
             Ok(found) => found,
             Err(_) => {
                 self.inner.metrics.reserve.failures.inc();
@@ -232,7 +269,11 @@ impl ReserveTier {
         }
     }
 
-    async fn read(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+    async fn read(
+        &self,
+        key: &CacheKey,
+        stale_within: Option<Duration>,
+    ) -> Option<Arc<CachedResponse>> {
         let inner = &self.inner;
         let (meta_path, body_path) = inner.paths(key);
         let (meta, body) = tokio::join!(inner.store.get(&meta_path), inner.store.get(&body_path));
@@ -260,8 +301,19 @@ impl ReserveTier {
             return None;
         };
         let now = unix_ms(SystemTime::now());
-        if !meta.is_live(now) {
+        let keep_stale_ms = inner
+            .keep_stale_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !meta.is_kept(now, keep_stale_ms) {
             self.enqueue(Job::Remove { key: *key });
+            return None;
+        }
+        let fresh = now < meta.fresh_until_ms;
+        let stale_ok = stale_within.is_some_and(|window| {
+            now.saturating_sub(meta.fresh_until_ms)
+                <= u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
+        });
+        if !fresh && !stale_ok {
             return None;
         }
         let body = match body {
@@ -544,7 +596,13 @@ impl Inner {
                     .await
                     .ok()
                     .and_then(|bytes| Metadata::decode(&bytes, &key))
-                    .is_some_and(|meta| meta.is_live(now)),
+                    .is_some_and(|meta| {
+                        meta.is_kept(
+                            now,
+                            self.keep_stale_ms
+                                .load(std::sync::atomic::Ordering::Relaxed),
+                        )
+                    }),
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(err) => {
                     self.failed("sweep", &err);

@@ -158,3 +158,28 @@ async fn a_client_gets_the_stale_answer_from_the_cluster() {
     assert_stale(&reply, &stored, "from the cluster");
     assert_eq!(reply.header("x-relaycache-tier"), "peer");
 }
+
+#[tokio::test]
+async fn a_restarted_process_gets_the_stale_answer_from_the_reserve() {
+    let upstream = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = stale_config(&upstream.url());
+    config.cache.reserve.url = format!("file://{}", dir.path().display());
+    config.cache.reserve.min_ttl = Duration::from_secs(1);
+    let first = Relay::start(&config);
+    let body = question("stale in the reserve");
+    let stored = post_messages(&first, "k", &body, &[]).await;
+    first
+        .wait_for_stats("the reserve write", |s| s["reserve"]["writes"] == 1)
+        .await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // A new process: nothing in memory, the expired answer in the reserve.
+    let second = Relay::start(&config);
+    let reply = post_messages(&second, "k", &body, &[("x-mock-status", "503")]).await;
+    assert_stale(&reply, &stored, "from the reserve");
+    assert_eq!(reply.header("x-relaycache-tier"), "reserve");
+    // An expired answer is not a hit: with the upstream back, a miss.
+    let fresh = post_messages(&second, "k", &body, &[]).await;
+    assert_eq!(fresh.cache_status(), "miss");
+}
