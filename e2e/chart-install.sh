@@ -60,13 +60,18 @@ expect yes create statefulsets.apps -n team-a
 expect yes delete poddisruptionbudgets.policy -n team-a
 expect yes create events.events.k8s.io -n team-a
 expect no get pods -n team-a
-expect no get secrets -n team-a
+# Token Secrets: generated (create, never update: a token is never
+# overwritten) and copied into the namespaces a RelayCache serves.
+expect yes create secrets -n team-a
+expect yes delete secrets -n team-a
+expect no update secrets -n team-a
+expect yes list namespaces
+expect no create namespaces
 expect yes update "leases/$fullname" -n "$ns"
 expect no update leases/other -n "$ns"
 expect no create leases -n team-a
-expect yes get "secrets/$fullname-webhook-tls" -n "$ns"
-expect no get secrets/other -n "$ns"
-expect no list secrets -n "$ns"
+expect yes update "secrets/$fullname-webhook-tls" -n "$ns"
+expect no update secrets/other -n "$ns"
 expect no list nodes
 log "chart: RBAC grants the operator's needs and refuses the rest"
 

@@ -46,7 +46,9 @@ INJECT_SOURCE = "operator/src/webhook/inject.rs"
 # delete on the children and update on relaycaches/finalizers are for the
 # OwnerReferencesPermissionEnforcement admission plugin, which checks them
 # when the operator sets ownerReferences / blockOwnerDeletion.
-CHILD_VERBS = {"list", "watch", "create", "patch", "delete"}
+# get: before writing, the reconciler reads each child's name (metadata) to
+# check that the object there is its own.
+CHILD_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 CLUSTER_RBAC = {
     # patch: the finalizer that removes the clients' token copies.
     ("relaycache.io", "relaycaches"): {"get", "list", "watch", "patch"},
@@ -54,8 +56,8 @@ CLUSTER_RBAC = {
     ("relaycache.io", "relaycaches/finalizers"): {"update"},
     ("", "services"): CHILD_VERBS,
     ("", "configmaps"): CHILD_VERBS,
-    # get: the reconciler reads the StatefulSet before applying it.
-    ("apps", "statefulsets"): CHILD_VERBS | {"get"},
+    # The StatefulSet is read in full, to compare its volume claim templates.
+    ("apps", "statefulsets"): CHILD_VERBS,
     ("policy", "poddisruptionbudgets"): CHILD_VERBS,
     ("events.k8s.io", "events"): {"create", "patch"},
     # The generated token Secrets (get, create; watched so a deleted one is
