@@ -175,7 +175,7 @@ pub enum Mode {
 }
 
 /// Whether a miss may call the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Replay {
     /// Misses call the upstream.
@@ -204,6 +204,31 @@ impl Serialize for Isolation {
             Isolation::Credential => s.serialize_str("credential"),
             Isolation::Shared => s.serialize_str("shared"),
             Isolation::Header(name) => s.serialize_str(&format!("header:{name}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Replay {
+    /// `off` or `strict`; also `false` for `off`, since YAML 1.1 tools
+    /// (PyYAML, many templating steps) read an unquoted `off` as a boolean
+    /// and write it back as `false`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Flag(bool),
+            Word(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Flag(false) => Ok(Replay::Off),
+            Written::Word(word) if word == "off" => Ok(Replay::Off),
+            Written::Word(word) if word == "strict" => Ok(Replay::Strict),
+            Written::Flag(true) => Err(serde::de::Error::custom(
+                "replay: true is not a mode; use off or strict",
+            )),
+            Written::Word(other) => Err(serde::de::Error::custom(format!(
+                "unknown replay {other:?}: use off or strict"
+            ))),
         }
     }
 }
@@ -657,6 +682,23 @@ mod tests {
             text.contains("upstreams[0]") && text.contains("timeout"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn replay_reads_off_strict_and_yaml_1_1_false() {
+        for (text, replay) in [
+            ("off", Replay::Off),
+            ("\"off\"", Replay::Off),
+            ("false", Replay::Off),
+            ("strict", Replay::Strict),
+        ] {
+            let config = Config::from_yaml(&format!("cache:\n  replay: {text}\n")).unwrap();
+            assert_eq!(config.cache.replay, replay, "{text}");
+        }
+        for text in ["true", "sometimes"] {
+            let err = Config::from_yaml(&format!("cache:\n  replay: {text}\n")).unwrap_err();
+            assert!(err.to_string().contains("cache.replay"), "{err}");
+        }
     }
 
     #[test]
