@@ -20,7 +20,7 @@ use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
 use crate::config::{CacheConfig, Config, Mode, Replay};
 use crate::entry::{self, CachedResponse, EntryRecorder};
 use crate::headers::{self, CacheStatus};
-use crate::key::{CacheKey, KeyBuilder, KeyOrigin, KeyParts};
+use crate::key::{CacheKey, KeyBuilder, KeyOrigin, KeyParts, Tenant};
 use crate::limits::{self, Admission, BufferPermit};
 use crate::metrics::Metrics;
 use crate::policy::RequestPolicy;
@@ -74,8 +74,7 @@ impl CacheLayer {
         if !tiers.is_cluster_client() {
             return None;
         }
-        let tenant = self.keys.tenant(&keyed.parts.headers).ok()?;
-        Some(self.keys.origin(keyed.key_parts(&tenant), &keyed.body))
+        Some(self.keys.origin(keyed.key_parts(), &keyed.body))
     }
 }
 
@@ -94,6 +93,7 @@ pub struct Proxy {
 struct Keyed {
     parts: Parts,
     body: Bytes,
+    tenant: Tenant,
     key: CacheKey,
     raw_key: CacheKey,
     policy: RequestPolicy,
@@ -101,14 +101,19 @@ struct Keyed {
 
 impl Keyed {
     /// What went into the key besides the body.
-    fn key_parts<'a>(&'a self, tenant: &'a crate::key::Tenant) -> KeyParts<'a> {
-        KeyParts {
-            tenant,
-            method: self.parts.method.as_str(),
-            path: self.parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-            headers: &self.parts.headers,
-            namespace: self.policy.namespace.as_deref(),
-        }
+    fn key_parts(&self) -> KeyParts<'_> {
+        key_parts(&self.parts, &self.policy, &self.tenant)
+    }
+}
+
+/// What goes into a request's key besides the body.
+fn key_parts<'a>(parts: &'a Parts, policy: &'a RequestPolicy, tenant: &'a Tenant) -> KeyParts<'a> {
+    KeyParts {
+        tenant,
+        method: parts.method.as_str(),
+        path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &parts.headers,
+        namespace: policy.namespace.as_deref(),
     }
 }
 
@@ -212,13 +217,7 @@ impl Proxy {
                 return self.bypass(parts, body, &upstream, log).await;
             }
         };
-        let key_parts = KeyParts {
-            tenant: &tenant,
-            method: parts.method.as_str(),
-            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-            headers: &parts.headers,
-            namespace: policy.namespace.as_deref(),
-        };
+        let key_parts = key_parts(&parts, &policy, &tenant);
         let raw_key = cache.keys.raw_key(key_parts, &body);
         if policy.lookup {
             let known = cache.aliases.get(&raw_key);
@@ -252,6 +251,7 @@ impl Proxy {
         let keyed = Keyed {
             parts,
             body,
+            tenant,
             key,
             raw_key,
             policy,

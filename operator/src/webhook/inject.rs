@@ -326,15 +326,7 @@ pub fn respond(
     };
     let config = match sidecar_config(&rc) {
         Ok(config) => config,
-        Err(invalid) => {
-            return with_warning(
-                req,
-                format!(
-                "relaycache: RelayCache {}/{} is invalid ({invalid}); admitted without the sidecar",
-                target.namespace, target.name
-            ),
-            )
-        }
+        Err(invalid) => return without_sidecar(req, target, &invalid),
     };
 
     // The clients' token: the RelayCache's own Secret in its namespace, the
@@ -345,15 +337,7 @@ pub fn respond(
         }
         Ok(names) => names.client_token_copy(),
         // `sidecar_config` above has read the names already.
-        Err(invalid) => {
-            return with_warning(
-                req,
-                format!(
-                "relaycache: RelayCache {}/{} is invalid ({invalid}); admitted without the sidecar",
-                target.namespace, target.name
-            ),
-            )
-        }
+        Err(invalid) => return without_sidecar(req, target, &invalid),
     };
     // Serialising a plain config does not fail in practice; if it ever
     // did, an empty config would start a sidecar on defaults, so admit the
@@ -417,6 +401,21 @@ pub fn respond(
         ),
     }
     ops.respond(req, Vec::new())
+}
+
+/// Admits a pod without the sidecar because its RelayCache's spec is invalid.
+fn without_sidecar(
+    req: &AdmissionRequest<DynamicObject>,
+    target: &Target,
+    invalid: &InvalidSpec,
+) -> AdmissionResponse {
+    with_warning(
+        req,
+        format!(
+            "relaycache: RelayCache {}/{} is invalid ({invalid}); admitted without the sidecar",
+            target.namespace, target.name
+        ),
+    )
 }
 
 fn with_warning(req: &AdmissionRequest<DynamicObject>, message: String) -> AdmissionResponse {

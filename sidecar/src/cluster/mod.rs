@@ -269,9 +269,13 @@ impl Cluster {
 
     /// Whether a client's entry for `key` answers the request `origin`
     /// describes: the key derived from it here must be `key`. Counted
-    /// when not.
-    pub(crate) fn is_own_request(&self, key: &CacheKey, origin: &crate::key::KeyOrigin) -> bool {
-        let derived = self.checks.keys.key_of_origin(origin);
+    /// when not, a missing origin included.
+    pub(crate) fn is_own_request(
+        &self,
+        key: &CacheKey,
+        origin: Option<&crate::key::KeyOrigin>,
+    ) -> bool {
+        let derived = origin.and_then(|origin| self.checks.keys.key_of_origin(origin));
         let own = derived.as_ref() == Some(key);
         if !own {
             self.metrics

@@ -199,17 +199,7 @@ impl ClusterRpc for Service {
         };
         if role == Role::Client {
             let origin = request.origin.and_then(origin_from_wire);
-            let own = match &origin {
-                Some(origin) => self.0.is_own_request(&key, origin),
-                None => {
-                    self.0
-                        .metrics
-                        .cluster
-                        .count_refusal(crate::metrics::ClusterRefusal::ForgedKey);
-                    false
-                }
-            };
-            if !own {
+            if !self.0.is_own_request(&key, origin.as_ref()) {
                 return Err(Status::permission_denied(
                     "a client may store only the answer to its own request: send the request's origin, whose key must be the entry's key",
                 ));

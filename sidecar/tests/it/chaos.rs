@@ -24,10 +24,10 @@ use mock_upstream::{credential_of, request_digest};
 use relaycache::cluster::proto::{
     self, ClearRequest, DeleteRequest, PingRequest, SetManyRequest, SetRequest,
 };
-use relaycache::cluster::wire::{entry_to_wire, origin_to_wire};
+use relaycache::cluster::wire::entry_to_wire;
 use relaycache::config::Config;
 use relaycache::entry::CachedResponse;
-use relaycache::key::{CacheKey, KeyBuilder, KeyParts};
+use relaycache::key::CacheKey;
 use relaycache::version::Version;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -268,23 +268,10 @@ fn forged_entry(key: &CacheKey, ttl: Duration, wall_ms: u64) -> proto::Entry {
 
 /// Every attack on the cluster port, over and over; the number of times a
 /// member accepted one.
-async fn rogue(load: Arc<Load>, targets: Vec<String>, keys: KeyBuilder) -> (u64, u64) {
+async fn rogue(load: Arc<Load>, targets: Vec<String>, config: Config) -> (u64, u64) {
     let (mut attempts, mut accepted) = (0u64, 0u64);
     // The rogue's own request: the only key its origin can prove.
-    let mut headers = HeaderMap::new();
-    headers.insert("x-api-key", "rogue-key".parse().unwrap());
-    headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
-    let body = question("chaos 1");
-    let tenant = keys.tenant(&headers).expect("a credential");
-    let parts = KeyParts {
-        tenant: &tenant,
-        method: "POST",
-        path: "/v1/messages",
-        headers: &headers,
-        namespace: None,
-    };
-    let origin = origin_to_wire(&keys.origin(parts, &bytes::Bytes::from(body.clone())));
-    let (own_key, _) = keys.key(parts, body.as_bytes()).expect("json");
+    let (own_key, origin) = client_request(&config, "rogue-key", &question("chaos 1"));
     let mut round = 0u64;
     while !load.stop.load(Ordering::Relaxed) {
         round += 1;
@@ -308,59 +295,31 @@ async fn rogue(load: Arc<Load>, targets: Vec<String>, keys: KeyBuilder) -> (u64,
         };
         let mut client = relaycache::cluster::proto::cluster_client::ClusterClient::new(channel);
         let future = now_ms() + 3_600_000;
-        let set = |entry, origin| SetRequest {
-            entry: Some(entry),
-            admit_to_reserve: true,
-            origin,
-        };
-        let stored = |r: Result<tonic::Response<proto::SetReply>, tonic::Status>| {
-            r.is_ok_and(|r| r.into_inner().stored)
-        };
-        let outcomes = [
-            // Forged writes under a victim's key, without and with the
-            // clients' token, bare and with the rogue's own request.
-            stored(
-                client
-                    .set(tonic::Request::new(set(
-                        forged_entry(&victim, Duration::from_secs(600), now_ms()),
-                        None,
-                    )))
-                    .await,
-            ),
-            stored(
-                client
-                    .set(with_token(
-                        set(
-                            forged_entry(&victim, Duration::from_secs(600), now_ms()),
-                            None,
-                        ),
-                        CLIENT_TOKEN,
-                    ))
-                    .await,
-            ),
-            stored(
-                client
-                    .set(with_token(
-                        set(
-                            forged_entry(&victim, Duration::from_secs(600), now_ms()),
-                            Some(origin.clone()),
-                        ),
-                        CLIENT_TOKEN,
-                    ))
-                    .await,
-            ),
-            // Its own key, with a version an hour ahead.
-            stored(
-                client
-                    .set(with_token(
-                        set(
-                            forged_entry(&own_key, Duration::from_secs(600), future),
-                            Some(origin.clone()),
-                        ),
-                        CLIENT_TOKEN,
-                    ))
-                    .await,
-            ),
+        let now = now_ms();
+        // Forged writes under a victim's key, without and with the clients'
+        // token, bare and with the rogue's own request; and under its own
+        // key with a version an hour ahead.
+        let forged_sets = [
+            (None, &victim, now, None),
+            (Some(CLIENT_TOKEN), &victim, now, None),
+            (Some(CLIENT_TOKEN), &victim, now, Some(origin.clone())),
+            (Some(CLIENT_TOKEN), &own_key, future, Some(origin.clone())),
+        ];
+        let mut outcomes = Vec::new();
+        for (token, key, wall_ms, origin) in forged_sets {
+            let request = SetRequest {
+                entry: Some(forged_entry(key, Duration::from_secs(600), wall_ms)),
+                admit_to_reserve: true,
+                origin,
+            };
+            let request = match token {
+                Some(token) => with_token(request, token),
+                None => tonic::Request::new(request),
+            };
+            let reply = client.set(request).await;
+            outcomes.push(reply.is_ok_and(|r| r.into_inner().stored));
+        }
+        outcomes.extend([
             client
                 .set_many(with_token(
                     SetManyRequest {
@@ -387,7 +346,7 @@ async fn rogue(load: Arc<Load>, targets: Vec<String>, keys: KeyBuilder) -> (u64,
                 .clear(with_token(ClearRequest {}, CLIENT_TOKEN))
                 .await
                 .is_ok(),
-        ];
+        ]);
         attempts += outcomes.len() as u64;
         accepted += outcomes.iter().filter(|&&ok| ok).count() as u64;
         // A pinned clock and a join from an address nobody lists: answered
@@ -478,11 +437,11 @@ async fn every_answer_served_under_chaos_is_its_own_requests() {
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| tokio::spawn(worker(Arc::clone(&load), 0x9e37_79b9 * (w as u64 + 1))))
         .collect();
-    let keys = KeyBuilder::new(
-        &member_configs[0].cache.key,
-        member_configs[0].cache.isolation.clone(),
-    );
-    let attacker = tokio::spawn(rogue(Arc::clone(&load), hosts.grpc_from_test.clone(), keys));
+    let attacker = tokio::spawn(rogue(
+        Arc::clone(&load),
+        hosts.grpc_from_test.clone(),
+        member_configs[0].clone(),
+    ));
 
     let phase_time = Duration::from_secs(chaos_seconds() / Nemesis::ALL.len() as u64);
     let mut skipped = Vec::new();

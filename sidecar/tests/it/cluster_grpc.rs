@@ -11,12 +11,10 @@ use relaycache::cluster::proto::{
     self, ClearRequest, DeleteRequest, GetManyRequest, GetRequest, PingRequest, SetManyRequest,
     SetRequest, VersionsRequest,
 };
-use relaycache::cluster::wire::{
-    entry_from_wire, entry_to_wire, origin_to_wire, version_from_wire,
-};
+use relaycache::cluster::wire::{entry_from_wire, entry_to_wire, version_from_wire};
 use relaycache::config::Config;
 use relaycache::entry::CachedResponse;
-use relaycache::key::{CacheKey, KeyBuilder, KeyParts};
+use relaycache::key::CacheKey;
 use relaycache::version::Version;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -656,21 +654,7 @@ async fn a_client_stores_only_the_answers_to_its_own_requests() {
     let victim_key = CacheKey::from_hex(victim.header("x-relaycache-key")).expect("hex key");
 
     // The attacker's own request, as its sidecar would describe it.
-    let keys = KeyBuilder::new(&config.cache.key, config.cache.isolation.clone());
-    let mut headers = HeaderMap::new();
-    headers.insert("x-api-key", "attacker-key".parse().unwrap());
-    headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
-    headers.insert("content-type", "application/json".parse().unwrap());
-    let tenant = keys.tenant(&headers).expect("a credential");
-    let parts = KeyParts {
-        tenant: &tenant,
-        method: "POST",
-        path: "/v1/messages",
-        headers: &headers,
-        namespace: None,
-    };
-    let (own_key, _) = keys.key(parts, body.as_bytes()).expect("a JSON body");
-    let origin = origin_to_wire(&keys.origin(parts, &bytes::Bytes::from(body.clone())));
+    let (own_key, origin) = client_request(&config, "attacker-key", &body);
     assert!(
         origin.headers.iter().all(|h| h.name != "content-type"),
         "only the headers the key reads travel: {:?}",

@@ -658,3 +658,32 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     );
     request
 }
+
+/// A Messages request with credential `api_key` and `body`, as a cluster
+/// client describes it when it stores the answer: its key (derived as the
+/// proxy derives it under `config`) and its origin as sent.
+pub fn client_request(
+    config: &Config,
+    api_key: &str,
+    body: &str,
+) -> (
+    relaycache::key::CacheKey,
+    relaycache::cluster::proto::Origin,
+) {
+    let keys = relaycache::key::KeyBuilder::new(&config.cache.key, config.cache.isolation.clone());
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-api-key", api_key.parse().expect("a header value"));
+    headers.insert("anthropic-version", "2023-06-01".parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let tenant = keys.tenant(&headers).expect("a credential");
+    let parts = relaycache::key::KeyParts {
+        tenant: &tenant,
+        method: "POST",
+        path: "/v1/messages",
+        headers: &headers,
+        namespace: None,
+    };
+    let (key, _) = keys.key(parts, body.as_bytes()).expect("a JSON body");
+    let origin = keys.origin(parts, &Bytes::from(body.to_string()));
+    (key, relaycache::cluster::wire::origin_to_wire(&origin))
+}
