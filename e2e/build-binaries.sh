@@ -26,6 +26,9 @@ KUBE_VERSION="${KUBE_VERSION:-v1.37.1}"
 ETCD_VERSION="${ETCD_VERSION:-v3.7.3}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+# The node of the real-pod scenarios: kubelet and kube-proxy come from
+# KUBE_VERSION too; CoreDNS from its own module.
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 
 # ---------------------------------------------------------------------------
 # Build settings (override through the environment).
@@ -41,7 +44,8 @@ export CGO_ENABLED="${CGO_ENABLED:-0}"
 # keep any go.work of the caller out of the generated wrapper modules.
 export GOTOOLCHAIN=local GOWORK=off
 
-ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+ALL_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm
+              kubelet kube-proxy coredns)
 
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -60,6 +64,9 @@ while (($#)); do
       printf 'kube-controller-manager k8s.io/kubernetes %s\n' "$KUBE_VERSION"
       printf 'kube-scheduler          k8s.io/kubernetes %s\n' "$KUBE_VERSION"
       printf 'kubectl                 k8s.io/kubernetes %s\n' "$KUBE_VERSION"
+      printf 'kubelet                 k8s.io/kubernetes %s\n' "$KUBE_VERSION"
+      printf 'kube-proxy              k8s.io/kubernetes %s\n' "$KUBE_VERSION"
+      printf 'coredns                 github.com/coredns/coredns %s\n' "$COREDNS_VERSION"
       printf 'etcd                    go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION"
       printf 'kwok                    sigs.k8s.io/kwok %s\n' "$KWOK_VERSION"
       printf 'helm                    helm.sh/helm/v3 %s\n' "$HELM_VERSION"
@@ -91,7 +98,8 @@ GO_VERSION="$(go env GOVERSION)"   # e.g. go1.26.8
 stamp_for() {
   local name="$1" source
   case "$name" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) source="k8s.io/kubernetes@$KUBE_VERSION" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) source="k8s.io/kubernetes@$KUBE_VERSION" ;;
+    coredns) source="github.com/coredns/coredns@$COREDNS_VERSION" ;;
     etcd) source="go.etcd.io/etcd/server/v3@$ETCD_VERSION" ;;
     kwok) source="sigs.k8s.io/kwok@$KWOK_VERSION" ;;
     helm) source="helm.sh/helm/v3@$HELM_VERSION" ;;
@@ -293,6 +301,15 @@ build_helm() {
 }
 
 # ---------------------------------------------------------------------------
+# CoreDNS: its main package is the module root; `go install` works as is.
+# ---------------------------------------------------------------------------
+build_coredns() {
+  check_go_line "github.com/coredns/coredns@$COREDNS_VERSION"
+  go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION" \
+    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=module-$COREDNS_VERSION"
+}
+
+# ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
 total_start=$(date +%s)
@@ -306,7 +323,8 @@ for name in "${requested[@]}"; do
   make_work_dir
   start=$(date +%s)
   case "$name" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) build_kube "$name" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) build_kube "$name" ;;
+    coredns) build_coredns ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;
     helm) build_helm ;;
