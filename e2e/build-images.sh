@@ -16,6 +16,7 @@
 #   e2e/build-images.sh                 archives from target/release
 #   e2e/build-images.sh --import SOCK   ... then `ctr -n k8s.io images import`
 #                                       each into the containerd at SOCK
+#   e2e/build-images.sh --import-only SOCK   import the archives already built
 #
 # docker/*.Dockerfile build the same images with a Docker engine (make image).
 set -euo pipefail
@@ -26,12 +27,29 @@ RUST_BIN_DIR="${E2E_IMAGE_BIN_DIR:-${CARGO_TARGET_DIR:-$repo_root/target}/releas
 OUT_DIR="${E2E_IMAGE_DIR:-$repo_root/.e2e-images}"
 [[ "$RUST_BIN_DIR" == /* ]] || RUST_BIN_DIR="$PWD/$RUST_BIN_DIR"
 [[ "$OUT_DIR" == /* ]] || OUT_DIR="$PWD/$OUT_DIR"
+
+import_sock=""
+import_only=0
+case "${1:-}" in
+  --import) import_sock="${2:?--import needs the socket of containerd}" ;;
+  --import-only) import_sock="${2:?--import-only needs the socket of containerd}"; import_only=1 ;;
+esac
 log() { printf '[build-images] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-import_sock=""
-if [[ "${1:-}" == --import ]]; then
-  import_sock="${2:?--import needs the socket of containerd}"
+# import_all: every archive into the containerd at $import_sock.
+import_all() {
+  local archive start=$SECONDS
+  for archive in "$OUT_DIR"/*.tar; do
+    ctr --address "$import_sock" -n k8s.io images import "$archive" >/dev/null \
+      || die "ctr images import $archive failed"
+  done
+  log "imported into the containerd at $import_sock ($((SECONDS - start))s)"
+}
+if ((import_only)); then
+  [[ -f "$OUT_DIR/relaycache.tar" ]] || die "no archives in $OUT_DIR; run make e2e-images"
+  import_all
+  exit 0
 fi
 
 version="$(awk '$1 == "appVersion:" { gsub(/"/, "", $2); print $2 }' "$repo_root/charts/relaycache-operator/Chart.yaml")"
@@ -86,7 +104,7 @@ python3 "$repo_root/e2e/lib/oci-image.py" --name "docker.io/relaycache/e2e-pause
   --file "$work/pause:/pause:0755" --entrypoint /pause >&2
 
 client_links=()
-for applet in sh wget sleep cat grep awk sed seq date tr head tail wc printf echo env; do
+for applet in sh wget sleep cat grep awk sed seq date tr head tail wc printf echo env timeout cut; do
   client_links+=(--link "busybox:/bin/$applet")
 done
 python3 "$repo_root/e2e/lib/oci-image.py" --name "docker.io/relaycache/e2e-client:$version" \
@@ -94,10 +112,4 @@ python3 "$repo_root/e2e/lib/oci-image.py" --name "docker.io/relaycache/e2e-clien
   "${client_links[@]}" --entrypoint /bin/sh >&2
 log "archives in $OUT_DIR ($((SECONDS - start))s)"
 
-if [[ -n "$import_sock" ]]; then
-  for archive in "$OUT_DIR"/*.tar; do
-    ctr --address "$import_sock" -n k8s.io images import "$archive" >/dev/null \
-      || die "ctr images import $archive failed"
-  done
-  log "imported into the containerd at $import_sock ($((SECONDS - start))s)"
-fi
+[[ -z "$import_sock" ]] || import_all

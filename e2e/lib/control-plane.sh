@@ -28,6 +28,15 @@ BIN_DIR="${E2E_BIN_DIR:-$repo_root/.e2e-bin}"
 READY_TIMEOUT="${READY_TIMEOUT:-120}"
 # Only allocated from inside the apiserver; no traffic is ever sent there.
 SERVICE_CIDR="${SERVICE_CIDR:-10.96.0.0/16}"
+# Where kube-apiserver listens and what it advertises. The real-pod node
+# (lib/node.sh) sets these to its bridge's address so pods reach the
+# apiserver through the "kubernetes" Service; loopback otherwise.
+CP_BIND_ADDRESS="${CP_BIND_ADDRESS:-127.0.0.1}"
+CP_ADVERTISE_ADDRESS="${CP_ADVERTISE_ADDRESS:-127.0.0.1}"
+# Extra subjectAltName entries for the apiserver's certificate (",IP:..."),
+# and extra kube-apiserver flags (an array the caller may fill).
+CP_EXTRA_SANS="${CP_EXTRA_SANS:-}"
+cp_apiserver_extra_args=()
 # Name of the fake node cp_start_kwok creates.
 KWOK_NODE="${KWOK_NODE:-kwok-node-0}"
 
@@ -200,7 +209,7 @@ cp_pki() {
   ossl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=relaycache-$LOG_TAG-ca" \
     -keyout "$pki/ca.key" -out "$pki/ca.crt"
   sign apiserver "/CN=kube-apiserver" \
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc$CP_EXTRA_SANS
 extendedKeyUsage=serverAuth
 keyUsage=critical,digitalSignature,keyEncipherment"
   # O=system:masters is bound to cluster-admin by the default RBAC policy.
@@ -241,11 +250,15 @@ cp_start_apiserver() {
   local port=""
   free_port port
   api_url="https://127.0.0.1:$port"
+  # A loopback advertise address is no use to anybody as the "kubernetes"
+  # Service's endpoint; a real address is kept there by the apiserver.
+  local reconciler=(--endpoint-reconciler-type none)
+  [[ "$CP_ADVERTISE_ADDRESS" == 127.* ]] || reconciler=(--endpoint-reconciler-type lease)
   "$BIN_DIR/kube-apiserver" \
     --etcd-servers "$etcd_url" \
-    --bind-address 127.0.0.1 \
-    --advertise-address 127.0.0.1 \
-    --endpoint-reconciler-type none \
+    --bind-address "$CP_BIND_ADDRESS" \
+    --advertise-address "$CP_ADVERTISE_ADDRESS" \
+    "${reconciler[@]}" \
     --secure-port "$port" \
     --cert-dir "$tmp/apiserver-certs" \
     --tls-cert-file "$pki/apiserver.crt" \
@@ -256,6 +269,7 @@ cp_start_apiserver() {
     --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode RBAC \
+    "${cp_apiserver_extra_args[@]}" \
     >"$tmp/kube-apiserver.log" 2>&1 &
   track_pid $!
   log "kube-apiserver pid $! on $api_url"
