@@ -12,7 +12,7 @@ OPERATOR_IMAGE ?= relaycache/relaycache-operator:0.1.0
 E2E_TOTAL_TIMEOUT ?= 1800
 
 .PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean \
-	image image-operator chart-crds chart-check e2e-chart e2e chaos
+	image image-operator chart-crds chart-check e2e-chart e2e e2e-images e2e-real-pods chaos
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,8 +46,10 @@ fmt-check: toolchain
 lint: toolchain ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test-deps: ## Install what the tests need: moto (a local S3-compatible server), the Anthropic SDK, PyYAML, jq, openssl, curl, libfaketime
+test-deps: ## Install what the tests need: moto (a local S3-compatible server), the Anthropic SDK, PyYAML, jq, openssl, curl, libfaketime; the real node's containerd, runc, CNI plugins, iptables, busybox-static
 	@missing=""; for tool in jq openssl curl faketime; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for pkg in containerd runc containernetworking-plugins iptables busybox-static gcc libc6-dev ca-certificates; do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -91,12 +93,25 @@ e2e-smoke: e2e-bin ## Start a real control plane on loopback, check it, stop it
 e2e-chart: e2e-bin ## helm install/upgrade/uninstall the chart on a real control plane (Pod Security, RBAC, CRD kept)
 	SMOKE_THEN=e2e/chart-install.sh e2e/smoke-control-plane.sh
 
+e2e-images: release ## OCI archives of the proxy, operator, mock-upstream, client and pause images, from the release binaries, no registry (.e2e-images/)
+	e2e/build-images.sh
+
+# The real-pod scenarios: a node (containerd, kubelet, kube-proxy, CoreDNS)
+# next to the control plane, running the images of e2e-images.
+e2e-real-pods: test-deps e2e-images ## End to end in real pods on a local node (root; prints SKIPPED where the machine cannot run one)
+	e2e/build-binaries.sh
+	timeout --signal=TERM $(E2E_TOTAL_TIMEOUT) e2e/run-real-pods.sh
+
 # With E2E_KUBECONFIG set, no control plane is started: only kubectl and
-# helm are built.
-e2e: test-deps ## End to end: chart, operator, webhook, cache on a real control plane (E2E_KUBECONFIG=... for an existing cluster)
+# helm are built, and the real-pod scenarios (which start their own node)
+# do not run.
+e2e: test-deps ## End to end: kwok scenarios on a real control plane, then the real-pod scenarios on a local node (E2E_KUBECONFIG=... for an existing cluster)
 	e2e/build-binaries.sh $(if $(E2E_KUBECONFIG),kubectl helm)
 	$(CARGO) build --workspace --all-targets
 	timeout --signal=TERM $(E2E_TOTAL_TIMEOUT) e2e/run-scenarios.sh
+	$(if $(E2E_KUBECONFIG),,$(CARGO) build --release --workspace)
+	$(if $(E2E_KUBECONFIG),,e2e/build-images.sh)
+	$(if $(E2E_KUBECONFIG),,timeout --signal=TERM $(E2E_TOTAL_TIMEOUT) e2e/run-real-pods.sh)
 
 bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)
 	scripts/bench.sh

@@ -58,8 +58,9 @@ for b in relaycache relaycache-operator mock-upstream; do
   [[ -x "$RUST_BIN_DIR/$b" ]] || die "$RUST_BIN_DIR/$b is missing; run make release"
 done
 busybox="$(command -v busybox || true)"
-[[ -n "$busybox" ]] && ! ldd "$busybox" >/dev/null 2>&1 \
-  || die "a static busybox is required (Debian: apt-get install busybox-static)"
+if [[ -z "$busybox" ]] || ldd "$busybox" >/dev/null 2>&1; then
+  die "a static busybox is required (Debian: apt-get install busybox-static)"
+fi
 command -v gcc >/dev/null || die "gcc is required for the pause image"
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 [[ -f "$ca_bundle" ]] || die "$ca_bundle is missing (Debian: apt-get install ca-certificates)"

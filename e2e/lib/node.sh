@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154  # tmp, kubeconfig, BIN_DIR... from control-plane.sh
+# shellcheck shell=bash disable=SC2154,SC2034  # tmp, kubeconfig, BIN_DIR... from control-plane.sh; CP_* and node_skip_reason are read there and by the runner
 # A real node next to the control plane of lib/control-plane.sh: containerd
 # (Debian's package) with runc and the CNI bridge plugin, kubelet and
 # kube-proxy (built from k8s.io/kubernetes), and CoreDNS (its Go module) on
@@ -84,6 +84,11 @@ node_sysctl() {
 }
 
 node_write_configs() {
+  # Bit 24 of CapEff is CAP_SYS_RESOURCE.
+  local capeff
+  capeff="$(awk '$1 == "CapEff:" { print $2 }' /proc/self/status)"
+  node_restrict_oom=false
+  (( (16#$capeff >> 24) & 1 )) || node_restrict_oom=true
   mkdir -p "$node_dir/cni" "$node_dir/kubelet" "$node_dir/ipam"
   node_sock="$node_dir/containerd.sock"
   cat >"$node_dir/containerd.toml" <<EOF
@@ -94,7 +99,9 @@ state = "$node_dir/containerd-state"
   address = "$node_sock"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "docker.io/relaycache/e2e-pause:$image_version"
-  enable_cdi = false
+  # Without CAP_SYS_RESOURCE (as in some sandboxes) runc cannot lower a
+  # process's oom_score_adj, and the kubelet asks -998 for every sandbox.
+  restrict_oom_score_adj = $node_restrict_oom
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$node_dir/cni"
@@ -108,7 +115,8 @@ EOF
   "plugins": [{
     "type": "bridge", "bridge": "$NODE_BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
     "ipam": {"type": "host-local", "dataDir": "$node_dir/ipam",
-             "ranges": [[{"subnet": "$NODE_POD_CIDR", "gateway": "$NODE_IP"}]]}
+             "ranges": [[{"subnet": "$NODE_POD_CIDR", "gateway": "$NODE_IP"}]],
+             "routes": [{"dst": "0.0.0.0/0"}]}
   }]
 }
 EOF
@@ -140,23 +148,8 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 localStorageCapacityIsolation: false
 volumePluginDir: $node_dir/kubelet/volume-plugins
+podLogsDir: $node_dir/pod-logs
 shutdownGracePeriod: 0s
-EOF
-  node_kubelet_healthz="http://127.0.0.1:$healthz/healthz"
-  cat >"$node_dir/Corefile" <<EOF
-cluster.local:53 {
-  bind $NODE_IP
-  errors
-  kubernetes cluster.local {
-    kubeconfig $kubeconfig
-  }
-}
-.:53 {
-  bind $NODE_IP
-  template ANY ANY {
-    rcode NXDOMAIN
-  }
-}
 EOF
 }
 
@@ -164,7 +157,7 @@ node_start() {
   node_dir="$tmp/node"
   mkdir -p "$node_dir"
   : >"$node_dir/sysctls"
-  ls /var/run/netns 2>/dev/null | sort >"$node_dir/netns-before" || true
+  node_netns | sort >"$node_dir/netns-before"
   image_version="$(awk '$1 == "appVersion:" { gsub(/"/, "", $2); print $2 }' "$repo_root/charts/relaycache-operator/Chart.yaml")"
   teardown_hooks+=(node_teardown)
   node_started=1
@@ -192,9 +185,26 @@ node_start_services() {
     || { cat "$tmp/images-import.log" >&2; die "importing the images failed"; }
   node_log "images imported in $((SECONDS - start))s"
 
+  # CoreDNS reads the cluster through the admin kubeconfig (known only now).
+  cat >"$node_dir/Corefile" <<EOF
+cluster.local:53 {
+  bind $NODE_IP
+  errors
+  kubernetes cluster.local {
+    kubeconfig $kubeconfig
+  }
+}
+.:53 {
+  bind $NODE_IP
+  template ANY ANY {
+    rcode NXDOMAIN
+  }
+}
+EOF
   "$BIN_DIR/coredns" -conf "$node_dir/Corefile" >"$tmp/coredns.log" 2>&1 &
   track_pid $!
-  node_log "coredns pid $!"
+  local dns_pid=$!
+  node_log "coredns pid $dns_pid"
 
   local hz="" metrics=""
   free_port hz
@@ -226,7 +236,7 @@ node_start_services() {
   node_log "kubelet pid $kpid"
   wait_for "node $NODE_NAME Ready" "$kpid" \
     kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
-  wait_for "CoreDNS answers kubernetes.default.svc.cluster.local" - node_dns_ok
+  wait_for "CoreDNS answers kubernetes.default.svc.cluster.local" "$dns_pid" node_dns_ok
 }
 
 node_dns_ok() {
@@ -275,12 +285,12 @@ node_teardown() {
   for pid in $(node_pids_with_arg "$node_dir"); do kill -KILL "$pid" 2>/dev/null || true; done
   # Mounts under the node's directory, deepest first.
   local m
-  for m in $(awk -v d="$node_dir" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r); do
+  while read -r m; do
     umount -l "$m" 2>/dev/null || true
-  done
+  done < <(awk -v d="$node_dir" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
   # Network namespaces the runtime made for this run's pods.
   local ns
-  for ns in $(comm -13 "$node_dir/netns-before" <(ls /var/run/netns 2>/dev/null | sort)); do
+  for ns in $(comm -13 "$node_dir/netns-before" <(node_netns | sort)); do
     [[ "$ns" == cni-* ]] || continue
     umount "/var/run/netns/$ns" 2>/dev/null || true
     rm -f "/var/run/netns/$ns"
@@ -288,7 +298,7 @@ node_teardown() {
   # The pods' cgroups.
   local c
   for c in /sys/fs/cgroup/*/kubepods; do
-    [[ -d "$c" ]] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    if [[ -d "$c" ]]; then find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
   # kube-proxy's chains and our rule; links; sysctls.
   "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
@@ -296,8 +306,9 @@ node_teardown() {
       -m comment --comment "$node_rule_comment" -j DROP 2>/dev/null; do :; done
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
   for m in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{ print $2 }' | cut -d@ -f1); do
-    [[ "$(cat "/sys/class/net/$m/master/uevent" 2>/dev/null)" == *"INTERFACE=$NODE_BRIDGE"* ]] \
-      && ip link del "$m" 2>/dev/null || true
+    if [[ "$(cat "/sys/class/net/$m/master/uevent" 2>/dev/null)" == *"INTERFACE=$NODE_BRIDGE"* ]]; then
+      ip link del "$m" 2>/dev/null || true
+    fi
   done
   local key old
   if [[ -f "$node_dir/sysctls" ]]; then
@@ -305,6 +316,12 @@ node_teardown() {
       < <(tac "$node_dir/sysctls")
   fi
   node_log "teardown done"
+}
+
+# node_netns: the names in /var/run/netns.
+node_netns() {
+  [[ -d /var/run/netns ]] || return 0
+  find /var/run/netns -mindepth 1 -maxdepth 1 -printf '%f\n'
 }
 
 # node_pids_with_arg TEXT: containerd's processes (the daemon, its shims)
