@@ -93,7 +93,7 @@ for t in "${titles[@]}"; do
     R2) scenario R2 "${t#* }" R1 ;;
     R3) scenario R3 "${t#* }" R2 ;;
     R4) scenario R4 "${t#* }" R2 ;;
-    R5) scenario R5 "${t#* }" R1 ;;
+    R5) scenario R5 "${t#* }" R2 ;;
   esac
 done
 

@@ -70,8 +70,9 @@ node_configure_apiserver() {
   CP_BIND_ADDRESS=0.0.0.0
   CP_ADVERTISE_ADDRESS="$NODE_IP"
   CP_EXTRA_SANS=",IP:$NODE_IP,IP:${SERVICE_CIDR%.*/*}.1"
-  # Webhooks are called at the Service's endpoints, not its ClusterIP.
-  cp_apiserver_extra_args+=(--enable-aggregator-routing=true)
+  # Webhooks are called at the Service's endpoints, not its ClusterIP; logs
+  # and exec go to the node's address (its name resolves nowhere).
+  cp_apiserver_extra_args+=(--enable-aggregator-routing=true --kubelet-preferred-address-types InternalIP)
 }
 
 # node_sysctl KEY VALUE: set it, remembering the old value for teardown.

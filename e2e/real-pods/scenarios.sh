@@ -45,13 +45,8 @@ rp_pod_logs() {
 }
 
 # A pod spec fragment that passes Pod Security "restricted".
-restricted_pod='securityContext:
-    runAsNonRoot: true
-    seccompProfile: {type: RuntimeDefault}'
-restricted_container='securityContext:
-      allowPrivilegeEscalation: false
-      readOnlyRootFilesystem: true
-      capabilities: {drop: [ALL]}'
+restricted_pod='securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}'
+restricted_container='securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}'
 
 # pod_ip NS SELECTOR: the IP of the first Ready pod the selector matches.
 pod_ip() {
@@ -153,7 +148,6 @@ spec:
 EOF
 }
 
-# app_pod_manifest NAME LABELS COMMAND: a restricted pod running the client image.
 scenario_R2() {
   new_namespace "$ns_cluster"
   mock_manifest | kubectl apply -n "$ns_cluster" -f - >&2
@@ -358,7 +352,15 @@ spec:
   reserve:
     url: s3://e2e-reserve/cache
     credentialsSecret: {name: reserve-credentials}
-    options: {aws_endpoint: "http://$NODE_IP:$port", aws_region: us-east-1, aws_allow_http: "true"}
+    # The Secret's keys reach the members as env vars; the reserve reads
+    # them only through options (object_store's parse_url_opts does not
+    # read AWS_* itself), hence the \${ENV} references.
+    options:
+      aws_endpoint: "http://$NODE_IP:$port"
+      aws_region: us-east-1
+      aws_allow_http: "true"
+      aws_access_key_id: "\${AWS_ACCESS_KEY_ID}"
+      aws_secret_access_key: "\${AWS_SECRET_ACCESS_KEY}"
 EOF
   until_true "2 reserve members Ready" ready_members "$ns_reserve" 2
   until_true "both members see 2 members" members_see "$ns_reserve" 2
