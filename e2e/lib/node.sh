@@ -159,6 +159,7 @@ node_start() {
   mkdir -p "$node_dir"
   : >"$node_dir/sysctls"
   node_netns | sort >"$node_dir/netns-before"
+  node_chains >"$node_dir/chains-before"
   image_version="$(awk '$1 == "appVersion:" { gsub(/"/, "", $2); print $2 }' "$repo_root/charts/relaycache-operator/Chart.yaml")"
   teardown_hooks+=(node_teardown)
   node_started=1
@@ -301,8 +302,10 @@ node_teardown() {
   for c in /sys/fs/cgroup/*/kubepods; do
     if [[ -d "$c" ]]; then find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
   done
-  # kube-proxy's chains and our rule; links; sysctls.
+  # kube-proxy's chains, the kubelet's (KUBE-FIREWALL, the canaries) and
+  # our rule; links; sysctls.
   "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  node_remove_new_chains
   while iptables -w -D FORWARD -s "$NODE_POD_CIDR" ! -d "$NODE_POD_CIDR" \
       -m comment --comment "$node_rule_comment" -j DROP 2>/dev/null; do :; done
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
@@ -317,6 +320,36 @@ node_teardown() {
       < <(tac "$node_dir/sysctls")
   fi
   node_log "teardown done"
+}
+
+# node_chains: "COMMAND TABLE CHAIN" for every iptables/ip6tables chain.
+node_chains() {
+  local cmd table
+  for cmd in iptables ip6tables; do
+    command -v "$cmd" >/dev/null || continue
+    for table in filter nat mangle; do
+      "$cmd" -w -t "$table" -S 2>/dev/null | awk -v c="$cmd" -v t="$table" '$1 == "-N" { print c, t, $2 }'
+    done
+  done | sort
+}
+
+# node_remove_new_chains: chains that appeared during the run (the kubelet's
+# and kube-proxy's), with the rules that jump to them.
+node_remove_new_chains() {
+  [[ -f "$node_dir/chains-before" ]] || return 0
+  local cmd table chain rule
+  while read -r cmd table chain; do
+    while read -r rule; do
+      # shellcheck disable=SC2086  # a rule as iptables -S prints it
+      eval "$cmd -w -t $table ${rule/#-A/-D}" 2>/dev/null || true
+    done < <("$cmd" -w -t "$table" -S 2>/dev/null | grep -E -- "^-A .* -j $chain( |$)" || true)
+  done < <(comm -13 "$node_dir/chains-before" <(node_chains))
+  while read -r cmd table chain; do
+    "$cmd" -w -t "$table" -F "$chain" 2>/dev/null || true
+  done < <(comm -13 "$node_dir/chains-before" <(node_chains))
+  while read -r cmd table chain; do
+    "$cmd" -w -t "$table" -X "$chain" 2>/dev/null || true
+  done < <(comm -13 "$node_dir/chains-before" <(node_chains))
 }
 
 # node_netns: the names in /var/run/netns.
