@@ -280,8 +280,10 @@ reader_passed() { reader_lines | awk -v p="$1" -v n="$RP_WORKING_SET" '$3 == p &
 # ratio FROM TO: "hits/total pct" of the reader's answers between two
 # epochs, pass 1 (which fills the working set) left out.
 ratio() {
-  reader_lines | awk -v a="$1" -v b="$2" '$3 >= 2 && $2 >= a && $2 <= b { t++; if ($5 == "hit") h++ }
-    END { if (t == 0) print "0/0 0"; else printf "%d/%d %.1f\n", h, t, 100 * h / t }'
+  reader_lines | awk -v a="$1" -v b="$2" '$3 >= 2 && $2 >= a && $2 <= b { t++; n[$5]++ }
+    END { if (t == 0) { print "0/0 0"; exit }
+          other = ""; for (k in n) if (k != "hit") other = other " " k "=" n[k]
+          printf "%d/%d %.1f%s\n", n["hit"], t, 100 * n["hit"] / t, other }'
 }
 
 # step NAME SETTLE-COMMAND... : after the caller's action, wait for the
@@ -294,9 +296,9 @@ record_step() {
   sleep "$RP_SETTLE_SECONDS"
   local r
   r="$(ratio "$step_start" "$(date +%s)")"
-  printf '%-24s %s%%  (%ss)\n' "$name" "$r" "$(( $(date +%s) - step_start ))" >>"$tmp/hit-ratios.txt"
-  log "  hit ratio during $name: $r%"
-  awk -v bar="$RP_HIT_BAR" '{ exit !($2 >= bar) }' <<<"$r" || step_failed+=("$name ($r%)")
+  printf '%-24s %s  (%ss)\n' "$name" "$r" "$(( $(date +%s) - step_start ))" >>"$tmp/hit-ratios.txt"
+  log "  hit ratio during $name: $r"
+  awk -v bar="$RP_HIT_BAR" '{ exit !($2 >= bar) }' <<<"$r" || step_failed+=("$name ($r)")
 }
 
 rollout_done() {
