@@ -99,7 +99,7 @@ stamp_for() {
   local name="$1" source
   case "$name" in
     kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) source="k8s.io/kubernetes@$KUBE_VERSION" ;;
-    coredns) source="github.com/coredns/coredns@$COREDNS_VERSION" ;;
+    coredns) source="github.com/coredns/coredns@$COREDNS_VERSION plugins=${COREDNS_PLUGINS[*]}" ;;
     etcd) source="go.etcd.io/etcd/server/v3@$ETCD_VERSION" ;;
     kwok) source="sigs.k8s.io/kwok@$KWOK_VERSION" ;;
     helm) source="helm.sh/helm/v3@$HELM_VERSION" ;;
@@ -301,12 +301,32 @@ build_helm() {
 }
 
 # ---------------------------------------------------------------------------
-# CoreDNS: its main package is the module root; `go install` works as is.
+# CoreDNS: a wrapper main with only the plugins the real-pod node's Corefile
+# uses. The module's own main links every plugin (the cloud providers' SDKs
+# among them) and takes about four times as long to compile cold; plugins
+# register themselves when imported, and coremain.Run is CoreDNS's main.
 # ---------------------------------------------------------------------------
+COREDNS_PLUGINS=(bind errors kubernetes template log health)
 build_coredns() {
-  check_go_line "github.com/coredns/coredns@$COREDNS_VERSION"
-  go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION" \
-    "-s -w -X github.com/coredns/coredns/coremain.GitCommit=module-$COREDNS_VERSION"
+  local module="github.com/coredns/coredns"
+  check_go_line "$module@$COREDNS_VERSION"
+  local wrapper; wrapper="$work_dir/coredns-wrapper"
+  mkdir -p "$wrapper"
+  {
+    printf 'module relaycache.invalid/e2e/coredns\n\n'
+    printf 'go %s\n\n' "$(module_go_line "$module@$COREDNS_VERSION")"
+    printf 'require %s %s\n' "$module" "$COREDNS_VERSION"
+  } >"$wrapper/go.mod"
+  {
+    printf 'package main\n\nimport (\n\t"%s/coremain"\n' "$module"
+    local plugin
+    for plugin in "${COREDNS_PLUGINS[@]}"; do printf '\t_ "%s/plugin/%s"\n' "$module" "$plugin"; done
+    printf ')\n\nfunc main() { coremain.Run() }\n'
+  } >"$wrapper/main.go"
+  local out; out="$work_dir/coredns"
+  (cd "$wrapper" && go build -mod=mod "${common_build_flags[@]}" \
+      -ldflags "-s -w -X $module/coremain.GitCommit=module-$COREDNS_VERSION" -o "$out" .)
+  install_binary coredns "$out"
 }
 
 # ---------------------------------------------------------------------------
