@@ -10,6 +10,12 @@ OPERATOR_IMAGE ?= relaycache/relaycache-operator:0.1.0
 # Upper bound on the scenarios as a whole (each wait has its own deadline);
 # on expiry the runner is sent TERM and still tears the control plane down.
 E2E_TOTAL_TIMEOUT ?= 1800
+# Which build's binaries go into the images of the real-pod scenarios.
+# make e2e-images: release (as shipped). make e2e: the debug build it has
+# just made for the kwok scenarios, unless E2E_IMAGE_PROFILE=release: a
+# cold release build (thin LTO) would add 15-30 minutes to make test on
+# 2 cores (docs/testing.md).
+E2E_IMAGE_PROFILE ?=
 
 .PHONY: help run demo build release test test-deps toolchain fmt fmt-check lint unit e2e-bin e2e-smoke bench clean \
 	image image-operator chart-crds chart-check e2e-chart e2e e2e-images e2e-real-pods chaos
@@ -93,8 +99,9 @@ e2e-smoke: e2e-bin ## Start a real control plane on loopback, check it, stop it
 e2e-chart: e2e-bin ## helm install/upgrade/uninstall the chart on a real control plane (Pod Security, RBAC, CRD kept)
 	SMOKE_THEN=e2e/chart-install.sh e2e/smoke-control-plane.sh
 
-e2e-images: release ## OCI archives of the proxy, operator, mock-upstream, client and pause images, from the release binaries, no registry (.e2e-images/)
-	e2e/build-images.sh
+e2e-images: ## OCI archives of the proxy, operator, mock-upstream, client and pause images, from the release binaries (E2E_IMAGE_PROFILE=debug: the debug ones), no registry (.e2e-images/)
+	$(CARGO) build $(if $(filter debug,$(E2E_IMAGE_PROFILE)),,--release) --workspace
+	E2E_IMAGE_BIN_DIR=$(TARGET_DIR)/$(or $(E2E_IMAGE_PROFILE),release) e2e/build-images.sh
 
 # The real-pod scenarios: a node (containerd, kubelet, kube-proxy, CoreDNS)
 # next to the control plane, running the images of e2e-images.
@@ -109,8 +116,8 @@ e2e: test-deps ## End to end: kwok scenarios on a real control plane, then the r
 	e2e/build-binaries.sh $(if $(E2E_KUBECONFIG),kubectl helm)
 	$(CARGO) build --workspace --all-targets
 	timeout --signal=TERM $(E2E_TOTAL_TIMEOUT) e2e/run-scenarios.sh
-	$(if $(E2E_KUBECONFIG),,$(CARGO) build --release --workspace)
-	$(if $(E2E_KUBECONFIG),,e2e/build-images.sh)
+	$(if $(E2E_KUBECONFIG),,$(if $(filter release,$(E2E_IMAGE_PROFILE)),$(CARGO) build --release --workspace,@:))
+	$(if $(E2E_KUBECONFIG),,E2E_IMAGE_BIN_DIR=$(TARGET_DIR)/$(or $(E2E_IMAGE_PROFILE),debug) e2e/build-images.sh)
 	$(if $(E2E_KUBECONFIG),,timeout --signal=TERM $(E2E_TOTAL_TIMEOUT) e2e/run-real-pods.sh)
 
 bench: ## Benchmarks: mock direct vs nginx proxy_cache vs relaycache (installs wrk, nginx)
