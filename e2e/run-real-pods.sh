@@ -32,6 +32,13 @@ titles=(
   "R5 a reserve on s3 (moto) outlives every member pod: the first read through a new member is a reserve hit"
 )
 
+if [[ -n "${CI:-}" && -n "${E2E_SKIP// /}" && "${E2E_ALLOW_SKIP:-0}" != 1 ]]; then
+  die "E2E_SKIP=$E2E_SKIP is set under CI; unset it (or set E2E_ALLOW_SKIP=1 to skip on purpose)"
+fi
+# Not a limit of the machine: a run going on, or one killed without teardown.
+if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
+  die "link $NODE_BRIDGE exists already: another run is going on, or one was killed (ip link del $NODE_BRIDGE)"
+fi
 if ! node_preflight; then
   for t in "${titles[@]}"; do log "SKIPPED  ${t%% *}: ${t#* } ($node_skip_reason)"; done
   log "SKIPPED: no real node on this machine: $node_skip_reason"

@@ -51,10 +51,6 @@ node_preflight() {
   done
   [[ -f "$NODE_IMAGE_DIR/relaycache.tar" ]] \
     || { node_skip_reason="no images in $NODE_IMAGE_DIR (make e2e-images)"; return 1; }
-  if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
-    node_skip_reason="link $NODE_BRIDGE exists already: another run is going on, or one was killed (ip link del $NODE_BRIDGE)"
-    return 1
-  fi
   local err
   if ! err="$(ip link add rce2e-probe type bridge 2>&1)"; then
     node_skip_reason="cannot create a bridge: $err"; return 1
