@@ -7,6 +7,10 @@
 //! one per waiting request. A leader whose answer may not be stored
 //! (`no-store`, too large) releases its followers with nothing; each then
 //! tries again on its own (one of them becomes the next leader).
+//!
+//! In mode `ha` the same registry also holds the flights other processes
+//! lead or wait on through this member (see `cluster::flight`), so one
+//! question makes one upstream call cluster-wide.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +22,21 @@ use tokio::sync::watch;
 
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
+
+/// Largest upstream error body recorded to hand to followers; error bodies
+/// are a few hundred bytes.
+pub const MAX_SHARED_FAILURE_BYTES: usize = 64 * 1024;
+
+/// Response headers of a failed upstream answer that followers get too:
+/// what the SDKs read to decide when to retry, nothing naming the caller.
+pub const SHARED_FAILURE_HEADERS: [&str; 3] = ["content-type", "retry-after", "x-should-retry"];
+
+/// Upstream answers whose failure is handed to followers: rate limits and
+/// server errors (529 overload included). Other 4xx answers depend on the
+/// request; they are not shared.
+pub fn is_shared_failure(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
 
 /// A failed upstream answer, as the leader's client got it; never stored.
 #[derive(Debug)]
@@ -58,12 +77,17 @@ pub enum Join {
     Alone,
 }
 
+/// Told how a flight ended when it ended without an answer: with the
+/// upstream's failure, or `None` when the answer may not be stored.
+pub type OnRelease = Box<dyn FnOnce(Option<Arc<UpstreamFailure>>) + Send + Sync>;
+
 /// The right and duty to call the upstream for a key. Dropping it without
 /// landing releases the followers empty-handed.
 pub struct Leader {
     key: CacheKey,
     sender: Arc<watch::Sender<Flight>>,
     registry: Arc<Registry>,
+    on_release: Option<OnRelease>,
 }
 
 /// A request waiting for a leader.
@@ -106,6 +130,7 @@ impl Flights {
             key,
             sender,
             registry: Arc::clone(&self.in_progress),
+            on_release: None,
         })
     }
 
@@ -116,17 +141,35 @@ impl Flights {
 }
 
 impl Leader {
+    /// The key this flight is for.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Runs `hook` if the flight ends without an answer: how a lead taken
+    /// at another member is given back there.
+    pub fn on_release(&mut self, hook: OnRelease) {
+        self.on_release = Some(hook);
+    }
+
     /// Hands the stored answer (or `None`) to every follower.
-    pub fn land(self, answer: Option<Arc<CachedResponse>>) {
+    pub fn land(mut self, answer: Option<Arc<CachedResponse>>) {
         self.finish(Flight::Landed(answer));
     }
 
     /// Hands the upstream's failure to every follower.
-    pub fn fail(self, failure: Arc<UpstreamFailure>) {
+    pub fn fail(mut self, failure: Arc<UpstreamFailure>) {
         self.finish(Flight::Failed(failure));
     }
 
-    fn finish(&self, outcome: Flight) {
+    fn finish(&mut self, outcome: Flight) {
+        if let Some(hook) = self.on_release.take() {
+            match &outcome {
+                Flight::Landed(Some(_)) | Flight::InProgress => {}
+                Flight::Landed(None) => hook(None),
+                Flight::Failed(failure) => hook(Some(Arc::clone(failure))),
+            }
+        }
         // Unregister first: a request arriving after this point finds the
         // answer in the cache, or leads a new flight.
         if let Ok(mut map) = self.registry.lock() {
@@ -256,5 +299,37 @@ mod tests {
             follower.wait(Duration::from_millis(20)).await,
             Landing::TimedOut
         ));
+    }
+
+    #[tokio::test]
+    async fn the_release_hook_hears_of_every_end_without_an_answer() {
+        let flights = Flights::default();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let lead = |n: u8| {
+            let Join::Lead(mut leader) = flights.join(CacheKey([n; 32]), 10) else {
+                panic!("first must lead")
+            };
+            let heard = Arc::clone(&heard);
+            leader.on_release(Box::new(move |failure| {
+                heard
+                    .lock()
+                    .unwrap()
+                    .push((n, failure.map(|f| f.status.as_u16())));
+            }));
+            leader
+        };
+        lead(1).land(Some(answer()));
+        lead(2).land(None);
+        lead(3).fail(Arc::new(UpstreamFailure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        }));
+        drop(lead(4));
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![(2, None), (3, Some(503)), (4, None)],
+            "a landed answer is no release; nothing, a failure and a drop are"
+        );
     }
 }

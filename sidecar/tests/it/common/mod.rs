@@ -395,9 +395,20 @@ pub async fn post_concurrently(
     body: &str,
     extra: &[(&'static str, &'static str)],
 ) -> Vec<Reply> {
+    post_spread(std::slice::from_ref(relay), n, body, extra).await
+}
+
+/// Sends `n` identical Messages requests at once, spread round-robin over
+/// `relays`; the replies in the order sent.
+pub async fn post_spread(
+    relays: &[Arc<Relay>],
+    n: usize,
+    body: &str,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<Reply> {
     let requests: Vec<_> = (0..n)
-        .map(|_| {
-            let relay = Arc::clone(relay);
+        .map(|i| {
+            let relay = Arc::clone(&relays[i % relays.len()]);
             let body = body.to_string();
             let extra = extra.to_vec();
             tokio::spawn(async move { post_messages(&relay, "k", &body, &extra).await })
