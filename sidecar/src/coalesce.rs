@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
+use crate::live::LiveAnswer;
 
 /// Largest upstream error body recorded to hand to followers; error bodies
 /// are a few hundred bytes.
@@ -53,6 +54,8 @@ pub struct UpstreamFailure {
 #[derive(Debug, Clone)]
 enum Flight {
     InProgress,
+    /// A streamed answer is arriving: followers read it as it comes.
+    Live(Arc<LiveAnswer>),
     /// `Some`: the stored answer. `None`: nothing to share; try again.
     Landed(Option<Arc<CachedResponse>>),
     /// The upstream failed; followers answer with the same failure.
@@ -102,6 +105,8 @@ pub enum Landing {
     Answer(Arc<CachedResponse>),
     /// The leader's upstream call failed: answer with the same failure.
     Failed(Arc<UpstreamFailure>),
+    /// The leader's streamed answer is arriving: follow it live.
+    Live(Arc<LiveAnswer>),
     /// The leader got nothing shareable; try again.
     Nothing,
     /// Waited `wait_timeout` in vain.
@@ -152,6 +157,12 @@ impl Leader {
         self.on_release = Some(hook);
     }
 
+    /// Shares a streamed answer while it arrives: followers waiting now
+    /// and joining later read it live, until the flight lands.
+    pub fn go_live(&self, live: Arc<LiveAnswer>) {
+        self.sender.send_replace(Flight::Live(live));
+    }
+
     /// Hands the stored answer (or `None`) to every follower.
     pub fn land(mut self, answer: Option<Arc<CachedResponse>>) {
         self.finish(Flight::Landed(answer));
@@ -165,7 +176,7 @@ impl Leader {
     fn finish(&mut self, outcome: Flight) {
         if let Some(hook) = self.on_release.take() {
             match &outcome {
-                Flight::Landed(Some(_)) | Flight::InProgress => {}
+                Flight::Landed(Some(_)) | Flight::InProgress | Flight::Live(_) => {}
                 Flight::Landed(None) => hook(None),
                 Flight::Failed(failure) => hook(Some(Arc::clone(failure))),
             }
@@ -186,22 +197,37 @@ impl Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        if matches!(*self.sender.borrow(), Flight::InProgress) {
+        if matches!(*self.sender.borrow(), Flight::InProgress | Flight::Live(_)) {
             self.finish(Flight::Landed(None));
         }
     }
 }
 
 impl Follower {
-    /// Waits for the leader for at most `timeout`.
-    pub async fn wait(mut self, timeout: Duration) -> Landing {
-        let landed = self
-            .receiver
-            .wait_for(|flight| !matches!(flight, Flight::InProgress));
+    /// Waits for the leader for at most `timeout`; a streamed answer is
+    /// followed live from its first frame.
+    pub async fn wait(self, timeout: Duration) -> Landing {
+        self.wait_until(timeout, |flight| !matches!(flight, Flight::InProgress))
+            .await
+    }
+
+    /// Waits for the leader's stored answer (or failure) for at most
+    /// `timeout`, past a live stream: for a follower that can only take a
+    /// whole entry (a claim from another process).
+    pub async fn wait_for_entry(self, timeout: Duration) -> Landing {
+        self.wait_until(timeout, |flight| {
+            !matches!(flight, Flight::InProgress | Flight::Live(_))
+        })
+        .await
+    }
+
+    async fn wait_until(mut self, timeout: Duration, done: impl FnMut(&Flight) -> bool) -> Landing {
+        let landed = self.receiver.wait_for(done);
         match tokio::time::timeout(timeout, landed).await {
             Ok(Ok(flight)) => match &*flight {
                 Flight::Landed(Some(answer)) => Landing::Answer(Arc::clone(answer)),
                 Flight::Failed(failure) => Landing::Failed(Arc::clone(failure)),
+                Flight::Live(live) => Landing::Live(Arc::clone(live)),
                 _ => Landing::Nothing,
             },
             // The leader vanished without a word: treat it as nothing.

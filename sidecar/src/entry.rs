@@ -295,6 +295,18 @@ impl EntryRecorder {
     }
 }
 
+/// The headers an answer is stored (and replayed) with: none naming the
+/// caller it was first sent to.
+pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for (name, value) in headers {
+        if !is_unstorable_header(name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
 /// Whether a response is a server-sent event stream.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers

@@ -26,6 +26,7 @@ use crate::entry::{self, CachedResponse, EntryRecorder};
 use crate::headers::{self, CacheStatus};
 use crate::key::{CacheKey, KeyBuilder, KeyOrigin, KeyParts, Tenant};
 use crate::limits::{self, Admission, BufferPermit};
+use crate::live::LiveAnswer;
 use crate::metrics::Metrics;
 use crate::policy::RequestPolicy;
 use crate::recording::{Destination, RecordingBody};
@@ -305,6 +306,7 @@ impl Proxy {
                                 .answer_leaders_failure(&failure, &keyed, status, log)
                                 .await
                         }
+                        Landing::Live(live) => return self.serve_live(&live, &keyed.key, log),
                         Landing::Nothing => continue,
                         Landing::TimedOut => break,
                     }
@@ -444,6 +446,33 @@ impl Proxy {
         response
     }
 
+    /// A follower's answer while its leader's streamed answer arrives: the
+    /// events so far, then the live tail. Counted as a memory hit (the
+    /// tokens it saves are counted with the stored entry's next hit).
+    fn serve_live(
+        &self,
+        live: &LiveAnswer,
+        key: &CacheKey,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        log.cache_status = Some(CacheStatus::Hit);
+        log.tier = Some(TierKind::Memory);
+        self.metrics.count_hit(TierKind::Memory);
+        let mut response = Response::new(boxed(live.follow()));
+        let headers = response.headers_mut();
+        *headers = live.headers().clone();
+        headers.insert(headers::STATUS, CacheStatus::Hit.header_value());
+        headers.insert(
+            headers::TIER,
+            HeaderValue::from_static(TierKind::Memory.as_str()),
+        );
+        if let Ok(value) = HeaderValue::from_str(&key.to_string()) {
+            headers.insert(headers::KEY, value);
+        }
+        headers.insert(http::header::AGE, HeaderValue::from(0));
+        response
+    }
+
     /// Calls the upstream in a task of its own, so that neither a client
     /// that goes away nor a slow one stops the answer from being stored and
     /// handed to the followers.
@@ -563,7 +592,17 @@ impl Proxy {
             declared_length_of(&head.headers),
             self.cache_limit(),
         );
+        // A streamed answer is shared with the followers as it arrives.
+        let live = match &leader {
+            Some(leader) if entry::is_event_stream(&head.headers) => {
+                let live = LiveAnswer::new(entry::stored_headers(&head.headers));
+                leader.go_live(Arc::clone(&live));
+                Some(live)
+            }
+            _ => None,
+        };
         let destination = Destination {
+            live,
             key,
             ttl: policy.ttl,
             tiers: self.tiers.clone(),

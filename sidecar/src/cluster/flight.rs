@@ -251,12 +251,17 @@ impl Cluster {
                 self.expire_lead_later(key, lease);
                 claim_reply::Outcome::Lead(Lead { lease })
             }
-            Join::Follow(follower) => match follower.wait(wait.min(table.wait_timeout)).await {
+            Join::Follow(follower) => match follower
+                .wait_for_entry(wait.min(table.wait_timeout))
+                .await
+            {
                 Landing::Answer(entry) => held(&entry),
                 Landing::Failed(failure) => {
                     claim_reply::Outcome::Failure(failure_to_wire(&failure))
                 }
-                Landing::Nothing => no_answer("the leader's answer may not be stored"),
+                Landing::Nothing | Landing::Live(_) => {
+                    no_answer("the leader's answer may not be stored")
+                }
                 Landing::TimedOut => no_answer("waited cache.coalesce.wait_timeout for the leader"),
             },
             Join::Alone => no_answer("cache.coalesce.max_waiters already wait on this key"),
