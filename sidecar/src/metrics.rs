@@ -90,6 +90,8 @@ pub enum FlightOutcome {
     Lead,
     /// The flight's leader failed; its failure was the answer.
     Failed,
+    /// The flight's answer was a stream in progress, followed live.
+    Live,
     /// No flight to join (below quorum, owner unreachable, wait ran out):
     /// this process called the upstream alone.
     Alone,
@@ -102,6 +104,7 @@ impl FlightOutcome {
             FlightOutcome::Answer => "answer",
             FlightOutcome::Lead => "lead",
             FlightOutcome::Failed => "failed",
+            FlightOutcome::Live => "live",
             FlightOutcome::Alone => "alone",
         }
     }
@@ -409,7 +412,7 @@ impl ClusterMetrics {
         );
         registry.register(
             "flights",
-            "Misses asked of their key's primary owner, by outcome (answer, lead, failed, alone)",
+            "Misses asked of their key's primary owner, by outcome (answer, lead, failed, live, alone)",
             self.flights.clone(),
         );
     }

@@ -306,7 +306,9 @@ impl Proxy {
                                 .answer_leaders_failure(&failure, &keyed, status, log)
                                 .await
                         }
-                        Landing::Live(live) => return self.serve_live(&live, &keyed.key, log),
+                        Landing::Live(live) => {
+                            return self.serve_live(&live, &keyed.key, TierKind::Memory, log)
+                        }
                         Landing::Nothing => continue,
                         Landing::TimedOut => break,
                     }
@@ -392,6 +394,16 @@ impl Proxy {
                     .answer_leaders_failure(&failure, &keyed, status, log)
                     .await;
             }
+            Claimed::Live { live, piped } => {
+                leader.go_live(Arc::clone(&live));
+                // The local flight ends with the owner's stream.
+                tokio::spawn(async move {
+                    let _ = piped.await;
+                    drop(leader);
+                });
+                log.coalesced = true;
+                return self.serve_live(&live, &keyed.key, TierKind::Peer, log);
+            }
             Claimed::Lead => {
                 let tiers = self.tiers.clone();
                 let key = keyed.key;
@@ -447,17 +459,19 @@ impl Proxy {
     }
 
     /// A follower's answer while its leader's streamed answer arrives: the
-    /// events so far, then the live tail. Counted as a memory hit (the
-    /// tokens it saves are counted with the stored entry's next hit).
+    /// events so far, then the live tail. Counted as a hit of `tier` (the
+    /// leader here: memory; elsewhere in the cluster: peer); the tokens it
+    /// saves are not counted, as they are known only at the stream's end.
     fn serve_live(
         &self,
         live: &LiveAnswer,
         key: &CacheKey,
+        tier: TierKind,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
         log.cache_status = Some(CacheStatus::Hit);
-        log.tier = Some(TierKind::Memory);
-        self.metrics.count_hit(TierKind::Memory);
+        log.tier = Some(tier);
+        self.metrics.count_hit(tier);
         let mut response = Response::new(boxed(live.follow()));
         let headers = response.headers_mut();
         *headers = live.headers().clone();
@@ -597,6 +611,8 @@ impl Proxy {
             Some(leader) if entry::is_event_stream(&head.headers) => {
                 let live = LiveAnswer::new(entry::stored_headers(&head.headers));
                 leader.go_live(Arc::clone(&live));
+                // Led at a remote owner: its waiters follow it live too.
+                self.tiers.feed(key, &live);
                 Some(live)
             }
             _ => None,

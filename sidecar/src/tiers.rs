@@ -19,6 +19,7 @@ use crate::coalesce::UpstreamFailure;
 use crate::entry::CachedResponse;
 use crate::headers::TierKind;
 use crate::key::{CacheKey, KeyOrigin};
+use crate::live::LiveAnswer;
 use crate::tier::reserve::ReserveTier;
 use crate::tier::{MemoryTier, Tier, TierError};
 
@@ -107,6 +108,15 @@ impl Tiers {
             self.memory.insert(*key, Arc::clone(entry));
         }
         claimed
+    }
+
+    /// Shares a streamed answer this process leads at a remote owner with
+    /// that owner as it arrives (mode `ha`, with a lead taken through
+    /// [`Tiers::claim`]).
+    pub fn feed(&self, key: CacheKey, live: &Arc<LiveAnswer>) {
+        if let Some(peers) = &self.peers {
+            peers.cluster().feed(key, live);
+        }
     }
 
     /// Gives back a lead taken with [`Tiers::claim`]: the upstream failed

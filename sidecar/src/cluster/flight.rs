@@ -15,6 +15,11 @@
 //!   `Release`. A lease left behind (a leader that died) expires after
 //!   `wait_timeout`, and its waiters call the upstream themselves.
 //!
+//! A streamed answer is shared live: a remote leader feeds its frames to
+//! the owner as they arrive (`Feed`), and a claim that finds the flight
+//! streaming gets the frames so far, then the tail (`Claim` replies
+//! `live`, frames, `end`). A stream that breaks off breaks there too.
+//!
 //! A process calls the upstream alone only when the cluster is below
 //! quorum, the owner cannot be reached, or the wait ran out. A client may
 //! claim only its own requests' keys (it sends the origin, as with `Set`),
@@ -27,13 +32,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::proto::{claim_reply, ClaimRequest, Lead, NoAnswer, ReleaseRequest};
+use futures::{Stream, StreamExt};
+use http_body_util::BodyExt;
+
+use super::proto::{
+    claim_reply, feed_message, ClaimReply, ClaimRequest, FeedMessage, FeedStart, Lead, LiveHead,
+    NoAnswer, ReleaseRequest, StreamEnd,
+};
 use super::security::PeerClient;
-use super::wire::{entry_from_wire, entry_to_wire, failure_from_wire, failure_to_wire};
+use super::wire::{
+    entry_from_wire, entry_to_wire, failure_from_wire, failure_to_wire, headers_from_wire,
+    headers_to_wire,
+};
 use super::Cluster;
 use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
-use crate::entry::CachedResponse;
+use crate::entry::{self, CachedResponse};
 use crate::key::{CacheKey, KeyOrigin};
+use crate::live::LiveAnswer;
 use crate::metrics::FlightOutcome;
 
 /// What the key's primary owner said to a miss.
@@ -46,8 +61,81 @@ pub enum Claimed {
     Lead,
     /// The leader's upstream call failed: answer with the same failure.
     Failed(Arc<UpstreamFailure>),
+    /// The flight's answer is a stream in progress, followed here live;
+    /// `piped` ends when it does.
+    Live {
+        /// The stream, as it arrives from the owner.
+        live: Arc<LiveAnswer>,
+        /// The task that feeds `live`.
+        piped: tokio::task::JoinHandle<()>,
+    },
     /// No flight to join: call the upstream alone, for this reason.
     Alone(&'static str),
+}
+
+/// What the owner answers a claim with: one outcome, or a live stream.
+pub(crate) enum ClaimAnswer {
+    /// The entry, the lead, the failure, or nothing.
+    Outcome(claim_reply::Outcome),
+    /// The flight's streamed answer in progress.
+    Live(Arc<LiveAnswer>),
+}
+
+/// The replies to a claim, as the gRPC service streams them.
+pub(crate) type ClaimReplies =
+    std::pin::Pin<Box<dyn Stream<Item = Result<ClaimReply, tonic::Status>> + Send>>;
+
+fn reply(outcome: claim_reply::Outcome) -> Result<ClaimReply, tonic::Status> {
+    Ok(ClaimReply {
+        outcome: Some(outcome),
+    })
+}
+
+impl ClaimAnswer {
+    /// The replies: the outcome alone, or `live`, each frame, and `end`.
+    pub(crate) fn into_replies(self) -> ClaimReplies {
+        match self {
+            ClaimAnswer::Outcome(outcome) => Box::pin(futures::stream::iter([reply(outcome)])),
+            ClaimAnswer::Live(live) => {
+                let head = reply(claim_reply::Outcome::Live(LiveHead {
+                    headers: headers_to_wire(live.headers()),
+                }));
+                let frames = live_parts(&live).map(|part| {
+                    reply(match part {
+                        LivePart::Frame(data) => claim_reply::Outcome::Frame(data),
+                        LivePart::End(end) => claim_reply::Outcome::End(end),
+                    })
+                });
+                Box::pin(futures::stream::iter([head]).chain(frames))
+            }
+        }
+    }
+}
+
+/// A live stream's parts as they go on the wire.
+enum LivePart {
+    Frame(Vec<u8>),
+    End(StreamEnd),
+}
+
+/// The frames of `live` so far and as they arrive, then its end.
+fn live_parts(live: &LiveAnswer) -> impl Stream<Item = LivePart> + Send + 'static {
+    futures::stream::unfold(Some(live.follow()), |body| async move {
+        let mut body = body?;
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let data = frame.into_data().map(|d| d.to_vec()).unwrap_or_default();
+                Some((LivePart::Frame(data), Some(body)))
+            }
+            Some(Err(broken)) => {
+                let end = StreamEnd {
+                    broken: broken.to_string(),
+                };
+                Some((LivePart::End(end), None))
+            }
+            None => Some((LivePart::End(StreamEnd::default()), None)),
+        }
+    })
 }
 
 /// The leases this process holds at owners, and the leads other processes
@@ -126,6 +214,7 @@ impl Cluster {
             Claimed::Answer(_) => FlightOutcome::Answer,
             Claimed::Lead => FlightOutcome::Lead,
             Claimed::Failed(_) => FlightOutcome::Failed,
+            Claimed::Live { .. } => FlightOutcome::Live,
             Claimed::Alone(_) => FlightOutcome::Alone,
         };
         self.metrics.cluster.count_flight(outcome);
@@ -154,8 +243,17 @@ impl Cluster {
             origin: origin.map(super::wire::origin_to_wire),
         };
         let timeout = table.wait_timeout + self.timings.call_timeout;
-        let reply = match tokio::time::timeout(timeout, owner.claim(request)).await {
-            Ok(Ok(reply)) => reply.into_inner(),
+        let first = async {
+            let mut replies = owner.claim(request).await?.into_inner();
+            let first = replies.message().await?;
+            Ok::<_, tonic::Status>((first, replies))
+        };
+        let (first, replies) = match tokio::time::timeout(timeout, first).await {
+            Ok(Ok((Some(first), replies))) => (first, replies),
+            Ok(Ok((None, _))) => {
+                self.metrics.cluster.count_call("claim", false);
+                return Claimed::Alone("the owner's reply was empty");
+            }
             Ok(Err(status)) => {
                 self.metrics.cluster.count_call("claim", false);
                 tracing::debug!(%key, %status, "the key's owner refused a claim");
@@ -169,7 +267,7 @@ impl Cluster {
             }
         };
         self.metrics.cluster.count_call("claim", true);
-        match reply.outcome {
+        match first.outcome {
             Some(claim_reply::Outcome::Entry(wire)) => {
                 let entry = entry_from_wire(&wire)
                     .filter(|(k, _)| k == key)
@@ -194,8 +292,88 @@ impl Cluster {
                 tracing::debug!(%key, %reason, "the key's owner had no answer to share");
                 Claimed::Alone("the flight had no answer to share")
             }
-            None => Claimed::Alone("the owner's reply was empty"),
+            Some(claim_reply::Outcome::Live(head)) => {
+                let Some(headers) = headers_from_wire(head.headers) else {
+                    return Claimed::Alone("the owner's live headers were malformed");
+                };
+                let live = LiveAnswer::new(entry::stored_headers(&headers));
+                let limit = self.checks.max_entry_bytes;
+                let piped = tokio::spawn(pipe_live(replies, Arc::clone(&live), limit));
+                Claimed::Live { live, piped }
+            }
+            Some(claim_reply::Outcome::Frame(_) | claim_reply::Outcome::End(_)) | None => {
+                Claimed::Alone("the owner's first reply was not an outcome")
+            }
         }
+    }
+
+    /// Sends a streamed answer this process leads at a remote owner to
+    /// that owner as it arrives, so that its waiters follow it live. Does
+    /// nothing when no lease is held for `key`.
+    pub fn feed(&self, key: CacheKey, live: &Arc<LiveAnswer>) {
+        let held = locked(&self.flight_table.held)
+            .get(&key)
+            .map(|held| (held.lease, held.owner.clone()));
+        let Some((lease, mut owner)) = held else {
+            return;
+        };
+        let start = FeedMessage {
+            part: Some(feed_message::Part::Start(FeedStart {
+                key: key.0.to_vec(),
+                lease,
+                headers: headers_to_wire(live.headers()),
+            })),
+        };
+        let parts = live_parts(live).map(|part| FeedMessage {
+            part: Some(match part {
+                LivePart::Frame(data) => feed_message::Part::Frame(data),
+                LivePart::End(end) => feed_message::Part::End(end),
+            }),
+        });
+        let messages = futures::stream::iter([start]).chain(parts);
+        let metrics = Arc::clone(&self.metrics);
+        tokio::spawn(async move {
+            let ok = owner.feed(messages).await.is_ok();
+            metrics.cluster.count_call("feed", ok);
+        });
+    }
+
+    /// At the owner: a remote leader's streamed answer, shared with the
+    /// flight's waiters as it arrives.
+    pub(crate) async fn serve_feed(
+        &self,
+        mut messages: tonic::Streaming<FeedMessage>,
+    ) -> Result<(), tonic::Status> {
+        let start = match messages.message().await? {
+            Some(FeedMessage {
+                part: Some(feed_message::Part::Start(start)),
+            }) => start,
+            _ => {
+                return Err(tonic::Status::invalid_argument(
+                    "a feed starts with its key, lease and headers",
+                ))
+            }
+        };
+        let key = super::wire::key_from_wire(&start.key).ok_or_else(|| {
+            tonic::Status::invalid_argument("a key must be 32 bytes (the x-relaycache-key hash)")
+        })?;
+        let headers = headers_from_wire(start.headers)
+            .ok_or_else(|| tonic::Status::invalid_argument("a feed's headers are malformed"))?;
+        let live = LiveAnswer::new(entry::stored_headers(&headers));
+        {
+            let leads = locked(&self.flight_table.remote_leads);
+            match leads.get(&key) {
+                // The lease is the proof: only the claim that led knows it.
+                Some(lead) if lead.lease == start.lease => lead.leader.go_live(Arc::clone(&live)),
+                _ => {
+                    return Err(tonic::Status::failed_precondition(
+                        "no lead with this lease: it landed, expired or was never given",
+                    ))
+                }
+            }
+        }
+        pipe_feed(messages, &live, self.checks.max_entry_bytes).await;
+        Ok(())
     }
 
     /// Gives a lead held at the key's owner back: with the upstream's
@@ -228,16 +406,18 @@ impl Cluster {
         self: &Arc<Self>,
         key: CacheKey,
         wait: Duration,
-    ) -> claim_reply::Outcome {
+    ) -> ClaimAnswer {
         let table = &self.flight_table;
-        let held = |entry: &CachedResponse| claim_reply::Outcome::Entry(entry_to_wire(&key, entry));
+        let held = |entry: &CachedResponse| {
+            ClaimAnswer::Outcome(claim_reply::Outcome::Entry(entry_to_wire(&key, entry)))
+        };
         if let Some(entry) = self.memory.lookup(&key) {
             return held(&entry);
         }
         let no_answer = |reason: &str| {
-            claim_reply::Outcome::NoAnswer(NoAnswer {
+            ClaimAnswer::Outcome(claim_reply::Outcome::NoAnswer(NoAnswer {
                 reason: reason.to_string(),
-            })
+            }))
         };
         match table.flights.join(key, table.max_waiters) {
             Join::Lead(leader) => {
@@ -249,19 +429,15 @@ impl Cluster {
                 let lease = table.next_lease();
                 locked(&table.remote_leads).insert(key, RemoteLead { lease, leader });
                 self.expire_lead_later(key, lease);
-                claim_reply::Outcome::Lead(Lead { lease })
+                ClaimAnswer::Outcome(claim_reply::Outcome::Lead(Lead { lease }))
             }
-            Join::Follow(follower) => match follower
-                .wait_for_entry(wait.min(table.wait_timeout))
-                .await
-            {
+            Join::Follow(follower) => match follower.wait(wait.min(table.wait_timeout)).await {
                 Landing::Answer(entry) => held(&entry),
                 Landing::Failed(failure) => {
-                    claim_reply::Outcome::Failure(failure_to_wire(&failure))
+                    ClaimAnswer::Outcome(claim_reply::Outcome::Failure(failure_to_wire(&failure)))
                 }
-                Landing::Nothing | Landing::Live(_) => {
-                    no_answer("the leader's answer may not be stored")
-                }
+                Landing::Live(live) => ClaimAnswer::Live(live),
+                Landing::Nothing => no_answer("the leader's answer may not be stored"),
                 Landing::TimedOut => no_answer("waited cache.coalesce.wait_timeout for the leader"),
             },
             Join::Alone => no_answer("cache.coalesce.max_waiters already wait on this key"),
@@ -314,4 +490,77 @@ impl Cluster {
             }
         });
     }
+}
+
+/// Where a live stream's frames come from: the owner's claim replies, or a
+/// remote leader's feed.
+trait LiveSource {
+    /// The next part: `Ok(Some(frame))`, `Ok(None)` at a whole end, or why
+    /// it broke off.
+    async fn next_part(&mut self) -> Result<Option<Vec<u8>>, String>;
+}
+
+impl LiveSource for tonic::Streaming<ClaimReply> {
+    async fn next_part(&mut self) -> Result<Option<Vec<u8>>, String> {
+        match self.message().await {
+            Ok(Some(ClaimReply { outcome })) => match outcome {
+                Some(claim_reply::Outcome::Frame(frame)) => Ok(Some(frame)),
+                Some(claim_reply::Outcome::End(end)) => ended(end),
+                _ => Err("the owner sent something other than a frame".into()),
+            },
+            Ok(None) => Err("the owner's stream ended without its end".into()),
+            Err(status) => Err(format!("the owner's stream failed: {status}")),
+        }
+    }
+}
+
+impl LiveSource for tonic::Streaming<FeedMessage> {
+    async fn next_part(&mut self) -> Result<Option<Vec<u8>>, String> {
+        match self.message().await {
+            Ok(Some(FeedMessage { part })) => match part {
+                Some(feed_message::Part::Frame(frame)) => Ok(Some(frame)),
+                Some(feed_message::Part::End(end)) => ended(end),
+                _ => Err("the leader sent something other than a frame".into()),
+            },
+            Ok(None) => Err("the leader's feed ended without its end".into()),
+            Err(status) => Err(format!("the leader's feed failed: {status}")),
+        }
+    }
+}
+
+fn ended(end: StreamEnd) -> Result<Option<Vec<u8>>, String> {
+    if end.broken.is_empty() {
+        Ok(None)
+    } else {
+        Err(end.broken)
+    }
+}
+
+/// Copies a live stream from `source` into `live`, whole or broken; at
+/// most `limit` bytes.
+async fn pipe(mut source: impl LiveSource, live: &LiveAnswer, limit: u64) {
+    let mut received = 0u64;
+    loop {
+        match source.next_part().await {
+            Ok(Some(frame)) => {
+                received += frame.len() as u64;
+                if received > limit {
+                    return live.break_off("it is larger than cache.max_entry_bytes");
+                }
+                live.push(&bytes::Bytes::from(frame));
+            }
+            Ok(None) => return live.complete(),
+            Err(reason) => return live.break_off(&reason),
+        }
+    }
+}
+
+/// Follows the owner's live stream into `live`.
+async fn pipe_live(replies: tonic::Streaming<ClaimReply>, live: Arc<LiveAnswer>, limit: u64) {
+    pipe(replies, &live, limit).await;
+}
+
+/// Takes a remote leader's feed into `live`.
+async fn pipe_feed(messages: tonic::Streaming<FeedMessage>, live: &LiveAnswer, limit: u64) {
+    pipe(messages, live, limit).await;
 }

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::flight::ClaimReplies;
 use super::proto::cluster_server::{Cluster as ClusterRpc, ClusterServer};
 use super::proto::{
-    ClaimReply, ClaimRequest, ClearReply, ClearRequest, DeleteReply, DeleteRequest, GetManyReply,
-    GetManyRequest, GetReply, GetRequest, KeyVersion, PingReply, PingRequest, ReleaseReply,
-    ReleaseRequest, SetManyReply, SetManyRequest, SetReply, SetRequest, VersionsReply,
-    VersionsRequest,
+    ClaimRequest, ClearReply, ClearRequest, DeleteReply, DeleteRequest, FeedMessage, FeedReply,
+    GetManyReply, GetManyRequest, GetReply, GetRequest, KeyVersion, PingReply, PingRequest,
+    ReleaseReply, ReleaseRequest, SetManyReply, SetManyRequest, SetReply, SetRequest,
+    VersionsReply, VersionsRequest,
 };
 use super::security::{server_tls, Authenticate, Role, MAX_MESSAGE_BYTES};
 use super::wire::{
@@ -265,16 +266,27 @@ impl ClusterRpc for Service {
         Ok(Response::new(ClearReply {}))
     }
 
-    async fn claim(&self, request: Request<ClaimRequest>) -> Result<Response<ClaimReply>, Status> {
+    type ClaimStream = ClaimReplies;
+
+    async fn claim(
+        &self,
+        request: Request<ClaimRequest>,
+    ) -> Result<Response<Self::ClaimStream>, Status> {
         let role = role_of(&request);
         let request = request.into_inner();
         let key = key_from_wire(&request.key).ok_or_else(bad_key)?;
         self.own_request_of_client(role, &key, request.origin, "claim a flight")?;
         let wait = std::time::Duration::from_millis(request.wait_ms);
-        let outcome = self.0.serve_claim(key, wait).await;
-        Ok(Response::new(ClaimReply {
-            outcome: Some(outcome),
-        }))
+        let answer = self.0.serve_claim(key, wait).await;
+        Ok(Response::new(answer.into_replies()))
+    }
+
+    async fn feed(
+        &self,
+        request: Request<tonic::Streaming<FeedMessage>>,
+    ) -> Result<Response<FeedReply>, Status> {
+        self.0.serve_feed(request.into_inner()).await?;
+        Ok(Response::new(FeedReply {}))
     }
 
     async fn release(

@@ -60,7 +60,8 @@ pub fn origin_to_wire(origin: &KeyOrigin) -> proto::Origin {
     }
 }
 
-fn headers_to_wire(headers: &http::HeaderMap) -> Vec<proto::Header> {
+/// Headers as sent.
+pub fn headers_to_wire(headers: &http::HeaderMap) -> Vec<proto::Header> {
     headers
         .iter()
         .map(|(name, value)| proto::Header {
@@ -70,20 +71,25 @@ fn headers_to_wire(headers: &http::HeaderMap) -> Vec<proto::Header> {
         .collect()
 }
 
-/// A key origin as received; `None` when a header is not a valid header.
-pub fn origin_from_wire(origin: proto::Origin) -> Option<KeyOrigin> {
-    let mut headers = http::HeaderMap::new();
-    for header in origin.headers {
-        headers.append(
+/// Headers as received; `None` when one is not a valid header.
+pub fn headers_from_wire(headers: Vec<proto::Header>) -> Option<http::HeaderMap> {
+    let mut map = http::HeaderMap::new();
+    for header in headers {
+        map.append(
             http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
             http::HeaderValue::from_bytes(&header.value).ok()?,
         );
     }
+    Some(map)
+}
+
+/// A key origin as received; `None` when a header is not a valid header.
+pub fn origin_from_wire(origin: proto::Origin) -> Option<KeyOrigin> {
     Some(KeyOrigin {
+        headers: headers_from_wire(origin.headers)?,
         method: origin.method,
         path: origin.path,
         namespace: origin.has_namespace.then_some(origin.namespace),
-        headers,
         body: origin.body.into(),
     })
 }

@@ -6,21 +6,38 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
+
 use crate::common::*;
 use relaycache::cluster::proto::ClaimRequest;
 
 /// Three members and four clients of them, every process ready.
 async fn members_and_clients(upstream: &str) -> (Vec<Relay>, Vec<Relay>) {
-    let addresses = member_addresses(3);
+    cluster_of(upstream, 3, 4, |_| {}).await
+}
+
+/// `members` members and `clients` clients of them, each config passed
+/// through `adjust`, every process ready.
+async fn cluster_of(
+    upstream: &str,
+    members: usize,
+    clients: usize,
+    adjust: impl Fn(&mut relaycache::config::Config),
+) -> (Vec<Relay>, Vec<Relay>) {
+    let addresses = member_addresses(members);
+    let start = |mut config: relaycache::config::Config| {
+        adjust(&mut config);
+        Relay::start(&config)
+    };
     let members: Vec<Relay> = addresses
         .iter()
-        .map(|grpc| Relay::start(&member_config(upstream, grpc, &addresses, 2)))
+        .map(|grpc| start(member_config(upstream, grpc, &addresses, 2)))
         .collect();
-    let clients: Vec<Relay> = (0..4)
-        .map(|_| Relay::start(&client_config(upstream, &addresses, 2)))
+    let clients: Vec<Relay> = (0..clients)
+        .map(|_| start(client_config(upstream, &addresses, 2)))
         .collect();
     for process in members.iter().chain(&clients) {
-        process.wait_for_members(3).await;
+        process.wait_for_members(addresses.len() as u64).await;
     }
     (members, clients)
 }
@@ -169,7 +186,11 @@ async fn a_lead_whose_holder_vanished_expires_and_its_waiters_ask_the_upstream()
         .claim(with_token(claim, CLIENT_TOKEN))
         .await
         .expect("a client's claim of its own request is served")
-        .into_inner();
+        .into_inner()
+        .message()
+        .await
+        .expect("a reply")
+        .expect("a first reply");
     assert!(
         matches!(
             reply.outcome,
@@ -187,5 +208,92 @@ async fn a_lead_whose_holder_vanished_expires_and_its_waiters_ask_the_upstream()
         started.elapsed() >= Duration::from_millis(1000),
         "it waited on the lead first ({:?})",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_miss_is_followed_live_across_the_cluster() {
+    let upstream = mock().await;
+    let (members, clients) = cluster_of(&upstream.url(), 2, 2, |config| {
+        config.cache.streaming = true;
+    })
+    .await;
+    let q = streamed_question("cluster-live");
+    let gate = [("x-mock-gate", "cluster-live")];
+    // A client leads: whichever member owns the key, the stream reaches it
+    // through the client's feed.
+    let leader = open_messages(&clients[0], "k", &q, &gate).await;
+    assert_eq!(leader.headers()["x-relaycache-status"], "miss");
+    let mut leader = leader.into_body();
+    let first = next_text(&mut leader, "the leader's first event").await;
+
+    let mut followers = Vec::new();
+    for process in [&clients[1], &members[0], &members[1]] {
+        let follower = tokio::time::timeout(
+            Duration::from_secs(5),
+            open_messages(process, "k", &q, &gate),
+        )
+        .await
+        .expect("a follower elsewhere in the cluster waits for the whole stream");
+        assert_eq!(follower.headers()["x-relaycache-status"], "hit");
+        let mut body = follower.into_body();
+        // The mock still holds the rest: this can only be the live stream.
+        assert_eq!(
+            next_text(&mut body, "a follower's first event").await,
+            first
+        );
+        followers.push(body);
+    }
+    upstream.release("cluster-live");
+    let rest = leader
+        .collect()
+        .await
+        .expect("the leader's stream")
+        .to_bytes();
+    for body in followers {
+        let got = body
+            .collect()
+            .await
+            .expect("a follower's stream")
+            .to_bytes();
+        assert_eq!(got, rest, "every follower gets the same tail");
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("event: message_stop"));
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "one upstream call for the whole cluster"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_off_breaks_its_followers_across_the_cluster() {
+    let upstream = mock().await;
+    let (_members, clients) = cluster_of(&upstream.url(), 2, 2, |config| {
+        config.cache.streaming = true;
+    })
+    .await;
+    let q = streamed_question("cluster-live-break");
+    let breaking = [
+        ("x-mock-break-after", "4"),
+        ("x-mock-event-delay-ms", "100"),
+    ];
+    let leader = open_messages(&clients[0], "k", &q, &breaking).await;
+    let mut leader = leader.into_body();
+    next_text(&mut leader, "the leader's first event").await;
+    let follower = open_messages(&clients[1], "k", &q, &breaking).await;
+    assert_eq!(follower.headers()["x-relaycache-status"], "hit");
+    let err = follower
+        .into_body()
+        .collect()
+        .await
+        .expect_err("the follower sees the break, as its SDK must");
+    assert!(leader.collect().await.is_err(), "the leader sees it too");
+    assert_eq!(upstream.calls(), 1, "{err}");
+    let again = post_messages(&clients[1], "k", &q, &[]).await;
+    assert_eq!(
+        again.cache_status(),
+        "miss",
+        "a broken stream is never stored"
     );
 }

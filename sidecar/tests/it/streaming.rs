@@ -6,12 +6,6 @@ use std::time::Duration;
 use crate::common::*;
 use http_body_util::BodyExt;
 
-fn streamed_question(tag: &str) -> String {
-    serde_json::json!({"model": "m", "max_tokens": 64, "stream": true,
-        "messages": [{"role": "user", "content": tag}]})
-    .to_string()
-}
-
 #[tokio::test]
 async fn first_event_is_not_held_back() {
     let upstream = mock().await;
@@ -134,16 +128,6 @@ fn streaming_config(upstream: &str) -> relaycache::config::Config {
     let mut config = config_for(upstream);
     config.cache.streaming = true;
     config
-}
-
-/// The next data frame of `body` as text, within 5 s.
-async fn next_text(body: &mut hyper::body::Incoming, what: &str) -> String {
-    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no frame within 5 s"))
-        .unwrap_or_else(|| panic!("{what}: the body ended"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    String::from_utf8(frame.into_data().expect("a data frame").to_vec()).expect("utf-8")
 }
 
 #[tokio::test]

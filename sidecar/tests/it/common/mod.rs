@@ -698,3 +698,20 @@ pub fn client_request(
     let origin = keys.origin(parts, &Bytes::from(body.to_string()));
     (key, relaycache::cluster::wire::origin_to_wire(&origin))
 }
+
+/// A streamed (`"stream": true`) Messages request about `tag`.
+pub fn streamed_question(tag: &str) -> String {
+    serde_json::json!({"model": "m", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": tag}]})
+    .to_string()
+}
+
+/// The next data frame of `body` as text, within 5 s.
+pub async fn next_text(body: &mut hyper::body::Incoming, what: &str) -> String {
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no frame within 5 s"))
+        .unwrap_or_else(|| panic!("{what}: the body ended"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    String::from_utf8(frame.into_data().expect("a data frame").to_vec()).expect("utf-8")
+}
