@@ -73,10 +73,13 @@ pub enum Claimed {
     Alone(&'static str),
 }
 
-/// What the owner answers a claim with: one outcome, or a live stream.
+/// What the owner answers a claim with: one outcome, a lead, or a live
+/// stream.
 pub(crate) enum ClaimAnswer {
-    /// The entry, the lead, the failure, or nothing.
+    /// The entry, the failure, or nothing.
     Outcome(claim_reply::Outcome),
+    /// The lead: its reply stream stays open until the lead ends.
+    Lead(LeadWatch),
     /// The flight's streamed answer in progress.
     Live(Arc<LiveAnswer>),
 }
@@ -96,6 +99,14 @@ impl ClaimAnswer {
     pub(crate) fn into_replies(self) -> ClaimReplies {
         match self {
             ClaimAnswer::Outcome(outcome) => Box::pin(futures::stream::iter([reply(outcome)])),
+            ClaimAnswer::Lead(watch) => {
+                let lead = reply(claim_reply::Outcome::Lead(Lead { lease: watch.lease }));
+                let open = futures::stream::unfold(watch, |mut watch| async move {
+                    let _ = (&mut watch.ended).await;
+                    None::<(Result<ClaimReply, tonic::Status>, LeadWatch)>
+                });
+                Box::pin(futures::stream::iter([lead]).chain(open))
+            }
             ClaimAnswer::Live(live) => {
                 let head = reply(claim_reply::Outcome::Live(LiveHead {
                     headers: headers_to_wire(live.headers()),
@@ -160,11 +171,38 @@ pub struct FlightTable {
 struct RemoteLead {
     lease: u64,
     leader: Leader,
+    /// Dropped with the lead: ends the claim's reply stream.
+    _ended: tokio::sync::oneshot::Sender<()>,
 }
 
 struct HeldLease {
     lease: u64,
     owner: PeerClient,
+    /// The claim's reply stream, open while the lead is held: if this
+    /// process goes away (or the request that led is cut off mid-claim),
+    /// the owner sees the stream end and releases the lead at once.
+    _claim: tonic::Streaming<ClaimReply>,
+}
+
+/// At the owner, inside a lead's reply stream: releases the lead (if it is
+/// still held) when the stream ends, as it does when its claimant goes
+/// away.
+pub(crate) struct LeadWatch {
+    cluster: Arc<Cluster>,
+    key: CacheKey,
+    lease: u64,
+    ended: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Drop for LeadWatch {
+    fn drop(&mut self) {
+        if self
+            .cluster
+            .release_remote_lead(&self.key, self.lease, None)
+        {
+            tracing::debug!(key = %self.key, "a lead's claimant went away; its waiters ask again");
+        }
+    }
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -281,7 +319,12 @@ impl Cluster {
                 }
             }
             Some(claim_reply::Outcome::Lead(Lead { lease })) => {
-                locked(&table.held).insert(*key, HeldLease { lease, owner });
+                let held = HeldLease {
+                    lease,
+                    owner,
+                    _claim: replies,
+                };
+                locked(&table.held).insert(*key, held);
                 Claimed::Lead
             }
             Some(claim_reply::Outcome::Failure(failure)) => match failure_from_wire(failure) {
@@ -386,7 +429,9 @@ impl Cluster {
         };
         let cluster = Arc::clone(self);
         tokio::spawn(async move {
-            let mut owner = held.owner;
+            // `held` keeps the claim open until the owner has the failure:
+            // closing it first would release the waiters with nothing.
+            let mut owner = held.owner.clone();
             let request = ReleaseRequest {
                 key: key.0.to_vec(),
                 lease: held.lease,
@@ -398,6 +443,7 @@ impl Cluster {
                 Ok(Ok(_))
             );
             cluster.metrics.cluster.count_call("release", ok);
+            drop(held);
         });
     }
 
@@ -427,9 +473,20 @@ impl Cluster {
                     return held(&entry);
                 }
                 let lease = table.next_lease();
-                locked(&table.remote_leads).insert(key, RemoteLead { lease, leader });
+                let (ended_tx, ended) = tokio::sync::oneshot::channel();
+                let lead = RemoteLead {
+                    lease,
+                    leader,
+                    _ended: ended_tx,
+                };
+                locked(&table.remote_leads).insert(key, lead);
                 self.expire_lead_later(key, lease);
-                ClaimAnswer::Outcome(claim_reply::Outcome::Lead(Lead { lease }))
+                ClaimAnswer::Lead(LeadWatch {
+                    cluster: Arc::clone(self),
+                    key,
+                    lease,
+                    ended,
+                })
             }
             Join::Follow(follower) => match follower.wait(wait.min(table.wait_timeout)).await {
                 Landing::Answer(entry) => held(&entry),

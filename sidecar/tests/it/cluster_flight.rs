@@ -182,11 +182,14 @@ async fn a_lead_whose_holder_vanished_expires_and_its_waiters_ask_the_upstream()
         wait_ms: 100,
         origin: Some(origin),
     };
-    let reply = grpc
+    // The claim stays open (the holder's connection is alive), but no
+    // answer ever comes: a stalled leader.
+    let mut held = grpc
         .claim(with_token(claim, CLIENT_TOKEN))
         .await
         .expect("a client's claim of its own request is served")
-        .into_inner()
+        .into_inner();
+    let reply = held
         .message()
         .await
         .expect("a reply")
@@ -209,6 +212,60 @@ async fn a_lead_whose_holder_vanished_expires_and_its_waiters_ask_the_upstream()
         "it waited on the lead first ({:?})",
         started.elapsed()
     );
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_claim_cut_off_after_it_led_releases_the_lead_at_once() {
+    // The request that led went away with its claim (a client cut off
+    // mid-claim, a process that died): the owner sees the claim's stream
+    // end and releases the lead, so nobody waits out wait_timeout (here a
+    // minute) for an answer that will never come.
+    let upstream = mock().await;
+    let addresses = member_addresses(1);
+    let mut config = member_config(&upstream.url(), &addresses[0], &addresses, 1);
+    config.cache.coalesce.wait_timeout = Duration::from_secs(60);
+    let member = Relay::start(&config);
+    member.wait_for_members(1).await;
+    let q = question("cut-off-claim");
+    let (key, origin) = client_request(&config, "k", &q);
+    let mut grpc = grpc_client(&addresses[0]).await;
+    let claim = ClaimRequest {
+        key: key.0.to_vec(),
+        wait_ms: 100,
+        origin: Some(origin),
+    };
+    let mut replies = grpc
+        .claim(with_token(claim, CLIENT_TOKEN))
+        .await
+        .expect("a client's claim of its own request is served")
+        .into_inner();
+    let first = replies
+        .message()
+        .await
+        .expect("a reply")
+        .expect("a first reply");
+    assert!(
+        matches!(
+            first.outcome,
+            Some(relaycache::cluster::proto::claim_reply::Outcome::Lead(_))
+        ),
+        "the first claim leads: {first:?}"
+    );
+    drop(replies);
+
+    let asked = try_send(
+        http::Method::POST,
+        &member.url("/v1/messages"),
+        &[("x-api-key", "k"), ("anthropic-version", "2023-06-01")],
+        q.clone(),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("answered well before the minute an orphaned lead would hold it");
+    assert_eq!(asked.status, 200);
+    assert_eq!(asked.cache_status(), "miss");
+    assert_eq!(upstream.calls(), 1);
 }
 
 #[tokio::test]
