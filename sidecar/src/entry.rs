@@ -422,6 +422,13 @@ fn sse_usage(body: &[u8]) -> TokenUsage {
 /// Adds the answer headers of a cache hit.
 pub fn hit_headers(entry: &CachedResponse, tier: crate::tier::TierKind, key: &str) -> HeaderMap {
     let mut headers = entry.headers();
+    tag_hit(&mut headers, tier, key, entry.age_secs());
+    headers
+}
+
+/// Marks an answer's headers as a hit from `tier` under `key`, answered
+/// `age_secs` after the upstream's answer.
+pub fn tag_hit(headers: &mut HeaderMap, tier: crate::tier::TierKind, key: &str, age_secs: u64) {
     headers.insert(crate::headers::STATUS, HeaderValue::from_static("hit"));
     headers.insert(
         crate::headers::TIER,
@@ -430,8 +437,7 @@ pub fn hit_headers(entry: &CachedResponse, tier: crate::tier::TierKind, key: &st
     if let Ok(value) = HeaderValue::from_str(key) {
         headers.insert(crate::headers::KEY, value);
     }
-    headers.insert(http::header::AGE, HeaderValue::from(entry.age_secs()));
-    headers
+    headers.insert(http::header::AGE, HeaderValue::from(age_secs));
 }
 
 #[cfg(test)]

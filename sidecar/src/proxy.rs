@@ -438,6 +438,13 @@ impl Proxy {
         failure_response(failure, status, &keyed.key)
     }
 
+    /// Counts a hit from `tier` and tells the access log.
+    fn note_hit(&self, tier: TierKind, log: &mut AccessLog) {
+        log.cache_status = Some(CacheStatus::Hit);
+        log.tier = Some(tier);
+        self.metrics.count_hit(tier);
+    }
+
     fn serve_hit(
         &self,
         entry: &CachedResponse,
@@ -445,9 +452,7 @@ impl Proxy {
         tier: TierKind,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
-        log.cache_status = Some(CacheStatus::Hit);
-        log.tier = Some(tier);
-        self.metrics.count_hit(tier);
+        self.note_hit(tier, log);
         self.metrics.input_tokens_saved.inc_by(entry.usage.input);
         self.metrics.output_tokens_saved.inc_by(entry.usage.output);
         self.metrics
@@ -469,21 +474,12 @@ impl Proxy {
         tier: TierKind,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
-        log.cache_status = Some(CacheStatus::Hit);
-        log.tier = Some(tier);
-        self.metrics.count_hit(tier);
+        self.note_hit(tier, log);
         let mut response = Response::new(boxed(live.follow()));
-        let headers = response.headers_mut();
-        *headers = live.headers().clone();
-        headers.insert(headers::STATUS, CacheStatus::Hit.header_value());
-        headers.insert(
-            headers::TIER,
-            HeaderValue::from_static(TierKind::Memory.as_str()),
-        );
-        if let Ok(value) = HeaderValue::from_str(&key.to_string()) {
-            headers.insert(headers::KEY, value);
-        }
-        headers.insert(http::header::AGE, HeaderValue::from(0));
+        let mut headers = live.headers().clone();
+        // Age 0: the answer is arriving now.
+        entry::tag_hit(&mut headers, tier, &key.to_string(), 0);
+        *response.headers_mut() = headers;
         response
     }
 

@@ -341,7 +341,10 @@ impl Cluster {
                 };
                 let live = LiveAnswer::new(entry::stored_headers(&headers));
                 let limit = self.checks.max_entry_bytes;
-                let piped = tokio::spawn(pipe_live(replies, Arc::clone(&live), limit));
+                let piped = tokio::spawn({
+                    let live = Arc::clone(&live);
+                    async move { pipe(replies, &live, limit).await }
+                });
                 Claimed::Live { live, piped }
             }
             Some(claim_reply::Outcome::Frame(_) | claim_reply::Outcome::End(_)) | None => {
@@ -415,7 +418,7 @@ impl Cluster {
                 }
             }
         }
-        pipe_feed(messages, &live, self.checks.max_entry_bytes).await;
+        pipe(messages, &live, self.checks.max_entry_bytes).await;
         Ok(())
     }
 
@@ -610,14 +613,4 @@ async fn pipe(mut source: impl LiveSource, live: &LiveAnswer, limit: u64) {
             Err(reason) => return live.break_off(&reason),
         }
     }
-}
-
-/// Follows the owner's live stream into `live`.
-async fn pipe_live(replies: tonic::Streaming<ClaimReply>, live: Arc<LiveAnswer>, limit: u64) {
-    pipe(replies, &live, limit).await;
-}
-
-/// Takes a remote leader's feed into `live`.
-async fn pipe_feed(messages: tonic::Streaming<FeedMessage>, live: &LiveAnswer, limit: u64) {
-    pipe(messages, live, limit).await;
 }
