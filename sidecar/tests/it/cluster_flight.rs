@@ -163,44 +163,65 @@ async fn a_client_claims_only_keys_of_its_own_requests() {
     assert_eq!(reply.cache_status(), "miss");
 }
 
-#[tokio::test]
-async fn a_lead_whose_holder_vanished_expires_and_its_waiters_ask_the_upstream() {
-    // A client claims the lead over gRPC and is never heard of again: the
-    // member's own askers wait for it at most cache.coalesce.wait_timeout,
-    // then call the upstream themselves.
+/// One member (whose coalescing waits at most `wait_timeout`), its gRPC
+/// address, a new question, and a client's claim of it, not yet sent.
+async fn member_and_claim(
+    tag: &str,
+    wait_timeout: Duration,
+) -> (MockUpstream, Relay, String, String, ClaimRequest) {
     let upstream = mock().await;
     let addresses = member_addresses(1);
     let mut config = member_config(&upstream.url(), &addresses[0], &addresses, 1);
-    config.cache.coalesce.wait_timeout = Duration::from_millis(1500);
+    config.cache.coalesce.wait_timeout = wait_timeout;
     let member = Relay::start(&config);
     member.wait_for_members(1).await;
-    let q = question("vanished-leader");
+    let q = question(tag);
     let (key, origin) = client_request(&config, "k", &q);
-    let mut grpc = grpc_client(&addresses[0]).await;
     let claim = ClaimRequest {
         key: key.0.to_vec(),
         wait_ms: 100,
         origin: Some(origin),
     };
-    // The claim stays open (the holder's connection is alive), but no
-    // answer ever comes: a stalled leader.
-    let mut held = grpc
+    (upstream, member, addresses[0].clone(), q, claim)
+}
+
+/// Sends `claim` with the clients' token and asserts that it leads; the
+/// claim's open reply stream.
+async fn claim_lead(
+    address: &str,
+    claim: ClaimRequest,
+) -> tonic::Streaming<relaycache::cluster::proto::ClaimReply> {
+    let mut grpc = grpc_client(address).await;
+    let mut replies = grpc
         .claim(with_token(claim, CLIENT_TOKEN))
         .await
         .expect("a client's claim of its own request is served")
         .into_inner();
-    let reply = held
+    let first = replies
         .message()
         .await
         .expect("a reply")
         .expect("a first reply");
     assert!(
         matches!(
-            reply.outcome,
+            first.outcome,
             Some(relaycache::cluster::proto::claim_reply::Outcome::Lead(_))
         ),
-        "the first claim leads: {reply:?}"
+        "the first claim leads: {first:?}"
     );
+    replies
+}
+
+#[tokio::test]
+async fn a_lead_whose_holder_vanished_expires_and_its_waiters_ask_the_upstream() {
+    // A client claims the lead over gRPC and is never heard of again: the
+    // member's own askers wait for it at most cache.coalesce.wait_timeout,
+    // then call the upstream themselves.
+    let (upstream, member, address, q, claim) =
+        member_and_claim("vanished-leader", Duration::from_millis(1500)).await;
+    // The claim stays open (the holder's connection is alive), but no
+    // answer ever comes: a stalled leader.
+    let held = claim_lead(&address, claim).await;
 
     let started = std::time::Instant::now();
     let asked = post_messages(&member, "k", &q, &[]).await;
@@ -221,37 +242,9 @@ async fn a_claim_cut_off_after_it_led_releases_the_lead_at_once() {
     // mid-claim, a process that died): the owner sees the claim's stream
     // end and releases the lead, so nobody waits out wait_timeout (here a
     // minute) for an answer that will never come.
-    let upstream = mock().await;
-    let addresses = member_addresses(1);
-    let mut config = member_config(&upstream.url(), &addresses[0], &addresses, 1);
-    config.cache.coalesce.wait_timeout = Duration::from_secs(60);
-    let member = Relay::start(&config);
-    member.wait_for_members(1).await;
-    let q = question("cut-off-claim");
-    let (key, origin) = client_request(&config, "k", &q);
-    let mut grpc = grpc_client(&addresses[0]).await;
-    let claim = ClaimRequest {
-        key: key.0.to_vec(),
-        wait_ms: 100,
-        origin: Some(origin),
-    };
-    let mut replies = grpc
-        .claim(with_token(claim, CLIENT_TOKEN))
-        .await
-        .expect("a client's claim of its own request is served")
-        .into_inner();
-    let first = replies
-        .message()
-        .await
-        .expect("a reply")
-        .expect("a first reply");
-    assert!(
-        matches!(
-            first.outcome,
-            Some(relaycache::cluster::proto::claim_reply::Outcome::Lead(_))
-        ),
-        "the first claim leads: {first:?}"
-    );
+    let (upstream, member, address, q, claim) =
+        member_and_claim("cut-off-claim", Duration::from_secs(60)).await;
+    let replies = claim_lead(&address, claim).await;
     drop(replies);
 
     let asked = try_send(
