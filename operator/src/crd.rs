@@ -250,6 +250,13 @@ pub struct CacheSpec {
     /// Record complete streamed (SSE) answers and replay them.
     #[serde(default)]
     pub streaming: bool,
+    /// How long after it expired an answer may still be served when the
+    /// upstream fails (429, 500, 502, 503, 504, 529, a timeout, unreachable),
+    /// such as `10m`; members and injected sidecars keep expired answers
+    /// this long. `0s` (the default): off.
+    #[serde(default = "default_stale_if_error")]
+    #[schemars(length(max = 64))]
+    pub stale_if_error: String,
 }
 
 impl CacheSpec {
@@ -266,12 +273,17 @@ impl Default for CacheSpec {
             memory: default_memory(),
             isolation: default_isolation(),
             streaming: false,
+            stale_if_error: default_stale_if_error(),
         }
     }
 }
 
 fn default_ttl() -> String {
     "1h".into()
+}
+
+fn default_stale_if_error() -> String {
+    "0s".into()
 }
 
 fn default_memory() -> Option<Quantity> {
@@ -572,6 +584,8 @@ mod tests {
         assert_eq!(spec.cache.memory, Some(Quantity("100Mi".into())));
         assert_eq!(spec.cache.memory(), Quantity("100Mi".into()));
         assert_eq!(spec.cache.isolation, "credential");
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["cache"]["staleIfError"], "0s", "off");
         assert_eq!(spec.replication.replica_count, 2);
         assert_eq!(spec.replication.read_quorum, 1);
         assert_eq!(spec.replication.leave_timeout, "5s");
@@ -624,6 +638,17 @@ mod tests {
     }
 
     #[test]
+    fn stale_if_error_is_a_bounded_string_defaulting_to_off() {
+        let schema = openapi_schema();
+        let cache = &schema["properties"]["spec"]["properties"]["cache"];
+        let field = &cache["properties"]["staleIfError"];
+        assert_eq!(field["type"], "string", "{cache}");
+        assert_eq!(field["default"], "0s");
+        assert_eq!(field["maxLength"], 64);
+        assert_eq!(cache["default"]["staleIfError"], "0s");
+    }
+
+    #[test]
     fn a_valid_spec_passes_every_rule() {
         assert_eq!(cel_messages(&sample()), Vec::<String>::new());
         let full = with_spec(json!({
@@ -632,11 +657,26 @@ mod tests {
                 {"name": "anthropic", "url": "https://api.anthropic.com", "paths": ["/v1/messages"]},
                 {"name": "openai", "url": "https://api.openai.com"}
             ],
-            "cache": {"isolation": "header:x-team"},
+            "cache": {"isolation": "header:x-team", "staleIfError": "10m"},
             "replication": {"replicaCount": 3, "readQuorum": 2, "writeQuorum": 3, "memberCountQuorum": 3},
             "reserve": {"url": "s3://bucket/prefix"}
         }));
         assert_eq!(cel_messages(&full), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_example_passes_the_rules_and_renders() {
+        let text = include_str!("../../examples/relaycache.yaml");
+        let object: Value = serde_yaml_ng::from_str(text).unwrap();
+        assert_eq!(cel_messages(&object), Vec::<String>::new());
+        let mut rc: RelayCache = serde_json::from_value(object).unwrap();
+        rc.metadata.namespace = Some("default".into());
+        let names = crate::resources::Names::of(&rc).unwrap();
+        let rendered = crate::resources::configmap::render(&rc, &names).unwrap();
+        assert_eq!(
+            rendered.config.cache.stale_if_error,
+            std::time::Duration::from_secs(600)
+        );
     }
 
     #[test]

@@ -151,6 +151,7 @@ fn build_tiers(config: &Config, metrics: &Arc<Metrics>) -> Result<Tiers, RunErro
             checks,
             memory.clone(),
             reserve.clone(),
+            &cache.coalesce,
             Arc::clone(metrics),
         )?;
         Some(PeerTier::new(cluster))

@@ -295,6 +295,18 @@ impl EntryRecorder {
     }
 }
 
+/// The headers an answer is stored (and replayed) with: none naming the
+/// caller it was first sent to.
+pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for (name, value) in headers {
+        if !is_unstorable_header(name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
 /// Whether a response is a server-sent event stream.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
@@ -410,6 +422,13 @@ fn sse_usage(body: &[u8]) -> TokenUsage {
 /// Adds the answer headers of a cache hit.
 pub fn hit_headers(entry: &CachedResponse, tier: crate::tier::TierKind, key: &str) -> HeaderMap {
     let mut headers = entry.headers();
+    tag_hit(&mut headers, tier, key, entry.age_secs());
+    headers
+}
+
+/// Marks an answer's headers as a hit from `tier` under `key`, answered
+/// `age_secs` after the upstream's answer.
+pub fn tag_hit(headers: &mut HeaderMap, tier: crate::tier::TierKind, key: &str, age_secs: u64) {
     headers.insert(crate::headers::STATUS, HeaderValue::from_static("hit"));
     headers.insert(
         crate::headers::TIER,
@@ -418,8 +437,7 @@ pub fn hit_headers(entry: &CachedResponse, tier: crate::tier::TierKind, key: &st
     if let Ok(value) = HeaderValue::from_str(key) {
         headers.insert(crate::headers::KEY, value);
     }
-    headers.insert(http::header::AGE, HeaderValue::from(entry.age_secs()));
-    headers
+    headers.insert(http::header::AGE, HeaderValue::from(age_secs));
 }
 
 #[cfg(test)]

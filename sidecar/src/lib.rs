@@ -19,6 +19,7 @@ pub mod entry;
 pub mod headers;
 pub mod key;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

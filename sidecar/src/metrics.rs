@@ -80,6 +80,43 @@ impl ClusterRefusal {
     }
 }
 
+/// What the key's primary owner said to a miss this process asked it
+/// about (cluster-wide coalescing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlightOutcome {
+    /// The owner had the answer, or the flight waited on landed one.
+    Answer,
+    /// This process led the flight.
+    Lead,
+    /// The flight's leader failed; its failure was the answer.
+    Failed,
+    /// The flight's answer was a stream in progress, followed live.
+    Live,
+    /// No flight to join (below quorum, owner unreachable, wait ran out):
+    /// this process called the upstream alone.
+    Alone,
+}
+
+impl FlightOutcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlightOutcome::Answer => "answer",
+            FlightOutcome::Lead => "lead",
+            FlightOutcome::Failed => "failed",
+            FlightOutcome::Live => "live",
+            FlightOutcome::Alone => "alone",
+        }
+    }
+}
+
+/// Label of cluster-wide flight outcomes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlightLabels {
+    /// What the owner said.
+    pub outcome: FlightOutcome,
+}
+
 /// Label values of closed sets are their `as_str` names.
 macro_rules! label_values_from_as_str {
     ($($label:ty),* $(,)?) => {
@@ -100,6 +137,7 @@ label_values_from_as_str!(
     CacheStatus,
     crate::limits::OverloadLimit,
     ClusterRefusal,
+    FlightOutcome,
     TierKind
 );
 
@@ -284,9 +322,16 @@ pub struct ClusterMetrics {
     pub refused: Family<RefusalLabels, Counter>,
     /// Membership changes seen (joins, leaves, failures).
     pub membership_changes: Counter,
+    /// Misses asked of their key's owner, by what it said.
+    pub flights: Family<FlightLabels, Counter>,
 }
 
 impl ClusterMetrics {
+    /// Counts one miss asked of its key's owner.
+    pub fn count_flight(&self, outcome: FlightOutcome) {
+        self.flights.get_or_create(&FlightLabels { outcome }).inc();
+    }
+
     /// Counts one refusal.
     pub fn count_refusal(&self, reason: ClusterRefusal) {
         self.refused.get_or_create(&RefusalLabels { reason }).inc();
@@ -364,6 +409,11 @@ impl ClusterMetrics {
             "refused",
             "Cluster calls, entries, clocks and members refused, by reason (token, clock_skew, entry_from_the_future, entry_too_large, not_a_peer, member_only, forged_key)",
             self.refused.clone(),
+        );
+        registry.register(
+            "flights",
+            "Misses asked of their key's primary owner, by outcome (answer, lead, failed, live, alone)",
+            self.flights.clone(),
         );
     }
 

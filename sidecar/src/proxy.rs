@@ -16,12 +16,17 @@ use tokio::time::Instant;
 
 use crate::access_log::{AccessLog, LoggedBody};
 use crate::body::{boxed, full, DeadlineBody, ProxyBody};
-use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
+use crate::cluster::flight::Claimed;
+use crate::coalesce::{
+    is_shared_failure, Flights, Join, Landing, Leader, UpstreamFailure, MAX_SHARED_FAILURE_BYTES,
+    SHARED_FAILURE_HEADERS,
+};
 use crate::config::{CacheConfig, Config, Mode, Replay};
 use crate::entry::{self, CachedResponse, EntryRecorder};
 use crate::headers::{self, CacheStatus};
 use crate::key::{CacheKey, KeyBuilder, KeyOrigin, KeyParts, Tenant};
 use crate::limits::{self, Admission, BufferPermit};
+use crate::live::LiveAnswer;
 use crate::metrics::Metrics;
 use crate::policy::RequestPolicy;
 use crate::recording::{Destination, RecordingBody};
@@ -32,14 +37,6 @@ use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 /// Times a follower starts over after leaders that had nothing to share.
 const MAX_FOLLOW_ATTEMPTS: usize = 3;
-
-/// Largest upstream error body recorded to hand to followers; error bodies
-/// are a few hundred bytes.
-const MAX_SHARED_FAILURE_BYTES: usize = 64 * 1024;
-
-/// Response headers of a failed upstream answer that followers get too:
-/// what the SDKs read to decide when to retry, nothing naming the caller.
-const SHARED_FAILURE_HEADERS: [&str; 3] = ["content-type", "retry-after", "x-should-retry"];
 
 /// Why the proxy could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +50,9 @@ pub enum ProxyError {
 struct CacheLayer {
     settings: CacheConfig,
     keys: KeyBuilder,
-    flights: Flights,
+    /// Shared with the cluster in mode `ha`: the owner of a key keeps the
+    /// cluster's flight for it in the same registry.
+    flights: Arc<Flights>,
     /// Raw-request key → key, recorded when a request hits, so that
     /// byte-identical repeats find their entry without parsing JSON.
     aliases: moka::sync::Cache<CacheKey, CacheKey>,
@@ -124,7 +123,10 @@ impl Proxy {
         let cache = caching.then(|| CacheLayer {
             settings: config.cache.clone(),
             keys: KeyBuilder::new(&config.cache.key, config.cache.isolation.clone()),
-            flights: Flights::default(),
+            flights: tiers
+                .cluster()
+                .map(|cluster| Arc::clone(cluster.flights()))
+                .unwrap_or_default(),
             aliases: moka::sync::Cache::builder()
                 .max_capacity((config.cache.memory.max_cost / ALIAS_BUDGET_BYTES).max(1024))
                 .time_to_live(config.cache.max_ttl)
@@ -300,16 +302,12 @@ impl Proxy {
                             return self.serve_hit(&entry, &keyed.key, TierKind::Memory, log)
                         }
                         Landing::Failed(failure) => {
-                            self.metrics.shared_failures.inc();
-                            let reason = format!("the upstream answered {}", failure.status);
-                            if let Some(stale) = self
-                                .stale_answer(&failure, &keyed.key, &keyed.policy, reason)
+                            return self
+                                .answer_leaders_failure(&failure, &keyed, status, log)
                                 .await
-                            {
-                                return stale.logged(log);
-                            }
-                            log.cache_status = Some(status);
-                            return failure_response(&failure, status, &keyed.key);
+                        }
+                        Landing::Live(live) => {
+                            return self.serve_live(&live, &keyed.key, TierKind::Memory, log)
                         }
                         Landing::Nothing => continue,
                         Landing::TimedOut => break,
@@ -376,7 +374,75 @@ impl Proxy {
             log.reserve_used = tier == TierKind::Reserve;
             return self.serve_hit(&entry, &keyed.key, tier, log);
         }
-        self.fetch(keyed, upstream, status, leader, log).await
+        let mut leader = match leader {
+            Some(leader) if self.tiers.has_cluster() => leader,
+            leader => return self.fetch(keyed, upstream, status, leader, log).await,
+        };
+        // This process's askers wait on its leader; the leader waits on the
+        // key's owner, so the cluster makes one upstream call.
+        let origin = cache.origin_for_cluster(&self.tiers, &keyed);
+        match self.tiers.claim(&keyed.key, origin.as_ref()).await {
+            Claimed::Answer(entry) => {
+                leader.land(Some(Arc::clone(&entry)));
+                log.coalesced = true;
+                return self.serve_hit(&entry, &keyed.key, TierKind::Peer, log);
+            }
+            Claimed::Failed(failure) => {
+                leader.fail(Arc::clone(&failure));
+                log.coalesced = true;
+                return self
+                    .answer_leaders_failure(&failure, &keyed, status, log)
+                    .await;
+            }
+            Claimed::Live { live, piped } => {
+                leader.go_live(Arc::clone(&live));
+                // The local flight ends with the owner's stream.
+                tokio::spawn(async move {
+                    let _ = piped.await;
+                    drop(leader);
+                });
+                log.coalesced = true;
+                return self.serve_live(&live, &keyed.key, TierKind::Peer, log);
+            }
+            Claimed::Lead => {
+                let tiers = self.tiers.clone();
+                let key = keyed.key;
+                leader.on_release(Box::new(move |failure| tiers.release(key, failure)));
+            }
+            Claimed::Alone(reason) => {
+                tracing::debug!(key = %keyed.key, reason, "calling the upstream without the cluster's flight");
+            }
+        }
+        self.fetch(keyed, upstream, status, Some(leader), log).await
+    }
+
+    /// The answer to a request whose flight's leader (here or elsewhere in
+    /// the cluster) failed: a stale entry if stale-if-error allows one,
+    /// else the same failure.
+    async fn answer_leaders_failure(
+        &self,
+        failure: &UpstreamFailure,
+        keyed: &Keyed,
+        status: CacheStatus,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        self.metrics.shared_failures.inc();
+        let reason = format!("the upstream answered {}", failure.status);
+        if let Some(stale) = self
+            .stale_answer(failure, &keyed.key, &keyed.policy, reason)
+            .await
+        {
+            return stale.logged(log);
+        }
+        log.cache_status = Some(status);
+        failure_response(failure, status, &keyed.key)
+    }
+
+    /// Counts a hit from `tier` and tells the access log.
+    fn note_hit(&self, tier: TierKind, log: &mut AccessLog) {
+        log.cache_status = Some(CacheStatus::Hit);
+        log.tier = Some(tier);
+        self.metrics.count_hit(tier);
     }
 
     fn serve_hit(
@@ -386,9 +452,7 @@ impl Proxy {
         tier: TierKind,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
-        log.cache_status = Some(CacheStatus::Hit);
-        log.tier = Some(tier);
-        self.metrics.count_hit(tier);
+        self.note_hit(tier, log);
         self.metrics.input_tokens_saved.inc_by(entry.usage.input);
         self.metrics.output_tokens_saved.inc_by(entry.usage.output);
         self.metrics
@@ -396,6 +460,26 @@ impl Proxy {
             .inc_by(entry.body_len() as u64);
         let mut response = Response::new(full(entry.body()));
         *response.headers_mut() = entry::hit_headers(entry, tier, &key.to_string());
+        response
+    }
+
+    /// A follower's answer while its leader's streamed answer arrives: the
+    /// events so far, then the live tail. Counted as a hit of `tier` (the
+    /// leader here: memory; elsewhere in the cluster: peer); the tokens it
+    /// saves are not counted, as they are known only at the stream's end.
+    fn serve_live(
+        &self,
+        live: &LiveAnswer,
+        key: &CacheKey,
+        tier: TierKind,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        self.note_hit(tier, log);
+        let mut response = Response::new(boxed(live.follow()));
+        let mut headers = live.headers().clone();
+        // Age 0: the answer is arriving now.
+        entry::tag_hit(&mut headers, tier, &key.to_string(), 0);
+        *response.headers_mut() = headers;
         response
     }
 
@@ -518,7 +602,19 @@ impl Proxy {
             declared_length_of(&head.headers),
             self.cache_limit(),
         );
+        // A streamed answer is shared with the followers as it arrives.
+        let live = match &leader {
+            Some(leader) if entry::is_event_stream(&head.headers) => {
+                let live = LiveAnswer::new(entry::stored_headers(&head.headers));
+                leader.go_live(Arc::clone(&live));
+                // Led at a remote owner: its waiters follow it live too.
+                self.tiers.feed(key, &live);
+                Some(live)
+            }
+            _ => None,
+        };
         let destination = Destination {
+            live,
             key,
             ttl: policy.ttl,
             tiers: self.tiers.clone(),
@@ -579,7 +675,6 @@ impl Proxy {
         }
     }
 
-    /// Hands `failure` to the followers and returns the leader's answer.
     /// Hands a failed upstream answer to the followers, and answers this
     /// request with a stale entry if stale-if-error allows one, else with
     /// the failure.
@@ -804,9 +899,6 @@ fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-/// Upstream answers whose failure is handed to coalesced followers: rate
-/// limits and server errors (529 overload included). Other 4xx answers
-/// depend on the request; they are not shared.
 /// Upstream answers that stale-if-error may answer instead of (RFC 5861
 /// names the 5xx; 429 and Anthropic's 529 "overloaded" are the same kind
 /// of trouble).
@@ -854,10 +946,6 @@ fn note_stale(response: &Response<ProxyBody>, log: &mut AccessLog) {
         log.tier = Some(stale.tier);
         log.upstream_error = Some(stale.reason.clone());
     }
-}
-
-fn is_shared_failure(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
 /// The answer to a request whose upstream call (its own or its leader's)

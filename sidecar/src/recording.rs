@@ -20,6 +20,7 @@ use crate::body::{BoxError, DeadlineExceeded};
 use crate::coalesce::Leader;
 use crate::entry::EntryRecorder;
 use crate::key::{CacheKey, KeyOrigin};
+use crate::live::LiveAnswer;
 use crate::metrics::Metrics;
 use crate::tiers::Tiers;
 use crate::upstream::error_chain;
@@ -41,6 +42,8 @@ pub struct Destination {
     /// The request answered, when this process is a cluster client: the
     /// members derive the key from it before storing the copy.
     pub origin: Option<KeyOrigin>,
+    /// The followers' live view of a streamed answer.
+    pub live: Option<Arc<LiveAnswer>>,
 }
 
 impl Destination {
@@ -57,13 +60,38 @@ impl Destination {
             self.tiers.store_answer(self.key, entry, self.origin);
             self.metrics.stores.inc();
         }
+        if let Some(live) = &self.live {
+            match &entry {
+                Some(_) => live.complete(),
+                None => live.break_off("it ended without its final event"),
+            }
+        }
         if let Some(leader) = self.leader {
             leader.land(entry);
         }
     }
 
+    /// Records a frame, and shares it with live followers while it is
+    /// recorded: past `cache.max_entry_bytes` nothing is kept, so
+    /// followers cannot be given the rest.
+    fn record(&self, recorder: &mut EntryRecorder, data: &Bytes) {
+        let recording = recorder.push(data);
+        if let Some(live) = &self.live {
+            if recording {
+                live.push(data);
+            } else {
+                live.break_off(
+                    "it is larger than cache.max_entry_bytes, so it was not kept to share",
+                );
+            }
+        }
+    }
+
     /// Gives up on a recording; followers try on their own.
     fn fail(self, reason: &str) {
+        if let Some(live) = &self.live {
+            live.break_off(reason);
+        }
         self.metrics.count_upstream_error(&self.upstream);
         tracing::warn!(upstream = %self.upstream, reason, "upstream answer broke off; not stored");
     }
@@ -122,10 +150,10 @@ impl Body for RecordingBody {
         };
         match Pin::new(incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some((recorder, _))) =
+                if let (Some(data), Some((recorder, destination))) =
                     (frame.data_ref(), this.recording.as_mut())
                 {
-                    recorder.push(data);
+                    destination.record(recorder, data);
                 }
                 this.complete_if_ended();
                 Poll::Ready(Some(Ok(frame)))
@@ -197,7 +225,7 @@ async fn finish_abandoned(
         match tokio::time::timeout_at(deadline, incoming.frame()).await {
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    recorder.push(data);
+                    destination.record(&mut recorder, data);
                 }
             }
             Ok(None) => return destination.complete(recorder),

@@ -12,11 +12,14 @@
 
 use std::sync::Arc;
 
+use crate::cluster::flight::Claimed;
 use crate::cluster::replication::ReserveCopy;
 use crate::cluster::{Cluster, PeerTier};
+use crate::coalesce::UpstreamFailure;
 use crate::entry::CachedResponse;
 use crate::headers::TierKind;
 use crate::key::{CacheKey, KeyOrigin};
+use crate::live::LiveAnswer;
 use crate::tier::reserve::ReserveTier;
 use crate::tier::{MemoryTier, Tier, TierError};
 
@@ -85,6 +88,43 @@ impl Tiers {
             peers.replicate(*key, Arc::clone(&entry), ReserveCopy::NotNeeded, origin());
         }
         Some((entry, TierKind::Reserve))
+    }
+
+    /// Whether this process shares its misses with a cluster: its flight
+    /// leaders ask the key's owner with [`Tiers::claim`] first.
+    pub fn has_cluster(&self) -> bool {
+        self.peers.is_some()
+    }
+
+    /// Asks the key's primary owner about a miss this process's flight
+    /// leader is about to fill (mode `ha`; alone otherwise). An answer is
+    /// kept in memory.
+    pub async fn claim(&self, key: &CacheKey, origin: Option<&KeyOrigin>) -> Claimed {
+        let Some(peers) = &self.peers else {
+            return Claimed::Alone("no cluster");
+        };
+        let claimed = peers.cluster().claim(key, origin).await;
+        if let Claimed::Answer(entry) = &claimed {
+            self.memory.insert(*key, Arc::clone(entry));
+        }
+        claimed
+    }
+
+    /// Shares a streamed answer this process leads at a remote owner with
+    /// that owner as it arrives (mode `ha`, with a lead taken through
+    /// [`Tiers::claim`]).
+    pub fn feed(&self, key: CacheKey, live: &Arc<LiveAnswer>) {
+        if let Some(peers) = &self.peers {
+            peers.cluster().feed(key, live);
+        }
+    }
+
+    /// Gives back a lead taken with [`Tiers::claim`]: the upstream failed
+    /// (`failure`), or the answer may not be stored.
+    pub fn release(&self, key: CacheKey, failure: Option<Arc<UpstreamFailure>>) {
+        if let Some(peers) = &self.peers {
+            peers.cluster().release(key, failure);
+        }
     }
 
     /// An entry that expired no longer ago than `window`, from memory, the

@@ -141,6 +141,10 @@ fn proxy_config(rc: &RelayCache, names: &Names) -> Result<Config, InvalidSpec> {
         )),
     }
     cache.streaming = spec.cache.streaming;
+    match parse_duration(&spec.cache.stale_if_error, "spec.cache.staleIfError") {
+        Ok(window) => cache.stale_if_error = window,
+        Err(issue) => issues.push(issue),
+    }
 
     if spec.mode == ClusterMode::Ha {
         let replication = &spec.replication;
@@ -455,6 +459,32 @@ mod tests {
     }
 
     #[test]
+    fn stale_if_error_is_off_by_default_and_rendered_when_set() {
+        let off = rendered(json!({}));
+        assert_eq!(off.config.cache.stale_if_error, Duration::ZERO);
+        for mode in ["ha", "single", "disabled"] {
+            let r = rendered(json!({"mode": mode, "cache": {"staleIfError": "10m"}}));
+            assert_eq!(
+                r.config.cache.stale_if_error,
+                Duration::from_secs(600),
+                "{mode}"
+            );
+            // The proxy reads the same window from the file.
+            let expanded = expand_env(&r.text, |name| Some(format!("x-{name}"))).unwrap();
+            let loaded = Config::from_yaml(&expanded).unwrap();
+            assert_eq!(
+                loaded.cache.stale_if_error,
+                Duration::from_secs(600),
+                "{mode}"
+            );
+            assert_ne!(r.hash, off.hash, "{mode}: members roll onto the new window");
+        }
+        let zero = rendered(json!({"cache": {"staleIfError": "0"}}));
+        assert_eq!(zero.config.cache.stale_if_error, Duration::ZERO);
+        assert_eq!(zero.hash, off.hash, "0 is the default");
+    }
+
+    #[test]
     fn the_file_is_what_the_proxy_reads_back() {
         let r = rendered(json!({"cache": {"isolation": "shared"}}));
         assert!(r
@@ -504,7 +534,7 @@ mod tests {
     #[test]
     fn invalid_values_are_reported_at_their_spec_paths() {
         let found = issues(json!({
-            "cache": {"ttl": "forever", "memory": "lots", "isolation": "header:"},
+            "cache": {"ttl": "forever", "memory": "lots", "isolation": "header:", "staleIfError": "when down"},
             "replication": {"leaveTimeout": "x"},
             "reserve": {"url": "s3://b", "retention": "long", "storage": "1Gi"}
         }));
@@ -515,12 +545,19 @@ mod tests {
                 "spec.cache.ttl",
                 "spec.cache.memory",
                 "spec.cache.isolation",
+                "spec.cache.staleIfError",
                 "spec.replication.leaveTimeout",
                 "spec.reserve.retention",
                 "spec.reserve.storage"
             ]
         );
         assert!(found.iter().all(|i| !i.message.is_empty()));
+        let stale = &found[3];
+        assert!(
+            stale.message.contains("\"when down\" is not a duration")
+                && stale.message.contains("write e.g."),
+            "{stale:?}"
+        );
     }
 
     #[test]

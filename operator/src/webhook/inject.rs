@@ -425,9 +425,9 @@ fn with_warning(req: &AdmissionRequest<DynamicObject>, message: String) -> Admis
 }
 
 /// The sidecar's configuration: the members' configuration (upstreams, TTL,
-/// isolation, streaming, replication settings) turned into a client of the
-/// cluster listening on loopback. The reserve stays with the members (its
-/// credentials never leave the RelayCache's namespace).
+/// isolation, streaming, stale-if-error window, replication settings) turned
+/// into a client of the cluster listening on loopback. The reserve stays with
+/// the members (its credentials never leave the RelayCache's namespace).
 pub fn sidecar_config(rc: &RelayCache) -> Result<Config, InvalidSpec> {
     let names = Names::of(rc)?;
     let mut config = render(rc, &names)?.config;
@@ -849,6 +849,32 @@ mod tests {
             assert!(config.cache.ha.addresses.is_empty(), "{mode}");
             assert_eq!(config.server.listen, "127.0.0.1:8787");
         }
+    }
+
+    #[test]
+    fn sidecars_serve_stale_within_the_relaycaches_window() {
+        // A client serves stale answers from its own memory and from the
+        // members, so it takes the RelayCache's window as the members do.
+        use crate::resources::testing::rc;
+        use std::time::Duration;
+        for mode in ["ha", "single"] {
+            let spec = serde_json::json!({"mode": mode, "cache": {"staleIfError": "15m"}});
+            let config = sidecar_config(&rc("web", spec)).unwrap();
+            assert_eq!(
+                config.cache.stale_if_error,
+                Duration::from_secs(900),
+                "{mode}"
+            );
+        }
+        let off = sidecar_config(&rc("web", serde_json::json!({}))).unwrap();
+        assert_eq!(off.cache.stale_if_error, Duration::ZERO);
+        // A bad window leaves the pod without a sidecar, naming the field.
+        let err = sidecar_config(&rc(
+            "web",
+            serde_json::json!({"cache": {"staleIfError": "soon"}}),
+        ))
+        .unwrap_err();
+        assert_eq!(err.0[0].path, "spec.cache.staleIfError");
     }
 
     #[test]

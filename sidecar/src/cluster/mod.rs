@@ -5,6 +5,8 @@
 //! - [`placement`] gives each key its ordered replica set by rendezvous
 //!   hashing over that view;
 //! - [`replication`] reads from and writes to a key's replicas with quorums;
+//! - [`flight`] makes one upstream call per question cluster-wide: misses
+//!   wait on the key's primary owner, which lets one of them lead;
 //! - [`service`] answers other members and clients from this member's store;
 //! - [`handoff`] passes entries to their new owners when a member leaves,
 //!   and [`repair`] copies entries back to `replica_count` after changes;
@@ -14,6 +16,7 @@
 //! A member's store is its memory tier: entries it owns as a replica live
 //! beside those it keeps for its own clients.
 
+pub mod flight;
 pub mod handoff;
 pub mod membership;
 pub mod placement;
@@ -143,6 +146,9 @@ pub struct Cluster {
     changed: Notify,
     /// Flips to true when the process stops, ending background tasks.
     stopping: watch::Sender<bool>,
+    /// The flights this process leads or waits on, and those others lead
+    /// here.
+    flight_table: flight::FlightTable,
 }
 
 /// What every entry from another process must meet, as an answer from the
@@ -167,6 +173,7 @@ impl Cluster {
         checks: EntryChecks,
         memory: MemoryTier,
         reserve: Option<ReserveTier>,
+        coalesce: &crate::config::CoalesceConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ClusterError> {
         let timings = Timings::for_environment(settings.environment);
@@ -197,6 +204,11 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             changed: Notify::new(),
             stopping,
+            flight_table: flight::FlightTable::new(
+                Arc::default(),
+                coalesce.wait_timeout,
+                coalesce.max_waiters,
+            ),
         }))
     }
 

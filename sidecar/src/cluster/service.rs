@@ -8,16 +8,18 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::flight::ClaimReplies;
 use super::proto::cluster_server::{Cluster as ClusterRpc, ClusterServer};
 use super::proto::{
-    ClearReply, ClearRequest, DeleteReply, DeleteRequest, GetManyReply, GetManyRequest, GetReply,
-    GetRequest, KeyVersion, PingReply, PingRequest, SetManyReply, SetManyRequest, SetReply,
-    SetRequest, VersionsReply, VersionsRequest,
+    ClaimRequest, ClearReply, ClearRequest, DeleteReply, DeleteRequest, FeedMessage, FeedReply,
+    GetManyReply, GetManyRequest, GetReply, GetRequest, KeyVersion, PingReply, PingRequest,
+    ReleaseReply, ReleaseRequest, SetManyReply, SetManyRequest, SetReply, SetRequest,
+    VersionsReply, VersionsRequest,
 };
 use super::security::{server_tls, Authenticate, Role, MAX_MESSAGE_BYTES};
 use super::wire::{
-    entry_from_wire, entry_to_wire, key_from_wire, origin_from_wire, version_from_wire,
-    version_to_wire,
+    entry_from_wire, entry_to_wire, failure_from_wire, key_from_wire, origin_from_wire,
+    version_from_wire, version_to_wire,
 };
 use super::{Cluster, ClusterError};
 use crate::entry::CachedResponse;
@@ -104,25 +106,48 @@ impl Service {
         )))
     }
 
-    /// Stores an entry unless a newer copy is held. True if stored.
+    /// A client's call about `key` must come with the request it answers
+    /// (`origin`), whose key must be `key`.
+    fn own_request_of_client(
+        &self,
+        role: Role,
+        key: &CacheKey,
+        origin: Option<super::proto::Origin>,
+        call: &str,
+    ) -> Result<(), Status> {
+        if role == Role::Member {
+            return Ok(());
+        }
+        let origin = origin.and_then(origin_from_wire);
+        if self.0.is_own_request(key, origin.as_ref()) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "a client may {call} only for its own request: send the request's origin, whose key must be the entry's key"
+        )))
+    }
+
+    /// Stores an entry unless a newer copy is held. True if stored. Either
+    /// way, a flight another process leads here for the key lands with
+    /// the copy held.
     fn store(&self, key: CacheKey, entry: CachedResponse, admit_to_reserve: bool) -> bool {
         let cluster = &self.0;
         let Some(entry) = cluster.admit(entry) else {
             return false;
         };
         cluster.observe(entry.version);
-        let newer_held = cluster
-            .memory
-            .lookup(&key)
-            .is_some_and(|held| held.version >= entry.version);
-        if newer_held {
-            return false;
+        if let Some(held) = cluster.memory.lookup(&key) {
+            if held.version >= entry.version {
+                cluster.land_remote_lead(&key, &held);
+                return false;
+            }
         }
         let entry = Arc::new(entry);
         cluster.memory.insert(key, Arc::clone(&entry));
         if let (true, Some(reserve)) = (admit_to_reserve, &cluster.reserve) {
             reserve.admit(key, &entry);
         }
+        cluster.land_remote_lead(&key, &entry);
         true
     }
 }
@@ -197,14 +222,7 @@ impl ClusterRpc for Service {
             // Expired in flight, or malformed: nothing to keep.
             return Ok(Response::new(SetReply { stored: false }));
         };
-        if role == Role::Client {
-            let origin = request.origin.and_then(origin_from_wire);
-            if !self.0.is_own_request(&key, origin.as_ref()) {
-                return Err(Status::permission_denied(
-                    "a client may store only the answer to its own request: send the request's origin, whose key must be the entry's key",
-                ));
-            }
-        }
+        self.own_request_of_client(role, &key, request.origin, "store an answer")?;
         let stored = self.store(key, entry, request.admit_to_reserve);
         Ok(Response::new(SetReply { stored }))
     }
@@ -246,6 +264,48 @@ impl ClusterRpc for Service {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!("cleared by a cluster purge");
         Ok(Response::new(ClearReply {}))
+    }
+
+    type ClaimStream = ClaimReplies;
+
+    async fn claim(
+        &self,
+        request: Request<ClaimRequest>,
+    ) -> Result<Response<Self::ClaimStream>, Status> {
+        let role = role_of(&request);
+        let request = request.into_inner();
+        let key = key_from_wire(&request.key).ok_or_else(bad_key)?;
+        self.own_request_of_client(role, &key, request.origin, "claim a flight")?;
+        let wait = std::time::Duration::from_millis(request.wait_ms);
+        let answer = self.0.serve_claim(key, wait).await;
+        Ok(Response::new(answer.into_replies()))
+    }
+
+    async fn feed(
+        &self,
+        request: Request<tonic::Streaming<FeedMessage>>,
+    ) -> Result<Response<FeedReply>, Status> {
+        self.0.serve_feed(request.into_inner()).await?;
+        Ok(Response::new(FeedReply {}))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseReply>, Status> {
+        let request = request.into_inner();
+        let key = key_from_wire(&request.key).ok_or_else(bad_key)?;
+        let failure = match request.failure {
+            Some(wire) => Some(failure_from_wire(wire).ok_or_else(|| {
+                Status::invalid_argument(
+                    "a released flight's failure must be a 429 or 5xx with at most 64 KiB of body",
+                )
+            })?),
+            None => None,
+        };
+        // The lease is the proof: only the claim that led knows it.
+        let released = self.0.release_remote_lead(&key, request.lease, failure);
+        Ok(Response::new(ReleaseReply { released }))
     }
 
     async fn versions(

@@ -69,7 +69,10 @@ impl PeerTier {
         tokio::spawn(async move {
             cluster
                 .replicate(key, entry, reserve_copy, origin.as_ref())
-                .await
+                .await;
+            // The owner's copy landed any flight this process led there;
+            // if the owner did not take it, its waiters must not wait on.
+            cluster.release(key, None);
         });
     }
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::proto;
+use crate::coalesce::{self, UpstreamFailure};
 use crate::entry::{CachedResponse, TokenUsage};
 use crate::key::{CacheKey, KeyOrigin};
 use crate::version::Version;
@@ -54,32 +55,41 @@ pub fn origin_to_wire(origin: &KeyOrigin) -> proto::Origin {
         path: origin.path.clone(),
         has_namespace: origin.namespace.is_some(),
         namespace: origin.namespace.clone().unwrap_or_default(),
-        headers: origin
-            .headers
-            .iter()
-            .map(|(name, value)| proto::Header {
-                name: name.as_str().to_string(),
-                value: value.as_bytes().to_vec(),
-            })
-            .collect(),
+        headers: headers_to_wire(&origin.headers),
         body: origin.body.to_vec(),
     }
 }
 
-/// A key origin as received; `None` when a header is not a valid header.
-pub fn origin_from_wire(origin: proto::Origin) -> Option<KeyOrigin> {
-    let mut headers = http::HeaderMap::new();
-    for header in origin.headers {
-        headers.append(
+/// Headers as sent.
+pub fn headers_to_wire(headers: &http::HeaderMap) -> Vec<proto::Header> {
+    headers
+        .iter()
+        .map(|(name, value)| proto::Header {
+            name: name.as_str().to_string(),
+            value: value.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// Headers as received; `None` when one is not a valid header.
+pub fn headers_from_wire(headers: Vec<proto::Header>) -> Option<http::HeaderMap> {
+    let mut map = http::HeaderMap::new();
+    for header in headers {
+        map.append(
             http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
             http::HeaderValue::from_bytes(&header.value).ok()?,
         );
     }
+    Some(map)
+}
+
+/// A key origin as received; `None` when a header is not a valid header.
+pub fn origin_from_wire(origin: proto::Origin) -> Option<KeyOrigin> {
     Some(KeyOrigin {
+        headers: headers_from_wire(origin.headers)?,
         method: origin.method,
         path: origin.path,
         namespace: origin.has_namespace.then_some(origin.namespace),
-        headers,
         body: origin.body.into(),
     })
 }
@@ -122,6 +132,42 @@ fn restore(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
     Some((key, restored))
 }
 
+/// A failed upstream answer as sent to the askers waiting on a flight.
+pub fn failure_to_wire(failure: &UpstreamFailure) -> proto::UpstreamFailure {
+    proto::UpstreamFailure {
+        status: u32::from(failure.status.as_u16()),
+        headers: headers_to_wire(&failure.headers),
+        body: failure.body.to_vec(),
+    }
+}
+
+/// A failed upstream answer as received: only an error status, only the
+/// headers a leader may share, a body within the size a leader records.
+/// `None` when it is not one.
+pub fn failure_from_wire(failure: proto::UpstreamFailure) -> Option<UpstreamFailure> {
+    let status = http::StatusCode::from_u16(u16::try_from(failure.status).ok()?).ok()?;
+    if !coalesce::is_shared_failure(status)
+        || failure.body.len() > coalesce::MAX_SHARED_FAILURE_BYTES
+    {
+        return None;
+    }
+    let mut headers = http::HeaderMap::new();
+    for header in failure.headers {
+        let Some(name) = coalesce::SHARED_FAILURE_HEADERS
+            .iter()
+            .find(|shared| header.name.eq_ignore_ascii_case(shared))
+        else {
+            continue;
+        };
+        headers.append(*name, http::HeaderValue::from_bytes(&header.value).ok()?);
+    }
+    Some(UpstreamFailure {
+        status,
+        headers,
+        body: failure.body.into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +200,45 @@ mod tests {
         let mut expired = sent;
         expired.created_ms = 1_000;
         assert!(entry_from_wire(&expired).is_none());
+    }
+
+    #[test]
+    fn a_shared_failure_from_the_wire_is_only_a_failure() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("retry-after", "7".parse().unwrap());
+        let failure = UpstreamFailure {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: bytes::Bytes::from_static(b"{\"type\":\"error\"}"),
+        };
+        let mut sent = failure_to_wire(&failure);
+        sent.headers.push(proto::Header {
+            name: "set-cookie".into(),
+            value: b"session=stolen".to_vec(),
+        });
+        let got = failure_from_wire(sent.clone()).expect("a 429 is a failure");
+        assert_eq!(got.status, 429);
+        assert_eq!(got.headers.get("retry-after").unwrap(), "7");
+        assert!(
+            got.headers.get("set-cookie").is_none(),
+            "only shareable headers pass"
+        );
+        assert_eq!(got.body, failure.body);
+
+        let mut ok = sent.clone();
+        ok.status = 200;
+        assert!(
+            failure_from_wire(ok).is_none(),
+            "a 200 is no failure to hand on"
+        );
+        let mut bad_request = sent.clone();
+        bad_request.status = 400;
+        assert!(
+            failure_from_wire(bad_request).is_none(),
+            "a 400 depends on the request"
+        );
+        let mut huge = sent;
+        huge.body = vec![b'x'; coalesce::MAX_SHARED_FAILURE_BYTES + 1];
+        assert!(failure_from_wire(huge).is_none());
     }
 }

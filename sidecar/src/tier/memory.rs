@@ -56,7 +56,16 @@ impl Expiry<CacheKey, Arc<CachedResponse>> for EntryTtl {
 pub struct MemoryTier {
     cache: Cache<CacheKey, Arc<CachedResponse>>,
     evictions: Counter,
+    max_cost: u64,
+    /// Whether expired entries are kept (stale-if-error).
+    keeps_stale: bool,
+    /// When expired entries were last swept out to make room.
+    last_sweep: Arc<std::sync::Mutex<Option<Instant>>>,
 }
+
+/// Sweeps for expired entries run at most this often: each one has the
+/// cache's housekeeping walk every entry.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl MemoryTier {
     /// A tier holding at most `max_cost` bytes of answers, counting
@@ -73,8 +82,41 @@ impl MemoryTier {
                     counter.inc();
                 }
             })
+            .support_invalidation_closures()
             .build();
-        Self { cache, evictions }
+        Self {
+            cache,
+            evictions,
+            max_cost,
+            keeps_stale: !keep_stale.is_zero(),
+            last_sweep: Arc::default(),
+        }
+    }
+
+    /// Before an insert that would overflow `max_cost`: expired entries
+    /// kept for stale-if-error go first, ahead of any fresh one, however
+    /// often they were read.
+    fn make_room(&self, weight: u64) {
+        if !self.keeps_stale || self.cache.weighted_size() + weight <= self.max_cost {
+            return;
+        }
+        {
+            let mut last = match self.last_sweep.lock() {
+                Ok(last) => last,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if last.is_some_and(|at| at.elapsed() < SWEEP_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(err) = self
+            .cache
+            .invalidate_entries_if(|_, entry| !entry.is_fresh())
+        {
+            tracing::debug!(%err, "could not sweep expired entries");
+        }
+        // The cache's own housekeeping removes them, off the request path.
     }
 
     /// The entry under `key`. Synchronous: a memory lookup never waits on
@@ -92,6 +134,7 @@ impl MemoryTier {
 
     /// Stores `entry`.
     pub fn insert(&self, key: CacheKey, entry: Arc<CachedResponse>) {
+        self.make_room(u64::from(entry.weight()));
         self.cache.insert(key, entry);
     }
 
@@ -191,5 +234,33 @@ mod tests {
         let stats = tier.current_stats();
         assert!(stats.bytes <= 100_000, "{stats:?}");
         assert!(stats.entries < 50 && stats.evictions > 0, "{stats:?}");
+    }
+
+    #[test]
+    fn entries_kept_for_stale_if_error_go_before_fresh_ones() {
+        // Room for about five entries of 10 kB.
+        let tier = MemoryTier::new(55_000, Duration::from_secs(3600), Counter::default());
+        let stale = CacheKey([200; 32]);
+        tier.insert(stale, entry(10_000, Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(20));
+        // Hot: a policy that weighs only use would keep it over fresh ones.
+        for _ in 0..50 {
+            assert!(tier
+                .lookup_stale(&stale, Duration::from_secs(3600))
+                .is_some());
+        }
+        for i in 0..8u8 {
+            tier.insert(CacheKey([i; 32]), entry(10_000, Duration::from_secs(60)));
+            tier.cache.run_pending_tasks();
+        }
+        assert!(
+            tier.lookup_stale(&stale, Duration::from_secs(3600))
+                .is_none(),
+            "under pressure the expired entry goes first"
+        );
+        let fresh = (0..8u8)
+            .filter(|i| tier.lookup(&CacheKey([*i; 32])).is_some())
+            .count();
+        assert!(fresh >= 4, "fresh entries fill the room: {fresh}");
     }
 }

@@ -195,6 +195,37 @@ pub struct ReserveTier {
     jobs: mpsc::Sender<Job>,
 }
 
+/// The options a store is opened with: its provider's variables from the
+/// environment (`AWS_*` for `s3://`, `GOOGLE_*` for `gs://`, `AZURE_*`
+/// for Azure), which is how Kubernetes passes a `credentialsSecret`,
+/// then `cache.reserve.options`, which win. Variables that are not store
+/// options (`AWS_PAGER`, …) are left out.
+fn store_options(
+    url: &url::Url,
+    configured: &std::collections::BTreeMap<String, String>,
+    environment: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    use std::str::FromStr;
+    let is_option: fn(&str) -> bool = match url.scheme() {
+        "s3" | "s3a" => |key| object_store::aws::AmazonS3ConfigKey::from_str(key).is_ok(),
+        "gs" => |key| object_store::gcp::GoogleConfigKey::from_str(key).is_ok(),
+        "az" | "adl" | "azure" | "abfs" | "abfss" => {
+            |key| object_store::azure::AzureConfigKey::from_str(key).is_ok()
+        }
+        _ => |_| false,
+    };
+    let prefix = match url.scheme() {
+        "s3" | "s3a" => "aws_",
+        "gs" => "google_",
+        _ => "azure_",
+    };
+    environment
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .filter(|(key, _)| key.starts_with(prefix) && is_option(key))
+        .chain(configured.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect()
+}
+
 impl ReserveTier {
     /// Opens the store and starts the writer and the sweeper. Must be called
     /// inside a tokio runtime.
@@ -204,8 +235,9 @@ impl ReserveTier {
             reason,
         };
         let url = url::Url::parse(&settings.url).map_err(|e| open_error(e.to_string()))?;
-        let (store, prefix) = object_store::parse_url_opts(&url, settings.options.iter())
-            .map_err(|e| open_error(e.to_string()))?;
+        let options = store_options(&url, &settings.options, std::env::vars());
+        let (store, prefix) =
+            object_store::parse_url_opts(&url, options).map_err(|e| open_error(e.to_string()))?;
         if url.scheme() == "file" {
             // The local store refuses to write into a directory that does not exist yet.
             std::fs::create_dir_all(url.path()).map_err(|e| open_error(e.to_string()))?;
@@ -761,6 +793,36 @@ fn unavailable(err: object_store::Error) -> TierError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credentials_come_from_the_environment_and_configured_options_win() {
+        let s3 = url::Url::parse("s3://bucket/prefix").unwrap();
+        let configured = [("aws_region".to_string(), "eu-west-1".to_string())]
+            .into_iter()
+            .collect();
+        let environment = [
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_PAGER", ""),
+            ("GOOGLE_SERVICE_ACCOUNT", "not for s3"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let options = store_options(&s3, &configured, environment.clone().into_iter());
+        assert_eq!(
+            options,
+            [
+                ("aws_access_key_id", "id"),
+                ("aws_region", "us-east-1"),
+                ("aws_region", "eu-west-1"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+            "the provider's options from the environment, then the configured ones (applied last, so they win)"
+        );
+        let file = url::Url::parse("file:///var/cache/llm").unwrap();
+        assert!(store_options(&file, &Default::default(), environment.into_iter()).is_empty());
+    }
+
     use super::*;
 
     fn entry(ttl: Duration) -> Arc<CachedResponse> {

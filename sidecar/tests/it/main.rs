@@ -10,6 +10,7 @@ mod admin;
 mod caching;
 mod chaos;
 mod cluster;
+mod cluster_flight;
 mod cluster_grpc;
 mod coalescing;
 mod lifecycle;

@@ -141,6 +141,45 @@ async fn s3_compatible_store_round_trip() {
     assert_eq!(upstream.calls(), 1);
 }
 
+#[tokio::test]
+async fn s3_credentials_come_from_the_environment_as_kubernetes_passes_them() {
+    // On Kubernetes the reserve's credentialsSecret reaches the members as
+    // AWS_* environment variables, and cache.reserve.options must not hold
+    // them (they would land in a ConfigMap).
+    let Some(s3) = S3Server::start(&[]) else {
+        return;
+    };
+    s3.create_bucket("relaycache-env").await;
+    let upstream = mock().await;
+    let mut config = with_reserve(&upstream, "s3://relaycache-env/answers");
+    let mut options = s3.options("unused");
+    options.remove("aws_access_key_id");
+    options.remove("aws_secret_access_key");
+    config.cache.reserve.options = options;
+    let relay = Relay::start_prefixed(
+        &config,
+        &[
+            "env",
+            "AWS_ACCESS_KEY_ID=relaycache-env-key",
+            "AWS_SECRET_ACCESS_KEY=relaycache-test-secret",
+            // Not a store option: ignored, not refused.
+            "AWS_PAGER=",
+        ],
+    );
+    post_messages(&relay, "k", &question("env-credentials"), &[]).await;
+    relay
+        .wait_for_stats("a reserve write with the environment's credentials", |s| {
+            s["reserve"]["writes"] == 1
+        })
+        .await;
+    assert_eq!(relay.stats().await["reserve"]["failures"], 0);
+    let logs = relay.logs().join("\n");
+    assert!(
+        !logs.contains("relaycache-test-secret"),
+        "the secret is never logged"
+    );
+}
+
 /// Every request succeeds from the upstream; the store's trouble shows in
 /// the failure counter.
 async fn requests_survive(relay: &Relay, upstream: &MockUpstream) {

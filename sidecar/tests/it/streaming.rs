@@ -6,12 +6,6 @@ use std::time::Duration;
 use crate::common::*;
 use http_body_util::BodyExt;
 
-fn streamed_question(tag: &str) -> String {
-    serde_json::json!({"model": "m", "max_tokens": 64, "stream": true,
-        "messages": [{"role": "user", "content": tag}]})
-    .to_string()
-}
-
 #[tokio::test]
 async fn first_event_is_not_held_back() {
     let upstream = mock().await;
@@ -126,5 +120,91 @@ async fn an_answer_is_still_stored_when_its_client_leaves_midway() {
         upstream.calls(),
         1,
         "recorded from the first call, not fetched again"
+    );
+}
+
+/// The streaming cache's config: `cache.streaming: true`.
+fn streaming_config(upstream: &str) -> relaycache::config::Config {
+    let mut config = config_for(upstream);
+    config.cache.streaming = true;
+    config
+}
+
+#[tokio::test]
+async fn a_follower_reads_the_leaders_stream_live() {
+    let upstream = mock().await;
+    let relay = Relay::start(&streaming_config(&upstream.url()));
+    let q = streamed_question("live-fan-out");
+    let gate = [("x-mock-gate", "live")];
+    let leader = open_messages(&relay, "k", &q, &gate).await;
+    let mut leader = leader.into_body();
+    let leaders_first = next_text(&mut leader, "the leader's first event").await;
+
+    // The rest of the stream is held by the mock: the follower's first
+    // event can only come from the leader's stream in progress.
+    let follower = tokio::time::timeout(
+        Duration::from_secs(5),
+        open_messages(&relay, "k", &q, &gate),
+    )
+    .await
+    .expect("the follower's answer waits for the leader's whole stream");
+    assert_eq!(follower.status(), 200);
+    assert_eq!(follower.headers()["x-relaycache-status"], "hit");
+    assert_eq!(follower.headers()["content-type"], "text/event-stream");
+    let mut follower = follower.into_body();
+    let followers_first = next_text(&mut follower, "the follower's first event").await;
+    assert_eq!(followers_first, leaders_first, "the same first event, live");
+
+    upstream.release("live");
+    let leaders_rest = leader
+        .collect()
+        .await
+        .expect("the leader's stream")
+        .to_bytes();
+    let followers_rest = follower
+        .collect()
+        .await
+        .expect("the follower's stream")
+        .to_bytes();
+    assert_eq!(leaders_rest, followers_rest, "the same tail, byte for byte");
+    assert!(String::from_utf8_lossy(&followers_rest).contains("event: message_stop"));
+    assert_eq!(upstream.calls(), 1);
+    // Joining after the end: the stored replay.
+    let late = post_messages(&relay, "k", &q, &[]).await;
+    assert_eq!(late.cache_status(), "hit");
+    assert_eq!(
+        late.body,
+        [leaders_first.as_bytes(), &leaders_rest[..]].concat(),
+        "the replay is the whole stream"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_off_breaks_its_followers_and_is_not_stored() {
+    let upstream = mock().await;
+    let relay = Relay::start(&streaming_config(&upstream.url()));
+    let q = streamed_question("live-break");
+    let breaking = [
+        ("x-mock-break-after", "4"),
+        ("x-mock-event-delay-ms", "100"),
+    ];
+    let leader = open_messages(&relay, "k", &q, &breaking).await;
+    let mut leader = leader.into_body();
+    next_text(&mut leader, "the leader's first event").await;
+    let follower = open_messages(&relay, "k", &q, &breaking).await;
+    assert_eq!(
+        follower.headers()["x-relaycache-status"],
+        "hit",
+        "the follower joined the leader's flight"
+    );
+    let follower = follower.into_body().collect().await;
+    let err = follower.expect_err("the follower sees the break, as its SDK must");
+    assert!(leader.collect().await.is_err(), "the leader sees it too");
+    assert_eq!(upstream.calls(), 1, "{err}");
+    let again = post_messages(&relay, "k", &q, &[]).await;
+    assert_eq!(
+        again.cache_status(),
+        "miss",
+        "a broken stream is never stored"
     );
 }

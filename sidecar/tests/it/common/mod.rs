@@ -395,9 +395,20 @@ pub async fn post_concurrently(
     body: &str,
     extra: &[(&'static str, &'static str)],
 ) -> Vec<Reply> {
+    post_spread(std::slice::from_ref(relay), n, body, extra).await
+}
+
+/// Sends `n` identical Messages requests at once, spread round-robin over
+/// `relays`; the replies in the order sent.
+pub async fn post_spread(
+    relays: &[Arc<Relay>],
+    n: usize,
+    body: &str,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<Reply> {
     let requests: Vec<_> = (0..n)
-        .map(|_| {
-            let relay = Arc::clone(relay);
+        .map(|i| {
+            let relay = Arc::clone(&relays[i % relays.len()]);
             let body = body.to_string();
             let extra = extra.to_vec();
             tokio::spawn(async move { post_messages(&relay, "k", &body, &extra).await })
@@ -686,4 +697,21 @@ pub fn client_request(
     let (key, _) = keys.key(parts, body.as_bytes()).expect("a JSON body");
     let origin = keys.origin(parts, &Bytes::from(body.to_string()));
     (key, relaycache::cluster::wire::origin_to_wire(&origin))
+}
+
+/// A streamed (`"stream": true`) Messages request about `tag`.
+pub fn streamed_question(tag: &str) -> String {
+    serde_json::json!({"model": "m", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": tag}]})
+    .to_string()
+}
+
+/// The next data frame of `body` as text, within 5 s.
+pub async fn next_text(body: &mut hyper::body::Incoming, what: &str) -> String {
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no frame within 5 s"))
+        .unwrap_or_else(|| panic!("{what}: the body ended"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    String::from_utf8(frame.into_data().expect("a data frame").to_vec()).expect("utf-8")
 }
