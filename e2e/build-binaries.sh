@@ -158,6 +158,21 @@ check_go_line() {
   fi
 }
 
+# wrapper_module DIR NAME MODULE VERSION: in DIR, a go.mod of a module
+# (relaycache.invalid/e2e/NAME) that requires MODULE at VERSION, with the
+# go line MODULE asks for. As a plain requirement, MODULE's own replace
+# directives are ignored and the published modules they name are used.
+wrapper_module() {
+  local dir="$1" name="$2" module="$3" version="$4"
+  check_go_line "$module@$version"
+  mkdir -p "$dir"
+  {
+    printf 'module relaycache.invalid/e2e/%s\n\n' "$name"
+    printf 'go %s\n\n' "$(module_go_line "$module@$version")"
+    printf 'require %s %s\n' "$module" "$version"
+  } >"$dir/go.mod"
+}
+
 # ---------------------------------------------------------------------------
 # Kubernetes: kube-apiserver, kube-controller-manager, kubectl
 # ---------------------------------------------------------------------------
@@ -247,14 +262,8 @@ build_kube() {
 # published sibling modules of the same release are used.
 build_etcd() {
   local module="go.etcd.io/etcd/server/v3"
-  check_go_line "$module@$ETCD_VERSION"
   local wrapper; wrapper="$work_dir/etcd-wrapper"
-  mkdir -p "$wrapper"
-  {
-    printf 'module relaycache.invalid/e2e/etcd-binary\n\n'
-    printf 'go %s\n\n' "$(module_go_line "$module@$ETCD_VERSION")"
-    printf 'require %s %s\n' "$module" "$ETCD_VERSION"
-  } >"$wrapper/go.mod"
+  wrapper_module "$wrapper" etcd-binary "$module" "$ETCD_VERSION"
   local out; out="$work_dir/etcd"
   (cd "$wrapper" && go build -mod=mod "${common_build_flags[@]}" \
       -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module-$ETCD_VERSION" \
@@ -309,14 +318,8 @@ build_helm() {
 COREDNS_PLUGINS=(bind errors kubernetes template log health)
 build_coredns() {
   local module="github.com/coredns/coredns"
-  check_go_line "$module@$COREDNS_VERSION"
   local wrapper; wrapper="$work_dir/coredns-wrapper"
-  mkdir -p "$wrapper"
-  {
-    printf 'module relaycache.invalid/e2e/coredns\n\n'
-    printf 'go %s\n\n' "$(module_go_line "$module@$COREDNS_VERSION")"
-    printf 'require %s %s\n' "$module" "$COREDNS_VERSION"
-  } >"$wrapper/go.mod"
+  wrapper_module "$wrapper" coredns "$module" "$COREDNS_VERSION"
   {
     printf 'package main\n\nimport (\n\t"%s/coremain"\n' "$module"
     local plugin

@@ -32,9 +32,8 @@ titles=(
   "R5 a reserve on s3 (moto) outlives every member pod: the first read through a new member is a reserve hit"
 )
 
-if [[ -n "${CI:-}" && -n "${E2E_SKIP// /}" && "${E2E_ALLOW_SKIP:-0}" != 1 ]]; then
-  die "E2E_SKIP=$E2E_SKIP is set under CI; unset it (or set E2E_ALLOW_SKIP=1 to skip on purpose)"
-fi
+# shellcheck source=e2e/lib/scenario-runner.sh
+source "$e2e_dir/lib/scenario-runner.sh"
 # Not a limit of the machine: a run going on, or one killed without teardown.
 if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
   die "link $NODE_BRIDGE exists already: another run is going on, or one was killed (ip link del $NODE_BRIDGE)"
@@ -60,37 +59,15 @@ log "control plane and node up in ${SECONDS}s"
 # shellcheck source=e2e/real-pods/scenarios.sh
 source "$e2e_dir/real-pods/scenarios.sh"
 
-skip_list=" $(tr ',' ' ' <<<"$E2E_SKIP") "
-declare -A outcome=()
-summary=()
-scenario() {
-  local n="$1" title="$2" need rc
-  shift 2
-  if [[ "$skip_list" == *" $n "* ]]; then
-    outcome[$n]=SKIPPED; summary+=("SKIPPED  $n  $title (E2E_SKIP)")
-    log "SKIPPED  scenario $n: $title (E2E_SKIP=$E2E_SKIP)"; return 0
-  fi
-  for need in "$@"; do
-    if [[ "${outcome[$need]:-}" != PASS ]]; then
-      outcome[$n]="NOT RUN"; summary+=("NOT RUN  $n  $title (needs $need)")
-      log "NOT RUN  scenario $n: $title (scenario $need: ${outcome[$need]:-not run})"; return 0
-    fi
-  done
-  log "---- scenario $n: $title ----"
-  local start=$SECONDS
-  set +e
-  (set -e; "scenario_$n")
-  rc=$?
-  set -e
-  if ((rc == 0)); then
-    outcome[$n]=PASS; summary+=("PASS     $n  $title ($((SECONDS - start))s)")
-    log "PASS     scenario $n: $title ($((SECONDS - start))s)"
-  else
-    outcome[$n]=FAIL; summary+=("FAIL     $n  $title")
-    log "FAIL     scenario $n: $title ($((SECONDS - start))s)"
-    TAIL_LINES=30 cp_tail_logs kubelet kube-apiserver containerd
-    rp_pod_logs || true
-  fi
+scenario_failed() {
+  TAIL_LINES=30 cp_tail_logs kubelet kube-apiserver containerd
+  rp_pod_logs
+}
+scenarios_summary_extra() {
+  [[ -f "$tmp/hit-ratios.txt" ]] || return 0
+  log "hit ratios:"
+  local line
+  while read -r line; do log "  $line"; done <"$tmp/hit-ratios.txt"
 }
 
 for t in "${titles[@]}"; do
@@ -104,13 +81,4 @@ for t in "${titles[@]}"; do
   esac
 done
 
-log "================================================================"
-for line in "${summary[@]}"; do log "$line"; done
-[[ ! -f "$tmp/hit-ratios.txt" ]] || { log "hit ratios:"; while read -r line; do log "  $line"; done <"$tmp/hit-ratios.txt"; }
-log "================================================================"
-failed=0
-for n in "${!outcome[@]}"; do
-  case "${outcome[$n]}" in FAIL|"NOT RUN") failed=1 ;; esac
-done
-((failed == 0)) || die "real-pod scenarios failed after ${SECONDS}s"
-log "OK: real-pod scenarios done in ${SECONDS}s"
+scenarios_finish "real-pod scenarios"

@@ -34,10 +34,8 @@ READY_TIMEOUT="${E2E_TIMEOUT:-120}"
 RUST_BIN_DIR="${E2E_RUST_BIN_DIR:-${CARGO_TARGET_DIR:-$repo_root/target}/debug}"
 E2E_KUBECONFIG="${E2E_KUBECONFIG:-}"
 E2E_SKIP="${E2E_SKIP:-}"
-# A skip left in CI's environment would pass the run with scenarios unproven.
-if [[ -n "${CI:-}" && -n "${E2E_SKIP// /}" && "${E2E_ALLOW_SKIP:-0}" != 1 ]]; then
-  die "E2E_SKIP=$E2E_SKIP is set under CI; unset it (or set E2E_ALLOW_SKIP=1 to skip on purpose)"
-fi
+# shellcheck source=e2e/lib/scenario-runner.sh
+source "$e2e_dir/lib/scenario-runner.sh"
 
 for b in relaycache relaycache-operator mock-upstream; do
   [[ -x "$RUST_BIN_DIR/$b" ]] \
@@ -73,46 +71,8 @@ if ((!local_cluster)); then
   remove_leftovers
 fi
 
-skip_list=" $(tr ',' ' ' <<<"$E2E_SKIP") "
-declare -A outcome=()
-summary=()
-
-# scenario N TITLE [NEEDS...]: run scenario_N in a subshell.
-scenario() {
-  local n="$1" title="$2" need rc
-  shift 2
-  if [[ "$skip_list" == *" $n "* ]]; then
-    outcome[$n]=SKIPPED
-    log "================================================================"
-    log "SKIPPED  scenario $n: $title (E2E_SKIP=$E2E_SKIP)"
-    log "================================================================"
-    summary+=("SKIPPED  $n  $title")
-    return 0
-  fi
-  for need in "$@"; do
-    if [[ "${outcome[$need]:-}" != PASS ]]; then
-      outcome[$n]="NOT RUN"
-      log "NOT RUN  scenario $n: $title (scenario $need: ${outcome[$need]:-not run})"
-      summary+=("NOT RUN  $n  $title (needs $need)")
-      return 0
-    fi
-  done
-  log "---- scenario $n: $title ----"
-  local start=$SECONDS
-  set +e
-  (set -e; "scenario_$n")
-  rc=$?
-  set -e
-  if ((rc == 0)); then
-    outcome[$n]=PASS
-    log "PASS     scenario $n: $title ($((SECONDS - start))s)"
-    summary+=("PASS     $n  $title")
-  else
-    outcome[$n]=FAIL
-    log "FAIL     scenario $n: $title ($((SECONDS - start))s)"
-    summary+=("FAIL     $n  $title")
-    TAIL_LINES=40 cp_tail_logs kube-apiserver relaycache-operator kube-controller-manager
-  fi
+scenario_failed() {
+  TAIL_LINES=40 cp_tail_logs kube-apiserver relaycache-operator kube-controller-manager
 }
 
 scenario 1 "helm install: CRD established, the operator (chart's ServiceAccount) takes the lease"
@@ -123,14 +83,4 @@ scenario 5 "a labelled pod gets the sidecar through the webhook; an unlabelled p
 scenario 6 "deleting the RelayCache garbage-collects its children" 2
 scenario 7 "relaycache processes from the rendered ConfigMap answer hits across members" 1
 
-log "================================================================"
-for line in "${summary[@]}"; do log "$line"; done
-log "================================================================"
-failed=0
-for n in "${!outcome[@]}"; do
-  case "${outcome[$n]}" in FAIL|"NOT RUN") failed=1 ;; esac
-done
-if ((failed)); then
-  die "end-to-end scenarios failed after ${SECONDS}s"
-fi
-log "OK: end-to-end scenarios done in ${SECONDS}s"
+scenarios_finish "end-to-end scenarios"

@@ -28,9 +28,10 @@ BIN_DIR="${E2E_BIN_DIR:-$repo_root/.e2e-bin}"
 READY_TIMEOUT="${READY_TIMEOUT:-120}"
 # Only allocated from inside the apiserver; no traffic is ever sent there.
 SERVICE_CIDR="${SERVICE_CIDR:-10.96.0.0/16}"
-# Where kube-apiserver listens and what it advertises. The real-pod node
-# (lib/node.sh) sets these to its bridge's address so pods reach the
-# apiserver through the "kubernetes" Service; loopback otherwise.
+# Where kube-apiserver listens (and where kubeconfigs point) and what it
+# advertises. The real-pod node (lib/node.sh) sets both to its bridge's
+# address so pods reach the apiserver through the "kubernetes" Service;
+# loopback otherwise.
 CP_BIND_ADDRESS="${CP_BIND_ADDRESS:-127.0.0.1}"
 CP_ADVERTISE_ADDRESS="${CP_ADVERTISE_ADDRESS:-127.0.0.1}"
 # Extra subjectAltName entries for the apiserver's certificate (",IP:..."),
@@ -249,7 +250,9 @@ cp_start_etcd() {
 cp_start_apiserver() {
   local port=""
   free_port port
-  api_url="https://127.0.0.1:$port"
+  local host="$CP_BIND_ADDRESS"
+  [[ "$host" != 0.0.0.0 ]] || host=127.0.0.1
+  api_url="https://$host:$port"
   # A loopback advertise address is no use to anybody as the "kubernetes"
   # Service's endpoint; a real address is kept there by the apiserver.
   local reconciler=(--endpoint-reconciler-type none)

@@ -63,7 +63,8 @@ node_preflight() {
 }
 
 node_configure_apiserver() {
-  CP_BIND_ADDRESS=0.0.0.0
+  # Only the bridge's address: nothing listens on the machine's own interfaces.
+  CP_BIND_ADDRESS="$NODE_IP"
   CP_ADVERTISE_ADDRESS="$NODE_IP"
   CP_EXTRA_SANS=",IP:$NODE_IP,IP:${SERVICE_CIDR%.*/*}.1"
   # Webhooks are called at the Service's endpoints, not its ClusterIP; logs

@@ -165,6 +165,40 @@ scenario_R2() {
     "$(kubectl get relaycache "$rc_name" -n "$ns_cluster" -o jsonpath='{.status.readyReplicas}')" 3
 }
 
+# client_pod_spec NAME INDENT: a pod spec (restricted) with one container
+# NAME of the client image running `/bin/sh -c` on a script that starts
+# with the function `ask URL KEY QUESTION SECONDS`: it POSTs QUESTION to
+# URL/v1/messages and prints "STATUS TIER" (empty when no answer came). The
+# caller goes on with the script's lines, indented by INDENT + 4. Lines
+# after the first are indented by INDENT spaces, for a YAML block.
+client_pod_spec() {
+  local pad
+  pad="$(printf '%*s' "$2" '')"
+  {
+    cat <<EOF
+terminationGracePeriodSeconds: 1
+$restricted_pod
+containers:
+- name: $1
+  image: $client_image
+  $restricted_container
+  command:
+  - /bin/sh
+  - -c
+  - |
+EOF
+    sed 's/^/    /' <<'EOF'
+ask() {
+  timeout "$4" wget -q -S -O /dev/null --header "x-api-key: $2" \
+    --header 'anthropic-version: 2023-06-01' --header 'content-type: application/json' \
+    --post-data "{\"model\":\"claude-test\",\"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\"$3\"}]}" \
+    "$1/v1/messages" 2>&1 | tr -d '\r' \
+    | awk 'tolower($1) == "x-relaycache-status:" { s = $2 } tolower($1) == "x-relaycache-tier:" { t = $2 } END { print s, t }'
+}
+EOF
+  } | sed "2,\$s/^/$pad/"
+}
+
 # app_deployment NAME: an app labelled for injection; its container POSTs the
 # same question twice to $ANTHROPIC_BASE_URL and prints RESULT lines.
 app_deployment() {
@@ -179,24 +213,7 @@ spec:
     metadata:
       labels: {app: $1, relaycache.io/inject: $rc_name}
     spec:
-      terminationGracePeriodSeconds: 1
-      $restricted_pod
-      containers:
-      - name: app
-        image: $client_image
-        $restricted_container
-        command:
-        - /bin/sh
-        - -c
-        - |
-          post() {
-            timeout 20 wget -q -S -O /dev/null --header 'x-api-key: e2e-key' \\
-              --header 'anthropic-version: 2023-06-01' --header 'content-type: application/json' \\
-              --post-data '{"model":"claude-test","max_tokens":64,"messages":[{"role":"user","content":"real pods: is the cluster shared?"}]}' \\
-              "\$ANTHROPIC_BASE_URL/v1/messages" 2>&1 | tr -d '\r' \\
-              | awk 'tolower(\$1) == "x-relaycache-status:" { s = \$2 } tolower(\$1) == "x-relaycache-tier:" { t = \$2 }
-                     END { if (s != "") print "status=" s " tier=" t }'
-          }
+      $(client_pod_spec app 6)
           echo "ANTHROPIC_BASE_URL=\$ANTHROPIC_BASE_URL"
           # The sidecar answers before it has learned the members (its
           # requests then go upstream); wait for them, as R3 asserts a
@@ -205,8 +222,8 @@ spec:
           echo "sidecar joined: \$(wget -q -O - http://127.0.0.1:9787/stats | grep -Eo '"members": ?[0-9]+')"
           n=1
           while [ \$n -le 2 ]; do
-            out=\$(post)
-            if [ -n "\$out" ]; then echo "RESULT \$n \$out"; n=\$((n + 1)); else sleep 1; fi
+            set -- \$(ask "\$ANTHROPIC_BASE_URL" e2e-key 'real pods: is the cluster shared?' 20)
+            if [ -n "\${1:-}" ]; then echo "RESULT \$n status=\$1 tier=\${2:-}"; n=\$((n + 1)); else sleep 1; fi
           done
           exec sleep 3600
 EOF
@@ -248,25 +265,12 @@ apiVersion: v1
 kind: Pod
 metadata: {name: reader, labels: {app: reader}}
 spec:
-  terminationGracePeriodSeconds: 1
-  $restricted_pod
-  containers:
-  - name: reader
-    image: $client_image
-    $restricted_container
-    command:
-    - /bin/sh
-    - -c
-    - |
+  $(client_pod_spec reader 2)
       pass=0
       while :; do
         pass=\$((pass + 1)); i=1
         while [ \$i -le $RP_WORKING_SET ]; do
-          s=\$(timeout 10 wget -q -S -O /dev/null --header 'x-api-key: e2e-reader' \\
-              --header 'anthropic-version: 2023-06-01' --header 'content-type: application/json' \\
-              --post-data "{\"model\":\"claude-test\",\"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\"working set \$i\"}]}" \\
-              "http://$rc_name.$ns_cluster.svc:8787/v1/messages" 2>&1 | tr -d '\r' \\
-              | awk 'tolower(\$1) == "x-relaycache-status:" { s = \$2 } END { print s }')
+          s=\$(ask "http://$rc_name.$ns_cluster.svc:8787" e2e-reader "working set \$i" 10 | cut -d' ' -f1)
           echo "R \$(date +%s) \$pass \$i \${s:-error}"
           i=\$((i + 1))
         done
@@ -359,16 +363,13 @@ spec:
   cache: {ttl: 1h, memory: 64Mi, isolation: credential, streaming: false}
   reserve:
     url: s3://e2e-reserve/cache
+    # The Secret's keys reach the members as environment variables, which
+    # the reserve reads (AWS_* for s3://), as users pass credentials.
     credentialsSecret: {name: reserve-credentials}
-    # The Secret's keys reach the members as env vars; the reserve reads
-    # them only through options (object_store's parse_url_opts does not
-    # read AWS_* itself), hence the \${ENV} references.
     options:
       aws_endpoint: "http://$NODE_IP:$port"
       aws_region: us-east-1
       aws_allow_http: "true"
-      aws_access_key_id: "\${AWS_ACCESS_KEY_ID}"
-      aws_secret_access_key: "\${AWS_SECRET_ACCESS_KEY}"
 EOF
   until_true "2 reserve members Ready" ready_members "$ns_reserve" 2
   until_true "both members see 2 members" members_see "$ns_reserve" 2
