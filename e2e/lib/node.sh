@@ -157,6 +157,10 @@ node_start() {
   : >"$node_dir/sysctls"
   node_netns | sort >"$node_dir/netns-before"
   node_chains >"$node_dir/chains-before"
+  # containerd 1.6 keeps its shims' sockets and runc's state under
+  # /run/containerd whatever its config says; teardown removes what of it
+  # this run created.
+  [[ ! -e /run/containerd ]] || : >"$node_dir/run-containerd-existed"
   image_version="$(awk '$1 == "appVersion:" { gsub(/"/, "", $2); print $2 }' "$repo_root/charts/relaycache-operator/Chart.yaml")"
   teardown_hooks+=(node_teardown)
   node_started=1
@@ -311,6 +315,9 @@ node_teardown() {
       ip link del "$m" 2>/dev/null || true
     fi
   done
+  if [[ ! -e "$node_dir/run-containerd-existed" && -d /run/containerd ]]; then
+    find /run/containerd -depth -type d -empty -delete 2>/dev/null || true
+  fi
   local key old
   if [[ -f "$node_dir/sysctls" ]]; then
     while read -r key old; do printf '%s\n' "$old" >"/proc/sys/${key//.//}" || true; done \

@@ -80,6 +80,16 @@ members_see() {
   ((count == $2))
 }
 
+# container_pid NS POD CONTAINER: the host PID of the container's process
+# (containerd's task for the container ID the pod's status names).
+container_pid() {
+  local id
+  id="$(kubectl get pod "$2" -n "$1" -o json | jq -r --arg c "$3" '.status.containerStatuses[]
+    | select(.name == $c) | .containerID // empty')"
+  [[ -n "$id" ]] || return 0
+  ctr --address "$node_sock" -n k8s.io tasks ls | awk -v id="${id#containerd://}" '$1 == id && $3 == "RUNNING" { print $2 }'
+}
+
 mock_calls() {
   curl -fsS "http://$(pod_ip "$ns_cluster" app=mock-upstream):8080/__mock/stats" | jq -r .calls
 }
@@ -157,9 +167,13 @@ scenario_R2() {
   grep -q "$mock_url" "$tmp/relaycache.yaml" || fail "the example has no anthropic upstream to point at the mock"
   kubectl apply -f "$tmp/relaycache.yaml" -n "$ns_cluster" >&2
   until_true "3 members Ready through their probes" ready_members "$ns_cluster" 3
-  local uid
-  uid="$(kubectl get pod "$rc_name-0" -n "$ns_cluster" -o json | jq -r '.status.containerStatuses[0].user.linux.uid // empty')"
-  [[ -z "$uid" ]] || expect_eq "member 0 runs as uid" "$uid" 65532
+  # What runs, read on the node: the member's process and its root mount.
+  local pid
+  pid="$(container_pid "$ns_cluster" "$rc_name-0" relaycache)"
+  [[ -n "$pid" ]] || fail "no running task for $rc_name-0's relaycache container in containerd"
+  expect_eq "member 0's process: user id" "$(awk '$1 == "Uid:" { print $2 }' "/proc/$pid/status")" 65532
+  expect_eq "member 0's process: root filesystem" \
+    "$(awk '$5 == "/" { o = $6 } END { split(o, a, ","); print a[1] }' "/proc/$pid/mountinfo")" ro
   until_true "every member sees 3 members (peer names through CoreDNS)" members_see "$ns_cluster" 3
   expect_eq "the RelayCache's readyReplicas" \
     "$(kubectl get relaycache "$rc_name" -n "$ns_cluster" -o jsonpath='{.status.readyReplicas}')" 3
