@@ -216,7 +216,7 @@ impl Cluster {
     /// Returns the address the port is bound to.
     pub async fn start(self: &Arc<Self>) -> Result<Option<std::net::SocketAddr>, ClusterError> {
         if self.settings.insecure {
-            self.metrics.cluster.insecure.store(true, Ordering::Relaxed);
+            self.metrics.cluster.insecure.set(1);
             tracing::warn!(
                 "cache.ha.insecure is true: anyone who reaches the cluster port may read, write and wipe this cache; set cache.ha.token and cache.ha.client_token outside a one-machine demo"
             );
