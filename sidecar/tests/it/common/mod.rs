@@ -154,6 +154,22 @@ impl Relay {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The log lines that match `wanted`, once there are at least `count`
+    /// of them (waiting at most 10 s; fewer after that). A counter moves
+    /// just before its line is written through the asynchronous log
+    /// writer, so a test reads the line this way rather than race it.
+    pub(crate) async fn logged(&self, count: usize, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut matching = Vec::new();
+        for _ in 0..100 {
+            matching = self.logs().into_iter().filter(|l| wanted(l)).collect();
+            if matching.len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        matching
+    }
+
     /// The access-log lines (one per request) parsed as JSON.
     pub(crate) fn access_logs(&self) -> Vec<serde_json::Value> {
         self.logs()
