@@ -5,6 +5,7 @@
 //! render the same file the proxy reads instead of keeping a copy.
 
 mod env;
+mod ha;
 mod validate;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use env::{escape_env, expand_env};
+pub use ha::{Environment, HaConfig, PeerTlsConfig};
 pub use validate::{ConfigIssue, ConfigIssues};
 
 /// The commented default configuration printed by `relaycache config init`.
@@ -338,114 +340,6 @@ impl Default for MemoryConfig {
     }
 }
 
-/// Failure-detection timings of an HA cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    /// Same host.
-    Local,
-    /// One data centre.
-    Lan,
-    /// Across regions.
-    Wan,
-}
-
-/// Cluster settings (mode `ha`), with the names cc-relay's olric settings use.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HaConfig {
-    /// Run a cluster member (true) or a client of one (false).
-    pub embedded: bool,
-    /// gRPC address for peers and clients.
-    pub bind_addr: String,
-    /// The `host:port` other members reach this one at. Empty: this host's
-    /// name and the port of `bind_addr`. A member also recognises itself in
-    /// `peers` by asking, so listing every member everywhere is fine.
-    pub advertise_addr: String,
-    /// Cluster members, `host:port`; names are re-resolved as they change.
-    pub peers: Vec<String>,
-    /// Members used by a client (`embedded: false`).
-    pub addresses: Vec<String>,
-    /// Copies of each entry.
-    pub replica_count: u32,
-    /// Answers needed for a read.
-    pub read_quorum: u32,
-    /// Acknowledgements needed for a write.
-    pub write_quorum: u32,
-    /// Live members needed to use the cluster at all.
-    pub member_count_quorum: u32,
-    /// Failure-detection timings.
-    pub environment: Environment,
-    /// Time to hand entries off on leave.
-    #[serde(with = "humantime_serde")]
-    pub leave_timeout: Duration,
-    /// Entries per second that repair may copy to bring keys back to
-    /// `replica_count` after members join or restart.
-    pub repair_rate: u32,
-    /// How far ahead of this member's wall clock another's clock, an
-    /// entry's version or its creation time may be. Further is refused:
-    /// a clock far in the future would make every later write lose.
-    #[serde(with = "humantime_serde")]
-    pub max_clock_skew: Duration,
-    /// The members' secret: a member presents it to other members, and
-    /// only a caller presenting it may write, delete, clear, repair or
-    /// hand off. Clients must not hold it. Prefer an environment variable:
-    /// `${RELAYCACHE_PEER_TOKEN}`.
-    pub token: String,
-    /// The clients' secret. A member lets a caller presenting it read and
-    /// offer the answers to its own requests; a client presents it.
-    /// Prefer `${RELAYCACHE_CLIENT_TOKEN}`.
-    pub client_token: String,
-    /// Runs a cluster without tokens or mutual TLS, open to anyone who
-    /// reaches `bind_addr`: for a demo on one machine only.
-    pub insecure: bool,
-    /// Mutual TLS between members and clients.
-    pub tls: PeerTlsConfig,
-}
-
-impl Default for HaConfig {
-    fn default() -> Self {
-        Self {
-            embedded: true,
-            bind_addr: "0.0.0.0:3320".into(),
-            advertise_addr: String::new(),
-            peers: Vec::new(),
-            addresses: Vec::new(),
-            replica_count: 2,
-            read_quorum: 1,
-            write_quorum: 1,
-            member_count_quorum: 1,
-            environment: Environment::Lan,
-            leave_timeout: Duration::from_secs(5),
-            repair_rate: 200,
-            max_clock_skew: Duration::from_secs(2),
-            token: String::new(),
-            client_token: String::new(),
-            insecure: false,
-            tls: PeerTlsConfig::default(),
-        }
-    }
-}
-
-/// Mutual TLS on the gRPC port: all three files set turns it on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PeerTlsConfig {
-    /// This member's certificate chain (PEM).
-    pub cert_file: String,
-    /// Its private key (PEM).
-    pub key_file: String,
-    /// The CA that signed every member's and client's certificate (PEM).
-    pub ca_file: String,
-}
-
-impl PeerTlsConfig {
-    /// Whether mutual TLS is configured.
-    pub fn enabled(&self) -> bool {
-        !self.cert_file.is_empty() || !self.key_file.is_empty() || !self.ca_file.is_empty()
-    }
-}
-
 /// The object-storage tier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -646,66 +540,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commented_default_is_the_builtin_default() {
-        let parsed = Config::from_yaml(DEFAULT_CONFIG_YAML).unwrap();
-        assert_eq!(parsed, Config::default());
-    }
-
-    #[test]
-    fn empty_file_means_defaults() {
-        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
-    }
-
-    #[test]
-    fn serialized_config_round_trips() {
-        let mut config = Config::default();
-        config.cache.isolation = Isolation::Header("x-team".into());
-        let again = Config::parse_expanded(&config.try_to_yaml().unwrap()).unwrap();
-        assert_eq!(again, config);
-    }
-
-    #[test]
-    fn type_errors_name_the_key_path() {
-        let err = Config::from_yaml("cache:\n  memory:\n    max_cost: lots\n").unwrap_err();
-        let text = err.to_string();
-        assert!(text.starts_with("cache.memory.max_cost:"), "{text}");
-
-        let err =
-            Config::from_yaml("upstreams:\n  - name: a\n    url: http://x\n    timeout: 3s\n")
-                .unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("upstreams[0]") && text.contains("timeout"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn replay_reads_off_strict_and_yaml_1_1_false() {
-        for (text, replay) in [
-            ("off", Replay::Off),
-            ("\"off\"", Replay::Off),
-            ("false", Replay::Off),
-            ("strict", Replay::Strict),
-        ] {
-            let config = Config::from_yaml(&format!("cache:\n  replay: {text}\n")).unwrap();
-            assert_eq!(config.cache.replay, replay, "{text}");
-        }
-        for text in ["true", "sometimes"] {
-            let err = Config::from_yaml(&format!("cache:\n  replay: {text}\n")).unwrap_err();
-            assert!(err.to_string().contains("cache.replay"), "{err}");
-        }
-    }
-
-    #[test]
-    fn isolation_forms() {
-        let config = Config::from_yaml("cache:\n  isolation: header:X-Team\n").unwrap();
-        assert_eq!(config.cache.isolation, Isolation::Header("x-team".into()));
-        let err = Config::from_yaml("cache:\n  isolation: everyone\n").unwrap_err();
-        assert!(err.to_string().contains("cache.isolation"), "{err}");
-    }
-}
+mod tests;

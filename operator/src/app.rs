@@ -70,22 +70,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     ));
     info!(addr = %args.health_addr, "serving /healthz, /readyz and /metrics");
 
-    let client = Client::try_default().await.map_err(RunError::Client)?;
-    Api::<RelayCache>::all(client.clone())
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .map_err(RunError::CrdMissing)?;
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
+    let (client, namespace) = connect(&args).await?;
     // Every replica serves the webhook, leader or not; ready once it does.
     let webhook = webhook::start(&args, client.clone(), &namespace, stop_rx.clone()).await?;
     health.set_ready(true);
 
-    let identity = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| format!("relaycache-operator-{}", std::process::id()));
+    let identity = identity();
     let timings = Timings::default();
     let lock = Arc::new(LeaseLock::new(
         Api::namespaced(client.clone(), &namespace),
@@ -93,7 +83,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         &identity,
         timings.lease_duration,
     ));
-    let (leading_tx, mut leading_rx) = watch::channel(false);
+    let (leading_tx, leading_rx) = watch::channel(false);
     info!(lease = %args.lease_name, %namespace, %identity, "waiting to lead");
     let campaign = {
         let lock = lock.clone();
@@ -101,39 +91,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tokio::spawn(async move { leader::campaign(&lock, timings, leading_tx, stop).await })
     };
 
-    let mut stop = stop_rx.clone();
-    let lead = tokio::select! {
-        result = leading_rx.wait_for(|leading| *leading) => result.is_ok(),
-        _ = stop.wait_for(|stop| *stop) => false,
-    };
-    let mut lost = false;
-    if lead {
-        metrics.set_leader(true);
-        let ctx = Arc::new(Context::new(
-            client,
-            BuildSettings {
-                default_image: args.default_image.clone(),
-            },
-            metrics.clone(),
-            Some(identity),
-        ));
-        // The controller wants a Sync future; a oneshot bridges the two watches.
-        let (halt_tx, halt_rx) = oneshot::channel::<()>();
-        let watcher = tokio::spawn(lost_leadership(leading_rx.clone(), stop_rx.clone()).then(
-            |lost| async move {
-                let _ = halt_tx.send(());
-                lost
-            },
-        ));
-        info!("leading: starting the controller");
-        reconcile::run(ctx, async move {
-            let _ = halt_rx.await;
-        })
-        .await;
-        lost = watcher.await.unwrap_or(false);
-        metrics.set_leader(false);
-    }
-
+    // `leading_rx` stays alive until the campaign has ended, so its sends
+    // never fail.
+    let lost = lead_when_elected(
+        &args,
+        client,
+        identity,
+        &metrics,
+        leading_rx.clone(),
+        &stop_rx,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = campaign.await;
     if !lost {
@@ -149,6 +117,73 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         info!("stopped");
         Ok(())
     }
+}
+
+/// A client of the apiserver, checked to know RelayCaches, and the
+/// operator's namespace (`--namespace`, else the client's default).
+async fn connect(args: &RunArgs) -> Result<(Client, String), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    Api::<RelayCache>::all(client.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(RunError::CrdMissing)?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    Ok((client, namespace))
+}
+
+/// This replica's name in the Lease: the pod's name where there is one.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("relaycache-operator-{}", std::process::id()))
+}
+
+/// Waits to be elected, then runs the controller until leadership ends;
+/// `true` when the Lease was lost rather than a stop requested.
+async fn lead_when_elected(
+    args: &RunArgs,
+    client: Client,
+    identity: String,
+    metrics: &Arc<Metrics>,
+    mut leading_rx: watch::Receiver<bool>,
+    stop_rx: &watch::Receiver<bool>,
+) -> bool {
+    let mut stop = stop_rx.clone();
+    let lead = tokio::select! {
+        result = leading_rx.wait_for(|leading| *leading) => result.is_ok(),
+        _ = stop.wait_for(|stop| *stop) => false,
+    };
+    if !lead {
+        return false;
+    }
+    metrics.set_leader(true);
+    let ctx = Arc::new(Context::new(
+        client,
+        BuildSettings {
+            default_image: args.default_image.clone(),
+        },
+        metrics.clone(),
+        Some(identity),
+    ));
+    // The controller wants a Sync future; a oneshot bridges the two watches.
+    let (halt_tx, halt_rx) = oneshot::channel::<()>();
+    let watcher = tokio::spawn(lost_leadership(leading_rx.clone(), stop_rx.clone()).then(
+        |lost| async move {
+            let _ = halt_tx.send(());
+            lost
+        },
+    ));
+    info!("leading: starting the controller");
+    reconcile::run(ctx, async move {
+        let _ = halt_rx.await;
+    })
+    .await;
+    let lost = watcher.await.unwrap_or(false);
+    metrics.set_leader(false);
+    lost
 }
 
 /// Resolves when leading ends: `true` if the Lease was lost, `false` on a

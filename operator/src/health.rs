@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use crate::accept::accept_until;
 use crate::metrics::Metrics;
 
 /// What the endpoints report.
@@ -76,20 +77,9 @@ impl Health {
 
 /// Serves the endpoints on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    warn!(error = %err, "health listener: accept failed");
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
+    accept_until(listener, "health", shutdown, move |stream, _| {
         let health = health.clone();
-        tokio::spawn(async move {
+        async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let response = health.answer(request.uri().path());
                 async move { Ok::<_, Infallible>(response) }
@@ -100,8 +90,9 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: impl Fu
             {
                 warn!(error = %err, "health connection failed");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

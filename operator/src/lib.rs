@@ -3,6 +3,7 @@
 //! with leader election, metrics and health endpoints, and injects the proxy
 //! as a sidecar into labelled pods (the mutating webhook).
 
+mod accept;
 pub mod app;
 pub mod cli;
 pub mod crd;

@@ -12,7 +12,6 @@
 //! (an owner lives in the same namespace); a RelayCache that has them holds
 //! the finalizer `relaycache.io/client-token-copies` until they are deleted.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,26 +19,32 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use crate::crd::{ClusterMode, RelayCache, RelayCacheStatus};
+use crate::crd::{RelayCache, RelayCacheStatus};
 use crate::metrics::{Metrics, Outcome};
-use crate::resources::clients;
-use crate::resources::tokens::{self, NoRandomness, TokenSecret};
-use crate::resources::{
-    self, statefulset, BuildSettings, Children, Names, RenderFailure, MANAGED_BY_SELECTOR,
-};
+use crate::resources::tokens::{self, NoRandomness};
+use crate::resources::{self, BuildSettings, Children, Names, RenderFailure, MANAGED_BY_SELECTOR};
 use crate::status::{self, Observation, DEGRADED, PROGRESSING, READY};
+
+mod apply;
+mod copies;
+mod names;
+
+pub use apply::CLAIMS_CHANGED;
+use apply::{apply_children, Applied};
+use copies::{
+    delete_copies, holds_copies_finalizer, list_copies, set_copies_finalizer, sync_copies,
+};
+pub use copies::{serves_other_namespaces, COPIES_FINALIZER};
+use names::{check_names, conflict_message, create_token_secrets, CONFLICT_RECHECK};
 
 /// The one field manager of every object this operator writes.
 pub const FIELD_MANAGER: &str = "relaycache-operator";
@@ -160,47 +165,26 @@ pub async fn reconcile(rc: Arc<RelayCache>, ctx: Arc<Context>) -> Result<Action,
     result.map(|(_, action)| action)
 }
 
+/// One pass over a stored RelayCache: build, check names, create token
+/// Secrets, apply, copy the clients' token, and report in the status.
 async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Action), Error> {
     if rc.metadata.deletion_timestamp.is_some() {
-        // Re-applying children now would race the garbage collector, which
-        // removes every owned child; only the copies in other namespaces
-        // (no owner reference possible) are the operator's to remove.
-        if holds_copies_finalizer(rc) {
-            let names = Names {
-                name: rc.name_any(),
-                namespace: rc.namespace().unwrap_or_default(),
-            };
-            let copies = list_copies(&ctx.client, &names).await?;
-            delete_copies(&ctx.client, copies.iter()).await?;
-            set_copies_finalizer(&ctx.client, rc, &names, false).await?;
-            info!(relaycache = %rc.name_any(), copies = copies.len(), "removed the clients' token copies");
-        }
+        remove_copies(rc, ctx).await?;
         return Ok((Outcome::deleting, Action::await_change()));
     }
     let previous = rc.status.clone().unwrap_or_default();
-    let observation = Observation {
-        previous: &previous,
-        generation: rc.metadata.generation,
-        now: Timestamp::now(),
+    let pass = Pass {
+        rc,
+        ctx,
+        observation: Observation {
+            previous: &previous,
+            generation: rc.metadata.generation,
+            now: Timestamp::now(),
+        },
     };
     let children = match resources::build(rc, &ctx.settings) {
         Ok(children) => children,
-        Err(failure) => {
-            let message = failure.to_string();
-            let next = match failure {
-                RenderFailure::Invalid(_) => {
-                    warn!(relaycache = %rc.name_any(), %message, "invalid spec; no child changed");
-                    observation.invalid_spec(&message)
-                }
-                RenderFailure::Unwritable(_) => {
-                    warn!(relaycache = %rc.name_any(), %message, "no configuration; no child changed");
-                    observation.render_failed(&message)
-                }
-            };
-            write_status(rc, ctx, &next).await?;
-            publish_transitions(rc, ctx, &previous, &next).await;
-            return Ok((Outcome::invalid, Action::await_change()));
-        }
+        Err(failure) => return pass.render_failed(failure).await,
     };
     let names = Names {
         name: rc.name_any(),
@@ -209,522 +193,160 @@ async fn reconcile_inner(rc: &RelayCache, ctx: &Context) -> Result<(Outcome, Act
     let token_secrets = tokens::token_secrets(rc, &names);
     let found = match check_names(&ctx.client, rc, &names, &token_secrets).await {
         Ok(found) => found,
-        Err(err) => return fail_apply(rc, ctx, &observation, &previous, err).await,
+        Err(err) => return pass.fail_apply(err).await,
     };
     if !found.conflicts.is_empty() {
-        let message = conflict_message(&names, &found.conflicts);
-        warn!(relaycache = %rc.name_any(), %message, "names taken; no child changed");
-        let next = observation.name_conflict(&message);
-        write_status(rc, ctx, &next).await?;
-        publish_transitions(rc, ctx, &previous, &next).await;
-        // Deleting the other object sends no event this controller watches
-        // (it is not ours), so look again before the resync.
-        return Ok((Outcome::conflict, Action::requeue(CONFLICT_RECHECK)));
+        return pass.names_taken(&names, &found.conflicts).await;
     }
-    if let Err(err) = create_token_secrets(
+    let absent = &found.absent_secrets;
+    let created = create_token_secrets(
         &ctx.client,
         rc,
         &children.owner,
         &names,
         &token_secrets,
-        &found.absent_secrets,
-    )
-    .await
-    {
-        return fail_apply(rc, ctx, &observation, &previous, err).await;
+        absent,
+    );
+    if let Err(err) = created.await {
+        return pass.fail_apply(err).await;
     }
     let applied = apply_children(&ctx.client, &names, &children, found.stateful_set).await;
     if applied.is_ok() {
         let client_secret = &token_secrets[1];
         if let Err(err) = sync_copies(&ctx.client, rc, &names, client_secret).await {
-            return fail_apply(rc, ctx, &observation, &previous, err).await;
+            return pass.fail_apply(err).await;
         }
     }
-    let sts = match applied {
-        Ok(Applied::All(sts)) => sts,
-        Ok(Applied::ClaimsHeld { sts, message }) => {
-            warn!(relaycache = %rc.name_any(), %message, "volume claim templates changed; StatefulSet held back");
-            let next =
-                observation.held_back(names.selector_string(), &sts, CLAIMS_CHANGED, message);
-            write_status(rc, ctx, &next).await?;
-            publish_transitions(rc, ctx, &previous, &next).await;
-            // Retrying cannot help; the user's fix (a reverted spec, or the
-            // StatefulSet deleted) triggers the next reconcile through the
-            // watches, the resync is a backstop.
-            return Ok((Outcome::applied, Action::requeue(RESYNC)));
-        }
-        Err(err) => return fail_apply(rc, ctx, &observation, &previous, err).await,
-    };
-    let next = observation.applied(
-        rc.spec.replicas,
-        names.selector_string(),
-        children.config_hash.clone(),
-        &sts,
-    );
-    write_status(rc, ctx, &next).await?;
-    publish_transitions(rc, ctx, &previous, &next).await;
-    let action = if status::is_true(&next, PROGRESSING) {
-        Action::requeue(PROGRESS_CHECK)
-    } else {
-        Action::requeue(RESYNC)
-    };
-    Ok((Outcome::applied, action))
-}
-
-/// Records a failed API call in the status (`ApplyFailed`) and returns it,
-/// so the controller retries.
-async fn fail_apply(
-    rc: &RelayCache,
-    ctx: &Context,
-    observation: &Observation<'_>,
-    previous: &RelayCacheStatus,
-    err: Error,
-) -> Result<(Outcome, Action), Error> {
-    let next = observation.apply_failed(&err.to_string());
-    // Best effort: the apply error is what the caller must see.
-    if let Err(status_err) = write_status(rc, ctx, &next).await {
-        warn!(error = %status_err, "could not record the apply failure in the status");
+    match applied {
+        Ok(Applied::All(sts)) => pass.applied(&names, &children, &sts).await,
+        Ok(Applied::ClaimsHeld { sts, message }) => pass.claims_held(&names, &sts, message).await,
+        Err(err) => pass.fail_apply(err).await,
     }
-    publish_transitions(rc, ctx, previous, &next).await;
-    Err(err)
 }
 
-/// Re-check of a RelayCache whose children's names are taken.
-const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
-
-/// What the reads of the children's names found.
-struct Found {
-    /// Objects holding a child's name without this RelayCache's owner
-    /// reference, as (kind, name).
-    conflicts: Vec<(&'static str, String)>,
-    /// The StatefulSet as stored, if it exists.
-    stateful_set: Option<StatefulSet>,
-    /// Generated token Secrets that do not exist yet.
-    absent_secrets: Vec<TokenSecret>,
-}
-
-/// Reads every name a child will take (the Services, the ConfigMap, the
-/// StatefulSet, the PodDisruptionBudget and the generated token Secrets)
-/// before anything is written: an object there that this RelayCache does not
-/// own is someone else's, and is never taken over. Metadata only, except the
-/// StatefulSet, whose volume claim templates are compared before applying,
-/// and never a Secret's data.
-async fn check_names(
-    client: &Client,
-    rc: &RelayCache,
-    names: &Names,
-    token_secrets: &[TokenSecret],
-) -> Result<Found, Error> {
-    let uid = rc.uid().unwrap_or_default();
-    let mut found = Found {
-        conflicts: Vec::new(),
-        stateful_set: None,
-        absent_secrets: Vec::new(),
-    };
-    let mut check = |kind: &'static str, name: &str, meta: Option<&ObjectMeta>| {
-        if let Some(meta) = meta {
-            let owned = meta
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|owner| owner.uid == uid);
-            if !owned {
-                found.conflicts.push((kind, name.to_string()));
-            }
-        }
-    };
-    for name in [names.peers_service(), names.name.clone()] {
-        let meta = read_metadata::<Service>(client, names, &name).await?;
-        check("Service", &name, meta.as_ref());
-    }
-    let meta = read_metadata::<ConfigMap>(client, names, &names.name).await?;
-    check("ConfigMap", &names.name, meta.as_ref());
-    let api: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
-    let sts = api
-        .get_opt(&names.name)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "StatefulSet",
-            namespace: names.namespace.clone(),
-            name: names.name.clone(),
-            source,
-        })?;
-    check(
-        "StatefulSet",
-        &names.name,
-        sts.as_ref().map(|s| &s.metadata),
-    );
-    let meta = read_metadata::<PodDisruptionBudget>(client, names, &names.name).await?;
-    check("PodDisruptionBudget", &names.name, meta.as_ref());
-    let mut absent = Vec::new();
-    for secret in token_secrets.iter().filter(|s| s.generated) {
-        let meta = read_metadata::<Secret>(client, names, &secret.name).await?;
-        check("Secret", &secret.name, meta.as_ref());
-        if meta.is_none() {
-            absent.push(secret.clone());
-        }
-    }
-    found.stateful_set = sts;
-    found.absent_secrets = absent;
-    Ok(found)
-}
-
-async fn read_metadata<K>(
-    client: &Client,
-    names: &Names,
-    name: &str,
-) -> Result<Option<ObjectMeta>, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + k8s_openapi::Resource
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), &names.namespace);
-    api.get_metadata_opt(name)
-        .await
-        .map(|found| found.map(|partial| partial.metadata))
-        .map_err(|source| Error::Read {
-            kind: <K as k8s_openapi::Resource>::KIND,
-            namespace: names.namespace.clone(),
-            name: name.to_string(),
-            source,
-        })
-}
-
-/// The `Degraded` message of a name conflict: each object, and what to do.
-fn conflict_message(names: &Names, conflicts: &[(&'static str, String)]) -> String {
-    let objects = conflicts
-        .iter()
-        .map(|(kind, name)| format!("{kind}/{name}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "{objects} in namespace {ns} exists and is not owned by this RelayCache; the operator never takes over another's object, so nothing was changed. Delete or rename it, or give this RelayCache another name",
-        ns = names.namespace
-    )
-}
-
-/// Creates the generated token Secrets that do not exist, each with a new
-/// random token. Create, never apply: an existing Secret (one another
-/// reconcile created meanwhile) is left as it is, so a token is never
-/// overwritten. The token's value is never logged.
-async fn create_token_secrets(
-    client: &Client,
-    rc: &RelayCache,
-    owner: &OwnerReference,
-    names: &Names,
-    token_secrets: &[TokenSecret],
-    absent: &[TokenSecret],
-) -> Result<(), Error> {
-    if absent.is_empty() {
+/// A RelayCache being deleted: re-applying children now would race the
+/// garbage collector, which removes every owned child; only the copies in
+/// other namespaces (no owner reference possible) are the operator's to
+/// remove.
+async fn remove_copies(rc: &RelayCache, ctx: &Context) -> Result<(), Error> {
+    if !holds_copies_finalizer(rc) {
         return Ok(());
     }
-    let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
-    for secret in token_secrets.iter().filter(|s| absent.contains(s)) {
-        let object = tokens::generated_secret(names, owner, secret, tokens::random_token()?);
-        match api.create(&PostParams::default(), &object).await {
-            Ok(_) => {
-                info!(relaycache = %rc.name_any(), secret = %secret.name, "generated a token Secret")
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                debug!(secret = %secret.name, "token Secret created meanwhile; kept as it is")
-            }
-            Err(source) => {
-                return Err(Error::Create {
-                    kind: "Secret",
-                    namespace: names.namespace.clone(),
-                    name: secret.name.clone(),
-                    source,
-                })
-            }
-        }
-    }
+    let names = Names {
+        name: rc.name_any(),
+        namespace: rc.namespace().unwrap_or_default(),
+    };
+    let copies = list_copies(&ctx.client, &names).await?;
+    delete_copies(&ctx.client, copies.iter()).await?;
+    set_copies_finalizer(&ctx.client, rc, &names, false).await?;
+    info!(relaycache = %rc.name_any(), copies = copies.len(), "removed the clients' token copies");
     Ok(())
 }
 
-/// Finalizer of a RelayCache that serves other namespaces: its clients'
-/// token has copies there, which cannot carry an owner reference (owners
-/// live in the same namespace), so the operator removes them before the
-/// RelayCache goes.
-pub const COPIES_FINALIZER: &str = "relaycache.io/client-token-copies";
-
-/// Whether `rc` serves pods of other namespaces, whose sidecars read a copy
-/// of its clients' token (only clients of a cluster read a token).
-pub fn serves_other_namespaces(rc: &RelayCache) -> bool {
-    rc.spec.mode == ClusterMode::Ha && !rc.spec.clients.is_own_namespace_only()
+/// One reconcile's way to its status: each outcome writes the next status,
+/// publishes the Events its changes deserve, and says when to look again.
+struct Pass<'a> {
+    rc: &'a RelayCache,
+    ctx: &'a Context,
+    observation: Observation<'a>,
 }
 
-fn holds_copies_finalizer(rc: &RelayCache) -> bool {
-    rc.finalizers().iter().any(|f| f == COPIES_FINALIZER)
-}
+impl Pass<'_> {
+    /// Writes `next` and publishes the Events of its changes.
+    async fn report(&self, next: &RelayCacheStatus) -> Result<(), Error> {
+        write_status(self.rc, self.ctx, next).await?;
+        publish_transitions(self.rc, self.ctx, self.observation.previous, next).await;
+        Ok(())
+    }
 
-/// Keeps one copy of the clients' token in each namespace `rc` serves
-/// besides its own, and none elsewhere. A copy is created when missing,
-/// applied again when its token differs (a rotation), and deleted when its
-/// namespace is no longer served; a Secret with a copy's name that is not a
-/// copy (no labels of this RelayCache) is never touched. The finalizer goes
-/// on before the first copy and comes off once none is left.
-async fn sync_copies(
-    client: &Client,
-    rc: &RelayCache,
-    names: &Names,
-    client_secret: &TokenSecret,
-) -> Result<(), Error> {
-    let serves = serves_other_namespaces(rc);
-    let held = holds_copies_finalizer(rc);
-    if !serves && !held {
-        return Ok(());
-    }
-    if !serves {
-        let copies = list_copies(client, names).await?;
-        delete_copies(client, copies.iter()).await?;
-        return set_copies_finalizer(client, rc, names, false).await;
-    }
-    if !held {
-        set_copies_finalizer(client, rc, names, true).await?;
-    }
-    let namespaces = Api::<Namespace>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Read {
-            kind: "Namespace",
-            namespace: String::new(),
-            name: "(all)".into(),
-            source,
-        })?;
-    let served: BTreeSet<String> = namespaces
-        .items
-        .iter()
-        .filter(|ns| ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating"))
-        .filter_map(|ns| {
-            let name = ns.name_any();
-            let labels = ns.metadata.labels.clone().unwrap_or_default();
-            (name != names.namespace && clients::allows(rc, &name, &labels)).then_some(name)
-        })
-        .collect();
-    let source = Api::<Secret>::namespaced(client.clone(), &names.namespace)
-        .get_opt(&client_secret.name)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "Secret",
-            namespace: names.namespace.clone(),
-            name: client_secret.name.clone(),
-            source,
-        })?;
-    let token = source
-        .and_then(|secret| secret.data)
-        .and_then(|mut data| data.remove(tokens::TOKEN_KEY));
-    let copies = list_copies(client, names).await?;
-    let copy_name = names.client_token_copy();
-    match &token {
-        None => warn!(relaycache = %rc.name_any(), secret = %client_secret.name,
-            "the clients' token Secret has no key \"token\" yet; no copy written"),
-        Some(token) => {
-            for namespace in &served {
-                let existing = copies
-                    .iter()
-                    .find(|c| c.namespace().as_deref() == Some(namespace.as_str()));
-                let current = existing
-                    .and_then(|c| c.data.as_ref())
-                    .and_then(|d| d.get(tokens::TOKEN_KEY));
-                let copy = tokens::client_token_copy(names, namespace, token.clone());
-                let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-                match (existing, current == Some(token)) {
-                    (Some(_), true) => {}
-                    (Some(_), false) => {
-                        api.patch(
-                            &copy_name,
-                            &PatchParams::apply(FIELD_MANAGER).force(),
-                            &Patch::Apply(&copy),
-                        )
-                        .await
-                        .map_err(|source| Error::Apply {
-                            kind: "Secret",
-                            namespace: namespace.clone(),
-                            name: copy_name.clone(),
-                            source,
-                        })?;
-                    }
-                    // Create, not apply: a Secret of this name that is not
-                    // a copy must never be taken over.
-                    (None, _) => match api.create(&PostParams::default(), &copy).await {
-                        Ok(_) => {
-                            info!(relaycache = %rc.name_any(), %namespace, "copied the clients' token")
-                        }
-                        Err(kube::Error::Api(status)) if status.code == 409 => warn!(
-                            relaycache = %rc.name_any(), %namespace, secret = %copy_name,
-                            "a Secret of the copy's name exists and is not a copy; left alone (sidecars there cannot start until it is renamed)"
-                        ),
-                        Err(source) => {
-                            return Err(Error::Create {
-                                kind: "Secret",
-                                namespace: namespace.clone(),
-                                name: copy_name.clone(),
-                                source,
-                            })
-                        }
-                    },
-                }
+    /// No children could be built: `Degraded`, and nothing changed.
+    async fn render_failed(&self, failure: RenderFailure) -> Result<(Outcome, Action), Error> {
+        let rc = self.rc;
+        let message = failure.to_string();
+        let next = match failure {
+            RenderFailure::Invalid(_) => {
+                warn!(relaycache = %rc.name_any(), %message, "invalid spec; no child changed");
+                self.observation.invalid_spec(&message)
             }
-        }
-    }
-    let unserved = copies.iter().filter(|c| {
-        c.namespace()
-            .is_none_or(|namespace| !served.contains(&namespace))
-    });
-    delete_copies(client, unserved).await
-}
-
-/// Every copy of this RelayCache's clients' token, in any namespace.
-async fn list_copies(client: &Client, names: &Names) -> Result<Vec<Secret>, Error> {
-    Api::<Secret>::all(client.clone())
-        .list(&ListParams::default().labels(&tokens::copy_selector(names)))
-        .await
-        .map(|list| list.items)
-        .map_err(|source| Error::Read {
-            kind: "Secret",
-            namespace: String::new(),
-            name: format!("(copies of {})", names.client_token_copy()),
-            source,
-        })
-}
-
-/// Deletes copies; one already gone is fine.
-async fn delete_copies<'a>(
-    client: &Client,
-    copies: impl Iterator<Item = &'a Secret>,
-) -> Result<(), Error> {
-    for copy in copies {
-        let namespace = copy.namespace().unwrap_or_default();
-        let name = copy.name_any();
-        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => info!(%namespace, secret = %name, "removed a copy of a clients' token"),
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Delete {
-                    kind: "Secret",
-                    namespace,
-                    name,
-                    source,
-                })
+            RenderFailure::Unwritable(_) => {
+                warn!(relaycache = %rc.name_any(), %message, "no configuration; no child changed");
+                self.observation.render_failed(&message)
             }
+        };
+        self.report(&next).await?;
+        Ok((Outcome::invalid, Action::await_change()))
+    }
+
+    /// A child's name belongs to another owner: `Degraded`, nothing changed.
+    async fn names_taken(
+        &self,
+        names: &Names,
+        conflicts: &[(&'static str, String)],
+    ) -> Result<(Outcome, Action), Error> {
+        let message = conflict_message(names, conflicts);
+        warn!(relaycache = %self.rc.name_any(), %message, "names taken; no child changed");
+        self.report(&self.observation.name_conflict(&message))
+            .await?;
+        // Deleting the other object sends no event this controller watches
+        // (it is not ours), so look again before the resync.
+        Ok((Outcome::conflict, Action::requeue(CONFLICT_RECHECK)))
+    }
+
+    /// Records a failed API call in the status (`ApplyFailed`) and returns
+    /// it, so the controller retries.
+    async fn fail_apply(&self, err: Error) -> Result<(Outcome, Action), Error> {
+        let next = self.observation.apply_failed(&err.to_string());
+        // Best effort: the apply error is what the caller must see.
+        if let Err(status_err) = write_status(self.rc, self.ctx, &next).await {
+            warn!(error = %status_err, "could not record the apply failure in the status");
         }
+        publish_transitions(self.rc, self.ctx, self.observation.previous, &next).await;
+        Err(err)
     }
-    Ok(())
-}
 
-/// Adds or removes [`COPIES_FINALIZER`], keeping every other finalizer, at
-/// the resourceVersion read (a concurrent change makes the patch fail and
-/// the reconcile retry, rather than drop another's finalizer).
-async fn set_copies_finalizer(
-    client: &Client,
-    rc: &RelayCache,
-    names: &Names,
-    present: bool,
-) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = rc
-        .finalizers()
-        .iter()
-        .filter(|f| *f != COPIES_FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(COPIES_FINALIZER.into());
-    }
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": rc.resource_version()}
-    });
-    Api::<RelayCache>::namespaced(client.clone(), &names.namespace)
-        .patch(&names.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
-        .map_err(|source| Error::Apply {
-            kind: "RelayCache",
-            namespace: names.namespace.clone(),
-            name: names.name.clone(),
-            source,
-        })
-}
-
-/// `Degraded` reason when the spec changes the StatefulSet's immutable
-/// volume claim templates.
-pub const CLAIMS_CHANGED: &str = "VolumeClaimTemplatesChanged";
-
-/// What `apply_children` did.
-enum Applied {
-    /// Every child was applied; the StatefulSet as stored.
-    All(StatefulSet),
-    /// The spec changes the StatefulSet's volume claim templates, which the
-    /// apiserver would refuse on every apply: the Services and the
-    /// PodDisruptionBudget were applied, the ConfigMap and the StatefulSet
-    /// were left as they are. The StatefulSet as it stands, and what to do.
-    ClaimsHeld {
-        /// The existing StatefulSet.
-        sts: StatefulSet,
-        /// The change and how to resolve it.
+    /// The volume claim templates changed: the StatefulSet is held back.
+    async fn claims_held(
+        &self,
+        names: &Names,
+        sts: &StatefulSet,
         message: String,
-    },
-}
-
-/// Applies the children in dependency order (Services and ConfigMap before
-/// the StatefulSet that uses them) and returns the StatefulSet as stored.
-/// The `existing` StatefulSet (as read by `check_names`) is compared first:
-/// a change to its immutable volume claim templates would be refused on
-/// every apply, so it is reported instead (and the PodDisruptionBudget
-/// still applied).
-async fn apply_children(
-    client: &Client,
-    names: &Names,
-    children: &Children,
-    existing: Option<StatefulSet>,
-) -> Result<Applied, Error> {
-    apply::<Service>(client, names, &children.peers_service).await?;
-    apply::<Service>(client, names, &children.client_service).await?;
-    let change = existing.as_ref().and_then(|existing| {
-        statefulset::claim_templates_change(existing, &children.stateful_set, names)
-    });
-    if let (Some(sts), Some(message)) = (existing, change) {
-        // The ConfigMap is held back with the StatefulSet: a new
-        // configuration (a file reserve added, say) could need a volume the
-        // pods do not have, and members restarting would load it. The
-        // PodDisruptionBudget does not depend on either, so it still goes on.
-        apply::<PodDisruptionBudget>(client, names, &children.pdb).await?;
-        return Ok(Applied::ClaimsHeld { sts, message });
+    ) -> Result<(Outcome, Action), Error> {
+        warn!(relaycache = %self.rc.name_any(), %message, "volume claim templates changed; StatefulSet held back");
+        let next =
+            self.observation
+                .held_back(names.selector_string(), sts, CLAIMS_CHANGED, message);
+        self.report(&next).await?;
+        // Retrying cannot help; the user's fix (a reverted spec, or the
+        // StatefulSet deleted) triggers the next reconcile through the
+        // watches, the resync is a backstop.
+        Ok((Outcome::applied, Action::requeue(RESYNC)))
     }
-    apply::<ConfigMap>(client, names, &children.config_map).await?;
-    let sts = apply::<StatefulSet>(client, names, &children.stateful_set).await?;
-    apply::<PodDisruptionBudget>(client, names, &children.pdb).await?;
-    Ok(Applied::All(sts))
+
+    /// Every child applied: the members' state, looked at again soon while
+    /// they roll.
+    async fn applied(
+        &self,
+        names: &Names,
+        children: &Children,
+        sts: &StatefulSet,
+    ) -> Result<(Outcome, Action), Error> {
+        let next = self.observation.applied(
+            self.rc.spec.replicas,
+            names.selector_string(),
+            children.config_hash.clone(),
+            sts,
+        );
+        self.report(&next).await?;
+        let action = if status::is_true(&next, PROGRESSING) {
+            Action::requeue(PROGRESS_CHECK)
+        } else {
+            Action::requeue(RESYNC)
+        };
+        Ok((Outcome::applied, action))
+    }
 }
 
-async fn apply<K>(client: &Client, names: &Names, object: &K) -> Result<K, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + k8s_openapi::Resource
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), &names.namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: <K as k8s_openapi::Resource>::KIND,
-        namespace: names.namespace.clone(),
-        name,
-        source,
-    })
-}
-
+/// Applies `status` to the status subresource.
 async fn write_status(
     rc: &RelayCache,
     ctx: &Context,
@@ -800,6 +422,7 @@ pub fn transitions(previous: &RelayCacheStatus, next: &RelayCacheStatus) -> Vec<
     events
 }
 
+/// Publishes the Events of the change from `previous` to `next`.
 async fn publish_transitions(
     rc: &RelayCache,
     ctx: &Context,

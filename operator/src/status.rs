@@ -123,33 +123,7 @@ impl Observation<'_> {
         let s = sts.status.clone().unwrap_or_default();
         let ready = s.ready_replicas.unwrap_or(0);
         let updated = s.updated_replicas.unwrap_or(0);
-        // The StatefulSet controller has seen the latest template and finished
-        // rolling it out.
-        let observed =
-            s.observed_generation.is_some() && s.observed_generation >= sts.metadata.generation;
-        let rolled = observed
-            && updated >= desired
-            && match (&s.current_revision, &s.update_revision) {
-                (Some(current), Some(update)) => current == update,
-                _ => desired == 0,
-            };
-
-        // Ready: serving at full strength, whatever configuration the
-        // members run; Progressing says whether a roll or a scale is under way.
-        let ready_condition = if desired == 0 {
-            self.condition(READY, true, "ScaledToZero", "no members requested".into())
-        } else {
-            self.condition(
-                READY,
-                ready >= desired,
-                if ready >= desired {
-                    "AllMembersReady"
-                } else {
-                    "MembersNotReady"
-                },
-                format!("{ready}/{desired} members ready"),
-            )
-        };
+        let ready_condition = self.members_ready(desired, ready);
         let progressing = if s.replicas != desired {
             self.condition(
                 PROGRESSING,
@@ -157,7 +131,7 @@ impl Observation<'_> {
                 "Scaling",
                 format!("{} members, {desired} wanted", s.replicas),
             )
-        } else if !rolled {
+        } else if !rolled_out(sts, desired) {
             self.condition(
                 PROGRESSING,
                 true,
@@ -185,6 +159,41 @@ impl Observation<'_> {
             ],
         }
     }
+}
+
+impl Observation<'_> {
+    /// Ready: serving at full strength, whatever configuration the members
+    /// run (Progressing says whether a roll or a scale is under way).
+    fn members_ready(&self, desired: i32, ready: i32) -> Condition {
+        if desired == 0 {
+            return self.condition(READY, true, "ScaledToZero", "no members requested".into());
+        }
+        self.condition(
+            READY,
+            ready >= desired,
+            if ready >= desired {
+                "AllMembersReady"
+            } else {
+                "MembersNotReady"
+            },
+            format!("{ready}/{desired} members ready"),
+        )
+    }
+}
+
+/// Whether the StatefulSet controller has seen the latest template and
+/// finished rolling it out to `desired` members.
+fn rolled_out(sts: &StatefulSet, desired: i32) -> bool {
+    let s = sts.status.clone().unwrap_or_default();
+    let updated = s.updated_replicas.unwrap_or(0);
+    let observed =
+        s.observed_generation.is_some() && s.observed_generation >= sts.metadata.generation;
+    observed
+        && updated >= desired
+        && match (&s.current_revision, &s.update_revision) {
+            (Some(current), Some(update)) => current == update,
+            _ => desired == 0,
+        }
 }
 
 impl Observation<'_> {

@@ -12,34 +12,34 @@ use serde_json::{json, Value};
 use tower_test::mock::{self, Handle, SendResponse};
 
 /// The apiserver side of a mocked client.
-pub struct ApiServer {
+pub(crate) struct ApiServer {
     handle: Handle<Request<Body>, Response<Body>>,
 }
 
 /// One request received, waiting for its answer.
-pub struct Call {
+pub(crate) struct Call {
     /// HTTP method.
-    pub method: Method,
+    pub(crate) method: Method,
     /// Path without the query.
-    pub path: String,
+    pub(crate) path: String,
     /// Query parameters.
-    pub query: BTreeMap<String, String>,
+    pub(crate) query: BTreeMap<String, String>,
     /// `Content-Type` header.
-    pub content_type: String,
+    pub(crate) content_type: String,
     /// JSON body (`Null` when empty).
-    pub body: Value,
+    pub(crate) body: Value,
     send: SendResponse<Response<Body>>,
 }
 
 impl ApiServer {
     /// A client wired to a new scripted apiserver.
-    pub fn start() -> (Client, ApiServer) {
+    pub(crate) fn start() -> (Client, ApiServer) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         (Client::new(service, "default"), ApiServer { handle })
     }
 
     /// The next request, whatever it is.
-    pub async fn next(&mut self) -> Call {
+    pub(crate) async fn next(&mut self) -> Call {
         let (request, send) = self
             .handle
             .next_request()
@@ -79,7 +79,7 @@ impl ApiServer {
     }
 
     /// The next request, which must have this method and path.
-    pub async fn expect(&mut self, method: Method, path: &str) -> Call {
+    pub(crate) async fn expect(&mut self, method: Method, path: &str) -> Call {
         let call = self.next().await;
         assert_eq!(
             (&call.method, call.path.as_str()),
@@ -92,7 +92,7 @@ impl ApiServer {
 
     /// Asserts the client sends nothing more: it has been dropped (its task
     /// finished) without another request.
-    pub async fn expect_nothing_more(&mut self) {
+    pub(crate) async fn expect_nothing_more(&mut self) {
         if let Some((request, _)) = self.handle.next_request().await {
             panic!("unexpected request {} {}", request.method(), request.uri());
         }
@@ -101,22 +101,22 @@ impl ApiServer {
 
 impl Call {
     /// Answers 200 with this JSON.
-    pub async fn respond(self, body: Value) {
+    pub(crate) async fn respond(self, body: Value) {
         self.answer(StatusCode::OK, body);
     }
 
     /// Answers 404 Not Found.
-    pub async fn not_found(self) {
+    pub(crate) async fn not_found(self) {
         self.status(StatusCode::NOT_FOUND, "NotFound");
     }
 
     /// Answers 409 Conflict.
-    pub async fn conflict(self) {
+    pub(crate) async fn conflict(self) {
         self.status(StatusCode::CONFLICT, "Conflict");
     }
 
     /// Answers with an apiserver `Status` error.
-    pub fn status(self, code: StatusCode, reason: &str) {
+    pub(crate) fn status(self, code: StatusCode, reason: &str) {
         let body = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {},
             "status": "Failure", "message": format!("{reason} (scripted)"),

@@ -89,7 +89,11 @@ pub async fn run(
         proxy_handler,
         settings,
         stop_rx.clone(),
-        move || refusals.count_overload(limits::OverloadLimit::Connections),
+        move || {
+            refusals
+                .proxy
+                .count_overload(limits::OverloadLimit::Connections)
+        },
     ));
     let admin_task = tokio::spawn(server::serve(
         admin_listener,
@@ -130,7 +134,7 @@ fn build_tiers(config: &Config, metrics: &Arc<Metrics>) -> Result<Tiers, RunErro
     let memory = MemoryTier::new(
         cache.memory.max_cost,
         cache.stale_if_error,
-        metrics.evictions.clone(),
+        metrics.proxy.evictions.clone(),
     );
     let caching = cache.mode != Mode::Disabled;
     let reserve = match &cache.reserve {

@@ -26,6 +26,15 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [CacheStatus; 5] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Bypass,
+        CacheStatus::Refresh,
+        CacheStatus::Stale,
+    ];
+
     /// The header value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -30,6 +30,13 @@ pub enum OverloadLimit {
 }
 
 impl OverloadLimit {
+    /// Every limit, in declaration order.
+    pub const ALL: [OverloadLimit; 3] = [
+        OverloadLimit::Connections,
+        OverloadLimit::Inflight,
+        OverloadLimit::BufferedBytes,
+    ];
+
     /// The metric label, and the name in messages.
     pub fn as_str(self) -> &'static str {
         match self {

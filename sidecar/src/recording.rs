@@ -58,7 +58,7 @@ impl Destination {
         }
         if let Some(entry) = &entry {
             self.tiers.store_answer(self.key, entry, self.origin);
-            self.metrics.stores.inc();
+            self.metrics.proxy.stores.inc();
         }
         if let Some(live) = &self.live {
             match &entry {
@@ -92,7 +92,7 @@ impl Destination {
         if let Some(live) = &self.live {
             live.break_off(reason);
         }
-        self.metrics.count_upstream_error(&self.upstream);
+        self.metrics.proxy.count_upstream_error(&self.upstream);
         tracing::warn!(upstream = %self.upstream, reason, "upstream answer broke off; not stored");
     }
 }

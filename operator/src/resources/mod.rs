@@ -5,6 +5,7 @@
 pub mod clients;
 pub mod configmap;
 pub mod pdb;
+pub mod pod;
 pub mod quantity;
 pub mod service;
 pub mod statefulset;
@@ -241,7 +242,7 @@ pub(crate) mod testing {
     use super::*;
     use crate::crd::RelayCacheSpec;
 
-    pub fn rc(name: &str, spec: serde_json::Value) -> RelayCache {
+    pub(crate) fn rc(name: &str, spec: serde_json::Value) -> RelayCache {
         let spec: RelayCacheSpec = serde_json::from_value(spec).unwrap();
         let mut rc = RelayCache::new(name, spec);
         rc.metadata.namespace = Some("cache".into());
@@ -250,13 +251,13 @@ pub(crate) mod testing {
         rc
     }
 
-    pub fn settings() -> BuildSettings {
+    pub(crate) fn settings() -> BuildSettings {
         BuildSettings {
             default_image: "relaycache/relaycache:0.1.0".into(),
         }
     }
 
-    pub fn owner(rc: &RelayCache) -> OwnerReference {
+    pub(crate) fn owner(rc: &RelayCache) -> OwnerReference {
         rc.controller_owner_ref(&()).unwrap()
     }
 }

@@ -9,7 +9,7 @@
 use kube::ResourceExt;
 
 use super::{SpecIssue, CONFIG_DIR};
-use crate::crd::RelayCache;
+use crate::crd::{RelayCache, RelayCacheSpec, ReplicationSpec};
 
 /// Longest RelayCache name. The StatefulSet controller labels each member
 /// with `controller-revision-hash: NAME-<hash>`, the hash being at most 10
@@ -34,6 +34,19 @@ pub fn check(rc: &RelayCache) -> Vec<SpecIssue> {
         issues.push(issue);
     }
     let spec = &rc.spec;
+    check_bounds(spec, &mut issues);
+    check_quorums(spec, &mut issues);
+    if let Some(reserve) = &spec.reserve {
+        issues.extend(check_reserve_url(&reserve.url));
+    }
+    issues.extend(check_single_lines(rc));
+    check_token_secrets(&spec.replication, &mut issues);
+    issues.extend(super::clients::check(rc));
+    issues
+}
+
+/// The OpenAPI bounds of the counts.
+fn check_bounds(spec: &RelayCacheSpec, issues: &mut Vec<SpecIssue>) {
     let r = &spec.replication;
     let mut range = |path: &str, value: i32, min: i32, max: i32| {
         if !(min..=max).contains(&value) {
@@ -63,6 +76,12 @@ pub fn check(rc: &RelayCache) -> Vec<SpecIssue> {
         1,
         MAX_REPLICAS,
     );
+}
+
+/// The CEL rules between the counts: quorums within the copies, and the
+/// member quorum within the replicas.
+fn check_quorums(spec: &RelayCacheSpec, issues: &mut Vec<SpecIssue>) {
+    let r = &spec.replication;
     // The CEL rules on `replication` and the spec hold whatever the mode, so
     // these do too: the apiserver refuses any update until they are fixed.
     for (field, quorum, why) in [
@@ -98,10 +117,10 @@ pub fn check(rc: &RelayCache) -> Vec<SpecIssue> {
             ),
         ));
     }
-    if let Some(reserve) = &spec.reserve {
-        issues.extend(check_reserve_url(&reserve.url));
-    }
-    issues.extend(check_single_lines(rc));
+}
+
+/// The clients' token Secret must not be the members'.
+fn check_token_secrets(r: &ReplicationSpec, issues: &mut Vec<SpecIssue>) {
     if let (Some(members), Some(clients)) = (&r.token_secret, &r.client_token_secret) {
         if members.name == clients.name {
             issues.push(SpecIssue::new(
@@ -113,8 +132,6 @@ pub fn check(rc: &RelayCache) -> Vec<SpecIssue> {
             ));
         }
     }
-    issues.extend(super::clients::check(rc));
-    issues
 }
 
 /// `metadata.name` names Services (DNS-1035 labels) and the StatefulSet.
@@ -226,7 +243,7 @@ fn check_single_lines(rc: &RelayCache) -> Vec<SpecIssue> {
 #[cfg(test)]
 pub(crate) mod reserve_url_cases {
     /// Accepted.
-    pub const ACCEPTED: [&str; 6] = [
+    pub(crate) const ACCEPTED: [&str; 6] = [
         "file:///var/lib/relaycache/reserve",
         "file:///data/",
         "file:///tmp/reserve",
@@ -235,7 +252,7 @@ pub(crate) mod reserve_url_cases {
         "memory://",
     ];
     /// `file://` without a usable absolute path.
-    pub const NOT_ABSOLUTE: [&str; 10] = [
+    pub(crate) const NOT_ABSOLUTE: [&str; 10] = [
         "file://",
         "file://data",
         "file://localhost/data",
@@ -248,14 +265,14 @@ pub(crate) mod reserve_url_cases {
         "file:///da%20ta",
     ];
     /// The member's own volumes.
-    pub const TAKEN: [&str; 4] = [
+    pub(crate) const TAKEN: [&str; 4] = [
         "file:///tmp",
         "file:///tmp/",
         "file:///etc/relaycache",
         "file:///etc/relaycache/x",
     ];
     /// A scheme the reserve does not know.
-    pub const UNKNOWN_SCHEME: &str = "ftp://bucket";
+    pub(crate) const UNKNOWN_SCHEME: &str = "ftp://bucket";
 }
 
 #[cfg(test)]

@@ -30,28 +30,28 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Pod, Probe,
-    ResourceRequirements, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::DynamicObject;
-use relaycache_config::{Config, HaConfig, ReserveConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::cli::NativeSidecars;
-use crate::crd::{ClusterMode, RelayCache};
+use crate::crd::RelayCache;
 use crate::resources::clients;
-use crate::resources::configmap::{env_reference, render, CLIENT_TOKEN_ENV};
-use crate::resources::quantity;
-use crate::resources::statefulset::{
-    restricted_security_context, sized_resources, CONTAINER, RUN_AS,
-};
+use crate::resources::pod::CONTAINER;
 use crate::resources::tokens::{self, Role};
-use crate::resources::{InvalidSpec, Names, SpecIssue, ADMIN_PORT, GRPC_PORT, HTTP_PORT};
+use crate::resources::{InvalidSpec, Names, ADMIN_PORT, HTTP_PORT};
+
+mod overrides;
+mod patch;
+mod sidecar;
+
+use overrides::Overrides;
+use patch::{add_base_urls, escape, has_native_sidecar, to_value, Ops};
+pub use sidecar::sidecar_config;
+use sidecar::sidecar_container;
 
 /// Pod label naming the RelayCache: `NAME` (in the pod's namespace) or `NAMESPACE.NAME`.
 pub const INJECT_LABEL: &str = "relaycache.io/inject";
@@ -269,93 +269,51 @@ pub fn respond(
     namespace: NamespaceLabels,
     settings: &InjectSettings,
 ) -> AdmissionResponse {
-    let rc = match found {
-        Found::Present(rc) => rc,
-        Found::Missing => {
-            return with_warning(
-                req,
-                format!(
-                    "relaycache: RelayCache {}/{} not found; admitted without the sidecar. Create it or fix the {INJECT_LABEL} label (NAME or NAMESPACE.NAME)",
-                    target.namespace, target.name
-                ),
-            )
-        }
-        Found::Failed(err) => {
-            return with_warning(
-                req,
-                format!(
-                    "relaycache: cannot read RelayCache {}/{} ({err}); admitted without the sidecar",
-                    target.namespace, target.name
-                ),
-            )
-        }
+    let rc = match found_relaycache(req, target, found) {
+        Ok(rc) => rc,
+        Err(answer) => return *answer,
     };
-    let allowed = match (
-        clients::allowed_by_name(&rc, &target.pod_namespace),
-        namespace,
-    ) {
-        (Some(allowed), _) => allowed,
-        (None, NamespaceLabels::Found(labels)) => {
-            clients::allows(&rc, &target.pod_namespace, &labels)
-        }
-        (None, NamespaceLabels::Failed(err)) => {
-            return with_warning(
-                req,
-                format!(
-                    "relaycache: cannot read namespace {} to match it against spec.clients.namespaceSelector of RelayCache {}/{} ({err}); admitted without the sidecar",
-                    target.pod_namespace, target.namespace, target.name
-                ),
-            )
-        }
-        (None, NamespaceLabels::NotRead) => {
-            return with_warning(
-                req,
-                format!(
-                    "relaycache: the labels of namespace {} were not read, so RelayCache {}/{} cannot tell whether it serves it; admitted without the sidecar",
-                    target.pod_namespace, target.namespace, target.name
-                ),
-            )
-        }
-    };
-    if !allowed {
-        return with_warning(req, clients::refusal(&rc, &target.pod_namespace));
+    match serves_namespace(req, target, &rc, namespace) {
+        Ok(true) => {}
+        Ok(false) => return with_warning(req, clients::refusal(&rc, &target.pod_namespace)),
+        Err(answer) => return *answer,
     }
-    let overrides = match Overrides::of(pod) {
-        Ok(overrides) => overrides,
-        Err(message) => return AdmissionResponse::from(req).deny(message),
-    };
-    let config = match sidecar_config(&rc) {
-        Ok(config) => config,
-        Err(invalid) => return without_sidecar(req, target, &invalid),
-    };
+    match injection(req, target, pod, &rc, settings) {
+        Ok(ops) => ops.respond(req, Vec::new()),
+        Err(answer) => *answer,
+    }
+}
 
-    // The clients' token: the RelayCache's own Secret in its namespace, the
-    // operator's copy anywhere else.
-    let client_token_secret = match Names::of(&rc) {
-        Ok(names) if target.pod_namespace == names.namespace => {
-            tokens::token_secret(&rc, &names, Role::Client).name
-        }
-        Ok(names) => names.client_token_copy(),
-        // `sidecar_config` above has read the names already.
-        Err(invalid) => return without_sidecar(req, target, &invalid),
-    };
+/// For a RelayCache that serves the pod: the patch that injects the
+/// sidecar, or (as the error) the answer that admits or refuses the pod
+/// without it.
+fn injection(
+    req: &AdmissionRequest<DynamicObject>,
+    target: &Target,
+    pod: &Pod,
+    rc: &RelayCache,
+    settings: &InjectSettings,
+) -> Result<Ops, Box<AdmissionResponse>> {
+    let overrides = Overrides::of(pod)
+        .map_err(|message| Box::new(AdmissionResponse::from(req).deny(message)))?;
+    let invalid = |invalid: InvalidSpec| Box::new(without_sidecar(req, target, &invalid));
+    let config = sidecar_config(rc).map_err(invalid)?;
+    // `sidecar_config` above has read the names already.
+    let client_token_secret = client_token_secret(rc, target).map_err(invalid)?;
     // Serialising a plain config does not fail in practice; if it ever
     // did, an empty config would start a sidecar on defaults, so admit the
     // pod as it is instead.
-    let config_text = match config.try_to_yaml() {
-        Ok(text) => text,
-        Err(err) => {
-            return with_warning(
-                req,
-                format!(
-                    "relaycache: cannot write the sidecar's config for RelayCache {}/{} ({err}); admitted without the sidecar",
-                    target.namespace, target.name
-                ),
-            )
-        }
-    };
+    let config_text = config.try_to_yaml().map_err(|err| {
+        Box::new(with_warning(
+            req,
+            format!(
+                "relaycache: cannot write the sidecar's config for RelayCache {}/{} ({err}); admitted without the sidecar",
+                target.namespace, target.name
+            ),
+        ))
+    })?;
     let container = sidecar_container(
-        &rc,
+        rc,
         pod,
         &config,
         &config_text,
@@ -363,8 +321,70 @@ pub fn respond(
         &overrides,
         settings,
     );
-    let native = settings.native_sidecars;
+    Ok(patch(pod, target, container, settings.native_sidecars))
+}
 
+/// The RelayCache the lookup found; a missing one or a failed lookup
+/// admits the pod unchanged with a warning.
+fn found_relaycache(
+    req: &AdmissionRequest<DynamicObject>,
+    target: &Target,
+    found: Found,
+) -> Result<Box<RelayCache>, Box<AdmissionResponse>> {
+    let message = match found {
+        Found::Present(rc) => return Ok(rc),
+        Found::Missing => format!(
+            "relaycache: RelayCache {}/{} not found; admitted without the sidecar. Create it or fix the {INJECT_LABEL} label (NAME or NAMESPACE.NAME)",
+            target.namespace, target.name
+        ),
+        Found::Failed(err) => format!(
+            "relaycache: cannot read RelayCache {}/{} ({err}); admitted without the sidecar",
+            target.namespace, target.name
+        ),
+    };
+    Err(Box::new(with_warning(req, message)))
+}
+
+/// Whether the RelayCache serves the pod's namespace (`spec.clients`); a
+/// namespace whose labels decide but could not be read admits the pod
+/// unchanged with a warning.
+fn serves_namespace(
+    req: &AdmissionRequest<DynamicObject>,
+    target: &Target,
+    rc: &RelayCache,
+    namespace: NamespaceLabels,
+) -> Result<bool, Box<AdmissionResponse>> {
+    let message = match (clients::allowed_by_name(rc, &target.pod_namespace), namespace) {
+        (Some(allowed), _) => return Ok(allowed),
+        (None, NamespaceLabels::Found(labels)) => {
+            return Ok(clients::allows(rc, &target.pod_namespace, &labels))
+        }
+        (None, NamespaceLabels::Failed(err)) => format!(
+            "relaycache: cannot read namespace {} to match it against spec.clients.namespaceSelector of RelayCache {}/{} ({err}); admitted without the sidecar",
+            target.pod_namespace, target.namespace, target.name
+        ),
+        (None, NamespaceLabels::NotRead) => format!(
+            "relaycache: the labels of namespace {} were not read, so RelayCache {}/{} cannot tell whether it serves it; admitted without the sidecar",
+            target.pod_namespace, target.namespace, target.name
+        ),
+    };
+    Err(Box::new(with_warning(req, message)))
+}
+
+/// The Secret with the clients' token: the RelayCache's own in its
+/// namespace, the operator's copy anywhere else.
+fn client_token_secret(rc: &RelayCache, target: &Target) -> Result<String, InvalidSpec> {
+    let names = Names::of(rc)?;
+    Ok(if target.pod_namespace == names.namespace {
+        tokens::token_secret(rc, &names, Role::Client).name
+    } else {
+        names.client_token_copy()
+    })
+}
+
+/// The JSONPatch adding `container`, its scratch volume, the base URLs and
+/// the annotation that marks the pod injected.
+fn patch(pod: &Pod, target: &Target, container: Container, native: bool) -> Ops {
     let mut ops = Ops::default();
     // Env first, while container indices are still the original ones.
     add_base_urls(pod, native, &mut ops);
@@ -400,7 +420,7 @@ pub fn respond(
             json!({ INJECTED_ANNOTATION: target.label }),
         ),
     }
-    ops.respond(req, Vec::new())
+    ops
 }
 
 /// Admits a pod without the sidecar because its RelayCache's spec is invalid.
@@ -424,525 +444,5 @@ fn with_warning(req: &AdmissionRequest<DynamicObject>, message: String) -> Admis
     response
 }
 
-/// The sidecar's configuration: the members' configuration (upstreams, TTL,
-/// isolation, streaming, stale-if-error window, replication settings) turned
-/// into a client of the cluster listening on loopback. The reserve stays with
-/// the members (its credentials never leave the RelayCache's namespace).
-pub fn sidecar_config(rc: &RelayCache) -> Result<Config, InvalidSpec> {
-    let names = Names::of(rc)?;
-    let mut config = render(rc, &names)?.config;
-    config.server.listen = format!("127.0.0.1:{HTTP_PORT}");
-    // The kubelet probes the pod IP, so admin listens there too; purge stays
-    // off (no admin token), the rest is read-only.
-    config.server.admin_listen = format!("0.0.0.0:{ADMIN_PORT}");
-    config.cache.reserve = ReserveConfig::default();
-    let memory = match &rc.spec.sidecar.memory {
-        Some(q) => {
-            quantity::bytes(&q.0, "spec.sidecar.memory").map_err(|i| InvalidSpec(vec![i]))?
-        }
-        None => DEFAULT_SIDECAR_CACHE_BYTES,
-    };
-    config.cache.memory.max_cost = memory;
-    config.cache.max_entry_bytes = Config::default().cache.max_entry_bytes.min(memory);
-    if rc.spec.mode == ClusterMode::Ha {
-        let defaults = HaConfig::default();
-        let ha = &mut config.cache.ha;
-        ha.embedded = false;
-        ha.addresses = vec![format!(
-            "{}.{}.svc:{GRPC_PORT}",
-            names.name, names.namespace
-        )];
-        ha.peers = defaults.peers;
-        ha.advertise_addr = defaults.advertise_addr;
-        ha.bind_addr = defaults.bind_addr;
-        // A client: the clients' token only. The members' token would let
-        // any app pod act as a member.
-        ha.token = String::new();
-        ha.client_token = env_reference(CLIENT_TOKEN_ENV);
-    }
-    config.validate().map_err(|found| {
-        InvalidSpec(
-            found
-                .0
-                .into_iter()
-                .map(|i| SpecIssue::new(format!("sidecar config {}", i.path), i.message))
-                .collect(),
-        )
-    })?;
-    Ok(config)
-}
-
-/// Overrides read from the pod's annotations.
-#[derive(Debug, Default, PartialEq)]
-struct Overrides {
-    image: Option<String>,
-    cpu: Option<Quantity>,
-    memory: Option<Quantity>,
-}
-
-impl Overrides {
-    /// The overrides, or the refusal message: it names the annotation, the
-    /// value found and a value that works, because it reaches the user only
-    /// as a ReplicaSet event ("Error creating: admission webhook ... denied
-    /// the request: ...").
-    fn of(pod: &Pod) -> Result<Self, String> {
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let get = |key: &str| annotations.get(key).map(|v| v.trim().to_string());
-        let mut overrides = Overrides::default();
-        if let Some(image) = get(IMAGE_ANNOTATION) {
-            if image.is_empty() || image.len() > 512 || image.contains(char::is_whitespace) {
-                return Err(refusal(
-                    IMAGE_ANNOTATION,
-                    &image,
-                    "an image reference",
-                    "relaycache/relaycache:0.1.0",
-                ));
-            }
-            overrides.image = Some(image);
-        }
-        if let Some(cpu) = get(CPU_ANNOTATION) {
-            if !is_cpu_quantity(&cpu) {
-                return Err(refusal(CPU_ANNOTATION, &cpu, "a CPU quantity", "100m"));
-            }
-            overrides.cpu = Some(Quantity(cpu));
-        }
-        if let Some(memory) = get(MEMORY_ANNOTATION) {
-            match quantity::bytes(&memory, MEMORY_ANNOTATION) {
-                Ok(bytes) if bytes > 0 => overrides.memory = Some(Quantity(memory)),
-                _ => {
-                    return Err(refusal(
-                        MEMORY_ANNOTATION,
-                        &memory,
-                        "a memory quantity",
-                        "128Mi",
-                    ))
-                }
-            }
-        }
-        Ok(overrides)
-    }
-}
-
-/// Longest part of a bad annotation value quoted back: enough to recognise
-/// it, short enough for an event.
-const SHOWN_VALUE_CHARS: usize = 64;
-
-fn refusal(annotation: &str, value: &str, what: &str, example: &str) -> String {
-    let mut shown: String = value.chars().take(SHOWN_VALUE_CHARS).collect();
-    if shown.len() < value.len() {
-        shown.push_str("...");
-    }
-    format!(
-        "relaycache: annotation {annotation}={shown:?} is not {what}; write e.g. {annotation}: \"{example}\" in the pod template, or remove it for the RelayCache's default"
-    )
-}
-
-/// `250m`, `0.5`, `2`: a positive decimal, or whole millicores.
-fn is_cpu_quantity(value: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
-    let shape = match value.strip_suffix('m') {
-        Some(milli) => digits(milli),
-        None => match value.split_once('.') {
-            Some((whole, fraction)) => digits(whole) && digits(fraction),
-            None => digits(value),
-        },
-    };
-    shape && value.chars().any(|c| ('1'..='9').contains(&c))
-}
-
-fn sidecar_container(
-    rc: &RelayCache,
-    pod: &Pod,
-    config: &Config,
-    config_text: &str,
-    client_token_secret: &str,
-    overrides: &Overrides,
-    settings: &InjectSettings,
-) -> Container {
-    let spec = &rc.spec;
-    let image = overrides
-        .image
-        .clone()
-        .or_else(|| spec.sidecar.image.clone())
-        .or_else(|| spec.image.clone())
-        .unwrap_or_else(|| settings.default_image.clone());
-
-    let mut env = vec![EnvVar {
-        name: CONFIG_ENV.into(),
-        value: Some(kubelet_literal(config_text)),
-        ..EnvVar::default()
-    }];
-    // Only where the config reads it (clients of a cluster).
-    if !config.cache.ha.client_token.is_empty() {
-        env.push(tokens::token_env(Role::Client, client_token_secret));
-    }
-
-    let mut resources = spec
-        .sidecar
-        .resources
-        .clone()
-        .unwrap_or_else(|| default_resources(config.cache.memory.max_cost));
-    if let Some(cpu) = &overrides.cpu {
-        resources
-            .requests
-            .get_or_insert_with(BTreeMap::new)
-            .insert("cpu".into(), cpu.clone());
-    }
-    if let Some(memory) = &overrides.memory {
-        for map in [&mut resources.requests, &mut resources.limits] {
-            map.get_or_insert_with(BTreeMap::new)
-                .insert("memory".into(), memory.clone());
-        }
-    }
-
-    // The pod's own non-root user is kept; otherwise (none, or root) the
-    // sidecar runs as the image's nonroot user.
-    let pod_user = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.security_context.as_ref())
-        .and_then(|s| s.run_as_user);
-    let own_user = !matches!(pod_user, Some(uid) if uid != 0);
-
-    let probe = |period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
-            port: IntOrString::Int(ADMIN_PORT),
-            scheme: Some("HTTP".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(2),
-        ..Probe::default()
-    };
-
-    Container {
-        name: CONTAINER.into(),
-        image: Some(image),
-        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
-        command: Some(vec!["relaycache".into()]),
-        args: Some(vec!["serve".into()]),
-        // Admin listens on the pod IP for the kubelet's probes; naming the
-        // port lets a PodMonitor find every injected sidecar's /metrics.
-        ports: Some(vec![ContainerPort {
-            name: Some(ADMIN_PORT_NAME.into()),
-            container_port: ADMIN_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        env: Some(env),
-        resources: Some(resources),
-        restart_policy: settings.native_sidecars.then(|| "Always".to_string()),
-        // A native sidecar's startup probe holds the app containers back
-        // until the proxy answers, so their first call is not refused.
-        startup_probe: Some(probe(1, 60)),
-        liveness_probe: Some(probe(10, 3)),
-        // No readiness probe: a cache that cannot reach its cluster still
-        // proxies, and must never take the app out of its Service.
-        security_context: Some(restricted_security_context(own_user.then_some(RUN_AS))),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TMP_VOLUME.into(),
-            mount_path: "/tmp".into(),
-            ..VolumeMount::default()
-        }]),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
-    }
-}
-
-/// 25m CPU; memory for the L1 cache plus half again plus 32 MiB for the
-/// process, as request and limit.
-fn default_resources(cache_bytes: u64) -> ResourceRequirements {
-    sized_resources("25m", cache_bytes, 32)
-}
-
-/// The kubelet expands `$(VAR)` in env values and turns `$$` into `$`;
-/// doubling every `$` makes it hand the text over exactly as written (the
-/// proxy then expands `${RELAYCACHE_CLIENT_TOKEN}` itself).
-fn kubelet_literal(text: &str) -> String {
-    text.replace('$', "$$")
-}
-
-fn has_native_sidecar(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .is_some_and(|inits| inits.iter().any(|c| c.name == CONTAINER))
-}
-
-/// Sets the base URLs in every app container that does not set them itself.
-/// Regular init containers get them only with a native sidecar, the one case
-/// where the proxy is already running when they start.
-fn add_base_urls(pod: &Pod, init_too: bool, ops: &mut Ops) {
-    let Some(spec) = &pod.spec else { return };
-    let mut groups = vec![("containers", &spec.containers)];
-    if let (true, Some(inits)) = (init_too, &spec.init_containers) {
-        groups.push(("initContainers", inits));
-    }
-    for (field, containers) in groups {
-        for (i, container) in containers.iter().enumerate() {
-            if container.name == CONTAINER {
-                continue;
-            }
-            let missing: Vec<Value> = [ANTHROPIC_BASE_URL, OPENAI_BASE_URL]
-                .into_iter()
-                .filter(|(name, _)| !container.env.iter().flatten().any(|e| e.name == *name))
-                .map(|(name, value)| json!({"name": name, "value": value}))
-                .collect();
-            if missing.is_empty() {
-                continue;
-            }
-            let path = format!("/spec/{field}/{i}/env");
-            if container.env.is_some() {
-                for var in missing {
-                    ops.add(&format!("{path}/-"), var);
-                }
-            } else {
-                ops.add(&path, Value::Array(missing));
-            }
-        }
-    }
-}
-
-/// JSONPatch operations, all `add`.
-#[derive(Debug, Default)]
-struct Ops(Vec<Value>);
-
-impl Ops {
-    fn add(&mut self, path: &str, value: Value) {
-        self.0
-            .push(json!({"op": "add", "path": path, "value": value}));
-    }
-
-    fn respond(
-        self,
-        req: &AdmissionRequest<DynamicObject>,
-        warnings: Vec<String>,
-    ) -> AdmissionResponse {
-        let mut response = AdmissionResponse::from(req);
-        if !warnings.is_empty() {
-            response.warnings = Some(warnings);
-        }
-        if self.0.is_empty() {
-            return response;
-        }
-        // The operations are built from plain JSON above; a failure here is a
-        // bug, reported as a warning rather than a refused pod.
-        let patched = serde_json::from_value::<json_patch::Patch>(Value::Array(self.0))
-            .map_err(|e| e.to_string())
-            .and_then(|patch| {
-                response
-                    .clone()
-                    .with_patch(patch)
-                    .map_err(|e| e.to_string())
-            });
-        patched.unwrap_or_else(|err| {
-            with_warning(
-                req,
-                format!("relaycache: internal error building the patch ({err}); admitted without the sidecar"),
-            )
-        })
-    }
-}
-
-/// A JSON Pointer token (RFC 6901).
-fn escape(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
-}
-
-fn to_value<T: serde::Serialize>(value: &T) -> Value {
-    // k8s-openapi types serialize to JSON objects without failing.
-    serde_json::to_value(value).unwrap_or(Value::Null)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn native_sidecars_from_1_29_including_managed_minors() {
-        let info = |major: &str, minor: &str| Info {
-            major: major.into(),
-            minor: minor.into(),
-            ..Info::default()
-        };
-        assert!(!supports_native_sidecars(&info("1", "28")));
-        assert!(!supports_native_sidecars(&info("1", "28+")));
-        assert!(supports_native_sidecars(&info("1", "29")));
-        assert!(supports_native_sidecars(&info("1", "30+")));
-        assert!(supports_native_sidecars(&info("2", "0")));
-        assert!(!supports_native_sidecars(&info("", "")));
-    }
-
-    #[test]
-    fn the_native_sidecars_setting_overrides_the_version() {
-        let old = Info {
-            major: "1".into(),
-            minor: "27".into(),
-            ..Info::default()
-        };
-        let new = Info {
-            minor: "31".into(),
-            ..old.clone()
-        };
-        assert!(!native_sidecars_for(NativeSidecars::Auto, Some(&old)));
-        assert!(native_sidecars_for(NativeSidecars::Auto, Some(&new)));
-        assert!(!native_sidecars_for(NativeSidecars::Auto, None));
-        assert!(native_sidecars_for(NativeSidecars::Always, Some(&old)));
-        assert!(native_sidecars_for(NativeSidecars::Always, None));
-        assert!(!native_sidecars_for(NativeSidecars::Never, Some(&new)));
-    }
-
-    #[test]
-    fn labels_name_a_relaycache_here_or_in_another_namespace() {
-        assert_eq!(
-            parse_label("web", "apps").unwrap(),
-            ("apps".to_string(), "web".to_string())
-        );
-        assert_eq!(
-            parse_label("cache.web", "apps").unwrap(),
-            ("cache".to_string(), "web".to_string())
-        );
-        assert_eq!(
-            parse_label("cache.web.v2", "apps").unwrap(),
-            ("cache".to_string(), "web.v2".to_string())
-        );
-        for bad in ["", ".web", "cache.", "Web", "a_b"] {
-            let err = parse_label(bad, "apps").unwrap_err();
-            assert!(err.contains("NAME or NAMESPACE.NAME"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn cpu_quantities() {
-        for good in ["100m", "0.5", "2", "1.25", "250m"] {
-            assert!(is_cpu_quantity(good), "{good}");
-        }
-        for bad in ["", "m", "0", "0m", "-1", "1.5m", "1e3", "one", "1Gi"] {
-            assert!(!is_cpu_quantity(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn dollars_survive_the_kubelet() {
-        // The kubelet's rule: `$$` becomes `$`, everything else stays.
-        let kubelet = |s: &str| s.replace("$$", "\u{0}").replace('\u{0}', "$");
-        for text in [
-            "client_token: ${RELAYCACHE_CLIENT_TOKEN}",
-            "a $$ b $(X) c",
-            "plain",
-        ] {
-            assert_eq!(kubelet(&kubelet_literal(text)), text);
-        }
-    }
-
-    #[test]
-    fn single_and_disabled_relaycaches_give_a_standalone_sidecar() {
-        use crate::resources::testing::rc;
-        for (mode, expected) in [
-            ("single", relaycache_config::Mode::Single),
-            ("disabled", relaycache_config::Mode::Disabled),
-        ] {
-            let config = sidecar_config(&rc("web", serde_json::json!({"mode": mode}))).unwrap();
-            assert_eq!(config.cache.mode, expected);
-            assert!(config.cache.ha.addresses.is_empty(), "{mode}");
-            assert_eq!(config.server.listen, "127.0.0.1:8787");
-        }
-    }
-
-    #[test]
-    fn sidecars_serve_stale_within_the_relaycaches_window() {
-        // A client serves stale answers from its own memory and from the
-        // members, so it takes the RelayCache's window as the members do.
-        use crate::resources::testing::rc;
-        use std::time::Duration;
-        for mode in ["ha", "single"] {
-            let spec = serde_json::json!({"mode": mode, "cache": {"staleIfError": "15m"}});
-            let config = sidecar_config(&rc("web", spec)).unwrap();
-            assert_eq!(
-                config.cache.stale_if_error,
-                Duration::from_secs(900),
-                "{mode}"
-            );
-        }
-        let off = sidecar_config(&rc("web", serde_json::json!({}))).unwrap();
-        assert_eq!(off.cache.stale_if_error, Duration::ZERO);
-        // A bad window leaves the pod without a sidecar, naming the field.
-        let err = sidecar_config(&rc(
-            "web",
-            serde_json::json!({"cache": {"staleIfError": "soon"}}),
-        ))
-        .unwrap_err();
-        assert_eq!(err.0[0].path, "spec.cache.staleIfError");
-    }
-
-    #[test]
-    fn an_invalid_sidecar_memory_is_reported_at_its_path() {
-        use crate::resources::testing::rc;
-        let err = sidecar_config(&rc(
-            "web",
-            serde_json::json!({"sidecar": {"memory": "lots"}}),
-        ))
-        .unwrap_err();
-        assert_eq!(err.0[0].path, "spec.sidecar.memory");
-        // Too small for the proxy's own rules: reported as a sidecar config issue.
-        let err = sidecar_config(&rc(
-            "web",
-            serde_json::json!({"sidecar": {"memory": "1Ki"}}),
-        ));
-        assert!(
-            err.as_ref()
-                .is_err_and(|e| e.0.iter().all(|i| i.path.starts_with("sidecar config"))),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn refusals_name_the_annotation_the_value_and_a_good_value() {
-        let pod = |annotation: &str, value: &str| Pod {
-            metadata: kube::core::ObjectMeta {
-                annotations: Some(BTreeMap::from([(annotation.into(), value.into())])),
-                ..Default::default()
-            },
-            ..Pod::default()
-        };
-        for (annotation, bad, good) in [
-            (CPU_ANNOTATION, "1.5m", "100m"),
-            (MEMORY_ANNOTATION, "lots", "128Mi"),
-            (IMAGE_ANNOTATION, " ", "relaycache/relaycache:0.1.0"),
-        ] {
-            let err = Overrides::of(&pod(annotation, bad)).unwrap_err();
-            let shown = bad.trim();
-            assert!(err.contains(&format!("{annotation}={shown:?}")), "{err}");
-            assert!(err.contains(&format!("{annotation}: \"{good}\"")), "{err}");
-            // The example really is accepted.
-            assert!(Overrides::of(&pod(annotation, good)).is_ok(), "{good}");
-        }
-        // A huge value is cut, so the event stays readable.
-        let err = Overrides::of(&pod(CPU_ANNOTATION, &"9x".repeat(5000))).unwrap_err();
-        assert!(err.len() < 400, "{} chars", err.len());
-        assert!(err.contains("9x9x...\""), "{err}");
-    }
-
-    #[test]
-    fn the_sidecar_holds_the_clients_token_and_never_the_members() {
-        use crate::resources::testing::rc;
-        for spec in [
-            serde_json::json!({}),
-            serde_json::json!({"replication": {"tokenSecret": {"name": "t"}}}),
-        ] {
-            let config = sidecar_config(&rc("web", spec.clone())).unwrap();
-            let ha = &config.cache.ha;
-            assert!(!ha.embedded, "{spec}");
-            assert_eq!(ha.token, "", "{spec}: the members' token");
-            assert_eq!(ha.client_token, "${RELAYCACHE_CLIENT_TOKEN}", "{spec}");
-        }
-    }
-
-    #[test]
-    fn pointer_tokens_are_escaped() {
-        assert_eq!(escape("relaycache.io/injected"), "relaycache.io~1injected");
-        assert_eq!(escape("a~b"), "a~0b");
-    }
-}
+mod tests;

@@ -170,66 +170,12 @@ pub async fn start(
 ) -> Result<JoinHandle<()>, WebhookError> {
     let store = Arc::new(CertStore::default());
     match args.webhook_cert_mode {
-        CertMode::Files => {
-            let files = certs::read_files(&args.webhook_cert_dir)?;
-            store.set(certs::certified_key(&files.0, &files.1)?);
-            info!(dir = %args.webhook_cert_dir.display(), "webhook certificate from files");
-            tokio::spawn(certs::watch_files(
-                args.webhook_cert_dir.clone(),
-                store.clone(),
-                files,
-                FILES_CHECK,
-                stop.clone(),
-            ));
-        }
+        CertMode::Files => certificate_from_files(args, &store, stop.clone())?,
         CertMode::SelfSigned => {
-            let names = certs::dns_names(
-                args.webhook_service.as_deref(),
-                namespace,
-                &args.webhook_extra_sans,
-            );
-            let issuer = SelfSigned {
-                secrets: args
-                    .webhook_secret
-                    .clone()
-                    .map(|name| (Api::namespaced(client.clone(), namespace), name)),
-                webhooks: args
-                    .webhook_configuration
-                    .clone()
-                    .map(|name| (Api::all(client.clone()), name)),
-                names,
-                namespace: namespace.to_string(),
-            };
-            if issuer.secrets.is_none() {
-                warn!("no --webhook-secret: the self-signed certificate lives in memory and each replica has its own");
-            }
-            let material = issuer.ensure(None, SystemTime::now()).await?;
-            store.set(certs::certified_key(&material.cert_pem, &material.key_pem)?);
-            if let Err(err) = issuer.patch_ca_bundle(&material.ca_bundle_pem).await {
-                warn!(error = %err, "cannot patch the webhook caBundle yet; retrying every few minutes");
-            }
-            info!(names = ?issuer.names, "self-signed webhook certificate loaded");
-            tokio::spawn(certs::maintain_self_signed(
-                issuer,
-                store.clone(),
-                material,
-                SELF_SIGNED_CHECK,
-                stop.clone(),
-            ));
+            self_signed_certificate(args, &client, namespace, &store, stop.clone()).await?
         }
     }
-
-    let version = match args.native_sidecars {
-        NativeSidecars::Auto => match client.apiserver_version().await {
-            Ok(info) => Some(info),
-            Err(err) => {
-                warn!(error = %err, "cannot read the apiserver version; injecting regular sidecar containers (set --native-sidecars to choose)");
-                None
-            }
-        },
-        NativeSidecars::Always | NativeSidecars::Never => None,
-    };
-    let native_sidecars = inject::native_sidecars_for(args.native_sidecars, version.as_ref());
+    let native_sidecars = native_sidecars(args, &client).await;
     let handler = Arc::new(Handler {
         settings: InjectSettings {
             default_image: args.default_image.clone(),
@@ -254,4 +200,86 @@ pub async fn start(
             let _ = stop.wait_for(|s| *s).await;
         },
     )))
+}
+
+/// `--webhook-cert-mode=files`: the certificate in `--webhook-cert-dir`,
+/// read again whenever the files change.
+fn certificate_from_files(
+    args: &RunArgs,
+    store: &Arc<CertStore>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WebhookError> {
+    let files = certs::read_files(&args.webhook_cert_dir)?;
+    store.set(certs::certified_key(&files.0, &files.1)?);
+    info!(dir = %args.webhook_cert_dir.display(), "webhook certificate from files");
+    tokio::spawn(certs::watch_files(
+        args.webhook_cert_dir.clone(),
+        store.clone(),
+        files,
+        FILES_CHECK,
+        stop,
+    ));
+    Ok(())
+}
+
+/// `--webhook-cert-mode=self-signed`: a certificate shared through the
+/// Secret (or issued here), the caBundle patched to match, and both
+/// renewed before they expire.
+async fn self_signed_certificate(
+    args: &RunArgs,
+    client: &Client,
+    namespace: &str,
+    store: &Arc<CertStore>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WebhookError> {
+    let names = certs::dns_names(
+        args.webhook_service.as_deref(),
+        namespace,
+        &args.webhook_extra_sans,
+    );
+    let issuer = SelfSigned {
+        secrets: args
+            .webhook_secret
+            .clone()
+            .map(|name| (Api::namespaced(client.clone(), namespace), name)),
+        webhooks: args
+            .webhook_configuration
+            .clone()
+            .map(|name| (Api::all(client.clone()), name)),
+        names,
+        namespace: namespace.to_string(),
+    };
+    if issuer.secrets.is_none() {
+        warn!("no --webhook-secret: the self-signed certificate lives in memory and each replica has its own");
+    }
+    let material = issuer.ensure(None, SystemTime::now()).await?;
+    store.set(certs::certified_key(&material.cert_pem, &material.key_pem)?);
+    if let Err(err) = issuer.patch_ca_bundle(&material.ca_bundle_pem).await {
+        warn!(error = %err, "cannot patch the webhook caBundle yet; retrying every few minutes");
+    }
+    info!(names = ?issuer.names, "self-signed webhook certificate loaded");
+    tokio::spawn(certs::maintain_self_signed(
+        issuer,
+        store.clone(),
+        material,
+        SELF_SIGNED_CHECK,
+        stop,
+    ));
+    Ok(())
+}
+
+/// Whether to inject native sidecars: `--native-sidecars`, or with `auto`
+/// the apiserver's version (a regular container when it cannot be read).
+async fn native_sidecars(args: &RunArgs, client: &Client) -> bool {
+    let version = match args.native_sidecars {
+        NativeSidecars::Auto => match client.apiserver_version().await {
+            Ok(info) => Some(info),
+            Err(err) => {
+                warn!(error = %err, "cannot read the apiserver version; injecting regular sidecar containers (set --native-sidecars to choose)");
+                None
+            }
+        },
+        NativeSidecars::Always | NativeSidecars::Never => None,
+    };
+    inject::native_sidecars_for(args.native_sidecars, version.as_ref())
 }

@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 
 use super::certs::CertStore;
 use super::Handler;
+use crate::accept::accept_until;
 
 /// Path the MutatingWebhookConfiguration calls.
 pub const PATH: &str = "/mutate-pods";
@@ -57,21 +58,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    warn!(error = %err, "webhook listener: accept failed");
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
+    accept_until(listener, "webhook", shutdown, move |stream, peer| {
         let acceptor = acceptor.clone();
         let handler = handler.clone();
-        tokio::spawn(async move {
+        async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                 .await
             {
@@ -96,8 +86,9 @@ pub async fn serve(
             {
                 debug!(%peer, error = %err, "webhook connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn answer(handler: &Handler, request: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use super::proto::{Entry, SetManyRequest};
 use super::security::PeerClient;
 use super::Cluster;
+use crate::metrics::cluster::PeerCall;
 
 /// Entries per handoff or repair call, and their byte budget.
 pub(super) const BATCH_ENTRIES: usize = 256;
@@ -50,7 +51,7 @@ impl Outbox {
                     let request = SetManyRequest { entries: batch };
                     let result = tokio::time::timeout(call_timeout, client.set_many(request)).await;
                     let ok = matches!(result, Ok(Ok(_)));
-                    cluster.metrics.cluster.count_call("set_many", ok);
+                    cluster.metrics.cluster.count_call(PeerCall::SetMany, ok);
                     match result {
                         Ok(Ok(reply)) => stored += u64::from(reply.get_ref().stored),
                         _ => break,

@@ -216,7 +216,7 @@ impl Cluster {
     /// Returns the address the port is bound to.
     pub async fn start(self: &Arc<Self>) -> Result<Option<std::net::SocketAddr>, ClusterError> {
         if self.settings.insecure {
-            self.metrics.cluster.insecure.store(true, Ordering::Relaxed);
+            self.metrics.cluster.insecure.set(1);
             tracing::warn!(
                 "cache.ha.insecure is true: anyone who reaches the cluster port may read, write and wipe this cache; set cache.ha.token and cache.ha.client_token outside a one-machine demo"
             );
@@ -229,6 +229,8 @@ impl Cluster {
         tokio::spawn(membership::probe_loop(Arc::clone(self)));
         if self.settings.embedded {
             tokio::spawn(repair::repair_loop(Arc::clone(self)));
+        } else {
+            self.wait_for_members().await;
         }
         tracing::info!(
             id = self.self_id.as_deref().unwrap_or("client"),
@@ -238,6 +240,37 @@ impl Cluster {
             "cluster tier started"
         );
         Ok(bound)
+    }
+
+    /// A client waits, before it takes traffic, until the probes have found
+    /// `member_count_quorum` members, at most one failure-detection window
+    /// (`probe_interval` × `failures_to_down`, plus a probe's timeout). An
+    /// injected sidecar's app starts once the sidecar listens, and its
+    /// first questions would otherwise go to the upstream again only
+    /// because the members had not been asked yet. Members never wait:
+    /// they start one after another, each ready before the next exists.
+    async fn wait_for_members(&self) {
+        let timings = self.timings;
+        let window = timings.probe_interval * timings.failures_to_down + timings.probe_timeout;
+        let deadline = tokio::time::Instant::now() + window;
+        let step = (timings.probe_interval / 10).max(Duration::from_millis(10));
+        loop {
+            let live = self.view().members.len();
+            if self.has_quorum(&self.view()) {
+                tracing::info!(live, "found the cluster's members");
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    live,
+                    member_count_quorum = self.settings.member_count_quorum,
+                    waited = ?window,
+                    "the cluster's members did not answer in time; serving from memory, reserve and upstream until they do (check cache.ha.addresses and the members' health)"
+                );
+                return;
+            }
+            tokio::time::sleep(step).await;
+        }
     }
 
     /// An entry that arrived from another process, checked as an answer

@@ -15,6 +15,7 @@ use super::wire::{entry_to_wire, version_from_wire};
 use super::{Cluster, View};
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
+use crate::metrics::cluster::PeerCall;
 
 /// Runs a pass after every membership change (once views settled) and
 /// every `repair_interval`, until the process stops or leaves.
@@ -126,7 +127,7 @@ impl Cluster {
         let mut outbox = Outbox::default();
         for (id, client, wanted, reply) in answers {
             let ok = matches!(reply, Ok(Ok(_)));
-            self.metrics.cluster.count_call("versions", ok);
+            self.metrics.cluster.count_call(PeerCall::Versions, ok);
             let Ok(Ok(reply)) = reply else { continue };
             let held = reply.into_inner().versions;
             for (&i, theirs) in wanted

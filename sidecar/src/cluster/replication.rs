@@ -15,6 +15,7 @@ use super::wire::{entry_from_wire, entry_from_wire_within, entry_to_wire, origin
 use super::Cluster;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin};
+use crate::metrics::cluster::PeerCall;
 use crate::version::Version;
 
 /// Keeps in `freshest` the copy with the higher version of the one held so
@@ -74,7 +75,7 @@ impl Cluster {
         while let Some(result) = calls.next().await {
             match result {
                 Ok(Ok(reply)) => {
-                    self.metrics.cluster.count_call("get", true);
+                    self.metrics.cluster.count_call(PeerCall::Get, true);
                     answers += 1;
                     let found = reply
                         .into_inner()
@@ -88,11 +89,11 @@ impl Cluster {
                     }
                 }
                 Ok(Err(status)) => {
-                    self.metrics.cluster.count_call("get", false);
+                    self.metrics.cluster.count_call(PeerCall::Get, false);
                     tracing::debug!(%key, %status, "replica read failed");
                 }
                 Err(_) => {
-                    self.metrics.cluster.count_call("get", false);
+                    self.metrics.cluster.count_call(PeerCall::Get, false);
                     tracing::debug!(%key, ?timeout, "replica read timed out");
                 }
             }
@@ -134,7 +135,7 @@ impl Cluster {
         for result in futures::future::join_all(calls).await {
             self.metrics
                 .cluster
-                .count_call("get", matches!(result, Ok(Ok(_))));
+                .count_call(PeerCall::Get, matches!(result, Ok(Ok(_))));
             let found = match result {
                 Ok(Ok(reply)) => reply.into_inner().entry,
                 _ => None,
@@ -211,7 +212,7 @@ impl Cluster {
             .collect();
         while let Some((rank, result)) = calls.next().await {
             let ok = matches!(result, Ok(Ok(_)));
-            self.metrics.cluster.count_call("set", ok);
+            self.metrics.cluster.count_call(PeerCall::Set, ok);
             if ok {
                 acks += 1;
             } else {
@@ -238,7 +239,7 @@ impl Cluster {
 
     /// Runs `call` against every other live member at once, counting each
     /// outcome as `op`; the answers of those that replied.
-    async fn on_every_member<T, F, Fut>(&self, op: &'static str, call: F) -> (Vec<T>, usize)
+    async fn on_every_member<T, F, Fut>(&self, op: PeerCall, call: F) -> (Vec<T>, usize)
     where
         F: Fn(PeerClient) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -267,7 +268,7 @@ impl Cluster {
     /// own clients too). True if any member held it.
     pub async fn delete_everywhere(&self, key: &CacheKey) -> bool {
         let (replies, _) = self
-            .on_every_member("delete", |mut client| async move {
+            .on_every_member(PeerCall::Delete, |mut client| async move {
                 let request = DeleteRequest {
                     key: key.0.to_vec(),
                 };
@@ -281,7 +282,7 @@ impl Cluster {
     /// that did not confirm.
     pub async fn clear_everywhere(&self) -> usize {
         let (_, failed) = self
-            .on_every_member("clear", |mut client| async move {
+            .on_every_member(PeerCall::Clear, |mut client| async move {
                 client.clear(ClearRequest {}).await
             })
             .await;

@@ -22,11 +22,13 @@ async fn missed_write_reported(member: &Member, failures: u64) -> serde_json::Va
             .await,
         failures as f64
     );
+    let count = usize::try_from(failures).unwrap();
     let line = member
-        .logs()
+        .relay
+        .logged(count, |l| l.contains("cluster write missed write_quorum"))
+        .await
         .into_iter()
-        .filter(|l| l.contains("cluster write missed write_quorum"))
-        .nth(usize::try_from(failures).unwrap() - 1)
+        .nth(count - 1)
         .unwrap_or_else(|| {
             panic!(
                 "member {} counted {failures} missed write quorums but logged fewer: {:?}",

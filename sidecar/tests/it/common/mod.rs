@@ -17,10 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use relaycache::config::{Config, LogFormat, UpstreamConfig};
 
-pub use mock_upstream::{MockOptions, MockUpstream};
+pub(crate) use mock_upstream::{MockOptions, MockUpstream};
 
 /// A running relaycache process.
-pub struct Relay {
+pub(crate) struct Relay {
     child: Child,
     /// Traffic listener.
     pub addr: SocketAddr,
@@ -32,7 +32,7 @@ pub struct Relay {
 
 /// A config pointing every path at `upstream`, listening on free ports,
 /// logging JSON.
-pub fn config_for(upstream: &str) -> Config {
+pub(crate) fn config_for(upstream: &str) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
     config.server.admin_listen = "127.0.0.1:0".into();
@@ -47,19 +47,19 @@ pub fn config_for(upstream: &str) -> Config {
 
 impl Relay {
     /// Starts relaycache with `config` and waits until it listens.
-    pub fn start(config: &Config) -> Self {
+    pub(crate) fn start(config: &Config) -> Self {
         Self::launch(config, false, &[])
     }
 
     /// Starts relaycache with `config` given as YAML text in
     /// `RELAYCACHE_CONFIG_YAML`, as an injected sidecar gets it.
-    pub fn start_inline(config: &Config) -> Self {
+    pub(crate) fn start_inline(config: &Config) -> Self {
         Self::launch(config, true, &[])
     }
 
     /// Starts relaycache behind a command prefix that execs it, such as
     /// `ip netns exec NS` (so the child's pid is relaycache's own).
-    pub fn start_prefixed(config: &Config, prefix: &[&str]) -> Self {
+    pub(crate) fn start_prefixed(config: &Config, prefix: &[&str]) -> Self {
         Self::launch(config, false, prefix)
     }
 
@@ -119,12 +119,12 @@ impl Relay {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: peak RSS).
-    pub fn memory_bytes(&self, field: &str) -> u64 {
+    pub(crate) fn memory_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc/PID/status");
         let line = status
@@ -140,22 +140,38 @@ impl Relay {
     }
 
     /// `http://ADDR/path` on the traffic listener.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// `http://ADMIN/path` on the admin listener.
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
     }
 
     /// Every log line so far.
-    pub fn logs(&self) -> Vec<String> {
+    pub(crate) fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The log lines that match `wanted`, once there are at least `count`
+    /// of them (waiting at most 10 s; fewer after that). A counter moves
+    /// just before its line is written through the asynchronous log
+    /// writer, so a test reads the line this way rather than race it.
+    pub(crate) async fn logged(&self, count: usize, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut matching = Vec::new();
+        for _ in 0..100 {
+            matching = self.logs().into_iter().filter(|l| wanted(l)).collect();
+            if matching.len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        matching
+    }
+
     /// The access-log lines (one per request) parsed as JSON.
-    pub fn access_logs(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn access_logs(&self) -> Vec<serde_json::Value> {
         self.logs()
             .iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -165,7 +181,7 @@ impl Relay {
 
     /// Waits until `n` access-log lines were written (they are written when
     /// a response body is done with).
-    pub async fn wait_for_access_logs(&self, n: usize) -> Vec<serde_json::Value> {
+    pub(crate) async fn wait_for_access_logs(&self, n: usize) -> Vec<serde_json::Value> {
         for _ in 0..200 {
             let logs = self.access_logs();
             if logs.len() >= n {
@@ -180,7 +196,7 @@ impl Relay {
     }
 
     /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -189,7 +205,7 @@ impl Relay {
     }
 
     /// Waits for the process to exit, at most `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -204,7 +220,7 @@ impl Relay {
     }
 
     /// The `/stats` JSON.
-    pub async fn stats(&self) -> serde_json::Value {
+    pub(crate) async fn stats(&self) -> serde_json::Value {
         let reply = get(&self.admin_url("/stats")).await;
         assert_eq!(reply.status, 200);
         reply.json()
@@ -220,7 +236,7 @@ impl Drop for Relay {
 
 /// A response, fully read.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -228,7 +244,7 @@ pub struct Reply {
 
 impl Reply {
     /// A header as text ("" when absent).
-    pub fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -236,19 +252,19 @@ impl Reply {
     }
 
     /// `x-relaycache-status`.
-    pub fn cache_status(&self) -> &str {
+    pub(crate) fn cache_status(&self) -> &str {
         self.header("x-relaycache-status")
     }
 
     /// The body as text.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// Which call of the mock upstream produced this answer: its
     /// `x-mock-call` on a miss; on a hit (which replays no such header)
     /// the number in the answer's `id` (`msg_mock_N`, `chatcmpl-mock-N`).
-    pub fn mock_call(&self) -> String {
+    pub(crate) fn mock_call(&self) -> String {
         let header = self.header("x-mock-call");
         if !header.is_empty() {
             return header.to_string();
@@ -257,7 +273,7 @@ impl Reply {
     }
 
     /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "body is not JSON ({e}): {}",
@@ -268,14 +284,14 @@ impl Reply {
 }
 
 /// The mock upstream's call number in an answer body's `id`.
-pub fn mock_call_of(body: &[u8]) -> Option<String> {
+pub(crate) fn mock_call_of(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let id = value["id"].as_str()?;
     Some(id.rsplit(['_', '-']).next()?.to_string())
 }
 
 /// Sends a request and reads the whole answer.
-pub async fn send(
+pub(crate) async fn send(
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
@@ -289,7 +305,7 @@ pub async fn send(
 /// Sends a request and reads the whole answer within `timeout`; an error
 /// says what failed instead of panicking (for tests where failures are
 /// expected, such as chaos).
-pub async fn try_send(
+pub(crate) async fn try_send(
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
@@ -329,7 +345,12 @@ pub async fn try_send(
 }
 
 /// POST with the usual Anthropic headers and credential `key`.
-pub async fn post_messages(relay: &Relay, key: &str, body: &str, extra: &[(&str, &str)]) -> Reply {
+pub(crate) async fn post_messages(
+    relay: &Relay,
+    key: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> Reply {
     let mut headers = vec![
         ("x-api-key", key),
         ("anthropic-version", "2023-06-01"),
@@ -346,12 +367,12 @@ pub async fn post_messages(relay: &Relay, key: &str, body: &str, extra: &[(&str,
 }
 
 /// GET a URL.
-pub async fn get(url: &str) -> Reply {
+pub(crate) async fn get(url: &str) -> Reply {
     send(Method::GET, url, &[], Bytes::new()).await
 }
 
 /// A small Messages request; `tag` makes it unique.
-pub fn question(tag: &str) -> String {
+pub(crate) fn question(tag: &str) -> String {
     serde_json::json!({
         "model": "claude-test",
         "max_tokens": 64,
@@ -361,7 +382,7 @@ pub fn question(tag: &str) -> String {
 }
 
 /// Starts the mock upstream on a free port.
-pub async fn mock() -> MockUpstream {
+pub(crate) async fn mock() -> MockUpstream {
     MockUpstream::start("127.0.0.1:0", MockOptions::default())
         .await
         .expect("mock upstream")
@@ -369,7 +390,7 @@ pub async fn mock() -> MockUpstream {
 
 /// Sends a Messages request with credential `key` and returns the response
 /// as soon as its headers arrive, so a test can read the body frame by frame.
-pub async fn open_messages(
+pub(crate) async fn open_messages(
     relay: &Relay,
     key: &str,
     body: &str,
@@ -389,7 +410,7 @@ pub async fn open_messages(
 }
 
 /// Sends `n` identical Messages requests at once and returns their replies.
-pub async fn post_concurrently(
+pub(crate) async fn post_concurrently(
     relay: &Arc<Relay>,
     n: usize,
     body: &str,
@@ -400,7 +421,7 @@ pub async fn post_concurrently(
 
 /// Sends `n` identical Messages requests at once, spread round-robin over
 /// `relays`; the replies in the order sent.
-pub async fn post_spread(
+pub(crate) async fn post_spread(
     relays: &[Arc<Relay>],
     n: usize,
     body: &str,
@@ -422,7 +443,7 @@ pub async fn post_spread(
 }
 
 /// A local S3-compatible server (moto), for the reserve tier's tests.
-pub struct S3Server {
+pub(crate) struct S3Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
@@ -432,7 +453,7 @@ impl S3Server {
     /// Starts moto's server. `None` (with a note on stderr) where moto is
     /// not installed and this is not CI; `make test` installs it, and CI
     /// must not skip.
-    pub fn start(extra_env: &[(&str, &str)]) -> Option<Self> {
+    pub(crate) fn start(extra_env: &[(&str, &str)]) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -466,7 +487,7 @@ impl S3Server {
     }
 
     /// Creates a bucket (moto accepts unsigned requests when auth is off).
-    pub async fn create_bucket(&self, name: &str) {
+    pub(crate) async fn create_bucket(&self, name: &str) {
         let reply = send(
             Method::PUT,
             &format!("{}/{name}", self.endpoint),
@@ -483,7 +504,7 @@ impl S3Server {
     }
 
     /// Store options for relaycache's `cache.reserve.options`.
-    pub fn options(&self, key_id: &str) -> std::collections::BTreeMap<String, String> {
+    pub(crate) fn options(&self, key_id: &str) -> std::collections::BTreeMap<String, String> {
         [
             ("aws_endpoint", self.endpoint.as_str()),
             ("aws_allow_http", "true"),
@@ -507,7 +528,7 @@ impl Drop for S3Server {
 impl Relay {
     /// Polls `/stats` until `pick` returns true, at most 30 s (the deadline
     /// only bounds a failing run).
-    pub async fn wait_for_stats(
+    pub(crate) async fn wait_for_stats(
         &self,
         what: &str,
         pick: impl Fn(&serde_json::Value) -> bool,
@@ -525,7 +546,7 @@ impl Relay {
 
 /// A free TCP port on loopback (bound and released; the kernel does not
 /// hand it out again at once).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -533,22 +554,27 @@ pub fn free_port() -> u16 {
 }
 
 /// `count` gRPC addresses on loopback for a test cluster.
-pub fn member_addresses(count: usize) -> Vec<String> {
+pub(crate) fn member_addresses(count: usize) -> Vec<String> {
     (0..count)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect()
 }
 
 /// The members' token of test clusters.
-pub const MEMBER_TOKEN: &str = "test-members-token";
+pub(crate) const MEMBER_TOKEN: &str = "test-members-token";
 
 /// The clients' token of test clusters.
-pub const CLIENT_TOKEN: &str = "test-clients-token";
+pub(crate) const CLIENT_TOKEN: &str = "test-clients-token";
 
 /// A cluster member's config: mode ha on `grpc`, every address in `peers`
 /// (itself included, as a StatefulSet lists them), local timings, the
 /// members' and the clients' test tokens.
-pub fn member_config(upstream: &str, grpc: &str, peers: &[String], replica_count: u32) -> Config {
+pub(crate) fn member_config(
+    upstream: &str,
+    grpc: &str,
+    peers: &[String],
+    replica_count: u32,
+) -> Config {
     let mut config = config_for(upstream);
     config.cache.mode = relaycache::config::Mode::Ha;
     let ha = &mut config.cache.ha;
@@ -564,7 +590,7 @@ pub fn member_config(upstream: &str, grpc: &str, peers: &[String], replica_count
 }
 
 /// A client-mode config (an injected sidecar): memory plus the cluster.
-pub fn client_config(upstream: &str, members: &[String], replica_count: u32) -> Config {
+pub(crate) fn client_config(upstream: &str, members: &[String], replica_count: u32) -> Config {
     let mut config = member_config(upstream, "127.0.0.1:0", &[], replica_count);
     config.cache.ha.embedded = false;
     config.cache.ha.addresses = members.to_vec();
@@ -574,7 +600,7 @@ pub fn client_config(upstream: &str, members: &[String], replica_count: u32) -> 
 
 /// A member's config of an open cluster (`cache.ha.insecure`), as a demo
 /// on one machine runs it: no tokens.
-pub fn insecure_member_config(
+pub(crate) fn insecure_member_config(
     upstream: &str,
     grpc: &str,
     peers: &[String],
@@ -589,13 +615,13 @@ pub fn insecure_member_config(
 
 impl Relay {
     /// Kills the process with SIGKILL: no leave, no handoff.
-    pub fn kill_hard(&mut self) {
+    pub(crate) fn kill_hard(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Waits until this process sees `n` live cluster members.
-    pub async fn wait_for_members(&self, n: u64) -> serde_json::Value {
+    pub(crate) async fn wait_for_members(&self, n: u64) -> serde_json::Value {
         self.wait_for_stats(&format!("{n} live members"), |s| {
             s["cluster"]["members"] == n
         })
@@ -605,7 +631,7 @@ impl Relay {
     /// A series from `/metrics`, by its exact name with labels. Panics
     /// (with the whole text) when the series is absent, so that asserting
     /// a zero cannot pass for a metric that is not exported at all.
-    pub async fn metric(&self, series: &str) -> f64 {
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
         let text = get(&self.admin_url("/metrics")).await.text();
         metric_in(&text, series).unwrap_or_else(|| {
             panic!("no series {series:?} in /metrics:\n{text}");
@@ -614,12 +640,12 @@ impl Relay {
 
     /// Stops the process with SIGSTOP: it keeps its memory and sockets but
     /// answers nothing, as a member stalled by the kernel or a debugger.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.signal("-STOP");
     }
 
     /// Lets a [`Relay::pause`]d process run again.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.signal("-CONT");
     }
 
@@ -633,7 +659,7 @@ impl Relay {
 }
 
 /// The value of `series` (name and labels, exactly) in Prometheus text.
-pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric_in(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
@@ -646,7 +672,7 @@ pub fn metric_in(text: &str, series: &str) -> Option<f64> {
 }
 
 /// A gRPC client of one member's cluster port, speaking plaintext.
-pub async fn grpc_client(
+pub(crate) async fn grpc_client(
     address: &str,
 ) -> relaycache::cluster::proto::cluster_client::ClusterClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
@@ -661,7 +687,7 @@ pub async fn grpc_client(
 
 /// `message` as a request carrying `authorization: Bearer TOKEN`, as
 /// members and clients send it.
-pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "authorization",
@@ -673,7 +699,7 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 /// A Messages request with credential `api_key` and `body`, as a cluster
 /// client describes it when it stores the answer: its key (derived as the
 /// proxy derives it under `config`) and its origin as sent.
-pub fn client_request(
+pub(crate) fn client_request(
     config: &Config,
     api_key: &str,
     body: &str,
@@ -700,14 +726,14 @@ pub fn client_request(
 }
 
 /// A streamed (`"stream": true`) Messages request about `tag`.
-pub fn streamed_question(tag: &str) -> String {
+pub(crate) fn streamed_question(tag: &str) -> String {
     serde_json::json!({"model": "m", "max_tokens": 64, "stream": true,
         "messages": [{"role": "user", "content": tag}]})
     .to_string()
 }
 
 /// The next data frame of `body` as text, within 5 s.
-pub async fn next_text(body: &mut hyper::body::Incoming, what: &str) -> String {
+pub(crate) async fn next_text(body: &mut hyper::body::Incoming, what: &str) -> String {
     let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
         .unwrap_or_else(|_| panic!("{what}: no frame within 5 s"))

@@ -33,10 +33,10 @@ use crate::common::*;
 use relaycache::config::Config;
 
 /// Why the namespaces could not be made; the test is skipped with it.
-pub struct Refused(pub String);
+pub(crate) struct Refused(pub String);
 
 /// Runs `ip ARGS...`; an error names the command and what `ip` said.
-pub fn ip(args: &[&str]) -> Result<(), Refused> {
+pub(crate) fn ip(args: &[&str]) -> Result<(), Refused> {
     let output = Command::new("ip")
         .args(args)
         .output()
@@ -54,13 +54,13 @@ pub fn ip(args: &[&str]) -> Result<(), Refused> {
 }
 
 /// The member names, in index order.
-pub const MEMBERS: [char; 3] = ['a', 'b', 'c'];
+pub(crate) const MEMBERS: [char; 3] = ['a', 'b', 'c'];
 
 /// The namespaces and links of one test. Dropping it deletes them, which
 /// also removes every veth (a veth goes with either end's namespace), and
 /// the hosts files it wrote, so nothing is left behind when a test fails
 /// halfway.
-pub struct Net {
+pub(crate) struct Net {
     prefix: String,
     /// Third octet of both subnets.
     octet: u32,
@@ -70,7 +70,7 @@ pub struct Net {
 impl Net {
     /// Builds the topology. `tag` (a lower-case letter) tells apart tests
     /// of one process; `index` (0..=2) keeps their subnets apart.
-    pub fn create(tag: char, index: u32) -> Result<Self, Refused> {
+    pub(crate) fn create(tag: char, index: u32) -> Result<Self, Refused> {
         let pid = std::process::id();
         let mut net = Self {
             prefix: format!("rc-{pid}{tag}"),
@@ -82,7 +82,7 @@ impl Net {
     }
 
     /// The namespace member `member` runs in.
-    pub fn namespace(&self, member: char) -> String {
+    pub(crate) fn namespace(&self, member: char) -> String {
         format!("{}-{member}", self.prefix)
     }
 
@@ -91,22 +91,22 @@ impl Net {
     }
 
     /// This member's address on the bridge (its gRPC address).
-    pub fn cluster_ip(&self, index: usize) -> String {
+    pub(crate) fn cluster_ip(&self, index: usize) -> String {
         self.bridge_ip(index as u32 + 1)
     }
 
     /// An address on the bridge's subnet by its last octet.
-    pub fn bridge_ip(&self, last: u32) -> String {
+    pub(crate) fn bridge_ip(&self, last: u32) -> String {
         format!("10.213.{}.{last}", self.octet)
     }
 
     /// The test's end of this member's own link (where the mock listens).
-    pub fn host_ip(&self, index: usize) -> String {
+    pub(crate) fn host_ip(&self, index: usize) -> String {
         format!("10.214.{}.{}", self.octet, 4 * index + 1)
     }
 
     /// The member's end of its own link (its traffic and admin listeners).
-    pub fn member_ip(&self, index: usize) -> String {
+    pub(crate) fn member_ip(&self, index: usize) -> String {
         format!("10.214.{}.{}", self.octet, 4 * index + 2)
     }
 
@@ -156,7 +156,7 @@ impl Net {
     }
 
     /// Takes member `member`'s port on the bridge down or up.
-    pub fn set_port(&self, member: char, up: bool) {
+    pub(crate) fn set_port(&self, member: char, up: bool) {
         let port = format!("p{member}");
         let state = if up { "up" } else { "down" };
         if let Err(Refused(why)) = ip(&["-n", &self.switch(), "link", "set", &port, state]) {
@@ -166,7 +166,7 @@ impl Net {
 
     /// Gives member `index` the bridge address with last octet `last`
     /// instead of the one it had, as a pod that comes back gets a new IP.
-    pub fn move_member(&self, index: usize, last: u32) {
+    pub(crate) fn move_member(&self, index: usize, last: u32) {
         let member = MEMBERS[index];
         let ns = self.namespace(member);
         let device = format!("c{member}");
@@ -185,7 +185,7 @@ impl Net {
     /// what `ip netns exec` shows a member as its `/etc/hosts`. The file is
     /// rewritten in place, so members already running see the change on
     /// their next lookup (a bind mount holds on to the file, not the path).
-    pub fn set_hosts(&self, entries: &[(String, String)]) -> Result<(), Refused> {
+    pub(crate) fn set_hosts(&self, entries: &[(String, String)]) -> Result<(), Refused> {
         let mut text = String::from("127.0.0.1 localhost\n");
         for (address, name) in entries {
             text.push_str(&format!("{address} {name}\n"));
@@ -229,7 +229,7 @@ impl Drop for Net {
 }
 
 /// A `relaycache` process running inside a network namespace.
-pub struct Member {
+pub(crate) struct Member {
     /// Its letter (`a`, `b`, `c`).
     pub name: char,
     /// The process.
@@ -240,7 +240,7 @@ impl Member {
     /// Starts relaycache in `namespace` with `config` and waits until it
     /// listens. `ip netns exec` execs the program after entering the
     /// namespace, so the child's pid is relaycache's own and kill reaches it.
-    pub fn start(name: char, namespace: &str, config: &Config) -> Self {
+    pub(crate) fn start(name: char, namespace: &str, config: &Config) -> Self {
         Self {
             name,
             relay: Relay::start_prefixed(config, &["ip", "netns", "exec", namespace]),
@@ -248,27 +248,27 @@ impl Member {
     }
 
     /// POSTs `body` to `/v1/messages` with the test credential.
-    pub async fn post(&self, body: &str) -> Reply {
+    pub(crate) async fn post(&self, body: &str) -> Reply {
         post_messages(&self.relay, "k", body, &[]).await
     }
 
     /// GETs an admin path.
-    pub async fn admin_get(&self, path: &str) -> Reply {
+    pub(crate) async fn admin_get(&self, path: &str) -> Reply {
         get(&self.relay.admin_url(path)).await
     }
 
     /// Its `/stats`.
-    pub async fn stats(&self) -> serde_json::Value {
+    pub(crate) async fn stats(&self) -> serde_json::Value {
         self.relay.stats().await
     }
 
     /// The `cluster` object of `/stats`, one field.
-    pub async fn cluster(&self, field: &str) -> serde_json::Value {
+    pub(crate) async fn cluster(&self, field: &str) -> serde_json::Value {
         self.stats().await["cluster"][field].clone()
     }
 
     /// Polls `/stats` until `pick` holds.
-    pub async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         what: &str,
         pick: impl Fn(&serde_json::Value) -> bool,
@@ -279,7 +279,7 @@ impl Member {
     }
 
     /// Polls `/stats` until the member sees `n` live members.
-    pub async fn wait_for_members(&self, n: u64) -> serde_json::Value {
+    pub(crate) async fn wait_for_members(&self, n: u64) -> serde_json::Value {
         self.wait_for(&format!("{n} live members"), |s| {
             s["cluster"]["members"] == n
         })
@@ -287,7 +287,7 @@ impl Member {
     }
 
     /// Every log line so far.
-    pub fn logs(&self) -> Vec<String> {
+    pub(crate) fn logs(&self) -> Vec<String> {
         self.relay.logs()
     }
 }

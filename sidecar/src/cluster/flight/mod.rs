@@ -33,11 +33,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use http_body_util::BodyExt;
 
 use super::proto::{
     claim_reply, feed_message, ClaimReply, ClaimRequest, FeedMessage, FeedStart, Lead, LiveHead,
-    NoAnswer, ReleaseRequest, StreamEnd,
+    NoAnswer, ReleaseRequest,
 };
 use super::security::PeerClient;
 use super::wire::{
@@ -49,7 +48,12 @@ use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
 use crate::entry::{self, CachedResponse};
 use crate::key::{CacheKey, KeyOrigin};
 use crate::live::LiveAnswer;
+use crate::metrics::cluster::PeerCall;
 use crate::metrics::FlightOutcome;
+
+mod stream;
+
+use stream::{live_parts, pipe, LivePart};
 
 /// What the key's primary owner said to a miss.
 #[derive(Debug)]
@@ -121,32 +125,6 @@ impl ClaimAnswer {
             }
         }
     }
-}
-
-/// A live stream's parts as they go on the wire.
-enum LivePart {
-    Frame(Vec<u8>),
-    End(StreamEnd),
-}
-
-/// The frames of `live` so far and as they arrive, then its end.
-fn live_parts(live: &LiveAnswer) -> impl Stream<Item = LivePart> + Send + 'static {
-    futures::stream::unfold(Some(live.follow()), |body| async move {
-        let mut body = body?;
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                let data = frame.into_data().map(|d| d.to_vec()).unwrap_or_default();
-                Some((LivePart::Frame(data), Some(body)))
-            }
-            Some(Err(broken)) => {
-                let end = StreamEnd {
-                    broken: broken.to_string(),
-                };
-                Some((LivePart::End(end), None))
-            }
-            None => Some((LivePart::End(StreamEnd::default()), None)),
-        }
-    })
 }
 
 /// The leases this process holds at owners, and the leads other processes
@@ -289,22 +267,22 @@ impl Cluster {
         let (first, replies) = match tokio::time::timeout(timeout, first).await {
             Ok(Ok((Some(first), replies))) => (first, replies),
             Ok(Ok((None, _))) => {
-                self.metrics.cluster.count_call("claim", false);
+                self.metrics.cluster.count_call(PeerCall::Claim, false);
                 return Claimed::Alone("the owner's reply was empty");
             }
             Ok(Err(status)) => {
-                self.metrics.cluster.count_call("claim", false);
+                self.metrics.cluster.count_call(PeerCall::Claim, false);
                 tracing::debug!(%key, %status, "the key's owner refused a claim");
                 return Claimed::Alone("the key's owner refused the claim");
             }
             Err(_) => {
-                self.metrics.cluster.count_call("claim", false);
+                self.metrics.cluster.count_call(PeerCall::Claim, false);
                 return Claimed::Alone(
                     "the key's owner did not answer within cache.coalesce.wait_timeout",
                 );
             }
         };
-        self.metrics.cluster.count_call("claim", true);
+        self.metrics.cluster.count_call(PeerCall::Claim, true);
         match first.outcome {
             Some(claim_reply::Outcome::Entry(wire)) => {
                 let entry = entry_from_wire(&wire)
@@ -380,7 +358,7 @@ impl Cluster {
         let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
             let ok = owner.feed(messages).await.is_ok();
-            metrics.cluster.count_call("feed", ok);
+            metrics.cluster.count_call(PeerCall::Feed, ok);
         });
     }
 
@@ -445,7 +423,7 @@ impl Cluster {
                 tokio::time::timeout(timeout, owner.release(request)).await,
                 Ok(Ok(_))
             );
-            cluster.metrics.cluster.count_call("release", ok);
+            cluster.metrics.cluster.count_call(PeerCall::Release, ok);
             drop(held);
         });
     }
@@ -549,68 +527,5 @@ impl Cluster {
                 tracing::debug!(%key, "a remote lead expired without an answer");
             }
         });
-    }
-}
-
-/// Where a live stream's frames come from: the owner's claim replies, or a
-/// remote leader's feed.
-trait LiveSource {
-    /// The next part: `Ok(Some(frame))`, `Ok(None)` at a whole end, or why
-    /// it broke off.
-    async fn next_part(&mut self) -> Result<Option<Vec<u8>>, String>;
-}
-
-impl LiveSource for tonic::Streaming<ClaimReply> {
-    async fn next_part(&mut self) -> Result<Option<Vec<u8>>, String> {
-        match self.message().await {
-            Ok(Some(ClaimReply { outcome })) => match outcome {
-                Some(claim_reply::Outcome::Frame(frame)) => Ok(Some(frame)),
-                Some(claim_reply::Outcome::End(end)) => ended(end),
-                _ => Err("the owner sent something other than a frame".into()),
-            },
-            Ok(None) => Err("the owner's stream ended without its end".into()),
-            Err(status) => Err(format!("the owner's stream failed: {status}")),
-        }
-    }
-}
-
-impl LiveSource for tonic::Streaming<FeedMessage> {
-    async fn next_part(&mut self) -> Result<Option<Vec<u8>>, String> {
-        match self.message().await {
-            Ok(Some(FeedMessage { part })) => match part {
-                Some(feed_message::Part::Frame(frame)) => Ok(Some(frame)),
-                Some(feed_message::Part::End(end)) => ended(end),
-                _ => Err("the leader sent something other than a frame".into()),
-            },
-            Ok(None) => Err("the leader's feed ended without its end".into()),
-            Err(status) => Err(format!("the leader's feed failed: {status}")),
-        }
-    }
-}
-
-fn ended(end: StreamEnd) -> Result<Option<Vec<u8>>, String> {
-    if end.broken.is_empty() {
-        Ok(None)
-    } else {
-        Err(end.broken)
-    }
-}
-
-/// Copies a live stream from `source` into `live`, whole or broken; at
-/// most `limit` bytes.
-async fn pipe(mut source: impl LiveSource, live: &LiveAnswer, limit: u64) {
-    let mut received = 0u64;
-    loop {
-        match source.next_part().await {
-            Ok(Some(frame)) => {
-                received += frame.len() as u64;
-                if received > limit {
-                    return live.break_off("it is larger than cache.max_entry_bytes");
-                }
-                live.push(&bytes::Bytes::from(frame));
-            }
-            Ok(None) => return live.complete(),
-            Err(reason) => return live.break_off(&reason),
-        }
     }
 }

@@ -1,0 +1,139 @@
+# shellcheck shell=bash
+# scripts/bench.sh, report: The table: ratios, targets, the machine and revision, latest.md.
+# Sourced by scripts/bench.sh; uses its settings and globals.
+# calc FORMAT EXPR VAR=VALUE...: awk arithmetic; "n/a" on division by zero.
+calc() {
+    local format=$1 expr=$2 vars=() pair
+    shift 2
+    for pair in "$@"; do vars+=(-v "$pair"); done
+    awk "${vars[@]}" "BEGIN { r = ($expr); if (r == \"nan\" || r == \"inf\") print \"n/a\"; else printf \"$format\", r }" 2>/dev/null || echo "n/a"
+}
+
+ratio() { # a ÷ b, "n/a" when b is 0
+    if [[ $(calc '%d' "b == 0" "b=$2") == 1 ]]; then echo "n/a"; else calc '%.2f' 'a / b' "a=$1" "b=$2"; fi
+}
+
+machine() {
+    local cpu
+    cpu=$(awk -F': ' '$1 ~ /^model name/ { print $2; exit }' /proc/cpuinfo)
+    printf '%s CPU(s) (nproc), %s, Linux %s' "$(nproc)" "${cpu:-unknown CPU}" "$(uname -r)"
+}
+
+revision() {
+    local rev
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || {
+        echo "unknown"
+        return
+    }
+    [[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || rev+=" (with uncommitted changes)"
+    echo "$rev"
+}
+
+# The reserve's target: p50 at most 2 ms, for the default 5000-byte answer.
+reserve_target() {
+    if ((ANSWER_BYTES != 5000)); then
+        echo "the target (p50 ≤ 2 ms) is for the default 5000-byte answer, not $ANSWER_BYTES"
+    elif [[ $(calc '%d' 'p <= 2' "p=${P50[reserve_hit_1]}") == 1 ]]; then
+        echo "target p50 ≤ 2 ms for the 5 KB answer: met"
+    else
+        echo "target p50 ≤ 2 ms for the 5 KB answer: NOT met"
+    fi
+}
+
+# The peer hit's target: p50 at most 1 ms on loopback.
+peer_target() {
+    if [[ $(calc '%d' 'p <= 1' "p=${P50[ha_peer_hit_1]}") == 1 ]]; then
+        echo "target p50 ≤ 1 ms on loopback: met"
+    else
+        echo "target p50 ≤ 1 ms on loopback: NOT met"
+    fi
+}
+
+# The measured rows, and the first comparison every report makes.
+rows_table() {
+    echo "| Configuration | Conns | Requests | req/s | p50 ms | p99 ms | Errors (HTTP ≥400 / socket) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for key in "${ROWS[@]}"; do
+        printf '| %s | %s | %s | %s | %s | %s | %s / %s |\n' "${LABEL[$key]}" "${CONNS[$key]}" "${REQS[$key]}" \
+            "${RPS[$key]}" "${P50[$key]}" "${P99[$key]}" "${NON2XX[$key]}" "${SOCKERR[$key]}"
+    done
+    echo
+    echo "| Comparison | Value |"
+    echo "|---|---|"
+    echo "| relaycache hit req/s ÷ nginx hit req/s | $(ratio "${RPS[relay_hit]}" "${RPS[nginx_hit]}")× |"
+}
+
+report() {
+    local key wrk_version nginx_version
+    wrk_version=$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }' || true)
+    nginx_version=$("$NGINX_BIN" -v 2>&1 | sed -n 's|.*nginx/\([^ ]*\).*|\1|p')
+    echo "# relaycache benchmark"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- Machine: $(machine)"
+    echo "- relaycache revision: $(revision); wrk ${wrk_version:-?}; nginx ${nginx_version:-?}"
+    echo "- Load: wrk -t$THREADS -c$CONNECTIONS -d${BENCH_SECONDS}s (1-connection rows: -t1 -c1), each after a ${WARMUP_SECONDS} s warm-up;" \
+        "wrk, the proxies and the mock share the machine"
+    echo "- Request: POST /v1/messages, $(wc -c <"$FIXED_BODY") byte body; answer: $ANSWER_SIZE bytes (Content-Length)"
+    echo "- Reserve rows: relaycache restarted on a file:// reserve ($RESERVE_FS) filled with the answers it is then asked for;" \
+        "the files were just written (and synced), so they are read through the OS page cache, not from the disk"
+    echo "- Cluster rows: three members (mode ha, replica_count 2, write_quorum 1, environment local) and a client-mode relaycache" \
+        "(memory capped at 1 MiB), on this machine's loopback and CPUs; the peer row cycles over $PEER_KEYS answers stored" \
+        "through member 1, the HA miss rows go through member 1"
+    echo
+    rows_table
+    echo "| relaycache hit p99 vs nginx hit p99 | ${P99[relay_hit]} ms vs ${P99[nginx_hit]} ms ($(ratio "${P99[relay_hit]}" "${P99[nginx_hit]}")×) |"
+    echo "| relaycache hit req/s ÷ mock direct req/s | $(ratio "${RPS[relay_hit]}" "${RPS[mock_fixed]}")× |"
+    echo "| miss path added p50, 1 connection | $(calc '%+.3f' 'a - b' "a=${P50[relay_miss_1]}" "b=${P50[mock_unique_1]}") ms" \
+        "(${P50[mock_unique_1]} → ${P50[relay_miss_1]} ms) |"
+    echo "| miss path added p50, $CONNECTIONS connections | $(calc '%+.3f' 'a - b' "a=${P50[relay_miss]}" "b=${P50[mock_unique]}") ms" \
+        "(${P50[mock_unique]} → ${P50[relay_miss]} ms) |"
+    echo "| reserve hit p50 / p99 (1 connection) | ${P50[reserve_hit_1]} / ${P99[reserve_hit_1]} ms; $(reserve_target) |"
+    echo "| reserve hit req/s ÷ relaycache miss req/s, $CONNECTIONS connections (both unique bodies) |" \
+        "$(ratio "${RPS[reserve_hit]}" "${RPS[relay_miss]}")× |"
+    echo "| peer (L2) hit vs memory (L1) hit, client, 1 connection: p50 / p99 | ${P50[ha_peer_hit_1]} / ${P99[ha_peer_hit_1]} ms" \
+        "vs ${P50[ha_l1_hit_1]} / ${P99[ha_l1_hit_1]} ms; p50 $(ratio "${P50[ha_peer_hit_1]}" "${P50[ha_l1_hit_1]}")×; $(peer_target) |"
+    echo "| HA member miss req/s ÷ single-mode miss req/s, 1 connection | $(ratio "${RPS[ha_miss_1]}" "${RPS[relay_miss_1]}")×" \
+        "(p50 ${P50[relay_miss_1]} → ${P50[ha_miss_1]} ms) |"
+    echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")×" \
+        "(p50 ${P50[relay_miss]} → ${P50[ha_miss]} ms) |"
+    flight_rows
+    echo "| hit ratio during a rolling restart of the 3 members ÷ steady state (client, $ROLLING_KEYS stored answers) |" \
+        "${ROLLING_DURING[0]}/${ROLLING_DURING[1]} during vs ${ROLLING_STEADY[0]}/${ROLLING_STEADY[1]} steady" \
+        "($ROLLING_PEER_HITS answered by a peer): $(rolling_target) |"
+    echo "| memory: RSS growth ÷ (new keys × answer bytes) | $(calc '%.2f' 'rss * 1024 / (keys * size)' \
+        "rss=$MEM_RSS_KB" "keys=$MEM_KEYS" "size=$ANSWER_SIZE") ($MEM_RSS_KB KiB for $MEM_KEYS answers of $ANSWER_SIZE bytes) |"
+    echo "| memory: relaycache's own count, bytes_used ÷ key_count | $(calc '%.0f' 'used / keys' \
+        "used=$MEM_BYTES_USED" "keys=$MEM_KEYS") bytes per entry |"
+    echo
+    echo "Checks:"
+    echo
+    for key in "${ROWS[@]}"; do
+        [[ -z ${NOTE[$key]:-} ]] ||
+            echo "- ${LABEL[$key]}, ${CONNS[$key]} conn(s): ${NOTE[$key]} in ${REQS[$key]} requests${RESERVE_NOTE[$key]:+; ${RESERVE_NOTE[$key]}}${CLUSTER_NOTE[$key]:+; ${CLUSTER_NOTE[$key]}}"
+    done
+    echo "- reserve fill: $RESERVE_WRITES answers written for $RESERVE_MISSES misses, none dropped or failed," \
+        "$FILL_ERRORS wrk errors; $RESERVE_DISK on disk. Its misses (writing to the reserve) ran at ${FILL_RPS[reserve]} req/s" \
+        "at $CONNECTIONS connections, the reserve-less ones above at ${RPS[relay_miss]}"
+    echo "- memory run: $MEM_REQUESTS requests, $MEM_ERRORS errors, $MEM_EVICTIONS evictions" \
+        "(evictions > 0 means the 1 GiB cache filled up and the ratio undercounts keys)"
+    echo "- Errors counts wrk's \"Non-2xx or 3xx\" (answers with status ≥400) and socket errors (connect, read, write, timeout)."
+}
+
+# The hit and miss rows only (BENCH_PARTS=core).
+report_core() {
+    echo "# relaycache benchmark (hit and miss rows)"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); machine: $(machine); binary: $RELAY_BIN"
+    echo "- Load: wrk -t$THREADS -c$CONNECTIONS -d${BENCH_SECONDS}s (1-connection rows: -t1 -c1), each after a ${WARMUP_SECONDS} s warm-up"
+    echo
+    rows_table
+    echo "| relaycache hit req/s ÷ mock direct req/s | $(ratio "${RPS[relay_hit]}" "${RPS[mock_fixed]}")× |"
+    echo "| relaycache miss req/s ÷ mock direct req/s, $CONNECTIONS connections | $(ratio "${RPS[relay_miss]}" "${RPS[mock_unique]}")× |"
+    echo "| relaycache miss req/s ÷ mock direct req/s, 1 connection | $(ratio "${RPS[relay_miss_1]}" "${RPS[mock_unique_1]}")× |"
+    if [[ -n ${RPS[ha_miss]:-} ]]; then
+        echo "| HA member miss req/s ÷ single-mode miss req/s, 1 connection | $(ratio "${RPS[ha_miss_1]}" "${RPS[relay_miss_1]}")× |"
+        echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")× |"
+        flight_rows
+    fi
+}

@@ -1,0 +1,101 @@
+# shellcheck shell=bash
+# scripts/bench.sh, wrk: Closed-loop measurement rows with wrk.
+# Sourced by scripts/bench.sh; uses its settings and globals.
+# run_wrk LOGNAME THREADS CONNS SECONDS SCRIPT URL ARGS...: one wrk run;
+# prints the BENCH line of scripts/bench/common.lua's done().
+run_wrk() {
+    local name=$1 threads=$2 conns=$3 seconds=$4 script=$5 url=$6
+    shift 6
+    local logfile="$LOG_DIR/wrk-$name.log" line
+    if ! wrk -t"$threads" -c"$conns" -d"${seconds}s" -s "$BENCH_DIR/$script.lua" "$url" -- "$@" >"$logfile" 2>&1; then
+        cat "$logfile" >&2
+        die "wrk failed ($name)"
+    fi
+    line=$(grep '^BENCH ' "$logfile" | tail -n 1) || die "wrk printed no result line ($name, see $logfile)"
+    echo "$line"
+}
+
+# Results by row key.
+declare -A LABEL CONNS REQS RPS P50 P99 NON2XX SOCKERR NOTE
+# relaycache's own counts over a measured run: hits (memory, reserve and
+# peers), misses, the hits read from the reserve and those from peers.
+declare -A HITS MISSES READS PEER_HITS
+ROWS=()
+WRK_ARGS=()
+
+# wrk_args SCRIPT RUN: sets WRK_ARGS to what SCRIPT.lua expects after "--".
+# Each unique run gets its own tag, so no run repeats an earlier run's bodies
+# (the warm-up would otherwise have stored the measured run's answers).
+wrk_args() {
+    if [[ $1 == fixed ]]; then
+        WRK_ARGS=("$FIXED_BODY")
+    elif [[ $1 == cycle ]]; then
+        # Always the set stored in the cluster, whatever the run.
+        WRK_ARGS=("$BODY_TEMPLATE" "$PEER_RUN" "$PEER_KEYS")
+    else
+        WRK_ARGS=("$BODY_TEMPLATE" "$RUN_ID-$2")
+    fi
+}
+
+field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
+
+# measure KEY LABEL THREADS CONNS SCRIPT URL [ADMIN [TAG]]: a warm-up run,
+# then the measured one. For relaycache rows (ADMIN given) /stats is read
+# around the measured run to confirm it really hit or missed. TAG (KEY if
+# not given) names the unique bodies: runs with the same TAG and thread
+# count send the same ones.
+measure() {
+    local key=$1 label=$2 threads=$3 conns=$4 script=$5 url=$6 admin=${7:-} tag=${8:-$1}
+    local line counts hits0 misses0 reads0 peer0 hits1 misses1 reads1 peer1
+    log "$label, $conns connection(s): warm-up ${WARMUP_SECONDS}s, then ${BENCH_SECONDS}s"
+    wrk_args "$script" "$tag-warmup"
+    run_wrk "$key-warmup" "$threads" "$conns" "$WARMUP_SECONDS" "$script" "$url" "${WRK_ARGS[@]}" >/dev/null
+    if [[ -n $admin ]]; then
+        counts=$(relay_counts)
+        read -r hits0 misses0 reads0 peer0 <<<"$counts"
+    fi
+    wrk_args "$script" "$tag"
+    line=$(run_wrk "$key" "$threads" "$conns" "$BENCH_SECONDS" "$script" "$url" "${WRK_ARGS[@]}")
+    ROWS+=("$key")
+    LABEL[$key]=$label
+    CONNS[$key]=$conns
+    REQS[$key]=$(field "$line" requests)
+    RPS[$key]=$(field "$line" rps)
+    P50[$key]=$(field "$line" p50_ms)
+    P99[$key]=$(field "$line" p99_ms)
+    NON2XX[$key]=$(field "$line" non2xx)
+    SOCKERR[$key]=$(field "$line" socket_errors)
+    if [[ -n $admin ]]; then
+        counts=$(relay_counts)
+        read -r hits1 misses1 reads1 peer1 <<<"$counts"
+        HITS[$key]=$((hits1 - hits0))
+        MISSES[$key]=$((misses1 - misses0))
+        READS[$key]=$((reads1 - reads0))
+        PEER_HITS[$key]=$((peer1 - peer0))
+        NOTE[$key]="relaycache counted ${HITS[$key]} hits, ${MISSES[$key]} misses"
+    fi
+    log "  ${RPS[$key]} req/s, p50 ${P50[$key]} ms, p99 ${P99[$key]} ms"
+}
+
+# The memory run: a fresh relaycache, its RSS before and after storing as
+# many unique answers as wrk can push through in MEM_SECONDS.
+measure_memory() {
+    start_relaycache relaycache-memory
+    # One miss and one hit first, so lazily built state (upstream connection
+    # pool, runtime workers) is in the baseline, not counted as cache memory.
+    expect_cached relaycache-memory "$RELAY_URL" x-relaycache-status hit
+    local rss0 keys0 line
+    keys0=$(relay_stat key_count)
+    rss0=$(vm_rss_kb "$RELAY_PID")
+    log "memory: filling a fresh relaycache with unique answers for ${MEM_SECONDS}s"
+    wrk_args unique memory
+    line=$(run_wrk memory-fill "$THREADS" "$CONNECTIONS" "$MEM_SECONDS" unique "$RELAY_URL" "${WRK_ARGS[@]}")
+    MEM_REQUESTS=$(field "$line" requests)
+    MEM_ERRORS=$(($(field "$line" non2xx) + $(field "$line" socket_errors)))
+    MEM_KEYS=$(($(relay_stat key_count) - keys0))
+    MEM_BYTES_USED=$(relay_stat bytes_used)
+    MEM_EVICTIONS=$(relay_stat evictions)
+    MEM_RSS_KB=$(($(vm_rss_kb "$RELAY_PID") - rss0))
+    log "  $MEM_KEYS new keys, RSS +$MEM_RSS_KB KiB"
+    stop_child "$RELAY_PID"
+}

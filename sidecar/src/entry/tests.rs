@@ -1,0 +1,166 @@
+use super::*;
+
+#[test]
+fn anthropic_and_openai_usage() {
+    let a = json_usage(br#"{"usage":{"input_tokens":12,"output_tokens":34}}"#);
+    assert_eq!(
+        a,
+        TokenUsage {
+            input: 12,
+            output: 34
+        }
+    );
+    let o = json_usage(br#"{"usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11}}"#);
+    assert_eq!(
+        o,
+        TokenUsage {
+            input: 5,
+            output: 6
+        }
+    );
+    assert_eq!(json_usage(b"not json"), TokenUsage::default());
+}
+
+#[test]
+fn streamed_usage() {
+    let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    assert_eq!(
+        sse_usage(body),
+        TokenUsage {
+            input: 25,
+            output: 15
+        }
+    );
+    assert!(sse_is_complete(body));
+    assert!(!sse_is_complete(&body[..body.len() - 50]));
+    assert!(sse_is_complete(b"data: {}\n\ndata: [DONE]\n\n"));
+}
+
+#[test]
+fn only_headers_that_describe_the_answer_are_stored() {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    h.insert("content-encoding", "gzip".parse().unwrap());
+    h.insert("date", "x".parse().unwrap());
+    h.insert("connection", "close".parse().unwrap());
+    h.insert("anthropic-ratelimit-tokens-remaining", "9".parse().unwrap());
+    h.insert("request-id", "req_1".parse().unwrap());
+    h.insert("anthropic-organization-id", "org".parse().unwrap());
+    h.insert("x-anything-new", "1".parse().unwrap());
+    let kept = CachedResponse::new(&h, b"{}", Duration::from_secs(1)).headers();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.contains_key("content-type") && kept.contains_key("content-encoding"));
+}
+
+#[test]
+fn entry_is_one_exact_buffer_and_round_trips() {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    h.insert(
+        "content-language",
+        "v\u{e9}"
+            .parse::<HeaderValue>()
+            .unwrap_or(HeaderValue::from_static("v")),
+    );
+    let body = br#"{"usage":{"input_tokens":3,"output_tokens":4}}"#;
+    let entry = CachedResponse::new(&h, body, Duration::from_secs(1));
+    assert_eq!(&entry.body()[..], &body[..]);
+    assert_eq!(entry.headers(), h);
+    assert_eq!(
+        entry.usage,
+        TokenUsage {
+            input: 3,
+            output: 4
+        }
+    );
+    assert!(entry.weight() as usize >= body.len() + ENTRY_OVERHEAD);
+}
+
+#[test]
+fn recorder_limits_and_completeness() {
+    let mut json = HeaderMap::new();
+    json.insert("content-type", "application/json".parse().unwrap());
+    let mut recorder = EntryRecorder::new(&json, None, 10);
+    assert!(recorder.push(b"0123456789"));
+    assert!(!recorder.push(b"x"), "over the limit");
+    assert!(recorder.finish(Duration::from_secs(1)).is_none());
+
+    let mut sse = HeaderMap::new();
+    sse.insert("content-type", "text/event-stream".parse().unwrap());
+    let mut broken = EntryRecorder::new(&sse, None, 1 << 20);
+    broken.push(b"event: message_start\ndata: {}\n\n");
+    assert!(
+        broken.finish(Duration::from_secs(1)).is_none(),
+        "no terminal event"
+    );
+    let mut whole = EntryRecorder::new(&sse, None, 1 << 20);
+    whole.push(b"event: message_start\ndata: {}\n\n");
+    whole.push(b"event: message_stop\ndata: {}\n\n");
+    let entry = whole.finish(Duration::from_secs(1)).unwrap();
+    assert!(entry.body().ends_with(b"data: {}\n\n"));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event_stream() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec("[ -~\u{e9}\u{1F600}]{0,40}", 0..12).prop_map(|texts| {
+            let mut body = String::from(
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}\n\n",
+            );
+            for text in texts {
+                let data = serde_json::json!({"type": "content_block_delta", "delta": {"text": text}});
+                body.push_str(&format!("event: content_block_delta\ndata: {data}\n\n"));
+            }
+            body.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+            body.into_bytes()
+        })
+    }
+
+    fn split(body: &[u8], cuts: &[prop::sample::Index]) -> Vec<Vec<u8>> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+        at.push(0);
+        at.push(body.len());
+        at.sort_unstable();
+        at.windows(2).map(|w| body[w[0]..w[1]].to_vec()).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_recorded_stream_replays_byte_for_byte_however_it_arrived(
+            body in event_stream(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+        ) {
+            let mut sse = HeaderMap::new();
+            sse.insert("content-type", HeaderValue::from_static("text/event-stream"));
+            let mut recorder = EntryRecorder::new(&sse, None, 1 << 20);
+            for chunk in split(&body, &cuts) {
+                prop_assert!(recorder.push(&chunk));
+            }
+            let entry = recorder.finish(Duration::from_secs(5));
+            prop_assert!(entry.is_some(), "a complete stream is stored");
+            let entry = entry.unwrap();
+            prop_assert_eq!(&entry.body()[..], &body[..]);
+            prop_assert_eq!(entry.usage.input, 3);
+        }
+
+        #[test]
+        fn a_stream_cut_before_its_end_is_never_stored(
+            body in event_stream(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let end = body.len() - "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".len();
+            let at = cut.index(end + 1);
+            let mut sse = HeaderMap::new();
+            sse.insert("content-type", HeaderValue::from_static("text/event-stream"));
+            let mut recorder = EntryRecorder::new(&sse, None, 1 << 20);
+            recorder.push(&body[..at]);
+            prop_assert!(recorder.finish(Duration::from_secs(5)).is_none());
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! An entry's metadata object (`KEY.meta`): what is needed to rebuild
+//! the answer from its body, the body's digest, and the retention.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use super::META_FORMAT;
+use crate::entry::{CachedResponse, TokenUsage};
+use crate::key::CacheKey;
+
+/// What is kept beside each body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Metadata {
+    pub(super) format: u32,
+    pub(super) key: String,
+    pub(super) created_ms: u64,
+    pub(super) fresh_until_ms: u64,
+    pub(super) retention_until_ms: u64,
+    pub(super) body_len: u64,
+    /// BLAKE3 of the body, hex.
+    pub(super) body_digest: String,
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) input_tokens: u64,
+    pub(super) output_tokens: u64,
+}
+
+pub(super) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(super) fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl Metadata {
+    pub(super) fn describe(key: &CacheKey, entry: &CachedResponse, retention: Duration) -> Self {
+        let created = unix_ms(entry.created);
+        Self {
+            format: META_FORMAT,
+            key: key.to_string(),
+            created_ms: created,
+            fresh_until_ms: created
+                .saturating_add(u64::try_from(entry.ttl.as_millis()).unwrap_or(u64::MAX)),
+            retention_until_ms: unix_ms(SystemTime::now() + retention),
+            body_len: entry.body_len() as u64,
+            body_digest: blake3::hash(&entry.body()).to_hex().to_string(),
+            headers: entry
+                .headers()
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+            input_tokens: entry.usage.input,
+            output_tokens: entry.usage.output,
+        }
+    }
+
+    /// Whether the entry may still be served at `now_ms`.
+    /// Whether the entry is kept: fresh, or expired no longer ago than
+    /// `keep_stale_ms` (for stale-if-error), and within its retention.
+    pub(super) fn is_kept(&self, now_ms: u64, keep_stale_ms: u64) -> bool {
+        now_ms < self.fresh_until_ms.saturating_add(keep_stale_ms)
+            && now_ms < self.retention_until_ms
+    }
+
+    pub(super) fn decode(bytes: &[u8], key: &CacheKey) -> Option<Self> {
+        let meta: Self = serde_json::from_slice(bytes).ok()?;
+        (meta.format == META_FORMAT && meta.key == key.to_string()).then_some(meta)
+    }
+
+    /// Whether `body` is the one this metadata describes.
+    pub(super) fn describes(&self, body: &[u8]) -> bool {
+        body.len() as u64 == self.body_len
+            && blake3::hash(body).to_hex().as_str() == self.body_digest
+    }
+
+    pub(super) fn restore(&self, body: Bytes) -> Option<CachedResponse> {
+        if !self.describes(&body) {
+            return None;
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.headers {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(value).ok()?,
+            );
+        }
+        let now = unix_ms(SystemTime::now());
+        let ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(now));
+        let mut entry = CachedResponse::restore(
+            &headers,
+            &body,
+            from_unix_ms(self.created_ms),
+            ttl,
+            TokenUsage {
+                input: self.input_tokens,
+                output: self.output_tokens,
+            },
+        );
+        // The TTL as stored, from creation: an expired entry then knows how
+        // long ago it expired (for stale-if-error).
+        entry.ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(self.created_ms));
+        Some(entry)
+    }
+}
