@@ -142,6 +142,11 @@ scenario_7() {
   local rogue_pid=$!
   wait_for "member 0 refuses the wrong token (relaycache_cluster_refused_total{reason=\"token\"})" \
     "$rogue_pid,$all_members" refused_by_token
+  # A client listens once it has found the members, or after one
+  # failure-detection window without them (with a warning): this one only
+  # after the window.
+  wait_for "the client with a wrong token listens (after the window)" "$rogue_pid" \
+    stats_true "$rogue_admin" 'has("cluster")'
   stats_true "$rogue_admin" '.cluster.members == 0' \
     || fail "the client with a wrong token learned members: $(curl -fsS "http://127.0.0.1:$rogue_admin/stats" | jq -c .cluster)"
   log "  ok: a wrong clients' token is refused and learns no member"
