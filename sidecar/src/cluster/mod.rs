@@ -255,8 +255,9 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + window;
         let step = (timings.probe_interval / 10).max(Duration::from_millis(10));
         loop {
-            let live = self.view().members.len();
-            if self.has_quorum(&self.view()) {
+            let view = self.view();
+            let live = view.members.len();
+            if self.has_quorum(&view) {
                 tracing::info!(live, "found the cluster's members");
                 return;
             }
