@@ -6,6 +6,7 @@
 
 mod env;
 mod ha;
+mod prices;
 mod validate;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use env::{escape_env, expand_env};
 pub use ha::{Environment, HaConfig, PeerTlsConfig};
+pub use prices::{ModelPrice, PriceTable, DEFAULT_PRICES};
 pub use validate::{ConfigIssue, ConfigIssues};
 
 /// The commented default configuration printed by `relaycache config init`.
@@ -427,6 +429,9 @@ pub struct CacheConfig {
     pub ha: HaConfig,
     /// Object-storage tier.
     pub reserve: ReserveConfig,
+    /// Prices per model, in US dollars per million tokens, over the
+    /// built-in table ([`DEFAULT_PRICES`]): what a hit saved.
+    pub prices: std::collections::BTreeMap<String, ModelPrice>,
 }
 
 impl Default for CacheConfig {
@@ -455,6 +460,7 @@ impl Default for CacheConfig {
             memory: MemoryConfig::default(),
             ha: HaConfig::default(),
             reserve: ReserveConfig::default(),
+            prices: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -409,6 +409,20 @@ fn check_cache(cache: &CacheConfig, c: &mut Collector) {
         "cache.max_entry_bytes",
         "must not exceed cache.memory.max_cost",
     );
+    for (model, price) in &cache.prices {
+        c.check(
+            !model.is_empty(),
+            "cache.prices",
+            "model names must not be empty",
+        );
+        for field in price.invalid_fields() {
+            c.check(
+                false,
+                format!("cache.prices.{model}.{field}"),
+                "must be a number of US dollars per million tokens, 0 or more",
+            );
+        }
+    }
 }
 
 /// What goes into a key: field paths, header names, and a credential

@@ -11,7 +11,13 @@
 //!   until [`MockUpstream::release`] is called for `NAME`;
 //! - `x-mock-break-after: N` breaks a stream off after N events;
 //! - `x-mock-event-delay-ms: N` pauses between stream events;
-//! - `x-mock-answer-bytes: N` sets the answer size.
+//! - `x-mock-answer-bytes: N` sets the answer size;
+//! - `x-mock-cache-read-tokens: N` and `x-mock-cache-creation-tokens: N`
+//!   add prompt-cache tokens to the answer's `usage`, in each provider's
+//!   shape.
+//!
+//! OpenAI streams end with a `usage` chunk when the request sets
+//! `stream_options.include_usage`, as OpenAI's do.
 //!
 //! Successful JSON answers carry `mock_request_digest`, the
 //! [`request_digest`] of the request's credential and body, so that a
@@ -377,13 +383,21 @@ async fn respond(
     let text = answer_text(body, size);
     let input_tokens = (body.len() / 4).max(1) as u64;
     let output_tokens = (text.len() / 4).max(1) as u64;
+    let prompt_cache = PromptCache::asked(headers);
     let gate = header(headers, "x-mock-gate").map(|name| state.gate(name));
     let streamed = request.get("stream") == Some(&Value::Bool(true));
     if streamed {
         let events = if path == "/v1/messages" {
-            anthropic_events(&model, &text, input_tokens, output_tokens, call)
+            let usage =
+                prompt_cache.anthropic(json!({"input_tokens": input_tokens, "output_tokens": 1}));
+            anthropic_events(&model, &text, usage, output_tokens, call)
         } else {
-            openai_events(&model, &text, call)
+            let usage = request
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .then(|| prompt_cache.openai(openai_usage(input_tokens, output_tokens)));
+            openai_events(&model, &text, call, usage)
         };
         let break_after = number(headers, "x-mock-break-after").map(|n| n as usize);
         let delay = number(headers, "x-mock-event-delay-ms")
@@ -400,7 +414,7 @@ async fn respond(
             "mock_request_digest": digest,
             "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}
+            "usage": prompt_cache.anthropic(json!({"input_tokens": input_tokens, "output_tokens": output_tokens}))
         }),
         "/v1/embeddings" => json!({
             "object": "list", "model": model,
@@ -411,8 +425,7 @@ async fn respond(
             "id": format!("chatcmpl-mock-{call}"), "object": "chat.completion", "model": model,
             "mock_request_digest": digest,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                      "total_tokens": input_tokens + output_tokens}
+            "usage": prompt_cache.openai(openai_usage(input_tokens, output_tokens))
         }),
     };
     let mut response = full(StatusCode::OK, "application/json", value.to_string());
@@ -502,13 +515,59 @@ fn chunks(text: &str) -> Vec<String> {
     chars.chunks(400).map(|c| c.iter().collect()).collect()
 }
 
-fn anthropic_events(model: &str, text: &str, input: u64, output: u64, call: u64) -> Vec<Bytes> {
+/// Prompt-cache tokens a request asks the mock to report in its answer's
+/// usage (`x-mock-cache-read-tokens`, `x-mock-cache-creation-tokens`), as
+/// a provider does when part of the prompt came from its prompt cache.
+#[derive(Debug, Clone, Copy, Default)]
+struct PromptCache {
+    read: Option<u64>,
+    creation: Option<u64>,
+}
+
+impl PromptCache {
+    fn asked(headers: &HeaderMap) -> Self {
+        Self {
+            read: number(headers, "x-mock-cache-read-tokens"),
+            creation: number(headers, "x-mock-cache-creation-tokens"),
+        }
+    }
+
+    /// Anthropic reports them beside `input_tokens`, which excludes them.
+    fn anthropic(self, mut usage: Value) -> Value {
+        if let Some(read) = self.read {
+            usage["cache_read_input_tokens"] = json!(read);
+        }
+        if let Some(creation) = self.creation {
+            usage["cache_creation_input_tokens"] = json!(creation);
+        }
+        usage
+    }
+
+    /// OpenAI counts cache reads inside `prompt_tokens` and names them in
+    /// `prompt_tokens_details.cached_tokens`; it has no cache writes.
+    fn openai(self, mut usage: Value) -> Value {
+        if let Some(read) = self.read {
+            let prompt = usage["prompt_tokens"].as_u64().unwrap_or(0) + read;
+            let completion = usage["completion_tokens"].as_u64().unwrap_or(0);
+            usage["prompt_tokens"] = json!(prompt);
+            usage["total_tokens"] = json!(prompt + completion);
+            usage["prompt_tokens_details"] = json!({"cached_tokens": read});
+        }
+        usage
+    }
+}
+
+fn openai_usage(input: u64, output: u64) -> Value {
+    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
+}
+
+fn anthropic_events(model: &str, text: &str, usage: Value, output: u64, call: u64) -> Vec<Bytes> {
     let mut events = vec![
         sse(
             Some("message_start"),
             &json!({"type": "message_start", "message": {"id": format!("msg_mock_{call}"), "type": "message",
                 "role": "assistant", "model": model, "content": [], "stop_reason": null,
-                "usage": {"input_tokens": input, "output_tokens": 1}}}),
+                "usage": usage}}),
         ),
         sse(
             Some("content_block_start"),
@@ -534,7 +593,9 @@ fn anthropic_events(model: &str, text: &str, input: u64, output: u64, call: u64)
     events
 }
 
-fn openai_events(model: &str, text: &str, call: u64) -> Vec<Bytes> {
+/// OpenAI sends `usage` in a last chunk without choices, and only when
+/// the request asked for it (`stream_options.include_usage`).
+fn openai_events(model: &str, text: &str, call: u64, usage: Option<Value>) -> Vec<Bytes> {
     let mut events: Vec<Bytes> = chunks(text)
         .into_iter()
         .map(|piece| {
@@ -545,6 +606,13 @@ fn openai_events(model: &str, text: &str, call: u64) -> Vec<Bytes> {
             )
         })
         .collect();
+    if let Some(usage) = usage {
+        events.push(sse(
+            None,
+            &json!({"id": format!("chatcmpl-mock-{call}"), "object": "chat.completion.chunk", "model": model,
+                "choices": [], "usage": usage}),
+        ));
+    }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     events
 }

@@ -42,7 +42,9 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_prices(crate::config::PriceTable::new(
+        &config.cache.prices,
+    )));
     let tiers = build_tiers(&config, &metrics)?;
     let proxy = Arc::new(Proxy::new(&config, tiers.clone(), Arc::clone(&metrics))?);
     let refusals = Arc::clone(&metrics);

@@ -81,6 +81,35 @@ impl IgnoredFields {
         root
     }
 
+    /// Removes the ignored members from a parsed body and returns their
+    /// dotted paths, in body order: what `relaycache key explain` shows.
+    /// For explanations only; the key itself never builds a tree.
+    pub fn strip(&self, value: &mut serde_json::Value) -> Vec<String> {
+        let mut removed = Vec::new();
+        self.strip_below(value, "", &mut removed);
+        removed
+    }
+
+    fn strip_below(&self, value: &mut serde_json::Value, at: &str, removed: &mut Vec<String>) {
+        let serde_json::Value::Object(members) = value else {
+            return;
+        };
+        for (name, node) in &self.children {
+            let path = if at.is_empty() {
+                name.clone()
+            } else {
+                format!("{at}.{name}")
+            };
+            if node.whole {
+                if members.remove(name).is_some() {
+                    removed.push(path);
+                }
+            } else if let Some(member) = members.get_mut(name) {
+                node.strip_below(member, &path, removed);
+            }
+        }
+    }
+
     fn child(&self, name: &str) -> Option<&IgnoredFields> {
         self.children
             .iter()

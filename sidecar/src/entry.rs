@@ -1,21 +1,43 @@
 //! A stored answer, and what is learned from an answer when it is stored:
 //! whether it is complete and how many tokens it cost.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::Value;
 
 use crate::version::Version;
 
-/// Tokens an answer cost, from its `usage`; a hit saves them again.
+/// Tokens an answer cost, from its `usage`, by the class each is priced
+/// at; a hit saves them again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {
-    /// Prompt tokens (`input_tokens` / `prompt_tokens`).
+    /// Input tokens not read from the provider's prompt cache (Anthropic
+    /// `input_tokens`; OpenAI `prompt_tokens` or `input_tokens` less their
+    /// `cached_tokens`).
     pub input: u64,
-    /// Completion tokens (`output_tokens` / `completion_tokens`).
+    /// Output tokens (`output_tokens` / `completion_tokens`).
     pub output: u64,
+    /// Input tokens read from the provider's prompt cache (Anthropic
+    /// `cache_read_input_tokens`, OpenAI `cached_tokens`).
+    pub cache_read: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic
+    /// `cache_creation_input_tokens`; OpenAI reports none).
+    pub cache_creation: u64,
+}
+
+impl TokenUsage {
+    /// The larger count of each class: streamed answers report running
+    /// totals, and the last is the largest.
+    fn max(self, other: Self) -> Self {
+        Self {
+            input: self.input.max(other.input),
+            output: self.output.max(other.output),
+            cache_read: self.cache_read.max(other.cache_read),
+            cache_creation: self.cache_creation.max(other.cache_creation),
+        }
+    }
 }
 
 /// A complete 200 answer, ready to be served again.
@@ -33,6 +55,8 @@ pub struct CachedResponse {
     pub ttl: Duration,
     /// Tokens the answer cost.
     pub usage: TokenUsage,
+    /// The model that answered, as the answer names it.
+    pub model: Option<Arc<str>>,
     /// Orders copies of the same key across cluster members (zero outside
     /// a cluster).
     pub version: Version,
@@ -52,18 +76,20 @@ impl CachedResponse {
     }
 
     /// An entry read back from a longer-lived tier, keeping its original
-    /// creation time and token usage; `ttl` runs from `created`.
+    /// creation time, token usage and model; `ttl` runs from `created`.
     pub fn restore(
         headers: &HeaderMap,
         body: &[u8],
         created: SystemTime,
         ttl: Duration,
         usage: TokenUsage,
+        model: Option<Arc<str>>,
     ) -> Self {
         let mut entry = Self::new(headers, body, ttl);
         entry.created = created;
         entry.ttl = created.elapsed().map(|age| ttl + age).unwrap_or(ttl);
         entry.usage = usage;
+        entry.model = model;
         entry
     }
 
@@ -83,13 +109,13 @@ impl CachedResponse {
     }
 
     /// Rebuilds an entry from the parts another member sent; `None` when the
-    /// header block is malformed.
+    /// header block is malformed. Its usage and model are read from the
+    /// body, as from an upstream's answer, never taken from the sender.
     pub fn from_parts(
         header_block: &[u8],
         body: &[u8],
         created: SystemTime,
         ttl: Duration,
-        usage: TokenUsage,
         version: Version,
     ) -> Option<Self> {
         if !header_block_is_well_formed(header_block) {
@@ -98,14 +124,19 @@ impl CachedResponse {
         let mut data = Vec::with_capacity(header_block.len() + body.len());
         data.extend_from_slice(header_block);
         data.extend_from_slice(body);
-        Some(Self {
+        let mut entry = Self {
             data: Bytes::from(data),
             header_len: header_block.len(),
             created,
             ttl,
-            usage,
+            usage: TokenUsage::default(),
+            model: None,
             version,
-        })
+        };
+        let facts = AnswerFacts::of(&entry.body(), is_event_stream(&entry.headers()));
+        entry.usage = facts.usage;
+        entry.model = facts.model;
+        Some(entry)
     }
 
     /// The entry as an answer from the upstream would have been stored:
@@ -121,6 +152,7 @@ impl CachedResponse {
             let mut rebuilt = Self::new(&headers, &self.body(), self.ttl);
             rebuilt.created = self.created;
             rebuilt.usage = self.usage;
+            rebuilt.model = self.model;
             rebuilt.version = self.version;
             rebuilt
         };
@@ -278,18 +310,14 @@ impl EntryRecorder {
         } else {
             Bytes::copy_from_slice(&buffer)
         };
-        let body = &data[self.header_len..];
-        let usage = if self.event_stream {
-            sse_usage(body)
-        } else {
-            json_usage(body)
-        };
+        let facts = AnswerFacts::of(&data[self.header_len..], self.event_stream);
         CachedResponse {
             header_len: self.header_len,
             data,
             created: SystemTime::now(),
             ttl,
-            usage,
+            usage: facts.usage,
+            model: facts.model,
             version: Version::default(),
         }
     }
@@ -355,25 +383,91 @@ pub fn upstream_forbids_store(headers: &HeaderMap) -> bool {
         })
 }
 
-fn usage_of(value: &Value) -> TokenUsage {
-    let number = |names: &[&str]| {
-        names
-            .iter()
-            .filter_map(|n| value.get(*n).and_then(Value::as_u64))
-            .sum::<u64>()
-    };
-    TokenUsage {
-        input: number(&["input_tokens", "prompt_tokens"]),
-        output: number(&["output_tokens", "completion_tokens"]),
+/// What an answer says about itself: the tokens it cost and the model
+/// that wrote it. Only these fields are read; serde skips the rest of the
+/// answer without building it.
+#[derive(Debug, Default, PartialEq)]
+pub struct AnswerFacts {
+    /// Tokens by class.
+    pub usage: TokenUsage,
+    /// The answer's `model`.
+    pub model: Option<Arc<str>>,
+}
+
+impl AnswerFacts {
+    /// The facts of a JSON answer, or of a recorded event stream.
+    pub fn of(body: &[u8], event_stream: bool) -> Self {
+        if event_stream {
+            Self::of_stream(body)
+        } else {
+            serde_json::from_slice::<Answer>(body)
+                .map(Answer::facts)
+                .unwrap_or_default()
+        }
+    }
+
+    /// Anthropic reports input and prompt-cache tokens in `message_start`
+    /// and the running output in `message_delta`; OpenAI chat in a last
+    /// chunk; the Responses API in `response.completed`. The model is named
+    /// by the first event that names one.
+    fn of_stream(body: &[u8]) -> Self {
+        let mut facts = Self::default();
+        for line in body.split(|b| *b == b'\n') {
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_slice::<StreamEvent>(data.trim_ascii()) else {
+                continue;
+            };
+            let own = Answer {
+                usage: event.usage,
+                model: event.model,
+            };
+            for answer in [Some(own), event.message, event.response]
+                .into_iter()
+                .flatten()
+            {
+                let found = answer.facts();
+                facts.usage = facts.usage.max(found.usage);
+                if facts.model.is_none() {
+                    facts.model = found.model;
+                }
+            }
+        }
+        facts
     }
 }
 
-/// Only `usage` is read; serde skips the rest of the answer without
-/// building it.
 #[derive(serde::Deserialize)]
-struct AnswerUsage {
+struct Answer {
     #[serde(default)]
     usage: Option<UsageFields>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+impl Answer {
+    fn facts(self) -> AnswerFacts {
+        AnswerFacts {
+            usage: self.usage.map(UsageFields::usage).unwrap_or_default(),
+            model: self.model.filter(|m| !m.is_empty()).map(Arc::from),
+        }
+    }
+}
+
+/// One event of a stream: an answer itself (OpenAI chunks, Anthropic
+/// `message_delta`), or one wrapped in `message` (Anthropic
+/// `message_start`) or `response` (Responses API).
+#[derive(serde::Deserialize)]
+struct StreamEvent {
+    #[serde(default)]
+    usage: Option<UsageFields>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    message: Option<Answer>,
+    #[serde(default)]
+    response: Option<Answer>,
 }
 
 #[derive(serde::Deserialize)]
@@ -382,41 +476,34 @@ struct UsageFields {
     output_tokens: Option<u64>,
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    prompt_tokens_details: Option<CachedTokens>,
+    input_tokens_details: Option<CachedTokens>,
 }
 
-fn json_usage(body: &[u8]) -> TokenUsage {
-    match serde_json::from_slice::<AnswerUsage>(body) {
-        Ok(AnswerUsage { usage: Some(u) }) => TokenUsage {
-            input: u.input_tokens.unwrap_or(0) + u.prompt_tokens.unwrap_or(0),
-            output: u.output_tokens.unwrap_or(0) + u.completion_tokens.unwrap_or(0),
-        },
-        _ => TokenUsage::default(),
-    }
+#[derive(serde::Deserialize)]
+struct CachedTokens {
+    cached_tokens: Option<u64>,
 }
 
-/// Tokens of a streamed answer: Anthropic reports input in `message_start`
-/// and the running output in `message_delta`; OpenAI in a final chunk.
-fn sse_usage(body: &[u8]) -> TokenUsage {
-    let text = String::from_utf8_lossy(body);
-    let mut usage = TokenUsage::default();
-    for line in text.lines() {
-        let Some(data) = line.strip_prefix("data:") else {
-            continue;
-        };
-        let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
-            continue;
-        };
-        let found = event
-            .get("usage")
-            .or_else(|| event.pointer("/message/usage"))
-            .or_else(|| event.pointer("/response/usage"))
-            .map(usage_of);
-        if let Some(found) = found {
-            usage.input = usage.input.max(found.input);
-            usage.output = usage.output.max(found.output);
+impl UsageFields {
+    fn usage(self) -> TokenUsage {
+        // OpenAI's cached tokens are part of its prompt count; Anthropic's
+        // cache reads are counted beside `input_tokens`.
+        let cached = [self.prompt_tokens_details, self.input_tokens_details]
+            .into_iter()
+            .flatten()
+            .filter_map(|details| details.cached_tokens)
+            .sum::<u64>();
+        let prompt = self.input_tokens.unwrap_or(0) + self.prompt_tokens.unwrap_or(0);
+        TokenUsage {
+            input: prompt.saturating_sub(cached),
+            output: self.output_tokens.unwrap_or(0) + self.completion_tokens.unwrap_or(0),
+            cache_read: self.cache_read_input_tokens.unwrap_or(0) + cached,
+            cache_creation: self.cache_creation_input_tokens.unwrap_or(0),
         }
     }
-    usage
 }
 
 /// Adds the answer headers of a cache hit.

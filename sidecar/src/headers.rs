@@ -8,6 +8,16 @@ pub const STATUS: &str = "x-relaycache-status";
 pub const TIER: &str = "x-relaycache-tier";
 /// The entry's key, usable with the purge endpoint.
 pub const KEY: &str = "x-relaycache-key";
+/// On hits of a priced model: what the answer would have cost, in US
+/// dollars (see `cache.prices`).
+pub const SAVED_USD: &str = "x-relaycache-saved-usd";
+
+/// Adds [`SAVED_USD`] to a hit's headers, to the millionth of a dollar.
+pub fn tag_saved(headers: &mut HeaderMap, dollars: f64) {
+    if let Ok(value) = http::HeaderValue::from_str(&format!("{dollars:.6}")) {
+        headers.insert(SAVED_USD, value);
+    }
+}
 
 /// What the cache did with a request, sent in `x-relaycache-status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

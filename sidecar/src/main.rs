@@ -1,11 +1,12 @@
-//! The `relaycache` command: `serve`, `config init`, `config validate`.
+//! The `relaycache` command: `serve`, `config init`, `config validate`,
+//! `config prices`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use relaycache::config::{Config, DEFAULT_CONFIG_YAML};
+use relaycache::config::{Config, PriceTable, DEFAULT_CONFIG_YAML};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,13 @@ enum ConfigCommand {
         /// The file to check.
         file: PathBuf,
     },
+    /// Print the prices hits are counted in dollars with: the built-in
+    /// table, and `cache.prices` of a config file over it.
+    Prices {
+        /// Config file whose `cache.prices` apply.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,7 +62,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Init,
         } => {
-            print!("{DEFAULT_CONFIG_YAML}");
+            emit(DEFAULT_CONFIG_YAML);
             ExitCode::SUCCESS
         }
         Command::Config {
@@ -69,6 +77,19 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Config {
+            command: ConfigCommand::Prices { config },
+        } => {
+            let config = match config.as_deref().map(Config::load).transpose() {
+                Ok(config) => config.unwrap_or_default(),
+                Err(err) => {
+                    eprintln!("invalid configuration:\n{err}");
+                    return ExitCode::from(2);
+                }
+            };
+            emit(&PriceTable::new(&config.cache.prices).to_string());
+            ExitCode::SUCCESS
+        }
         Command::Serve {
             config,
             config_yaml,
@@ -80,6 +101,13 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Writes to standard output; a reader that stopped reading (`| head`)
+/// is not an error worth a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn serve(path: Option<PathBuf>, inline: Option<String>) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::proto;
 use crate::coalesce::{self, UpstreamFailure};
-use crate::entry::{CachedResponse, TokenUsage};
+use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin};
 use crate::version::Version;
 
@@ -123,10 +123,6 @@ fn restore(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
         &entry.body,
         created,
         Duration::from_millis(entry.ttl_ms),
-        TokenUsage {
-            input: entry.input_tokens,
-            output: entry.output_tokens,
-        },
         version_from_wire(entry.version.as_ref()),
     )?;
     Some((key, restored))

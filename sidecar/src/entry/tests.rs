@@ -1,41 +1,82 @@
 use super::*;
 
+fn usage(input: u64, output: u64, cache_read: u64, cache_creation: u64) -> TokenUsage {
+    TokenUsage {
+        input,
+        output,
+        cache_read,
+        cache_creation,
+    }
+}
+
+fn json_facts(body: &[u8]) -> AnswerFacts {
+    AnswerFacts::of(body, false)
+}
+
 #[test]
-fn anthropic_and_openai_usage() {
-    let a = json_usage(br#"{"usage":{"input_tokens":12,"output_tokens":34}}"#);
-    assert_eq!(
-        a,
-        TokenUsage {
-            input: 12,
-            output: 34
-        }
+fn anthropic_and_openai_usage_by_class() {
+    let a = json_facts(
+        br#"{"model":"claude-sonnet-4-5","usage":{"input_tokens":12,"output_tokens":34,
+            "cache_read_input_tokens":100,"cache_creation_input_tokens":7}}"#,
     );
-    let o = json_usage(br#"{"usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11}}"#);
-    assert_eq!(
-        o,
-        TokenUsage {
-            input: 5,
-            output: 6
-        }
+    assert_eq!(a.usage, usage(12, 34, 100, 7));
+    assert_eq!(a.model.as_deref(), Some("claude-sonnet-4-5"));
+    // OpenAI counts cached tokens inside the prompt.
+    let chat = json_facts(
+        br#"{"model":"gpt-4o","usage":{"prompt_tokens":50,"completion_tokens":6,"total_tokens":56,
+            "prompt_tokens_details":{"cached_tokens":40}}}"#,
     );
-    assert_eq!(json_usage(b"not json"), TokenUsage::default());
+    assert_eq!(chat.usage, usage(10, 6, 40, 0));
+    let responses = json_facts(
+        br#"{"object":"response","model":"gpt-5","usage":{"input_tokens":30,"output_tokens":2,
+            "input_tokens_details":{"cached_tokens":12}}}"#,
+    );
+    assert_eq!(responses.usage, usage(18, 2, 12, 0));
+    assert_eq!(json_facts(b"not json"), AnswerFacts::default());
+    assert_eq!(
+        json_facts(br#"{"usage":null,"model":""}"#),
+        AnswerFacts::default()
+    );
 }
 
 #[test]
 fn streamed_usage() {
-    let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+    let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1,\"cache_read_input_tokens\":9}}}\n\n\
 event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n\
 event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-    assert_eq!(
-        sse_usage(body),
-        TokenUsage {
-            input: 25,
-            output: 15
-        }
-    );
+    let facts = AnswerFacts::of(body, true);
+    assert_eq!(facts.usage, usage(25, 15, 9, 0));
+    assert_eq!(facts.model.as_deref(), Some("claude-haiku-4-5"));
     assert!(sse_is_complete(body));
     assert!(!sse_is_complete(&body[..body.len() - 50]));
     assert!(sse_is_complete(b"data: {}\n\ndata: [DONE]\n\n"));
+
+    let responses = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt-5-mini\",\"usage\":null}}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-5-mini\",\"usage\":{\"input_tokens\":8,\"output_tokens\":3}}}\n\n";
+    let facts = AnswerFacts::of(responses, true);
+    assert_eq!(facts.usage, usage(8, 3, 0, 0));
+    assert_eq!(facts.model.as_deref(), Some("gpt-5-mini"));
+}
+
+#[test]
+fn an_entry_from_another_member_counts_the_tokens_its_body_reports() {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    let sent = CachedResponse::new(
+        &h,
+        br#"{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
+        Duration::from_secs(60),
+    );
+    let received = CachedResponse::from_parts(
+        &sent.header_block(),
+        &sent.body(),
+        sent.created,
+        sent.ttl,
+        Version::default(),
+    )
+    .unwrap();
+    assert_eq!(received.usage, usage(5, 6, 0, 0));
+    assert_eq!(received.model.as_deref(), Some("gpt-4o"));
 }
 
 #[test]
@@ -68,13 +109,7 @@ fn entry_is_one_exact_buffer_and_round_trips() {
     let entry = CachedResponse::new(&h, body, Duration::from_secs(1));
     assert_eq!(&entry.body()[..], &body[..]);
     assert_eq!(entry.headers(), h);
-    assert_eq!(
-        entry.usage,
-        TokenUsage {
-            input: 3,
-            output: 4
-        }
-    );
+    assert_eq!(entry.usage, usage(3, 4, 0, 0));
     assert!(entry.weight() as usize >= body.len() + ENTRY_OVERHEAD);
 }
 

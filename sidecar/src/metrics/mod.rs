@@ -18,15 +18,18 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::config::PriceTable;
 use crate::headers::{CacheStatus, TierKind};
 
 pub mod cluster;
 pub mod proxy;
 pub mod reserve;
+pub mod savings;
 
 pub use cluster::{ClusterMetrics, ClusterRefusal, ClusterStats, FlightOutcome};
 pub use proxy::{ProxyMetrics, UpstreamLabels};
 pub use reserve::{ReserveMetrics, ReserveStats};
+pub use savings::{ModelSaved, SavingsMetrics};
 
 /// Declares a set of metrics once. For each field: its doc comment (also
 /// the metric's help text), its type, the exported name, optionally a unit
@@ -291,6 +294,8 @@ pub struct Metrics {
     pub reserve: ReserveMetrics,
     /// The cluster tier.
     pub cluster: ClusterMetrics,
+    /// What hits saved, by model.
+    pub savings: SavingsMetrics,
 }
 
 impl Default for Metrics {
@@ -300,8 +305,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric under the `relaycache` prefix.
+    /// Creates and registers every metric under the `relaycache` prefix,
+    /// pricing hits with the built-in table.
     pub fn new() -> Self {
+        Self::with_prices(PriceTable::new(&Default::default()))
+    }
+
+    /// Creates and registers every metric, pricing hits with `prices`.
+    pub fn with_prices(prices: PriceTable) -> Self {
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("relaycache");
         let proxy = ProxyMetrics::default();
@@ -310,11 +321,14 @@ impl Metrics {
         reserve.register(registry.sub_registry_with_prefix("reserve"));
         let cluster = ClusterMetrics::default();
         cluster.register(registry.sub_registry_with_prefix("cluster"));
+        let savings = SavingsMetrics::new(prices);
+        savings.register(registry);
         Self {
             registry: root,
             proxy,
             reserve,
             cluster,
+            savings,
         }
     }
 
@@ -343,6 +357,7 @@ impl Metrics {
         let misses =
             proxy.requests.get(CacheStatus::Miss) + proxy.requests.get(CacheStatus::Refresh);
         let lookups = hits + misses;
+        let (models, saved_usd) = self.savings.readings();
         Stats {
             hits,
             misses,
@@ -358,6 +373,10 @@ impl Metrics {
             },
             input_tokens_saved: proxy.input_tokens_saved.get(),
             output_tokens_saved: proxy.output_tokens_saved.get(),
+            cache_read_tokens_saved: models.values().map(|m| m.cache_read_tokens).sum(),
+            cache_creation_tokens_saved: models.values().map(|m| m.cache_creation_tokens).sum(),
+            saved_usd,
+            models,
             reserve: self.reserve.readings(),
             peer_hits: proxy.hits_by_tier.get(TierKind::Peer),
             cluster: self.cluster.readings(),
@@ -388,6 +407,19 @@ pub struct Stats {
     pub input_tokens_saved: u64,
     /// Completion tokens saved by hits.
     pub output_tokens_saved: u64,
+    /// Input tokens read from the provider's prompt cache, saved by hits.
+    #[serde(default)]
+    pub cache_read_tokens_saved: u64,
+    /// Input tokens written to the provider's prompt cache, saved by hits.
+    #[serde(default)]
+    pub cache_creation_tokens_saved: u64,
+    /// US dollars hits saved, over the models with a price.
+    #[serde(default)]
+    pub saved_usd: f64,
+    /// What hits saved, by model (at most
+    /// [`savings::MODEL_LABEL_LIMIT`] models, then `other`).
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, ModelSaved>,
     /// The reserve tier.
     pub reserve: ReserveStats,
     /// Hits answered by another cluster member.

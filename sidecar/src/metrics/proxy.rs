@@ -43,7 +43,8 @@ metric_set! {
             = UpstreamHistograms::new_with_constructor(upstream_histogram),
         /// Failed upstream exchanges (unreachable, timeout, broken body)
         upstream_errors: Family<UpstreamLabels, Counter> => "upstream_errors",
-        /// Prompt tokens of answers served from cache
+        /// Input tokens of answers served from cache (not counting those
+        /// the provider read from its prompt cache)
         input_tokens_saved: Counter => "input_tokens_saved",
         /// Completion tokens of answers served from cache
         output_tokens_saved: Counter => "output_tokens_saved",

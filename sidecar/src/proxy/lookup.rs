@@ -13,7 +13,7 @@ use crate::body::{boxed, full, ProxyBody};
 use crate::cluster::flight::Claimed;
 use crate::coalesce::{Join, Landing, Leader, UpstreamFailure};
 use crate::entry::{self, CachedResponse};
-use crate::headers::CacheStatus;
+use crate::headers::{self, CacheStatus};
 use crate::key::CacheKey;
 use crate::live::LiveAnswer;
 use crate::reply;
@@ -225,8 +225,15 @@ impl Proxy {
             .proxy
             .bytes_served_from_cache
             .inc_by(entry.body_len() as u64);
+        let saved = self
+            .metrics
+            .savings
+            .count_hit(entry.model.as_deref(), entry.usage);
         let mut response = Response::new(full(entry.body()));
         *response.headers_mut() = entry::hit_headers(entry, tier, &key.to_string());
+        if let Some(dollars) = saved {
+            headers::tag_saved(response.headers_mut(), dollars);
+        }
         response
     }
 

@@ -19,6 +19,7 @@ mod partition;
 mod peer_names;
 mod replay;
 mod reserve;
+mod savings;
 mod stale;
 mod streaming;
 mod tls;

@@ -25,6 +25,13 @@ pub(super) struct Metadata {
     pub(super) headers: Vec<(String, String)>,
     pub(super) input_tokens: u64,
     pub(super) output_tokens: u64,
+    /// Absent in entries written before prompt-cache tokens were counted.
+    #[serde(default)]
+    pub(super) cache_read_tokens: u64,
+    #[serde(default)]
+    pub(super) cache_creation_tokens: u64,
+    #[serde(default)]
+    pub(super) model: Option<String>,
 }
 
 pub(super) fn unix_ms(time: SystemTime) -> u64 {
@@ -56,6 +63,9 @@ impl Metadata {
                 .collect(),
             input_tokens: entry.usage.input,
             output_tokens: entry.usage.output,
+            cache_read_tokens: entry.usage.cache_read,
+            cache_creation_tokens: entry.usage.cache_creation,
+            model: entry.model.as_deref().map(str::to_string),
         }
     }
 
@@ -99,7 +109,10 @@ impl Metadata {
             TokenUsage {
                 input: self.input_tokens,
                 output: self.output_tokens,
+                cache_read: self.cache_read_tokens,
+                cache_creation: self.cache_creation_tokens,
             },
+            self.model.as_deref().map(std::sync::Arc::from),
         );
         // The TTL as stored, from creation: an expired entry then knows how
         // long ago it expired (for stale-if-error).

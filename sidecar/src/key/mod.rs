@@ -16,6 +16,8 @@ use sha2::Digest;
 use crate::canonical::{self, BodyFacts, CanonicalError, IgnoredFields};
 use crate::config::{Isolation, KeyConfig, KeyHash};
 
+pub mod explain;
+
 /// Version of the key derivation; part of every key.
 pub const KEY_FORMAT: &[u8] = b"relaycache-key/2";
 
@@ -57,6 +59,15 @@ pub struct Tenant([u8; 32]);
 impl fmt::Debug for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tenant({}…)", hex::encode(&self.0[..4]))
+    }
+}
+
+impl Tenant {
+    /// The tenant id, 64 hex characters: what `relaycache key tenant`
+    /// prints and what a purge by tenant names. A hash, never the
+    /// credential.
+    pub fn id(&self) -> String {
+        hex::encode(self.0)
     }
 }
 
