@@ -1,11 +1,12 @@
-//! The `relaycache` command: `serve`, `config init`, `config validate`.
+//! The `relaycache` command: `serve`, `config init`, `config validate`,
+//! `config migrate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use relaycache::config::{Config, DEFAULT_CONFIG_YAML};
+use relaycache::config::{Config, Notice, NoticeLevel, DEFAULT_CONFIG_YAML};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,12 @@ enum ConfigCommand {
         /// The file to check.
         file: PathBuf,
     },
+    /// Print the native configuration a cc-relay file means (notices on
+    /// stderr); a native file is printed normalised.
+    Migrate {
+        /// The file to convert.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,15 +66,23 @@ fn main() -> ExitCode {
         }
         Command::Config {
             command: ConfigCommand::Validate { file },
-        } => match Config::load(&file) {
-            Ok(_) => {
+        } => match Config::load_with_notices(&file) {
+            Ok(loaded) => {
+                print_notices(&file, &loaded.notices);
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
-            Err(err) => {
-                eprintln!("{}: invalid configuration:\n{err}", file.display());
-                ExitCode::from(2)
+            Err(err) => invalid(&file, &err),
+        },
+        Command::Config {
+            command: ConfigCommand::Migrate { file },
+        } => match Config::migrate_file(&file) {
+            Ok(migrated) => {
+                print_notices(&file, &migrated.notices);
+                print!("{}", migrated.yaml);
+                ExitCode::SUCCESS
             }
+            Err(err) => invalid(&file, &err),
         },
         Command::Serve {
             config,
@@ -82,16 +97,39 @@ fn main() -> ExitCode {
     }
 }
 
+fn invalid(file: &std::path::Path, err: &relaycache::config::ConfigError) -> ExitCode {
+    eprintln!("{}: invalid configuration:\n{err}", file.display());
+    ExitCode::from(2)
+}
+
+fn print_notices(file: &std::path::Path, notices: &[Notice]) {
+    for notice in notices {
+        eprintln!("{}: {notice}", file.display());
+    }
+}
+
 fn serve(path: Option<PathBuf>, inline: Option<String>) -> anyhow::Result<()> {
-    let config = match (&path, inline) {
-        (Some(path), _) => Config::load(path)
-            .with_context(|| format!("invalid configuration {}", path.display()))?,
-        (None, Some(text)) => Config::from_yaml(&text)
-            .context("invalid configuration in --config-yaml / RELAYCACHE_CONFIG_YAML")?,
-        (None, None) => Config::default(),
+    let (config, notices) = match (&path, inline) {
+        (Some(path), _) => {
+            let loaded = Config::load_with_notices(path)
+                .with_context(|| format!("invalid configuration {}", path.display()))?;
+            (loaded.config, loaded.notices)
+        }
+        (None, Some(text)) => {
+            let loaded = Config::read(&text)
+                .context("invalid configuration in --config-yaml / RELAYCACHE_CONFIG_YAML")?;
+            (loaded.config, loaded.notices)
+        }
+        (None, None) => (Config::default(), Vec::new()),
     };
     // Held to the end: dropping it writes the lines still queued.
     let _log = relaycache::telemetry::init(&config.log);
+    for notice in &notices {
+        match notice.level() {
+            NoticeLevel::Warn => tracing::warn!("{notice}"),
+            NoticeLevel::Info => tracing::info!("{notice}"),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

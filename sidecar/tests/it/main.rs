@@ -8,6 +8,7 @@ mod netns;
 
 mod admin;
 mod caching;
+mod cc_relay;
 mod chaos;
 mod cluster;
 mod cluster_flight;
