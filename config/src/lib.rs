@@ -4,6 +4,7 @@
 //! The types are public and serializable so that other tools (the operator)
 //! render the same file the proxy reads instead of keeping a copy.
 
+pub mod cc_relay;
 mod env;
 mod ha;
 mod prices;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use cc_relay::{Dialect, Loaded, Migrated, Notice, NoticeLevel};
 pub use env::{escape_env, expand_env};
 pub use ha::{Environment, HaConfig, PeerTlsConfig};
 pub use prices::{ModelPrice, PriceTable, DEFAULT_PRICES};
@@ -48,6 +50,18 @@ pub enum ConfigError {
     /// The values parsed but do not make sense together.
     #[error("{0}")]
     Invalid(#[from] ConfigIssues),
+    /// One setting is written both in relaycache's and in cc-relay's
+    /// spelling; which one was meant cannot be guessed.
+    #[error("{native} and cc-relay's {cc_relay} set the same thing; keep one of them")]
+    Conflict {
+        /// The native key path.
+        native: String,
+        /// The cc-relay key path.
+        cc_relay: String,
+    },
+    /// The configuration read could not be written back as YAML.
+    #[error("{0}")]
+    Render(#[from] RenderError),
 }
 
 /// A configuration could not be written as YAML.
@@ -509,24 +523,37 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Parses YAML text (after `${ENV}` expansion) and validates it.
+    /// Parses YAML text (after `${ENV}` expansion) and validates it. A
+    /// cc-relay file is read too ([`cc_relay`]); [`Config::read`] also
+    /// returns what was said about it.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let expanded = expand_env(text, |name| std::env::var(name).ok())?;
-        let config = Self::parse_expanded(&expanded)?;
-        config.validate()?;
-        Ok(config)
+        Ok(Self::read(text)?.config)
     }
 
     /// Reads, expands, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_yaml(&text)
+        Ok(Self::load_with_notices(path)?.config)
     }
 
-    fn parse_expanded(text: &str) -> Result<Self, ConfigError> {
+    /// Like [`Config::from_yaml`], with the file's dialect and the notices
+    /// about its cc-relay keys.
+    pub fn read(text: &str) -> Result<Loaded, ConfigError> {
+        cc_relay::read(text, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`], with the file's dialect and the notices about
+    /// its cc-relay keys.
+    pub fn load_with_notices(path: &Path) -> Result<Loaded, ConfigError> {
+        Self::read(&read_file(path)?)
+    }
+
+    /// What `relaycache config migrate` prints for a file: the native
+    /// configuration it means, and the notices.
+    pub fn migrate_file(path: &Path) -> Result<Migrated, ConfigError> {
+        cc_relay::migrate(&read_file(path)?, &|name| std::env::var(name).ok())
+    }
+
+    pub(crate) fn parse_expanded(text: &str) -> Result<Self, ConfigError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -543,6 +570,13 @@ impl Config {
     pub fn try_to_yaml(&self) -> Result<String, RenderError> {
         Ok(serde_yaml_ng::to_string(self)?)
     }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

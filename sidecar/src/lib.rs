@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod canonical;
+pub mod cli;
 pub mod cluster;
 pub mod coalesce;
 pub use relaycache_config as config;

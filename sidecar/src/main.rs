@@ -1,12 +1,13 @@
-//! The `relaycache` command: `serve`, `config init`, `config validate`,
-//! `config prices`.
+//! The `relaycache` command: `serve` here; `config …` and `key …` in
+//! [`relaycache::cli`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use relaycache::config::{Config, PriceTable, DEFAULT_CONFIG_YAML};
+use relaycache::cli::{ConfigCommand, KeyCommand};
+use relaycache::config::{Config, NoticeLevel};
 
 #[derive(Parser)]
 #[command(
@@ -37,59 +38,18 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum ConfigCommand {
-    /// Print the default configuration, every key commented.
-    Init,
-    /// Check a configuration file and name every mistake.
-    Validate {
-        /// The file to check.
-        file: PathBuf,
-    },
-    /// Print the prices hits are counted in dollars with: the built-in
-    /// table, and `cache.prices` of a config file over it.
-    Prices {
-        /// Config file whose `cache.prices` apply.
-        #[arg(short, long)]
-        config: Option<PathBuf>,
+    /// Explain cache keys: why a request missed, how two requests differ,
+    /// a credential's tenant id.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
     },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Config {
-            command: ConfigCommand::Init,
-        } => {
-            emit(DEFAULT_CONFIG_YAML);
-            ExitCode::SUCCESS
-        }
-        Command::Config {
-            command: ConfigCommand::Validate { file },
-        } => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("{}: invalid configuration:\n{err}", file.display());
-                ExitCode::from(2)
-            }
-        },
-        Command::Config {
-            command: ConfigCommand::Prices { config },
-        } => {
-            let config = match config.as_deref().map(Config::load).transpose() {
-                Ok(config) => config.unwrap_or_default(),
-                Err(err) => {
-                    eprintln!("invalid configuration:\n{err}");
-                    return ExitCode::from(2);
-                }
-            };
-            emit(&PriceTable::new(&config.cache.prices).to_string());
-            ExitCode::SUCCESS
-        }
+        Command::Config { command } => command.run(),
+        Command::Key { command } => command.run(),
         Command::Serve {
             config,
             config_yaml,
@@ -103,23 +63,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes to standard output; a reader that stopped reading (`| head`)
-/// is not an error worth a panic.
-fn emit(text: &str) {
-    use std::io::Write;
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
-}
-
 fn serve(path: Option<PathBuf>, inline: Option<String>) -> anyhow::Result<()> {
-    let config = match (&path, inline) {
-        (Some(path), _) => Config::load(path)
-            .with_context(|| format!("invalid configuration {}", path.display()))?,
-        (None, Some(text)) => Config::from_yaml(&text)
-            .context("invalid configuration in --config-yaml / RELAYCACHE_CONFIG_YAML")?,
-        (None, None) => Config::default(),
+    let (config, notices) = match (&path, inline) {
+        (Some(path), _) => {
+            let loaded = Config::load_with_notices(path)
+                .with_context(|| format!("invalid configuration {}", path.display()))?;
+            (loaded.config, loaded.notices)
+        }
+        (None, Some(text)) => {
+            let loaded = Config::read(&text)
+                .context("invalid configuration in --config-yaml / RELAYCACHE_CONFIG_YAML")?;
+            (loaded.config, loaded.notices)
+        }
+        (None, None) => (Config::default(), Vec::new()),
     };
     // Held to the end: dropping it writes the lines still queued.
     let _log = relaycache::telemetry::init(&config.log);
+    for notice in &notices {
+        match notice.level() {
+            NoticeLevel::Warn => tracing::warn!("{notice}"),
+            NoticeLevel::Info => tracing::info!("{notice}"),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

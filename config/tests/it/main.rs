@@ -1,4 +1,5 @@
 //! The configuration crate's integration tests, in one binary.
 
+mod cc_relay;
 mod documented;
 mod parse;

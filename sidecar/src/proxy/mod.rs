@@ -18,6 +18,7 @@ use crate::body::{boxed, full, DeadlineBody, ProxyBody};
 use crate::coalesce::Flights;
 use crate::config::{CacheConfig, Config, Mode, Replay};
 use crate::headers::{self, CacheStatus};
+use crate::key::explain::EXPLAIN_HEADER;
 use crate::key::{CacheKey, KeyBuilder, KeyOrigin, KeyParts, Tenant};
 use crate::limits::{self, Admission, BufferPermit};
 use crate::metrics::Metrics;
@@ -155,7 +156,11 @@ impl Proxy {
             }
         };
         log.slot = Some(slot);
-        let response = self.route(request, &mut log).await;
+        let explain = request.headers().contains_key(EXPLAIN_HEADER);
+        let mut response = self.route(request, &mut log).await;
+        if explain && !response.headers().contains_key(EXPLAIN_HEADER) {
+            explain_not_cached(&mut response, &log);
+        }
         log.status = response.status();
         if let Some(status) = log.cache_status {
             self.metrics.proxy.count_request(status);
@@ -170,6 +175,7 @@ impl Proxy {
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
         let path = request.uri().path().to_string();
+        let explain = request.headers().contains_key(EXPLAIN_HEADER);
         let Some(upstream) = self.upstreams.route(&path).cloned() else {
             return reply::error(
                 &path,
@@ -219,7 +225,8 @@ impl Proxy {
         };
         let key_parts = key_parts(&parts, &policy, &tenant);
         let raw_key = cache.keys.raw_key(key_parts, &body);
-        if policy.lookup {
+        // An explanation needs the full key, so it skips the alias shortcut.
+        if policy.lookup && !explain {
             let known = cache.aliases.get(&raw_key);
             if let Some((key, entry)) = known.and_then(|k| Some((k, self.tiers.in_memory(&k)?))) {
                 return self.serve_hit(&entry, &key, TierKind::Memory, log);
@@ -246,6 +253,10 @@ impl Proxy {
             log.bypass_reason = Some("streamed and cache.streaming is off");
             return self.bypass(parts, body, &upstream, log).await;
         }
+        let explanation = explain
+            .then(|| cache.keys.explain(key_parts, &body).ok())
+            .flatten()
+            .and_then(|explained| explained.explanation.header_value());
         // `budget` is held until the answer's head is out: by then the
         // upstream has read the body.
         let keyed = Keyed {
@@ -256,7 +267,11 @@ impl Proxy {
             raw_key,
             policy,
         };
-        self.lookup_or_fetch(cache, keyed, &upstream, log).await
+        let mut response = self.lookup_or_fetch(cache, keyed, &upstream, log).await;
+        if let Some(explanation) = explanation {
+            response.headers_mut().insert(EXPLAIN_HEADER, explanation);
+        }
+        response
     }
 
     fn cache_limit(&self) -> u64 {
@@ -401,6 +416,19 @@ impl Proxy {
                 reply::error(&path, err.status(), &err.to_string())
             }
         }
+    }
+}
+
+/// The explanation of a request that was not keyed: why it is not cached.
+fn explain_not_cached(response: &mut Response<ProxyBody>, log: &AccessLog) {
+    let reason = match (log.bypass_reason, log.cache_status) {
+        (Some(reason), _) => reason,
+        (None, Some(CacheStatus::Bypass)) => "x-relaycache: off",
+        (None, _) => "not a cache route (a POST to one of cache.routes)",
+    };
+    let text = serde_json::json!({"cached": false, "reason": reason}).to_string();
+    if let Ok(value) = http::HeaderValue::from_str(&text) {
+        response.headers_mut().insert(EXPLAIN_HEADER, value);
     }
 }
 

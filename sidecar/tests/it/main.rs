@@ -8,11 +8,13 @@ mod netns;
 
 mod admin;
 mod caching;
+mod cc_relay;
 mod chaos;
 mod cluster;
 mod cluster_flight;
 mod cluster_grpc;
 mod coalescing;
+mod explain;
 mod lifecycle;
 mod limits;
 mod partition;

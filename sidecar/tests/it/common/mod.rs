@@ -63,10 +63,25 @@ impl Relay {
         Self::launch(config, false, prefix)
     }
 
+    /// Starts relaycache on a config file with this text (which must log
+    /// JSON), with `env` added to its environment.
+    pub(crate) fn start_yaml(text: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch_text(text, false, &[], env)
+    }
+
     fn launch(config: &Config, inline: bool, prefix: &[&str]) -> Self {
+        Self::launch_text(
+            &config.try_to_yaml().expect("render config"),
+            inline,
+            prefix,
+            &[],
+        )
+    }
+
+    fn launch_text(text: &str, inline: bool, prefix: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("relaycache.yaml");
-        std::fs::write(&path, config.try_to_yaml().expect("render config")).expect("write config");
+        std::fs::write(&path, text).expect("write config");
         let binary = env!("CARGO_BIN_EXE_relaycache");
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
@@ -78,14 +93,12 @@ impl Relay {
         };
         command.arg("serve");
         if inline {
-            command.env(
-                "RELAYCACHE_CONFIG_YAML",
-                config.try_to_yaml().expect("render config"),
-            );
+            command.env("RELAYCACHE_CONFIG_YAML", text);
         } else {
             command.arg("--config").arg(&path);
         }
         let mut child = command
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
