@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
 use crate::body::{full, ProxyBody};
+use crate::entry::filter::EntryFilter;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::metrics::TierStats;
@@ -73,6 +74,12 @@ impl Admin {
                 let stats = self.metrics.stats(memory, reserve);
                 json(StatusCode::OK, &serde_json::to_value(stats).unwrap_or_default())
             }
+            (&Method::DELETE, "/cache") if request.uri().query().is_some_and(|q| !q.is_empty()) => {
+                match self.refusal(&request) {
+                    Some(refusal) => refusal,
+                    None => self.purge_matching(request.uri().query().unwrap_or_default()).await,
+                }
+            }
             (&Method::DELETE, "/cache") => match self.refusal(&request) {
                 Some(refusal) => refusal,
                 None => {
@@ -102,9 +109,32 @@ impl Admin {
             },
             _ => message(
                 StatusCode::NOT_FOUND,
-                "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats or DELETE /cache[/KEY]",
+                "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats or DELETE /cache[/KEY | ?FILTER]",
             ),
         }
+    }
+
+    /// A scoped purge: the entries the query selects, from every tier and
+    /// (at a member) every member.
+    async fn purge_matching(&self, query: &str) -> Response<ProxyBody> {
+        let filter = match EntryFilter::from_query(query) {
+            Ok(filter) => filter,
+            Err(err) => return message(StatusCode::BAD_REQUEST, &err.to_string()),
+        };
+        let removed = match self.tiers.purge_matching(&filter).await {
+            Ok(removed) => removed,
+            Err(err) => return purge_failed(&err),
+        };
+        let total: u64 = removed.iter().map(|(_, n)| n).sum();
+        tracing::info!(%filter, removed = total, "purged the entries a filter selects");
+        let by_tier: serde_json::Map<String, serde_json::Value> = removed
+            .into_iter()
+            .map(|(tier, n)| (tier.as_str().to_string(), n.into()))
+            .collect();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"purged": filter.to_string(), "removed": total, "by_tier": by_tier}),
+        )
     }
 
     fn census(&self) -> (TierStats, TierStats) {

@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::key::Tenant;
 use crate::version::Version;
+
+pub mod filter;
 
 /// Tokens an answer cost, from its `usage`, by the class each is priced
 /// at; a hit saves them again.
@@ -57,6 +60,11 @@ pub struct CachedResponse {
     pub usage: TokenUsage,
     /// The model that answered, as the answer names it.
     pub model: Option<Arc<str>>,
+    /// The tenant of the request it answers (`None` for entries stored
+    /// before entries carried it).
+    pub tenant: Option<Tenant>,
+    /// The request's `x-relaycache-namespace`.
+    pub namespace: Option<Arc<str>>,
     /// Orders copies of the same key across cluster members (zero outside
     /// a cluster).
     pub version: Version,
@@ -131,6 +139,8 @@ impl CachedResponse {
             ttl,
             usage: TokenUsage::default(),
             model: None,
+            tenant: None,
+            namespace: None,
             version,
         };
         let facts = AnswerFacts::of(&entry.body(), is_event_stream(&entry.headers()));
@@ -153,6 +163,8 @@ impl CachedResponse {
             rebuilt.created = self.created;
             rebuilt.usage = self.usage;
             rebuilt.model = self.model;
+            rebuilt.tenant = self.tenant;
+            rebuilt.namespace = self.namespace;
             rebuilt.version = self.version;
             rebuilt
         };
@@ -318,6 +330,8 @@ impl EntryRecorder {
             ttl,
             usage: facts.usage,
             model: facts.model,
+            tenant: None,
+            namespace: None,
             version: Version::default(),
         }
     }

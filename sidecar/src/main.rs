@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use relaycache::cli::{ConfigCommand, KeyCommand};
+use relaycache::cli::{CacheCommand, ConfigCommand, KeyCommand};
 use relaycache::config::{Config, NoticeLevel};
 
 #[derive(Parser)]
@@ -44,12 +44,18 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Work with a running process's entries through its admin endpoints.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Config { command } => command.run(),
         Command::Key { command } => command.run(),
+        Command::Cache { command } => command.run(),
         Command::Serve {
             config,
             config_yaml,

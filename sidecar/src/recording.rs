@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 use crate::body::{BoxError, DeadlineExceeded};
 use crate::coalesce::Leader;
 use crate::entry::EntryRecorder;
-use crate::key::{CacheKey, KeyOrigin};
+use crate::key::{CacheKey, KeyOrigin, Tenant};
 use crate::live::LiveAnswer;
 use crate::metrics::Metrics;
 use crate::tiers::Tiers;
@@ -44,6 +44,17 @@ pub struct Destination {
     pub origin: Option<KeyOrigin>,
     /// The followers' live view of a streamed answer.
     pub live: Option<Arc<LiveAnswer>>,
+    /// Whose answer it is: what a scoped purge selects it by.
+    pub scope: RequestScope,
+}
+
+/// The tenant and namespace of the request an entry answers.
+#[derive(Debug, Clone)]
+pub struct RequestScope {
+    /// The request's tenant.
+    pub tenant: Tenant,
+    /// The request's `x-relaycache-namespace`.
+    pub namespace: Option<Arc<str>>,
 }
 
 impl Destination {
@@ -51,6 +62,8 @@ impl Destination {
     fn complete(self, recorder: EntryRecorder) {
         let entry = recorder.finish(self.ttl).map(|mut entry| {
             self.tiers.stamp(&mut entry);
+            entry.tenant = Some(self.scope.tenant.clone());
+            entry.namespace = self.scope.namespace.clone();
             Arc::new(entry)
         });
         if entry.is_none() {

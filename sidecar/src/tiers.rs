@@ -16,6 +16,7 @@ use crate::cluster::flight::Claimed;
 use crate::cluster::replication::ReserveCopy;
 use crate::cluster::{Cluster, PeerTier};
 use crate::coalesce::UpstreamFailure;
+use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::headers::TierKind;
 use crate::key::{CacheKey, KeyOrigin};
@@ -193,6 +194,19 @@ impl Tiers {
             tier.clear().await?;
         }
         Ok(())
+    }
+
+    /// Removes the entries `filter` selects from every tier, nearest first;
+    /// how many each removed. Stops at the first tier that cannot.
+    pub async fn purge_matching(
+        &self,
+        filter: &EntryFilter,
+    ) -> Result<Vec<(TierKind, u64)>, TierError> {
+        let mut removed = Vec::new();
+        for tier in self.each() {
+            removed.push((tier.kind(), tier.purge_matching(filter).await?));
+        }
+        Ok(removed)
     }
 
     /// Removes `key` from every tier; whether any held it.

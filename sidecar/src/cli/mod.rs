@@ -1,4 +1,5 @@
-//! The `relaycache` subcommands that do not serve: `config …` and `key …`.
+//! The `relaycache` subcommands that do not serve: `config …`, `key …`
+//! and `cache …`.
 //! Each returns the process's exit code; `main.rs` only parses and
 //! dispatches (and runs `serve`).
 
@@ -9,8 +10,10 @@ use clap::Subcommand;
 
 use crate::config::{Config, ConfigError, Notice, PriceTable, DEFAULT_CONFIG_YAML};
 
+pub mod cache;
 pub mod key;
 
+pub use cache::CacheCommand;
 pub use key::KeyCommand;
 
 /// `relaycache config …`.

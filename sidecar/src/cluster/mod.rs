@@ -99,6 +99,10 @@ impl Timings {
     }
 }
 
+/// The tenant and namespace of a client's request, as a member derives
+/// them from its origin.
+pub(crate) type OriginScope = (crate::key::Tenant, Option<Arc<str>>);
+
 /// Why the cluster could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -316,6 +320,12 @@ impl Cluster {
     /// Whether a client's entry for `key` answers the request `origin`
     /// describes: the key derived from it here must be `key`. Counted
     /// when not, a missing origin included.
+    /// The tenant and namespace of the request `origin` describes.
+    pub(crate) fn scope_of_origin(&self, origin: &crate::key::KeyOrigin) -> Option<OriginScope> {
+        let tenant = self.checks.keys.tenant(&origin.headers).ok()?;
+        Some((tenant, origin.namespace.as_deref().map(Arc::from)))
+    }
+
     pub(crate) fn is_own_request(
         &self,
         key: &CacheKey,

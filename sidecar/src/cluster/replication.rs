@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use super::proto::{ClearRequest, DeleteRequest, GetRequest, SetRequest};
+use super::proto::{ClearRequest, DeleteRequest, GetRequest, PurgeRequest, SetRequest};
 use super::security::PeerClient;
 use super::wire::{entry_from_wire, entry_from_wire_within, entry_to_wire, origin_to_wire};
 use super::Cluster;
+use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin};
 use crate::metrics::cluster::PeerCall;
@@ -287,6 +288,21 @@ impl Cluster {
             })
             .await;
         failed
+    }
+
+    /// Removes the entries `filter` selects from every live member: how
+    /// many they removed, and how many members did not confirm.
+    pub async fn purge_everywhere(&self, filter: &EntryFilter) -> (u64, usize) {
+        let query = filter.to_query();
+        let (replies, failed) = self
+            .on_every_member(PeerCall::Purge, |mut client| {
+                let request = PurgeRequest {
+                    filter: query.clone(),
+                };
+                async move { client.purge(request).await }
+            })
+            .await;
+        (replies.iter().map(|reply| reply.removed).sum(), failed)
     }
 }
 

@@ -13,15 +13,16 @@ use super::proto::cluster_server::{Cluster as ClusterRpc, ClusterServer};
 use super::proto::{
     ClaimRequest, ClearReply, ClearRequest, DeleteReply, DeleteRequest, FeedMessage, FeedReply,
     GetManyReply, GetManyRequest, GetReply, GetRequest, KeyVersion, PingReply, PingRequest,
-    ReleaseReply, ReleaseRequest, SetManyReply, SetManyRequest, SetReply, SetRequest,
-    VersionsReply, VersionsRequest,
+    PurgeReply, PurgeRequest, ReleaseReply, ReleaseRequest, SetManyReply, SetManyRequest, SetReply,
+    SetRequest, VersionsReply, VersionsRequest,
 };
 use super::security::{server_tls, Authenticate, Role, MAX_MESSAGE_BYTES};
 use super::wire::{
     entry_from_wire, entry_to_wire, failure_from_wire, key_from_wire, origin_from_wire,
     version_from_wire, version_to_wire,
 };
-use super::{Cluster, ClusterError};
+use super::{Cluster, ClusterError, OriginScope};
+use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 use crate::tier::Tier;
@@ -114,13 +115,13 @@ impl Service {
         key: &CacheKey,
         origin: Option<super::proto::Origin>,
         call: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<OriginScope>, Status> {
         if role == Role::Member {
-            return Ok(());
+            return Ok(None);
         }
         let origin = origin.and_then(origin_from_wire);
         if self.0.is_own_request(key, origin.as_ref()) {
-            return Ok(());
+            return Ok(origin.and_then(|origin| self.0.scope_of_origin(&origin)));
         }
         Err(Status::permission_denied(format!(
             "a client may {call} only for its own request: send the request's origin, whose key must be the entry's key"
@@ -222,7 +223,14 @@ impl ClusterRpc for Service {
             // Expired in flight, or malformed: nothing to keep.
             return Ok(Response::new(SetReply { stored: false }));
         };
-        self.own_request_of_client(role, &key, request.origin, "store an answer")?;
+        let scope = self.own_request_of_client(role, &key, request.origin, "store an answer")?;
+        let mut entry = entry;
+        if let Some((tenant, namespace)) = scope {
+            // A client's word on whose answer it is counts for nothing:
+            // the scope is the origin's, as the key is.
+            entry.tenant = Some(tenant);
+            entry.namespace = namespace;
+        }
         let stored = self.store(key, entry, request.admit_to_reserve);
         Ok(Response::new(SetReply { stored }))
     }
@@ -253,6 +261,15 @@ impl ClusterRpc for Service {
         let key = key_from_wire(&request.get_ref().key).ok_or_else(bad_key)?;
         let removed = self.0.memory.delete(&key).await.unwrap_or(false);
         Ok(Response::new(DeleteReply { removed }))
+    }
+
+    async fn purge(&self, request: Request<PurgeRequest>) -> Result<Response<PurgeReply>, Status> {
+        self.members_only(&request, "Purge")?;
+        let filter = EntryFilter::from_query(&request.get_ref().filter)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let removed = self.0.memory.purge_matching(&filter);
+        tracing::info!(%filter, removed, "purged by a cluster purge");
+        Ok(Response::new(PurgeReply { removed }))
     }
 
     async fn clear(&self, request: Request<ClearRequest>) -> Result<Response<ClearReply>, Status> {

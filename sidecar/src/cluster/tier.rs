@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::replication::ReserveCopy;
 use super::Cluster;
+use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin};
 use crate::tier::{Tier, TierError, TierFuture, TierKind};
@@ -101,6 +102,21 @@ impl Tier for PeerTier {
                 return Err(TierError::NotAllowed(CLIENTS_DO_NOT_PURGE));
             }
             Ok(self.cluster.delete_everywhere(key).await)
+        })
+    }
+
+    fn purge_matching<'a>(&'a self, filter: &'a EntryFilter) -> TierFuture<'a, u64> {
+        Box::pin(async move {
+            if self.is_client() {
+                return Err(TierError::NotAllowed(CLIENTS_DO_NOT_PURGE));
+            }
+            match self.cluster.purge_everywhere(filter).await {
+                (removed, 0) => Ok(removed),
+                (_, failed) => Err(TierError::Unavailable {
+                    tier: TierKind::Peer,
+                    reason: format!("{failed} member(s) did not confirm the purge"),
+                }),
+            }
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::proto;
 use crate::coalesce::{self, UpstreamFailure};
 use crate::entry::CachedResponse;
-use crate::key::{CacheKey, KeyOrigin};
+use crate::key::{CacheKey, KeyOrigin, Tenant};
 use crate::version::Version;
 
 /// Milliseconds since the Unix epoch, as the wire carries times.
@@ -45,6 +45,13 @@ pub fn entry_to_wire(key: &CacheKey, entry: &CachedResponse) -> proto::Entry {
         input_tokens: entry.usage.input,
         output_tokens: entry.usage.output,
         version: Some(version_to_wire(entry.version)),
+        tenant: entry
+            .tenant
+            .as_ref()
+            .map(|tenant| tenant.as_bytes().to_vec())
+            .unwrap_or_default(),
+        has_namespace: entry.namespace.is_some(),
+        namespace: entry.namespace.as_deref().unwrap_or_default().to_string(),
     }
 }
 
@@ -118,13 +125,17 @@ pub fn entry_from_wire_within(
 fn restore(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
     let key = key_from_wire(&entry.key)?;
     let created = UNIX_EPOCH.checked_add(Duration::from_millis(entry.created_ms))?;
-    let restored = CachedResponse::from_parts(
+    let mut restored = CachedResponse::from_parts(
         &entry.header_block,
         &entry.body,
         created,
         Duration::from_millis(entry.ttl_ms),
         version_from_wire(entry.version.as_ref()),
     )?;
+    restored.tenant = Tenant::from_bytes(&entry.tenant);
+    restored.namespace = entry
+        .has_namespace
+        .then(|| std::sync::Arc::from(entry.namespace.as_str()));
     Some((key, restored))
 }
 

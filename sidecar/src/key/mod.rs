@@ -69,6 +69,23 @@ impl Tenant {
     pub fn id(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The tenant of an id as [`Tenant::id`] writes it.
+    pub fn from_id(id: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(id, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    /// The id's 32 bytes, as entries carry them between members.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The tenant of 32 bytes from another member.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
 }
 
 /// Why a request has no tenant, and so is not cached.

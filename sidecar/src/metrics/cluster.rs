@@ -117,11 +117,13 @@ pub enum PeerCall {
     Feed,
     /// Release a flight's lead.
     Release,
+    /// Remove the entries a scoped purge selects.
+    Purge,
 }
 
 impl PeerCall {
     /// Every call, in declaration order.
-    pub const ALL: [PeerCall; 10] = [
+    pub const ALL: [PeerCall; 11] = [
         PeerCall::Get,
         PeerCall::Set,
         PeerCall::SetMany,
@@ -132,6 +134,7 @@ impl PeerCall {
         PeerCall::Claim,
         PeerCall::Feed,
         PeerCall::Release,
+        PeerCall::Purge,
     ];
 
     /// The metric label.
@@ -143,6 +146,7 @@ impl PeerCall {
             PeerCall::Versions => "versions",
             PeerCall::Delete => "delete",
             PeerCall::Clear => "clear",
+            PeerCall::Purge => "purge",
             PeerCall::Ping => "ping",
             PeerCall::Claim => "claim",
             PeerCall::Feed => "feed",

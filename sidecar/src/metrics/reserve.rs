@@ -15,7 +15,7 @@ metric_set! {
         reads: Counter => "reads" [u64],
         /// Entries written to the reserve
         writes: Counter => "writes" [u64],
-        /// Reserve writes under way
+        /// Reserve writes queued or under way
         writes_in_flight: IntGauge => "writes_in_flight" [u64],
         /// Reserve store operations that failed
         failures: Counter => "failures" [u64],

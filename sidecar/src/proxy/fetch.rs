@@ -23,7 +23,7 @@ use crate::headers::{self, CacheStatus};
 use crate::key::CacheKey;
 use crate::live::LiveAnswer;
 use crate::policy::RequestPolicy;
-use crate::recording::{Destination, RecordingBody};
+use crate::recording::{Destination, RecordingBody, RequestScope};
 use crate::reply;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -78,6 +78,7 @@ impl Proxy {
             body,
             key,
             policy,
+            tenant,
             ..
         } = keyed;
         let path = parts.uri.path().to_string();
@@ -168,6 +169,10 @@ impl Proxy {
             leader,
             upstream: Arc::clone(&upstream.name),
             origin,
+            scope: RequestScope {
+                tenant,
+                namespace: policy.namespace.as_deref().map(Arc::from),
+            },
         };
         let body = RecordingBody::new(
             incoming,

@@ -10,6 +10,7 @@ use moka::Expiry;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{Tier, TierFuture, TierKind, TierStats};
+use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
@@ -147,6 +148,22 @@ impl MemoryTier {
             .collect()
     }
 
+    /// Removes the entries `filter` selects, expired ones included; how
+    /// many.
+    pub fn purge_matching(&self, filter: &EntryFilter) -> u64 {
+        let selected: Vec<CacheKey> = self
+            .cache
+            .iter()
+            .filter(|(_, entry)| filter.matches(entry))
+            .map(|(key, _)| *key)
+            .collect();
+        let removed = selected
+            .iter()
+            .filter(|key| self.cache.remove(*key).is_some())
+            .count();
+        u64::try_from(removed).unwrap_or(u64::MAX)
+    }
+
     /// Up-to-date counters (runs moka's pending maintenance first).
     pub fn current_stats(&self) -> TierStats {
         self.cache.run_pending_tasks();
@@ -184,6 +201,10 @@ impl Tier for MemoryTier {
             self.cache.run_pending_tasks();
             Ok(())
         })
+    }
+
+    fn purge_matching<'a>(&'a self, filter: &'a EntryFilter) -> TierFuture<'a, u64> {
+        Box::pin(async move { Ok(MemoryTier::purge_matching(self, filter)) })
     }
 
     fn stats(&self) -> TierFuture<'_, Option<TierStats>> {

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
@@ -54,6 +55,8 @@ pub trait Tier: Send + Sync {
     }
     /// Removes every entry.
     fn clear(&self) -> TierFuture<'_, ()>;
+    /// Removes the entries `filter` selects; how many.
+    fn purge_matching<'a>(&'a self, filter: &'a EntryFilter) -> TierFuture<'a, u64>;
     /// Flushes and releases resources before exit.
     fn close(&self) -> TierFuture<'_, ()> {
         Box::pin(async { Ok(()) })

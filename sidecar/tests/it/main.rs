@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod partition;
 mod peer_names;
+mod purge;
 mod replay;
 mod reserve;
 mod savings;

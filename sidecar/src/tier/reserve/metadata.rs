@@ -8,8 +8,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::META_FORMAT;
+use crate::entry::filter::{EntryFilter, EntryScope};
 use crate::entry::{CachedResponse, TokenUsage};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, Tenant};
 
 /// What is kept beside each body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +33,11 @@ pub(super) struct Metadata {
     pub(super) cache_creation_tokens: u64,
     #[serde(default)]
     pub(super) model: Option<String>,
+    /// The tenant id, hex (absent when unknown).
+    #[serde(default)]
+    pub(super) tenant: Option<String>,
+    #[serde(default)]
+    pub(super) namespace: Option<String>,
 }
 
 pub(super) fn unix_ms(time: SystemTime) -> u64 {
@@ -66,6 +72,8 @@ impl Metadata {
             cache_read_tokens: entry.usage.cache_read,
             cache_creation_tokens: entry.usage.cache_creation,
             model: entry.model.as_deref().map(str::to_string),
+            tenant: entry.tenant.as_ref().map(Tenant::id),
+            namespace: entry.namespace.as_deref().map(str::to_string),
         }
     }
 
@@ -80,6 +88,17 @@ impl Metadata {
     pub(super) fn decode(bytes: &[u8], key: &CacheKey) -> Option<Self> {
         let meta: Self = serde_json::from_slice(bytes).ok()?;
         (meta.format == META_FORMAT && meta.key == key.to_string()).then_some(meta)
+    }
+
+    /// Whether a scoped purge's `filter` selects this entry.
+    pub(super) fn is_selected_by(&self, filter: &EntryFilter) -> bool {
+        let tenant = self.tenant.as_deref().and_then(Tenant::from_id);
+        filter.matches_parts(&EntryScope {
+            namespace: self.namespace.as_deref(),
+            model: self.model.as_deref(),
+            tenant: tenant.as_ref(),
+            created: from_unix_ms(self.created_ms),
+        })
     }
 
     /// Whether `body` is the one this metadata describes.
@@ -114,6 +133,8 @@ impl Metadata {
             },
             self.model.as_deref().map(std::sync::Arc::from),
         );
+        entry.tenant = self.tenant.as_deref().and_then(Tenant::from_id);
+        entry.namespace = self.namespace.as_deref().map(std::sync::Arc::from);
         // The TTL as stored, from creation: an expired entry then knows how
         // long ago it expired (for stale-if-error).
         entry.ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(self.created_ms));

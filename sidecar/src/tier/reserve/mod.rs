@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use super::{Tier, TierError, TierFuture, TierKind, TierStats};
 use crate::config::ReserveConfig;
+use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
@@ -336,7 +337,11 @@ impl ReserveTier {
     }
 
     fn enqueue(&self, job: Job) {
+        // Counted before it is queued, and until it is done (see
+        // `write_behind`): one gauge that `flush` can trust.
+        self.inner.metrics.reserve.writes_in_flight.inc();
         if self.jobs.try_send(job).is_err() {
+            self.inner.metrics.reserve.writes_in_flight.dec();
             self.inner.metrics.reserve.dropped.inc();
         }
     }
@@ -353,9 +358,7 @@ impl ReserveTier {
     /// Waits up to `timeout` for queued writes to reach the store.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.jobs.capacity() < self.jobs.max_capacity()
-            || self.inner.metrics.reserve.writes_in_flight.get() > 0
-        {
+        while self.inner.metrics.reserve.writes_in_flight.get() > 0 {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -398,6 +401,10 @@ impl Tier for ReserveTier {
             }
             Ok(())
         })
+    }
+
+    fn purge_matching<'a>(&'a self, filter: &'a EntryFilter) -> TierFuture<'a, u64> {
+        Box::pin(async move { self.inner.purge_matching(filter).await.map_err(unavailable) })
     }
 
     fn close(&self) -> TierFuture<'_, ()> {

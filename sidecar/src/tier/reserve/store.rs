@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::metadata::unix_ms;
 use super::metadata::Metadata;
 use super::{Inner, Job, WRITE_CONCURRENCY};
+use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
@@ -231,6 +232,34 @@ impl Inner {
 }
 
 impl Inner {
+    /// Removes every entry whose metadata `filter` selects; how many. Reads
+    /// each entry's metadata object once.
+    pub(super) async fn purge_matching(
+        &self,
+        filter: &EntryFilter,
+    ) -> Result<u64, object_store::Error> {
+        let mut listing = self.store.list(Some(&self.root));
+        let mut removed = 0;
+        while let Some(object) = listing.next().await {
+            let object = object?;
+            let name = object.location.filename().unwrap_or_default();
+            let Some(key) = name.strip_suffix(".meta").and_then(CacheKey::from_hex) else {
+                continue;
+            };
+            let meta = match self.store.get(&object.location).await {
+                Ok(found) => found.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            let selected =
+                Metadata::decode(&meta, &key).is_some_and(|meta| meta.is_selected_by(filter));
+            if selected && self.remove(&key).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes a body whose metadata never arrived (the process stopped
     /// between the two writes), once no write in flight can still add it.
     pub(super) async fn remove_if_orphan(&self, hex: &str, body: &object_store::ObjectMeta) {
@@ -262,11 +291,13 @@ impl Inner {
 pub(super) async fn write_behind(inner: Arc<Inner>, mut queue: mpsc::Receiver<Job>) {
     let slots = Arc::new(Semaphore::new(WRITE_CONCURRENCY));
     while let Some(job) = queue.recv().await {
+        // Counted since `enqueue`, so that `flush` never sees a job
+        // neither queued nor in flight while it waits for a slot.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            inner.metrics.reserve.writes_in_flight.dec();
             return;
         };
         let inner = Arc::clone(&inner);
-        inner.metrics.reserve.writes_in_flight.inc();
         tokio::spawn(async move {
             inner.run(job).await;
             inner.metrics.reserve.writes_in_flight.dec();
