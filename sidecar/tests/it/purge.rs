@@ -257,3 +257,51 @@ async fn a_purge_at_one_member_removes_the_selection_from_every_member() {
         "only the purged entries were asked again"
     );
 }
+
+#[tokio::test]
+async fn an_answer_a_client_stored_is_purged_by_its_requests_scope() {
+    let upstream = mock().await;
+    let grpc = member_addresses(1);
+    let mut config = member_config(&upstream.url(), &grpc[0], &grpc, 1);
+    config.server.admin_token = TOKEN.into();
+    let member = Relay::start(&config);
+    member.wait_for_members(1).await;
+    let client = Relay::start(&client_config(&upstream.url(), &grpc, 1));
+    client.wait_for_members(1).await;
+    let team = [("x-relaycache-namespace", "team-a")];
+    let body = asked("claude-test", "stored by a client");
+    assert_eq!(
+        post_messages(&client, "k", &body, &team)
+            .await
+            .cache_status(),
+        "miss"
+    );
+    member
+        .wait_for_stats("the client's copy at the member", |s| s["key_count"] == 1)
+        .await;
+    let admin = member.admin_url("");
+    let other = purged(&relaycache(&[
+        "cache",
+        "purge",
+        "--namespace",
+        "team-b",
+        "--admin",
+        &admin,
+    ]));
+    assert_eq!(other["removed"], 0, "{other}");
+    let own = purged(&relaycache(&[
+        "cache",
+        "purge",
+        "--namespace",
+        "team-a",
+        "--admin",
+        &admin,
+    ]));
+    assert_eq!(own["by_tier"]["memory"], 1, "{own}");
+    assert_eq!(
+        post_messages(&member, "k", &body, &team)
+            .await
+            .cache_status(),
+        "miss"
+    );
+}
