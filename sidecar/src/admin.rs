@@ -15,6 +15,7 @@ use crate::metrics::TierStats;
 use crate::tier::reserve::ReserveTier;
 use crate::tier::TierError;
 use crate::tiers::Tiers;
+use crate::transfer::{self, ImportLimits};
 
 /// State the admin endpoints read.
 pub struct Admin {
@@ -22,6 +23,7 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     token: Option<String>,
     ready: Arc<AtomicBool>,
+    import_limits: ImportLimits,
 }
 
 impl Admin {
@@ -32,19 +34,22 @@ impl Admin {
         metrics: Arc<Metrics>,
         token: Option<String>,
         ready: Arc<AtomicBool>,
+        import_limits: ImportLimits,
     ) -> Self {
         Self {
             tiers,
             metrics,
             token,
             ready,
+            import_limits,
         }
     }
 
     /// Handles one admin request.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
-        let path = request.uri().path();
-        match (request.method(), path) {
+        let path = request.uri().path().to_string();
+        let method = request.method().clone();
+        match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => {
                 // Below the cluster's quorum the proxy still answers (from
@@ -74,6 +79,25 @@ impl Admin {
                 let stats = self.metrics.stats(memory, reserve);
                 json(StatusCode::OK, &serde_json::to_value(stats).unwrap_or_default())
             }
+            (&Method::GET, "/cache/export") => match self.refusal(&request) {
+                Some(refusal) => refusal,
+                None => match EntryFilter::from_query(request.uri().query().unwrap_or_default()) {
+                    Ok(filter) => transfer::export(self.tiers.clone(), filter),
+                    Err(err) => message(StatusCode::BAD_REQUEST, &err.to_string()),
+                },
+            },
+            (&Method::POST, "/cache/import") => match self.refusal(&request) {
+                Some(refusal) => refusal,
+                None => {
+                    let summary =
+                        transfer::import(&self.tiers, request.into_body(), self.import_limits).await;
+                    tracing::info!(?summary, "imported a bundle");
+                    json(
+                        transfer::import_status(&summary),
+                        &serde_json::to_value(&summary).unwrap_or_default(),
+                    )
+                }
+            },
             (&Method::DELETE, "/cache") if request.uri().query().is_some_and(|q| !q.is_empty()) => {
                 match self.refusal(&request) {
                     Some(refusal) => refusal,
@@ -109,7 +133,7 @@ impl Admin {
             },
             _ => message(
                 StatusCode::NOT_FOUND,
-                "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats or DELETE /cache[/KEY | ?FILTER]",
+                "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats, /cache/export, POST /cache/import or DELETE /cache[/KEY | ?FILTER]",
             ),
         }
     }

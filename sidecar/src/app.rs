@@ -56,6 +56,10 @@ pub async fn run(
         metrics,
         token,
         Arc::clone(&ready),
+        crate::transfer::ImportLimits {
+            max_ttl: config.cache.max_ttl,
+            max_entry_bytes: config.cache.max_entry_bytes,
+        },
     ));
     if let Some(cluster) = &cluster {
         cluster.start().await?;

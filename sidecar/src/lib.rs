@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod bundle;
 pub mod canonical;
 pub mod cli;
 pub mod cluster;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tier;
 pub mod tiers;
+pub mod transfer;
 pub mod upstream;
 pub mod version;
 

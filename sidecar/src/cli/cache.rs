@@ -1,5 +1,5 @@
-//! `relaycache cache purge`: the admin endpoints of a running process,
-//! from the command line.
+//! `relaycache cache purge | export | import`: the admin endpoints of a
+//! running process, from the command line.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,28 +29,72 @@ pub struct AdminTarget {
     pub token: Option<String>,
 }
 
+/// Which entries an export or purge selects.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// The request's x-relaycache-namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The model the answer names.
+    #[arg(long)]
+    model: Option<String>,
+    /// A tenant id, as `relaycache key tenant` prints it.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Created at or after this RFC 3339 time.
+    #[arg(long)]
+    created_after: Option<String>,
+    /// Created before this RFC 3339 time.
+    #[arg(long)]
+    created_before: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> Result<EntryFilter, String> {
+        filter_of(
+            self.namespace,
+            self.model,
+            self.tenant,
+            self.created_after,
+            self.created_before,
+        )
+    }
+}
+
 /// `relaycache cache …`.
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
+    /// Write the entries the filters select (every entry without one) as a
+    /// bundle: versioned, zstd-compressed, one record per entry with its
+    /// digest. Progress on a terminal; a summary line at the end.
+    Export {
+        /// Where to write the bundle (`-`: standard output).
+        #[arg(short, long, default_value = "-")]
+        output: std::path::PathBuf,
+        /// Which entries.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// The process to export from.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Store a bundle's entries; an entry held in a newer version is kept.
+    /// A damaged or cut bundle is reported with the record's number, and
+    /// every good record before it is kept.
+    Import {
+        /// The bundle (`-`: standard input).
+        input: std::path::PathBuf,
+        /// The process to import into.
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Remove entries from every tier and, at a cluster member, every
     /// member: those the filters select (all must hold), or every entry
     /// with --all.
     Purge {
-        /// The request's x-relaycache-namespace.
-        #[arg(long)]
-        namespace: Option<String>,
-        /// The model the answer names.
-        #[arg(long)]
-        model: Option<String>,
-        /// A tenant id, as `relaycache key tenant` prints it.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Created at or after this RFC 3339 time.
-        #[arg(long)]
-        created_after: Option<String>,
-        /// Created before this RFC 3339 time.
-        #[arg(long)]
-        created_before: Option<String>,
+        /// Which entries.
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Every entry (needed when no filter is given).
         #[arg(long)]
         all: bool,
@@ -64,20 +108,24 @@ impl CacheCommand {
     /// Runs the command.
     pub fn run(self) -> ExitCode {
         match self {
+            CacheCommand::Export {
+                output,
+                filter,
+                target,
+            } => match filter.filter() {
+                Ok(filter) => super::transfer::export(&target, &filter, &output),
+                Err(message) => usage(&message),
+            },
+            CacheCommand::Import { input, target } => super::transfer::import(&target, &input),
             CacheCommand::Purge {
-                namespace,
-                model,
-                tenant,
-                created_after,
-                created_before,
+                filter,
                 all,
                 target,
             } => {
-                let filter =
-                    match filter_of(namespace, model, tenant, created_after, created_before) {
-                        Ok(filter) => filter,
-                        Err(message) => return usage(&message),
-                    };
+                let filter = match filter.filter() {
+                    Ok(filter) => filter,
+                    Err(message) => return usage(&message),
+                };
                 if filter.is_everything() && !all {
                     return usage("name what to purge (--namespace, --model, --tenant, --created-after, --created-before), or --all for every entry");
                 }
@@ -140,13 +188,18 @@ fn filter_of(
     })
 }
 
+/// The admin endpoint `path` of `target`, as a URL.
+pub(crate) fn url_of(target: &AdminTarget, path: &str) -> String {
+    format!("{}{path}", target.admin.trim_end_matches('/'))
+}
+
 /// One call to an admin endpoint: its status and body.
 pub(crate) fn call(
     method: Method,
     target: &AdminTarget,
     path: &str,
 ) -> Result<(StatusCode, Bytes), String> {
-    let url = format!("{}{path}", target.admin.trim_end_matches('/'));
+    let url = url_of(target, path);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

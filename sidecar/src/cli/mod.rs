@@ -12,6 +12,7 @@ use crate::config::{Config, ConfigError, Notice, PriceTable, DEFAULT_CONFIG_YAML
 
 pub mod cache;
 pub mod key;
+mod transfer;
 
 pub use cache::CacheCommand;
 pub use key::KeyCommand;

@@ -26,3 +26,4 @@ mod savings;
 mod stale;
 mod streaming;
 mod tls;
+mod transfer;

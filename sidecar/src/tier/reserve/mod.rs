@@ -346,6 +346,19 @@ impl ReserveTier {
         }
     }
 
+    /// Sends every fresh entry `filter` selects to `to` (see
+    /// [`crate::bundle`]), without extending retention.
+    pub async fn export_matching(
+        &self,
+        filter: &EntryFilter,
+        to: tokio::sync::mpsc::Sender<(CacheKey, CachedResponse)>,
+    ) -> Result<(), TierError> {
+        self.inner
+            .export_matching(filter, to)
+            .await
+            .map_err(unavailable)
+    }
+
     /// Entries and bytes as counted by the last complete sweep.
     pub fn census(&self) -> TierStats {
         TierStats {

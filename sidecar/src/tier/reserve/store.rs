@@ -260,6 +260,47 @@ impl Inner {
         Ok(removed)
     }
 
+    /// Sends every fresh entry `filter` selects to `to`, read without
+    /// extending its retention (an export is not a use). Stops early when
+    /// `to` is closed.
+    pub(super) async fn export_matching(
+        &self,
+        filter: &EntryFilter,
+        to: mpsc::Sender<(CacheKey, CachedResponse)>,
+    ) -> Result<(), object_store::Error> {
+        let mut listing = self.store.list(Some(&self.root));
+        let now = unix_ms(SystemTime::now());
+        while let Some(object) = listing.next().await {
+            let object = object?;
+            let name = object.location.filename().unwrap_or_default();
+            let Some(key) = name.strip_suffix(".meta").and_then(CacheKey::from_hex) else {
+                continue;
+            };
+            let meta = match self.store.get(&object.location).await {
+                Ok(found) => found.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            let Some(meta) = Metadata::decode(&meta, &key)
+                .filter(|meta| meta.is_kept(now, 0) && meta.is_selected_by(filter))
+            else {
+                continue;
+            };
+            let (_, body_path) = self.paths(&key);
+            let body = match self.store.get(&body_path).await {
+                Ok(found) => found.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            if let Some(entry) = meta.restore(body) {
+                if to.send((key, entry)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a body whose metadata never arrived (the process stopped
     /// between the two writes), once no write in flight can still add it.
     pub(super) async fn remove_if_orphan(&self, hex: &str, body: &object_store::ObjectMeta) {
