@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, metrics, stats and purge.
+//! The admin listener: health, readiness, metrics, stats, members and
+//! purge.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
 use crate::body::{full, ProxyBody};
+use crate::cluster::Roster;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::metrics::TierStats;
@@ -73,6 +75,13 @@ impl Admin {
                 let stats = self.metrics.stats(memory, reserve);
                 json(StatusCode::OK, &serde_json::to_value(stats).unwrap_or_default())
             }
+            (&Method::GET, "/members") => {
+                let roster = self
+                    .tiers
+                    .cluster()
+                    .map_or_else(Roster::single, |cluster| cluster.roster());
+                json(StatusCode::OK, &serde_json::to_value(roster).unwrap_or_default())
+            }
             (&Method::DELETE, "/cache") => match self.refusal(&request) {
                 Some(refusal) => refusal,
                 None => {
@@ -102,7 +111,7 @@ impl Admin {
             },
             _ => message(
                 StatusCode::NOT_FOUND,
-                "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats or DELETE /cache[/KEY]",
+                "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats, /members or DELETE /cache[/KEY]",
             ),
         }
     }

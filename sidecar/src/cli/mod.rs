@@ -1,4 +1,5 @@
-//! The `relaycache` subcommands that do not serve: `config …` and `key …`.
+//! The `relaycache` subcommands that do not serve: `config …`, `key …`
+//! and `top`.
 //! Each returns the process's exit code; `main.rs` only parses and
 //! dispatches (and runs `serve`).
 
@@ -10,8 +11,10 @@ use clap::Subcommand;
 use crate::config::{Config, ConfigError, Notice, PriceTable, DEFAULT_CONFIG_YAML};
 
 pub mod key;
+pub mod top;
 
 pub use key::KeyCommand;
+pub use top::TopArgs;
 
 /// `relaycache config …`.
 #[derive(Debug, Subcommand)]

@@ -25,3 +25,4 @@ mod savings;
 mod stale;
 mod streaming;
 mod tls;
+mod top;
