@@ -11,7 +11,7 @@ use futures::future::join_all;
 
 use super::placement;
 use super::proto::PingRequest;
-use super::roster::{MemberState, MemberStatus};
+use super::roster::{self, MemberState, MemberStatus};
 use super::security::{Connector, PeerClient};
 use super::wire::{version_from_wire, version_to_wire};
 use super::{Cluster, ClusterError};
@@ -255,15 +255,9 @@ impl Membership {
                 .filter(|t| t.id.as_deref().is_none_or(|id| self.may_be_member(id)))
                 .map(|t| {
                     let direct = t.id.as_deref() == Some(t.address.as_str());
-                    let state = match (t.live, t.leaving, t.failures) {
-                        (false, _, _) => MemberState::Down,
-                        (true, true, _) => MemberState::Leaving,
-                        (true, false, 0) => MemberState::Alive,
-                        (true, false, _) => MemberState::Suspect,
-                    };
                     let status = MemberStatus {
                         id: t.id.as_deref().unwrap_or(&t.address).to_string(),
-                        state,
+                        state: MemberState::of(t.live, t.leaving, t.failures),
                         this_process: false,
                         last_answer_ms: t.last_answer.map(|at| {
                             u64::try_from(now.duration_since(at).as_millis()).unwrap_or(u64::MAX)
@@ -275,31 +269,15 @@ impl Membership {
         };
         if let Some(id) = &self.self_id {
             let leaving = self.leaving.load(std::sync::atomic::Ordering::Acquire);
-            let state = if leaving {
-                MemberState::Leaving
-            } else {
-                MemberState::Alive
-            };
             let status = MemberStatus {
                 id: id.to_string(),
-                state,
+                state: MemberState::of(true, leaving, 0),
                 this_process: true,
                 last_answer_ms: None,
             };
             statuses.push((true, status));
         }
-        // Per id: this process first, then live before down, then the
-        // direct address before a Service name.
-        statuses.sort_by_key(|(direct, s)| {
-            (
-                s.id.clone(),
-                !s.this_process,
-                s.state == MemberState::Down,
-                !direct,
-            )
-        });
-        statuses.dedup_by(|later, first| later.1.id == first.1.id);
-        statuses.into_iter().map(|(_, status)| status).collect()
+        roster::one_per_id(statuses)
     }
 
     fn snapshot(&self) -> Vec<(usize, String, PeerClient)> {
