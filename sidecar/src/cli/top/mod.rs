@@ -8,7 +8,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -21,6 +21,7 @@ pub mod report;
 pub mod view;
 
 use fetch::{Fetcher, Watch};
+use report::Report;
 
 /// `relaycache top`.
 #[derive(Debug, Args)]
@@ -62,7 +63,8 @@ impl TopArgs {
             );
             return ExitCode::from(2);
         }
-        let runtime = match tokio::runtime::Builder::new_current_thread()
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
         {
@@ -85,7 +87,9 @@ impl TopArgs {
                 ExitCode::from(1)
             };
         }
-        match live(&runtime, &mut watch, self.interval) {
+        let outcome = live(&runtime, watch, self.interval);
+        runtime.shutdown_background();
+        match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("relaycache top: the terminal failed: {err}");
@@ -95,27 +99,44 @@ impl TopArgs {
     }
 }
 
-/// The live view until `q`, Esc or Ctrl-C. The terminal is restored on
-/// the way out, also on a panic (ratatui's hook).
+/// The live view until `q`, Esc or Ctrl-C. Refreshes run on the
+/// runtime's worker, so keys are read while a process is slow to answer.
+/// The terminal is restored on the way out, also on a panic (ratatui's
+/// hook).
 fn live(
     runtime: &tokio::runtime::Runtime,
-    watch: &mut Watch,
+    mut watch: Watch,
     interval: Duration,
 ) -> std::io::Result<()> {
-    let mut terminal = ratatui::try_init()?;
-    let outcome = (|| loop {
-        let report = runtime.block_on(watch.refresh());
-        terminal.draw(|frame| view::draw(frame, &report, interval))?;
-        let next = Instant::now() + interval;
+    let (sender, reports) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let left = next.saturating_duration_since(Instant::now());
-            if left.is_zero() || !event::poll(left)? {
-                break;
+            ticks.tick().await;
+            if sender.send(watch.refresh().await).is_err() {
+                return;
+            }
+        }
+    });
+    let mut terminal = ratatui::try_init()?;
+    let outcome = (|| {
+        let mut shown = Report {
+            processes: Vec::new(),
+        };
+        terminal.draw(|frame| view::draw(frame, &shown, interval))?;
+        loop {
+            if let Some(report) = reports.try_iter().last() {
+                shown = report;
+                terminal.draw(|frame| view::draw(frame, &shown, interval))?;
+            }
+            if !event::poll(Duration::from_millis(100))? {
+                continue;
             }
             match event::read()? {
                 Event::Key(key) if quits(&key) => return Ok(()),
                 Event::Resize(..) => {
-                    terminal.draw(|frame| view::draw(frame, &report, interval))?;
+                    terminal.draw(|frame| view::draw(frame, &shown, interval))?;
                 }
                 _ => {}
             }
