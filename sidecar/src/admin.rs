@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, metrics, stats and purge.
+//! The admin listener: health, readiness, metrics, stats, members and
+//! purge.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
 use crate::body::{full, ProxyBody};
+use crate::cluster::Roster;
 use crate::entry::filter::EntryFilter;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
@@ -79,6 +81,13 @@ impl Admin {
                 let stats = self.metrics.stats(memory, reserve);
                 json(StatusCode::OK, &serde_json::to_value(stats).unwrap_or_default())
             }
+            (&Method::GET, "/members") => {
+                let roster = self
+                    .tiers
+                    .cluster()
+                    .map_or_else(Roster::single, |cluster| cluster.roster());
+                json(StatusCode::OK, &serde_json::to_value(roster).unwrap_or_default())
+            }
             (&Method::GET, "/cache/export") => match self.refusal(&request) {
                 Some(refusal) => refusal,
                 None => match EntryFilter::from_query(request.uri().query().unwrap_or_default()) {
@@ -133,7 +142,7 @@ impl Admin {
             },
             _ => message(
                 StatusCode::NOT_FOUND,
-                "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats, /cache/export, POST /cache/import or DELETE /cache[/KEY | ?FILTER]",
+                "unknown admin endpoint; use GET /healthz, /readyz, /metrics, /stats, /members, /cache/export, POST /cache/import or DELETE /cache[/KEY | ?FILTER]",
             ),
         }
     }

@@ -1,4 +1,4 @@
-//! The `relaycache` command: `serve` here; `config …` and `key …` in
+//! The `relaycache` command: `serve` here; `config …`, `key …` and `top` in
 //! [`relaycache::cli`].
 
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use relaycache::cli::{CacheCommand, ConfigCommand, KeyCommand};
+use relaycache::cli::{CacheCommand, ConfigCommand, KeyCommand, TopArgs};
 use relaycache::config::{Config, NoticeLevel};
 
 #[derive(Parser)]
@@ -49,6 +49,10 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// A live view of one process or a cluster through the admin
+    /// endpoints: requests per second, hit ratio by tier, tokens and
+    /// dollars saved, upstream latency, members.
+    Top(TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Config { command } => command.run(),
         Command::Key { command } => command.run(),
         Command::Cache { command } => command.run(),
+        Command::Top(args) => args.run(),
         Command::Serve {
             config,
             config_yaml,

@@ -1,5 +1,5 @@
-//! The `relaycache` subcommands that do not serve: `config …`, `key …`
-//! and `cache …`.
+//! The `relaycache` subcommands that do not serve: `config …`, `key …`,
+//! `cache …` and `top`.
 //! Each returns the process's exit code; `main.rs` only parses and
 //! dispatches (and runs `serve`).
 
@@ -12,10 +12,12 @@ use crate::config::{Config, ConfigError, Notice, PriceTable, DEFAULT_CONFIG_YAML
 
 pub mod cache;
 pub mod key;
+pub mod top;
 mod transfer;
 
 pub use cache::CacheCommand;
 pub use key::KeyCommand;
+pub use top::TopArgs;
 
 /// `relaycache config …`.
 #[derive(Debug, Subcommand)]

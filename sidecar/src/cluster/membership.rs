@@ -11,6 +11,7 @@ use futures::future::join_all;
 
 use super::placement;
 use super::proto::PingRequest;
+use super::roster::{self, MemberState, MemberStatus};
 use super::security::{Connector, PeerClient};
 use super::wire::{version_from_wire, version_to_wire};
 use super::{Cluster, ClusterError};
@@ -239,6 +240,44 @@ impl Membership {
             }
         }
         true
+    }
+
+    /// Every member known with its state, sorted by id: this process
+    /// (a member) and every address probed, one line per id (a member
+    /// reached both through a Service name and directly shows once).
+    pub fn statuses(&self) -> Vec<MemberStatus> {
+        let now = Instant::now();
+        let mut statuses: Vec<(bool, MemberStatus)> = {
+            let targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+            targets
+                .iter()
+                .filter(|t| !t.is_self)
+                .filter(|t| t.id.as_deref().is_none_or(|id| self.may_be_member(id)))
+                .map(|t| {
+                    let direct = t.id.as_deref() == Some(t.address.as_str());
+                    let status = MemberStatus {
+                        id: t.id.as_deref().unwrap_or(&t.address).to_string(),
+                        state: MemberState::of(t.live, t.leaving, t.failures),
+                        this_process: false,
+                        last_answer_ms: t.last_answer.map(|at| {
+                            u64::try_from(now.duration_since(at).as_millis()).unwrap_or(u64::MAX)
+                        }),
+                    };
+                    (direct, status)
+                })
+                .collect()
+        };
+        if let Some(id) = &self.self_id {
+            let leaving = self.leaving.load(std::sync::atomic::Ordering::Acquire);
+            let status = MemberStatus {
+                id: id.to_string(),
+                state: MemberState::of(true, leaving, 0),
+                this_process: true,
+                last_answer_ms: None,
+            };
+            statuses.push((true, status));
+        }
+        roster::one_per_id(statuses)
     }
 
     fn snapshot(&self) -> Vec<(usize, String, PeerClient)> {

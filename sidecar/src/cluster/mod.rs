@@ -7,6 +7,7 @@
 //! - [`replication`] reads from and writes to a key's replicas with quorums;
 //! - [`flight`] makes one upstream call per question cluster-wide: misses
 //!   wait on the key's primary owner, which lets one of them lead;
+//! - [`roster`] describes the members and their state for `GET /members`;
 //! - [`service`] answers other members and clients from this member's store;
 //! - [`handoff`] passes entries to their new owners when a member leaves,
 //!   and [`repair`] copies entries back to `replica_count` after changes;
@@ -22,6 +23,7 @@ pub mod membership;
 pub mod placement;
 pub mod repair;
 pub mod replication;
+pub mod roster;
 pub mod security;
 pub mod service;
 pub mod tier;
@@ -47,6 +49,7 @@ use crate::tier::MemoryTier;
 use crate::version::Clock;
 
 pub use membership::{Member, Membership, View};
+pub use roster::{MemberState, MemberStatus, Role, Roster};
 pub use tier::PeerTier;
 
 /// Failure-detection and call timings for an `environment`.
@@ -368,6 +371,22 @@ impl Cluster {
             format!(
                 "cluster: below quorum ({live} live members, member_count_quorum {needed}); serving from memory, reserve and upstream only\n"
             )
+        }
+    }
+
+    /// What `GET /members` shows: this process's role, the members it
+    /// knows and their state.
+    pub fn roster(&self) -> Roster {
+        let view = self.view();
+        Roster {
+            role: if self.is_client() {
+                Role::Client
+            } else {
+                Role::Member
+            },
+            live: view.members.len() as u64,
+            quorum: self.has_quorum(&view),
+            members: self.membership.statuses(),
         }
     }
 

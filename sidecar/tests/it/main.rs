@@ -26,4 +26,5 @@ mod savings;
 mod stale;
 mod streaming;
 mod tls;
+mod top;
 mod transfer;
