@@ -505,9 +505,30 @@ pub struct RelayCacheStatus {
     /// sha256 of the rendered proxy configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
-    /// `Ready`, `Progressing` and `Degraded`.
+    /// `Ready`, `Progressing` and `Degraded`; `Purged` once the annotation
+    /// `relaycache.io/purge-before` has been acted on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last purge the annotation `relaycache.io/purge-before` asked for
+    /// and the members confirmed. A value of the annotation equal to
+    /// `lastPurge.before` has been applied and is not applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_purge: Option<LastPurge>,
+}
+
+/// A purge of every entry created before a time, done by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastPurge {
+    /// The annotation's value as written: entries created before this
+    /// RFC 3339 time were removed.
+    pub before: String,
+    /// When the member confirmed the purge (RFC 3339).
+    pub time: String,
+    /// Entries removed, summed over memory, every member and the reserve.
+    pub removed: i64,
+    /// The member that was asked (it purges every member and the reserve).
+    pub member: String,
 }
 
 /// The CRD as YAML, as `crdgen` prints it and `crds/` holds it.

@@ -30,21 +30,24 @@ use tracing::{debug, info, warn};
 
 use crate::crd::{RelayCache, RelayCacheStatus};
 use crate::metrics::{Metrics, Outcome};
-use crate::resources::tokens::{self, NoRandomness};
+use crate::resources::tokens::{self, NoRandomness, Role};
 use crate::resources::{self, BuildSettings, Children, Names, RenderFailure, MANAGED_BY_SELECTOR};
 use crate::status::{self, Observation, DEGRADED, PROGRESSING, READY};
 
 mod apply;
 mod copies;
 mod names;
+pub mod purge;
 
 pub use apply::CLAIMS_CHANGED;
 use apply::{apply_children, Applied};
 use copies::{
-    delete_copies, holds_copies_finalizer, list_copies, set_copies_finalizer, sync_copies,
+    delete_copies, holds_copies_finalizer, list_copies, read_token, set_copies_finalizer,
+    sync_copies,
 };
 pub use copies::{serves_other_namespaces, COPIES_FINALIZER};
 use names::{check_names, conflict_message, create_token_secrets, CONFLICT_RECHECK};
+use purge::{HttpMemberAdmin, Member, MemberAdmin, Outcome as PurgeOutcome, Plan, Retries};
 
 /// The one field manager of every object this operator writes.
 pub const FIELD_MANAGER: &str = "relaycache-operator";
@@ -64,6 +67,10 @@ pub struct Context {
     pub settings: BuildSettings,
     /// Reconcile counters and timings.
     pub metrics: Arc<Metrics>,
+    /// The members' admin endpoints (`relaycache.io/purge-before`).
+    pub admin: Arc<dyn MemberAdmin>,
+    /// Failed purges, for the backoff of their retries.
+    pub purge_retries: Retries,
 }
 
 impl Context {
@@ -83,6 +90,8 @@ impl Context {
             client,
             settings,
             metrics,
+            admin: Arc::new(HttpMemberAdmin::default()),
+            purge_retries: Retries::default(),
         }
     }
 }
@@ -330,19 +339,71 @@ impl Pass<'_> {
         children: &Children,
         sts: &StatefulSet,
     ) -> Result<(Outcome, Action), Error> {
-        let next = self.observation.applied(
+        let mut next = self.observation.applied(
             self.rc.spec.replicas,
             names.selector_string(),
             children.config_hash.clone(),
             sts,
         );
+        let purged = self.purge(names, &next).await;
+        let purge_event = purge::record(&self.observation, &mut next, &purged);
         self.report(&next).await?;
-        let action = if status::is_true(&next, PROGRESSING) {
-            Action::requeue(PROGRESS_CHECK)
+        if let Some(event) = purge_event {
+            publish(self.rc, self.ctx, &event).await;
+        }
+        let mut wait = if status::is_true(&next, PROGRESSING) {
+            PROGRESS_CHECK
         } else {
-            Action::requeue(RESYNC)
+            RESYNC
         };
-        Ok((Outcome::applied, action))
+        let key = format!("{}/{}", names.namespace, names.name);
+        if matches!(purged, PurgeOutcome::Failed(_)) {
+            wait = wait.min(self.ctx.purge_retries.failed(&key));
+        } else {
+            self.ctx.purge_retries.reset(&key);
+        }
+        Ok((Outcome::applied, Action::requeue(wait)))
+    }
+
+    /// Acts on the annotation `relaycache.io/purge-before`: asks a member
+    /// (with the members' token) when a new value asks for a purge.
+    async fn purge(&self, names: &Names, next: &RelayCacheStatus) -> PurgeOutcome {
+        let rc = self.rc;
+        let (value, at) = match purge::plan(purge::wanted(rc), rc.spec.mode, next.ready_replicas) {
+            Plan::Settled(outcome) => return outcome,
+            Plan::Call { value, at } => (value, at),
+        };
+        let secret = tokens::token_secret(rc, names, Role::Member);
+        let token = match read_token(&self.ctx.client, names, &secret).await {
+            Ok(Some(token)) => String::from_utf8(token.0).ok(),
+            Ok(None) => None,
+            Err(err) => return PurgeOutcome::Failed(err.to_string()),
+        };
+        let Some(token) = token else {
+            return PurgeOutcome::Failed(format!(
+                "the members' token Secret {} has no key \"{}\" yet; it is tried again",
+                secret.name,
+                tokens::TOKEN_KEY
+            ));
+        };
+        let members: Vec<Member> = (0..next.replicas)
+            .map(|i| Member {
+                name: names.member(i),
+                admin: names.admin_address(i),
+            })
+            .collect();
+        info!(relaycache = %rc.name_any(), before = %value, "purging");
+        let outcome = purge::call(&value, at, &members, &token, self.ctx.admin.as_ref()).await;
+        match &outcome {
+            PurgeOutcome::Purged(last) => {
+                info!(relaycache = %rc.name_any(), before = %value, removed = last.removed, member = %last.member, "purged")
+            }
+            PurgeOutcome::Failed(error) => {
+                warn!(relaycache = %rc.name_any(), before = %value, %error, "purge failed; retrying")
+            }
+            _ => {}
+        }
+        outcome
     }
 }
 
@@ -429,13 +490,17 @@ async fn publish_transitions(
     previous: &RelayCacheStatus,
     next: &RelayCacheStatus,
 ) {
-    let reference = rc.object_ref(&());
     for event in transitions(previous, next) {
-        info!(relaycache = %rc.name_any(), reason = %event.reason, note = event.note.as_deref().unwrap_or(""), "event");
-        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
-            // An Event is a courtesy; never fail a reconcile for it.
-            warn!(reason = %event.reason, error = %err, "could not publish event");
-        }
+        publish(rc, ctx, &event).await;
+    }
+}
+
+/// Publishes one Event on `rc`.
+async fn publish(rc: &RelayCache, ctx: &Context, event: &Event) {
+    info!(relaycache = %rc.name_any(), reason = %event.reason, note = event.note.as_deref().unwrap_or(""), "event");
+    if let Err(err) = ctx.recorder.publish(event, &rc.object_ref(&())).await {
+        // An Event is a courtesy; never fail a reconcile for it.
+        warn!(reason = %event.reason, error = %err, "could not publish event");
     }
 }
 

@@ -13,6 +13,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use serde_json::{json, Value};
 
+use super::purge::tests::FakeAdmin;
+use super::purge::PURGE_ANNOTATION;
 use super::{reconcile, Context, Error};
 use crate::crd::{RelayCache, RelayCacheStatus};
 use crate::metrics::Metrics;
@@ -345,6 +347,7 @@ fn settled_status(hash: &str, replicas: i32) -> RelayCacheStatus {
             c("Progressing", "False", "Reconciled"),
             c("Degraded", "False", "Reconciled"),
         ],
+        last_purge: None,
     }
 }
 
@@ -1245,5 +1248,134 @@ async fn deleting_a_relaycache_removes_its_copies_then_its_finalizer() {
     );
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
     drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+/// A settled RelayCache of 3 members with `status`, annotated with
+/// `purge-before`, its context answering purges through `admin`: its
+/// reconcile up to the applies.
+async fn start_purge(
+    admin: Arc<FakeAdmin>,
+    status: RelayCacheStatus,
+) -> (
+    ApiServer,
+    Arc<RelayCache>,
+    tokio::task::JoinHandle<Result<Action, Error>>,
+) {
+    let (client, mut server) = ApiServer::start();
+    let mut ctx = Context::new(
+        client,
+        settings(),
+        Arc::new(Metrics::default()),
+        Some("op-0".into()),
+    );
+    ctx.admin = admin;
+    let mut web = rc("web", json!({"replicas": 3}));
+    web.metadata.annotations = Some(BTreeMap::from([(
+        PURGE_ANNOTATION.to_string(),
+        "2026-12-01T00:00:00Z".to_string(),
+    )]));
+    web.status = Some(status);
+    let web = Arc::new(web);
+    let task = tokio::spawn(reconcile(web.clone(), Arc::new(ctx)));
+    expect_applies_over(
+        &mut server,
+        Some(stored_sts(json!({"replicas": 3}))),
+        1,
+        json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
+               "currentRevision": "web-1", "updateRevision": "web-1"}),
+    )
+    .await;
+    (server, web, task)
+}
+
+/// [`start_purge`], then the read of the members' token and the status
+/// write; the status written.
+async fn reconcile_purge(
+    admin: Arc<FakeAdmin>,
+) -> (
+    ApiServer,
+    RelayCacheStatus,
+    tokio::task::JoinHandle<Result<Action, Error>>,
+) {
+    let (mut server, web, task) = start_purge(admin, settled_with_hash(3)).await;
+    let call = server
+        .expect(Method::GET, &format!("{NS}/secrets/web-member-token"))
+        .await;
+    call.respond(secret_json(
+        "cache",
+        "web-member-token",
+        "m-token",
+        json!({}),
+    ))
+    .await;
+    let written = expect_status(&mut server, &web).await;
+    (server, written, task)
+}
+
+fn settled_with_hash(replicas: i32) -> RelayCacheStatus {
+    let built = crate::resources::build(&rc("web", json!({"replicas": replicas})), &settings());
+    settled_status(&built.unwrap().config_hash, replicas)
+}
+
+#[tokio::test]
+async fn a_new_purge_annotation_asks_a_member_and_records_last_purge_and_an_event() {
+    let admin = Arc::new(FakeAdmin::answering(&[(
+        "web-1.web-peers.cache.svc:9787",
+        Ok(12),
+    )]));
+    let (mut server, status, task) = reconcile_purge(admin.clone()).await;
+    let last = status.last_purge.clone().expect("lastPurge");
+    assert_eq!(
+        (last.before.as_str(), last.removed, last.member.as_str()),
+        ("2026-12-01T00:00:00Z", 12, "web-1")
+    );
+    assert_eq!(condition(&status, "Purged"), ("True", "Purged"));
+    assert_eq!(
+        expect_events(&mut server, 1).await,
+        pairs(&[("Normal", "Purged")])
+    );
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    let calls = admin.calls();
+    assert_eq!(calls.len(), 2, "web-0 unreachable, then web-1");
+    assert_eq!(calls[1].1, "m-token", "the members' token");
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_failed_purge_is_a_warning_and_a_retry_with_backoff() {
+    let (mut server, status, task) = reconcile_purge(Arc::new(FakeAdmin::default())).await;
+    assert_eq!(status.last_purge, None);
+    assert_eq!(condition(&status, "Purged"), ("False", "PurgeFailed"));
+    assert_eq!(
+        expect_events(&mut server, 1).await,
+        pairs(&[("Warning", "PurgeFailed")])
+    );
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(10))
+    );
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_purge_already_recorded_is_not_asked_again() {
+    let mut status = settled_with_hash(3);
+    status.last_purge = Some(crate::crd::LastPurge {
+        before: "2026-12-01T00:00:00Z".into(),
+        time: "2026-12-01T00:00:05Z".into(),
+        removed: 12,
+        member: "web-0".into(),
+    });
+    let admin = Arc::new(FakeAdmin::default());
+    let (mut server, web, task) = start_purge(admin.clone(), status).await;
+    // No token read, no call: straight to the status, which keeps the record.
+    let written = expect_status(&mut server, &web).await;
+    assert_eq!(written.last_purge.map(|l| l.removed), Some(12));
+    assert!(task.await.unwrap().is_ok());
+    assert!(admin.calls().is_empty());
     server.expect_nothing_more().await;
 }

@@ -15,6 +15,9 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// `Degraded` reason: an object the RelayCache does not own has a child's name.
 pub const NAME_CONFLICT: &str = "NameConflict";
+/// Condition type: what came of the annotation `relaycache.io/purge-before`
+/// (set only once it was acted on, and kept until the next purge).
+pub const PURGED: &str = "Purged";
 
 /// The inputs of one status computation.
 pub struct Observation<'a> {
@@ -106,9 +109,24 @@ impl Observation<'_> {
                 ),
                 self.condition(PROGRESSING, false, reason, waiting.into()),
                 self.condition(DEGRADED, true, reason, message),
-            ],
+            ]
+            .into_iter()
+            .chain(self.purge_condition())
+            .collect(),
             ..previous.clone()
         }
+    }
+
+    /// The `Purged` condition as it was: a purge's outcome stays until the
+    /// next purge changes it.
+    fn purge_condition(&self) -> Option<Condition> {
+        find(self.previous, PURGED).cloned()
+    }
+
+    /// The `Purged` condition after a purge was acted on: `done` when it was
+    /// confirmed, else `reason` says why not.
+    pub fn purge_outcome(&self, done: bool, reason: &str, message: String) -> Condition {
+        self.condition(PURGED, done, reason, message)
     }
 
     /// The children were applied; the StatefulSet (as the apiserver returned
@@ -152,11 +170,15 @@ impl Observation<'_> {
             ready_replicas: ready,
             selector: Some(selector),
             config_hash: Some(config_hash),
-            conditions: vec![
+            conditions: [
                 ready_condition,
                 progressing,
                 self.condition(DEGRADED, false, "Reconciled", "spec applied".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(self.purge_condition())
+            .collect(),
+            last_purge: self.previous.last_purge.clone(),
         }
     }
 }

@@ -59,7 +59,7 @@ pub(super) async fn sync_copies(
         set_copies_finalizer(client, rc, names, true).await?;
     }
     let served = served_namespaces(client, rc, names).await?;
-    let token = client_token(client, names, client_secret).await?;
+    let token = read_token(client, names, client_secret).await?;
     let copies = list_copies(client, names).await?;
     match &token {
         None => warn!(relaycache = %rc.name_any(), secret = %client_secret.name,
@@ -108,20 +108,20 @@ async fn served_namespaces(
         .collect())
 }
 
-/// The clients' token from its Secret in the RelayCache's namespace; None
-/// while the Secret or its key is missing.
-async fn client_token(
+/// A token from its Secret in the RelayCache's namespace; None while the
+/// Secret or its key is missing.
+pub(super) async fn read_token(
     client: &Client,
     names: &Names,
-    client_secret: &TokenSecret,
+    secret: &TokenSecret,
 ) -> Result<Option<ByteString>, Error> {
     let source = Api::<Secret>::namespaced(client.clone(), &names.namespace)
-        .get_opt(&client_secret.name)
+        .get_opt(&secret.name)
         .await
         .map_err(|source| Error::Read {
             kind: "Secret",
             namespace: names.namespace.clone(),
-            name: client_secret.name.clone(),
+            name: secret.name.clone(),
             source,
         })?;
     Ok(source

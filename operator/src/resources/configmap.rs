@@ -102,6 +102,7 @@ fn proxy_config(rc: &RelayCache, names: &Names) -> Result<Config, InvalidSpec> {
     cache_settings(spec, &mut config.cache, &mut issues);
     if spec.mode == ClusterMode::Ha {
         cluster_member(spec, names, &mut config.cache.ha, &mut issues);
+        member_admin(&mut config.server);
     }
     if let Some(reserve) = &spec.reserve {
         config.cache.reserve = reserve_config(reserve, &mut issues);
@@ -219,6 +220,14 @@ fn cluster_member(
     // from Secrets through the pod's environment (`tokens`).
     ha.token = env_reference(PEER_TOKEN_ENV);
     ha.client_token = env_reference(CLIENT_TOKEN_ENV);
+}
+
+/// Mode `ha`: the admin listener's purge takes the members' token, which
+/// already lets its holder purge every member over gRPC, so it grants
+/// nothing more; the operator presents it for `relaycache.io/purge-before`.
+/// Injected sidecars never hold it, so theirs stays as it is.
+fn member_admin(server: &mut ServerConfig) {
+    server.admin_token = env_reference(PEER_TOKEN_ENV);
 }
 
 /// `spec.reserve` as the proxy's reserve; `storage` only fits a `file://` URL.

@@ -124,8 +124,24 @@ impl Names {
     /// `host:port` of member `ordinal` as the other members reach it.
     pub fn peer_address(&self, ordinal: i32) -> String {
         format!(
-            "{}-{ordinal}.{}.{}.svc:{GRPC_PORT}",
-            self.name,
+            "{}.{}.{}.svc:{GRPC_PORT}",
+            self.member(ordinal),
+            self.peers_service(),
+            self.namespace
+        )
+    }
+
+    /// Name of member `ordinal` (its pod).
+    pub fn member(&self, ordinal: i32) -> String {
+        format!("{}-{ordinal}", self.name)
+    }
+
+    /// `host:port` of member `ordinal`'s admin listener, by the same DNS
+    /// name the members reach each other by.
+    pub fn admin_address(&self, ordinal: i32) -> String {
+        format!(
+            "{}.{}.{}.svc:{ADMIN_PORT}",
+            self.member(ordinal),
             self.peers_service(),
             self.namespace
         )

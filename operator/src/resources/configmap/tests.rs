@@ -55,10 +55,16 @@ fn members_read_both_tokens_by_reference_when_the_spec_names_no_secret() {
     let loaded = Config::from_yaml(&expanded).unwrap();
     assert_eq!(loaded.cache.ha.token, "m".repeat(64));
     assert_eq!(loaded.cache.ha.client_token, "c".repeat(64));
+    // Purge on the admin listener takes the members' token, which the
+    // operator presents for relaycache.io/purge-before.
+    assert_eq!(r.config.server.admin_token, "${RELAYCACHE_PEER_TOKEN}");
+    assert_eq!(loaded.server.admin_token, "m".repeat(64));
     // Single and disabled members run no cluster and read no token.
     for mode in ["single", "disabled"] {
-        let ha = rendered(json!({"mode": mode})).config.cache.ha;
+        let config = rendered(json!({"mode": mode})).config;
+        let ha = config.cache.ha;
         assert!(ha.token.is_empty() && ha.client_token.is_empty(), "{mode}");
+        assert!(config.server.admin_token.is_empty(), "{mode}");
     }
 }
 

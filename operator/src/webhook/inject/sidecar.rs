@@ -28,8 +28,10 @@ pub fn sidecar_config(rc: &RelayCache) -> Result<Config, InvalidSpec> {
     let mut config = render(rc, &names)?.config;
     config.server.listen = format!("127.0.0.1:{HTTP_PORT}");
     // The kubelet probes the pod IP, so admin listens there too; purge stays
-    // off (no admin token), the rest is read-only.
+    // off (no admin token: a member's is the members' token, which no app
+    // pod may hold), the rest is read-only.
     config.server.admin_listen = format!("0.0.0.0:{ADMIN_PORT}");
+    config.server.admin_token = String::new();
     config.cache.reserve = ReserveConfig::default();
     let memory = match &rc.spec.sidecar.memory {
         Some(q) => {

@@ -178,6 +178,7 @@ fn the_sidecar_holds_the_clients_token_and_never_the_members() {
         let ha = &config.cache.ha;
         assert!(!ha.embedded, "{spec}");
         assert_eq!(ha.token, "", "{spec}: the members' token");
+        assert_eq!(config.server.admin_token, "", "{spec}: purge stays off");
         assert_eq!(ha.client_token, "${RELAYCACHE_CLIENT_TOKEN}", "{spec}");
     }
 }
