@@ -31,6 +31,10 @@ use crate::tiers::Tiers;
 /// Compressed bytes sent to the client at a time.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// How long the rest of a refused bundle is read before the answer goes
+/// out anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Entries decoded ahead of being stored.
 const IMPORT_QUEUE: usize = 256;
 
@@ -151,14 +155,17 @@ pub async fn import(tiers: &Tiers, body: Incoming, limits: ImportLimits) -> Impo
     // The decoder runs on a blocking thread; waiting for it to take each
     // chunk is what bounds the memory an import holds.
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(16);
+    // Once the decoder stops (a bundle of another format, a damaged
+    // record), the rest of the body is still read and dropped as it comes:
+    // a client still sending would otherwise see its connection reset
+    // instead of the summary that says what was wrong.
     let feeder = tokio::spawn(async move {
         let mut body = body;
+        let mut decoding = true;
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { break };
-            if let Ok(data) = frame.into_data() {
-                if chunk_tx.send(data).await.is_err() {
-                    break;
-                }
+            if let (true, Ok(data)) = (decoding, frame.into_data()) {
+                decoding = chunk_tx.send(data).await.is_ok();
             }
         }
     });
@@ -202,7 +209,9 @@ pub async fn import(tiers: &Tiers, body: Incoming, limits: ImportLimits) -> Impo
     }
     drop(entries);
     let _ = decoder.await;
-    feeder.abort();
+    if tokio::time::timeout(DRAIN_TIMEOUT, feeder).await.is_err() {
+        tracing::warn!("an import's client kept sending after the bundle ended; answering anyway");
+    }
     summary.complete = summary.error.is_none();
     summary
 }
