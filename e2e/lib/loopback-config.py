@@ -95,6 +95,9 @@ def main(argv):
         client_ha["peers"] = []
         for key in ("bind_addr", "advertise_addr", "token"):
             client_ha.pop(key, None)
+        # Members' admin token is the members' token, which a sidecar never
+        # holds: the operator's injection clears it too.
+        config["server"].pop("admin_token", None)
         client_ha["client_token"] = "${RELAYCACHE_CLIENT_TOKEN}"
         with open(f"{out_dir}/client-{name}.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f, sort_keys=False)
