@@ -139,16 +139,7 @@ pub(super) fn export(target: &AdminTarget, filter: &EntryFilter, output: &Path) 
             Err(err) => Err(format!("the export is not whole: {err}")),
         }
     });
-    match result {
-        Ok(summary) => {
-            eprintln!("{summary}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("{err}");
-            ExitCode::FAILURE
-        }
-    }
+    finish(result)
 }
 
 /// Streams a bundle file to the import endpoint.
@@ -244,6 +235,12 @@ pub(super) fn import(target: &AdminTarget, input: &Path) -> ExitCode {
             Err(line)
         }
     });
+    finish(result)
+}
+
+/// Prints a transfer's summary line (or what went wrong) on standard
+/// error; the exit code.
+fn finish(result: Result<String, String>) -> ExitCode {
     match result {
         Ok(summary) => {
             eprintln!("{summary}");

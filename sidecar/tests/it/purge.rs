@@ -11,12 +11,7 @@ use http::Method;
 const TOKEN: &str = "purge-token";
 
 fn relaycache(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relaycache"))
-        .args(args)
-        .env("RELAYCACHE_ADMIN_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run relaycache")
+    relaycache_with_token(args, TOKEN)
 }
 
 fn asked(model: &str, tag: &str) -> String {

@@ -2,7 +2,7 @@
 //! processes through their admin endpoints, whole, cut off, of another
 //! format, and into a cache that holds newer versions.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use futures::StreamExt;
 
@@ -14,12 +14,7 @@ const TOKEN: &str = "transfer-token";
 const ENTRIES: usize = 10_000;
 
 fn relaycache(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relaycache"))
-        .args(args)
-        .env("RELAYCACHE_ADMIN_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run relaycache")
+    relaycache_with_token(args, TOKEN)
 }
 
 fn stderr(output: &Output) -> String {

@@ -232,6 +232,34 @@ impl Inner {
 }
 
 impl Inner {
+    /// The bytes of the object at `path`; `None` when it is gone.
+    async fn get_if_present(
+        &self,
+        path: &Path,
+    ) -> Result<Option<bytes::Bytes>, object_store::Error> {
+        match self.store.get(path).await {
+            Ok(found) => found.bytes().await.map(Some),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The key and decoded metadata of a listed object, when it is an
+    /// entry's readable `.meta` that still exists.
+    async fn listed_metadata(
+        &self,
+        object: &object_store::ObjectMeta,
+    ) -> Result<Option<(CacheKey, Metadata)>, object_store::Error> {
+        let name = object.location.filename().unwrap_or_default();
+        let Some(key) = name.strip_suffix(".meta").and_then(CacheKey::from_hex) else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.get_if_present(&object.location).await? else {
+            return Ok(None);
+        };
+        Ok(Metadata::decode(&bytes, &key).map(|meta| (key, meta)))
+    }
+
     /// Removes every entry whose metadata `filter` selects; how many. Reads
     /// each entry's metadata object once.
     pub(super) async fn purge_matching(
@@ -241,19 +269,10 @@ impl Inner {
         let mut listing = self.store.list(Some(&self.root));
         let mut removed = 0;
         while let Some(object) = listing.next().await {
-            let object = object?;
-            let name = object.location.filename().unwrap_or_default();
-            let Some(key) = name.strip_suffix(".meta").and_then(CacheKey::from_hex) else {
+            let Some((key, meta)) = self.listed_metadata(&object?).await? else {
                 continue;
             };
-            let meta = match self.store.get(&object.location).await {
-                Ok(found) => found.bytes().await?,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(err) => return Err(err),
-            };
-            let selected =
-                Metadata::decode(&meta, &key).is_some_and(|meta| meta.is_selected_by(filter));
-            if selected && self.remove(&key).await? {
+            if meta.is_selected_by(filter) && self.remove(&key).await? {
                 removed += 1;
             }
         }
@@ -271,26 +290,15 @@ impl Inner {
         let mut listing = self.store.list(Some(&self.root));
         let now = unix_ms(SystemTime::now());
         while let Some(object) = listing.next().await {
-            let object = object?;
-            let name = object.location.filename().unwrap_or_default();
-            let Some(key) = name.strip_suffix(".meta").and_then(CacheKey::from_hex) else {
+            let Some((key, meta)) = self.listed_metadata(&object?).await? else {
                 continue;
             };
-            let meta = match self.store.get(&object.location).await {
-                Ok(found) => found.bytes().await?,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(err) => return Err(err),
-            };
-            let Some(meta) = Metadata::decode(&meta, &key)
-                .filter(|meta| meta.is_kept(now, 0) && meta.is_selected_by(filter))
-            else {
+            if !(meta.is_kept(now, 0) && meta.is_selected_by(filter)) {
                 continue;
-            };
+            }
             let (_, body_path) = self.paths(&key);
-            let body = match self.store.get(&body_path).await {
-                Ok(found) => found.bytes().await?,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(err) => return Err(err),
+            let Some(body) = self.get_if_present(&body_path).await? else {
+                continue;
             };
             if let Some(entry) = meta.restore(body) {
                 if to.send((key, entry)).await.is_err() {

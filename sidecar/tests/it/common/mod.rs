@@ -754,3 +754,14 @@ pub(crate) async fn next_text(body: &mut hyper::body::Incoming, what: &str) -> S
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     String::from_utf8(frame.into_data().expect("a data frame").to_vec()).expect("utf-8")
 }
+
+/// Runs `relaycache ARGS` to its end with `token` as the admin token
+/// (`RELAYCACHE_ADMIN_TOKEN`) and nothing on standard input.
+pub(crate) fn relaycache_with_token(args: &[&str], token: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_relaycache"))
+        .args(args)
+        .env("RELAYCACHE_ADMIN_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run relaycache")
+}
