@@ -50,6 +50,12 @@ pub struct HaConfig {
     /// Entries per second that repair may copy to bring keys back to
     /// `replica_count` after members join or restart.
     pub repair_rate: u32,
+    /// How long a member that starts empty may pull the entries it owns
+    /// from the other members and the reserve (at most `repair_rate` a
+    /// second) before `/readyz` says ready anyway. `0s` turns the warm
+    /// start off: the member is ready at once and waits for repair.
+    #[serde(with = "humantime_serde")]
+    pub warmup_timeout: Duration,
     /// How far ahead of this member's wall clock another's clock, an
     /// entry's version or its creation time may be. Further is refused:
     /// a clock far in the future would make every later write lose.
@@ -86,6 +92,7 @@ impl Default for HaConfig {
             environment: Environment::Lan,
             leave_timeout: Duration::from_secs(5),
             repair_rate: 200,
+            warmup_timeout: Duration::from_secs(120),
             max_clock_skew: Duration::from_secs(2),
             token: String::new(),
             client_token: String::new(),

@@ -333,6 +333,13 @@ pub struct ReplicationSpec {
     #[serde(default = "default_leave_timeout")]
     #[schemars(length(max = 64))]
     pub leave_timeout: String,
+    /// Longest a member that starts (a new pod, a rolling update, a
+    /// scale-up) pulls the entries it owns from the other members and the
+    /// reserve before it reports ready, such as `2m`; `0s` makes it ready
+    /// at once and leaves refilling to repair.
+    #[serde(default = "default_warmup_timeout")]
+    #[schemars(length(max = 64))]
+    pub warmup_timeout: String,
     /// Secret (key `token`) with the members' token: members present it to
     /// each other, and only its holder may replicate, repair, hand off or
     /// purge. Omitted: the operator generates the Secret `NAME-member-token`
@@ -358,6 +365,7 @@ impl Default for ReplicationSpec {
             member_count_quorum: 1,
             environment: Environment::default(),
             leave_timeout: default_leave_timeout(),
+            warmup_timeout: default_warmup_timeout(),
             token_secret: None,
             client_token_secret: None,
         }
@@ -374,6 +382,10 @@ fn one() -> i32 {
 
 fn default_leave_timeout() -> String {
     "5s".into()
+}
+
+fn default_warmup_timeout() -> String {
+    "2m".into()
 }
 
 /// Failure-detection timings of a cluster.

@@ -742,13 +742,14 @@ async fn a_quorum_above_replicas_stored_before_the_rule_touches_no_child() {
 async fn invalid_spec_sets_degraded_and_touches_no_child() {
     let mut bad = rc(
         "web",
-        json!({"cache": {"ttl": "forever"}, "replication": {"leaveTimeout": "soon"}}),
+        json!({"cache": {"ttl": "forever"}, "replication": {"leaveTimeout": "soon", "warmupTimeout": "later"}}),
     );
     bad.status = Some(settled_status("h", 3));
     let refusal = reconcile_refused(bad).await;
     for expected in [
         "spec.cache.ttl: \"forever\" is not a duration",
         "spec.replication.leaveTimeout",
+        "spec.replication.warmupTimeout",
     ] {
         assert!(
             refusal.degraded.contains(expected),

@@ -55,13 +55,18 @@ impl Admin {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => {
                 // Below the cluster's quorum the proxy still answers (from
-                // memory, reserve and upstream), so it stays ready and says why.
-                let detail = self
-                    .tiers
-                    .cluster()
+                // memory, reserve and upstream), so it stays ready and says
+                // why. A member pulling what it owns answers too, but is
+                // not ready: a rolling update waits for it before it stops
+                // the next member.
+                let cluster = self.tiers.cluster();
+                let detail = cluster
                     .map(|cluster| cluster.readiness_detail())
                     .unwrap_or_default();
-                if self.ready.load(Ordering::Acquire) {
+                let warming = cluster.is_some_and(|cluster| cluster.is_warming());
+                if warming && self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, &format!("warming up\n{detail}"))
+                } else if self.ready.load(Ordering::Acquire) {
                     text(StatusCode::OK, &format!("ready\n{detail}"))
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")

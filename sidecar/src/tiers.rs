@@ -175,6 +175,24 @@ impl Tiers {
         }
     }
 
+    /// Stores an entry that is not an answer to a request in flight (an
+    /// import): as [`Tiers::store_answer`], but the cluster write is done
+    /// when this returns, so a caller storing many keeps the number of
+    /// writes in flight to what it awaits at once.
+    pub async fn store_and_replicate(&self, key: CacheKey, entry: Arc<CachedResponse>) {
+        self.memory.insert(key, Arc::clone(&entry));
+        match (&self.peers, &self.reserve) {
+            (Some(peers), _) => {
+                peers
+                    .cluster()
+                    .replicate(key, entry, ReserveCopy::ByPrimaryOwner, None)
+                    .await;
+            }
+            (None, Some(reserve)) => reserve.admit(key, &entry),
+            (None, None) => {}
+        }
+    }
+
     /// Every tier, nearest first.
     fn each(&self) -> Vec<&dyn Tier> {
         let mut tiers: Vec<&dyn Tier> = vec![&self.memory];

@@ -3,11 +3,12 @@
 //! entries. Neither holds the bundle whole: export encodes as it reads
 //! the tiers, import decodes as the body arrives.
 //!
-//! What each covers: memory, then the reserve (entries not already sent
-//! from memory). At a cluster member, imported entries are replicated to
-//! their owners like answers from the upstream, and an owner keeps a newer
-//! version it holds. A client exports and imports only its own memory and
-//! reserve: the cluster's entries are readable only by members.
+//! What each covers: memory, then at a cluster member every other live
+//! member's memory (through `Scan`), then the reserve; each key once, the
+//! first copy found. At a cluster member, imported entries are replicated
+//! to their owners like answers from the upstream, and an owner keeps a
+//! newer version it holds. A client exports and imports only its own
+//! memory and reserve: the cluster's entries are readable only by members.
 
 use std::collections::HashSet;
 use std::io;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -37,6 +39,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Entries decoded ahead of being stored.
 const IMPORT_QUEUE: usize = 256;
+
+/// Imported entries being written to their cluster owners at once: enough
+/// to overlap the calls, few enough that none of them times out behind
+/// the others.
+const WRITES_IN_FLIGHT: usize = 32;
 
 /// The content type of a bundle.
 pub const BUNDLE_CONTENT_TYPE: &str = "application/vnd.relaycache.bundle";
@@ -89,23 +96,25 @@ async fn write_export(
             send_ready(&mut writer, tx).await.map_err(|_| closed())?;
         }
     }
-    if let Some(reserve) = tiers.reserve() {
-        let (found_tx, mut found) = mpsc::channel::<(CacheKey, CachedResponse)>(64);
-        let reserve = reserve.clone();
+    if let Some(cluster) = tiers.cluster().filter(|cluster| !cluster.is_client()) {
+        let (found_tx, found) = mpsc::channel::<(CacheKey, CachedResponse)>(64);
+        let cluster = Arc::clone(cluster);
         let scan_filter = filter.clone();
         let scan =
-            tokio::spawn(async move { reserve.export_matching(&scan_filter, found_tx).await });
-        while let Some((key, entry)) = found.recv().await {
-            if sent.insert(key) {
-                writer.entry(&key, &entry)?;
-                send_ready(&mut writer, tx).await.map_err(|_| closed())?;
-            }
-        }
-        match scan.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => return Err(io::Error::other(err.to_string())),
-            Err(err) => return Err(io::Error::other(err.to_string())),
-        }
+            tokio::spawn(async move { cluster.scan_other_members(&scan_filter, found_tx).await });
+        write_found(&mut writer, &mut sent, found, scan, tx).await?;
+    }
+    if let Some(reserve) = tiers.reserve() {
+        let (found_tx, found) = mpsc::channel::<(CacheKey, CachedResponse)>(64);
+        let reserve = reserve.clone();
+        let scan_filter = filter.clone();
+        let scan = tokio::spawn(async move {
+            reserve
+                .export_matching(&scan_filter, |_| true, found_tx)
+                .await
+                .map_err(|err| err.to_string())
+        });
+        write_found(&mut writer, &mut sent, found, scan, tx).await?;
     }
     let entries = writer.entries();
     let tail = writer.finish_into()?;
@@ -116,6 +125,30 @@ async fn write_export(
     }
     tracing::info!(%filter, entries, "exported");
     Ok(())
+}
+
+/// Writes the entries a scan finds that were not sent yet, then reports
+/// how the scan ended.
+async fn write_found(
+    writer: &mut BundleWriter<Vec<u8>>,
+    sent: &mut HashSet<CacheKey>,
+    mut found: mpsc::Receiver<(CacheKey, CachedResponse)>,
+    scan: tokio::task::JoinHandle<Result<(), String>>,
+    tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) -> io::Result<()> {
+    while let Some((key, entry)) = found.recv().await {
+        if sent.insert(key) {
+            writer.entry(&key, &entry)?;
+            send_ready(writer, tx).await.map_err(|_| {
+                io::Error::new(io::ErrorKind::BrokenPipe, "the client stopped reading")
+            })?;
+        }
+    }
+    match scan.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(io::Error::other(err)),
+        Err(err) => Err(io::Error::other(err.to_string())),
+    }
 }
 
 /// Sends what the writer has compressed once there is a chunk of it.
@@ -195,11 +228,17 @@ pub async fn import(tiers: &Tiers, body: Incoming, limits: ImportLimits) -> Impo
         }
     });
     let mut summary = ImportSummary::default();
+    let mut writing = FuturesUnordered::new();
     while let Some(next) = entries.recv().await {
         match next {
             Ok(bundled) => {
                 summary.records += 1;
-                store(tiers, bundled, limits, &mut summary).await;
+                if let Some(write) = store(tiers, bundled, limits, &mut summary).await {
+                    writing.push(write);
+                }
+                if writing.len() >= WRITES_IN_FLIGHT {
+                    writing.next().await;
+                }
             }
             Err(err) => {
                 summary.error = Some(err.to_string());
@@ -208,6 +247,7 @@ pub async fn import(tiers: &Tiers, body: Incoming, limits: ImportLimits) -> Impo
         }
     }
     drop(entries);
+    while writing.next().await.is_some() {}
     let _ = decoder.await;
     if tokio::time::timeout(DRAIN_TIMEOUT, feeder).await.is_err() {
         tracing::warn!("an import's client kept sending after the bundle ended; answering anyway");
@@ -216,23 +256,23 @@ pub async fn import(tiers: &Tiers, body: Incoming, limits: ImportLimits) -> Impo
     summary
 }
 
-/// Stores one imported entry unless it expired, is too large, or a newer
-/// version of it is held.
-async fn store(
-    tiers: &Tiers,
+/// Checks one imported entry, and returns its write unless it expired, is
+/// too large, or a newer version of it is held.
+async fn store<'a>(
+    tiers: &'a Tiers,
     bundled: BundledEntry,
     limits: ImportLimits,
     summary: &mut ImportSummary,
-) {
+) -> Option<impl std::future::Future<Output = ()> + 'a> {
     let BundledEntry { key, entry } = bundled;
     let entry = entry.limited(limits.max_ttl);
     if !entry.is_fresh() {
         summary.expired += 1;
-        return;
+        return None;
     }
     if entry.body_len() as u64 > limits.max_entry_bytes {
         summary.too_large += 1;
-        return;
+        return None;
     }
     let held = match tiers.memory().lookup(&key) {
         Some(held) => Some(held),
@@ -243,10 +283,10 @@ async fn store(
     };
     if held.is_some_and(|held| is_newer_or_same(&held, &entry)) {
         summary.kept_newer += 1;
-        return;
+        return None;
     }
-    tiers.store_answer(key, &Arc::new(entry), None);
     summary.imported += 1;
+    Some(tiers.store_and_replicate(key, Arc::new(entry)))
 }
 
 /// Whether `held` is at least as new as `arriving`: by cluster version,

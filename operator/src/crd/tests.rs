@@ -72,6 +72,7 @@ fn empty_spec_gets_the_documented_defaults() {
     assert_eq!(spec.replication.replica_count, 2);
     assert_eq!(spec.replication.read_quorum, 1);
     assert_eq!(spec.replication.leave_timeout, "5s");
+    assert_eq!(spec.replication.warmup_timeout, "2m");
     assert!(spec.reserve.is_none());
 }
 

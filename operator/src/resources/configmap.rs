@@ -215,6 +215,13 @@ fn cluster_member(
         Ok(timeout) => ha.leave_timeout = timeout,
         Err(issue) => issues.push(issue),
     }
+    match parse_duration(
+        &replication.warmup_timeout,
+        "spec.replication.warmupTimeout",
+    ) {
+        Ok(timeout) => ha.warmup_timeout = timeout,
+        Err(issue) => issues.push(issue),
+    }
     // Both tokens, always: a member presents the members' token and
     // accepts clients that present the clients' one. The values come
     // from Secrets through the pod's environment (`tokens`).

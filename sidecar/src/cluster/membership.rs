@@ -92,6 +92,9 @@ pub struct Membership {
     targets: Mutex<Vec<Target>>,
     view: RwLock<Arc<View>>,
     leaving: std::sync::atomic::AtomicBool,
+    /// Probe rounds completed: after the first, every configured address
+    /// has answered or failed once.
+    rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Membership {
@@ -123,6 +126,7 @@ impl Membership {
             targets: Mutex::new(targets),
             view: RwLock::new(Arc::new(View::default())),
             leaving: false.into(),
+            rounds: 0.into(),
         };
         membership.refresh_view();
         Ok(membership)
@@ -168,6 +172,11 @@ impl Membership {
             });
         }
         View::new(members)
+    }
+
+    /// Probe rounds completed since start.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Takes this member out of its own view: it is leaving.
@@ -416,6 +425,9 @@ async fn probe_round(cluster: &Cluster) {
         }
     }
     let changed = membership.refresh_view();
+    membership
+        .rounds
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let view = membership.view();
     let metrics = &cluster.metrics.cluster;
     metrics

@@ -11,6 +11,8 @@
 //! - [`service`] answers other members and clients from this member's store;
 //! - [`handoff`] passes entries to their new owners when a member leaves,
 //!   and [`repair`] copies entries back to `replica_count` after changes;
+//! - [`warmup`] fills a member that starts empty with the entries it owns
+//!   before it is ready, and streams a member's entries for an export;
 //! - [`security`] holds the shared token and mutual TLS;
 //! - [`wire`] converts entries to and from protocol messages.
 //!
@@ -27,6 +29,7 @@ pub mod roster;
 pub mod security;
 pub mod service;
 pub mod tier;
+pub mod warmup;
 pub mod wire;
 
 /// Code generated from `proto/relaycache/cluster/v1/cluster.proto`.
@@ -149,6 +152,8 @@ pub struct Cluster {
     reserve: Option<ReserveTier>,
     metrics: Arc<Metrics>,
     leaving: AtomicBool,
+    /// True while a warm start pulls what this member owns.
+    warming: AtomicBool,
     /// Wakes repair when the membership changed.
     changed: Notify,
     /// Flips to true when the process stops, ending background tasks.
@@ -209,6 +214,7 @@ impl Cluster {
             reserve,
             metrics,
             leaving: AtomicBool::new(false),
+            warming: AtomicBool::new(false),
             changed: Notify::new(),
             stopping,
             flight_table: flight::FlightTable::new(
@@ -235,6 +241,12 @@ impl Cluster {
         };
         tokio::spawn(membership::probe_loop(Arc::clone(self)));
         if self.settings.embedded {
+            if !self.settings.warmup_timeout.is_zero() {
+                // Set before start returns, so /readyz never says ready
+                // before the pull began.
+                self.warming.store(true, Ordering::Release);
+            }
+            tokio::spawn(Arc::clone(self).warm_up());
             tokio::spawn(repair::repair_loop(Arc::clone(self)));
         } else {
             self.wait_for_members().await;
@@ -365,7 +377,15 @@ impl Cluster {
         let view = self.view();
         let live = view.members.len();
         let needed = self.settings.member_count_quorum;
-        if self.has_quorum(&view) {
+        if self.is_warming() {
+            let stats = &self.metrics.cluster;
+            format!(
+                "cluster: warming up ({live} live members): pulled {} entries from members and {} from the reserve so far; ready when done, or after cache.ha.warmup_timeout ({:?})\n",
+                stats.warmed_from_members.get(),
+                stats.warmed_from_reserve.get(),
+                self.settings.warmup_timeout
+            )
+        } else if self.has_quorum(&view) {
             format!("cluster: ok ({live} live members, member_count_quorum {needed})\n")
         } else {
             format!(

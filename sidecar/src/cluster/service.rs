@@ -13,8 +13,8 @@ use super::proto::cluster_server::{Cluster as ClusterRpc, ClusterServer};
 use super::proto::{
     ClaimRequest, ClearReply, ClearRequest, DeleteReply, DeleteRequest, FeedMessage, FeedReply,
     GetManyReply, GetManyRequest, GetReply, GetRequest, KeyVersion, PingReply, PingRequest,
-    PurgeReply, PurgeRequest, ReleaseReply, ReleaseRequest, SetManyReply, SetManyRequest, SetReply,
-    SetRequest, VersionsReply, VersionsRequest,
+    PurgeReply, PurgeRequest, ReleaseReply, ReleaseRequest, ScanRequest, SetManyReply,
+    SetManyRequest, SetReply, SetRequest, VersionsReply, VersionsRequest,
 };
 use super::security::{server_tls, Authenticate, Role, MAX_MESSAGE_BYTES};
 use super::wire::{
@@ -323,6 +323,16 @@ impl ClusterRpc for Service {
         // The lease is the proof: only the claim that led knows it.
         let released = self.0.release_remote_lead(&key, request.lease, failure);
         Ok(Response::new(ReleaseReply { released }))
+    }
+
+    type ScanStream = super::warmup::ScanReplies;
+
+    async fn scan(
+        &self,
+        request: Request<ScanRequest>,
+    ) -> Result<Response<Self::ScanStream>, Status> {
+        self.members_only(&request, "Scan")?;
+        Ok(Response::new(self.0.scan_replies(request.get_ref())?))
     }
 
     async fn versions(

@@ -119,11 +119,13 @@ pub enum PeerCall {
     Release,
     /// Remove the entries a scoped purge selects.
     Purge,
+    /// Stream the entries a member holds (warm start, export).
+    Scan,
 }
 
 impl PeerCall {
     /// Every call, in declaration order.
-    pub const ALL: [PeerCall; 11] = [
+    pub const ALL: [PeerCall; 12] = [
         PeerCall::Get,
         PeerCall::Set,
         PeerCall::SetMany,
@@ -135,6 +137,7 @@ impl PeerCall {
         PeerCall::Feed,
         PeerCall::Release,
         PeerCall::Purge,
+        PeerCall::Scan,
     ];
 
     /// The metric label.
@@ -147,6 +150,7 @@ impl PeerCall {
             PeerCall::Delete => "delete",
             PeerCall::Clear => "clear",
             PeerCall::Purge => "purge",
+            PeerCall::Scan => "scan",
             PeerCall::Ping => "ping",
             PeerCall::Claim => "claim",
             PeerCall::Feed => "feed",
@@ -216,6 +220,12 @@ metric_set! {
         repaired: Counter => "repaired" [u64],
         /// Entries handed to new owners on leave
         handed_off: Counter => "handed_off" [u64],
+        /// 1 while this member pulls the entries it owns before it is ready
+        warming: IntGauge => "warming" [bool],
+        /// Entries a warm start pulled from other members
+        warmed_from_members: Counter => "warmed_from_members" [u64],
+        /// Entries a warm start pulled from the reserve
+        warmed_from_reserve: Counter => "warmed_from_reserve" [u64],
         /// Cluster calls, entries, clocks and members refused, by reason
         /// (token, clock_skew, entry_from_the_future, entry_too_large,
         /// not_a_peer, member_only, forged_key)

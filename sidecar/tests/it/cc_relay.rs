@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -74,6 +75,7 @@ async fn the_two_node_cluster_of_cc_relays_docs_forms_and_shares_answers() {
     for node in &nodes {
         node.wait_for_members(2).await;
     }
+    nodes[1].wait_ready(Duration::from_secs(30)).await;
     let ready = get(&nodes[1].admin_url("/readyz")).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
 

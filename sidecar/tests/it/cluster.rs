@@ -329,6 +329,8 @@ async fn a_leaving_member_hands_off_to_a_fellow_owner_that_restarted_empty() {
     members[1] = Relay::start(&{
         let mut config = member_config(&upstream.url(), &addresses[1], &addresses, 2);
         config.cache.ha.repair_rate = 1;
+        // Nor may it pull them itself.
+        config.cache.ha.warmup_timeout = Duration::ZERO;
         config
     });
     wait_all(&members, 3).await;
@@ -388,12 +390,12 @@ async fn a_restarted_member_is_repaired_back_to_replica_count() {
                 .unwrap(),
         );
     }
-    members[1] = Relay::start(&member_config(
-        &upstream.url(),
-        &addresses[1],
-        &addresses,
-        2,
-    ));
+    members[1] = Relay::start(&{
+        let mut config = member_config(&upstream.url(), &addresses[1], &addresses, 2);
+        // Repair, not the warm start (tests/it/warmup.rs), refills it here.
+        config.cache.ha.warmup_timeout = Duration::ZERO;
+        config
+    });
     wait_all(&members, 3).await;
     // Without a single request through it, repair copies its share back.
     let back = members[1]
@@ -569,6 +571,7 @@ async fn below_member_count_quorum_the_cluster_tier_is_skipped_and_said() {
         ha.member_count_quorum = 3;
     });
     wait_all(&members, 3).await;
+    members[0].wait_ready(Duration::from_secs(30)).await;
     let ready = get(&members[0].admin_url("/readyz")).await;
     assert!(
         ready.text().contains("cluster: ok (3 live members"),

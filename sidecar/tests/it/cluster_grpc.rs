@@ -8,8 +8,8 @@ use crate::common::*;
 use http::{HeaderMap, Method};
 use relaycache::cluster::proto::cluster_client::ClusterClient;
 use relaycache::cluster::proto::{
-    self, ClearRequest, DeleteRequest, GetManyRequest, GetRequest, PingRequest, SetManyRequest,
-    SetRequest, VersionsRequest,
+    self, ClearRequest, DeleteRequest, GetManyRequest, GetRequest, PingRequest, ScanRequest,
+    SetManyRequest, SetRequest, VersionsRequest,
 };
 use relaycache::cluster::wire::{entry_from_wire, entry_to_wire, version_from_wire};
 use relaycache::config::Config;
@@ -771,13 +771,21 @@ async fn member_only_calls_from_a_client_are_refused() {
                 .await
                 .err(),
         ),
+        (
+            // Reads every tenant's answers: for members only.
+            "Scan",
+            client
+                .scan(with_token(ScanRequest::default(), CLIENT_TOKEN))
+                .await
+                .err(),
+        ),
     ];
     for (call, outcome) in outcomes {
         let status = outcome.unwrap_or_else(|| panic!("{call} from a client was served"));
         assert_eq!(status.code(), Code::PermissionDenied, "{call}: {status}");
         assert!(status.message().contains("cache.ha.token"), "{status}");
     }
-    assert_eq!(refused(&relay, "member_only").await, 4.0);
+    assert_eq!(refused(&relay, "member_only").await, 5.0);
     let stats = relay.stats().await;
     assert_eq!(stats["key_count"], 1, "{stats}");
     let hit = post_messages(&relay, "k", &question("kept"), &[]).await;
@@ -918,4 +926,115 @@ async fn a_clients_purge_stops_at_its_own_memory() {
     );
     assert_eq!(member.stats().await["key_count"], 1, "the member kept it");
     assert_eq!(refused(&member, "member_only").await, 0.0);
+}
+
+/// What a member streams to a member warming up, or to an export: every
+/// fresh entry, or exactly those an owner is a replica of under the
+/// members named, in batches; a request it cannot read is refused.
+#[tokio::test]
+async fn a_scan_streams_the_entries_an_owner_owns_in_batches() {
+    use futures::StreamExt;
+    use relaycache::cluster::placement;
+
+    let upstream = mock().await;
+    let (_relay, grpc) = member(&upstream.url()).await;
+    let mut client = grpc_client(&grpc).await;
+    let keys: Vec<CacheKey> = (0u32..600)
+        .map(|i| CacheKey(*blake3::hash(&i.to_le_bytes()).as_bytes()))
+        .collect();
+    let now = now_ms();
+    for chunk in keys.chunks(200) {
+        let entries = chunk.iter().map(|k| entry(k, "held", at(now, 0))).collect();
+        let stored = client
+            .set_many(with_token(SetManyRequest { entries }, TOKEN))
+            .await
+            .expect("set_many")
+            .into_inner()
+            .stored;
+        assert_eq!(stored, 200);
+    }
+
+    async fn scan(
+        client: &mut ClusterClient<Channel>,
+        request: ScanRequest,
+    ) -> Result<(usize, Vec<CacheKey>), tonic::Status> {
+        let mut batches = client.scan(with_token(request, TOKEN)).await?.into_inner();
+        let (mut count, mut keys) = (0, Vec::new());
+        while let Some(batch) = batches.next().await {
+            count += 1;
+            for wire in batch?.entries {
+                keys.push(entry_from_wire(&wire).expect("a fresh entry").0);
+            }
+        }
+        keys.sort_unstable_by_key(|k| k.0);
+        Ok((count, keys))
+    }
+
+    let (batches, all) = scan(&mut client, ScanRequest::default())
+        .await
+        .expect("a scan of everything");
+    let mut expected = keys.clone();
+    expected.sort_unstable_by_key(|k| k.0);
+    assert_eq!(all, expected, "every entry once");
+    assert!(batches >= 3, "600 entries in {batches} batches");
+
+    // Placed over this member and one that is not running: only the keys
+    // the other one is the primary owner of.
+    let members = vec![grpc.clone(), "127.0.0.9:1".to_string()];
+    let seeds: Vec<u64> = members.iter().map(|m| placement::seed_of(m)).collect();
+    let (_, owned) = scan(
+        &mut client,
+        ScanRequest {
+            members: members.clone(),
+            owner: members[1].clone(),
+            replica_count: 1,
+            ..ScanRequest::default()
+        },
+    )
+    .await
+    .expect("a scan for an owner");
+    let mut wanted: Vec<CacheKey> = keys
+        .iter()
+        .filter(|k| placement::rank(&seeds, k, 1) == [1])
+        .copied()
+        .collect();
+    wanted.sort_unstable_by_key(|k| k.0);
+    assert!(
+        (200..400).contains(&wanted.len()),
+        "{} of 600 keys",
+        wanted.len()
+    );
+    assert_eq!(owned, wanted);
+
+    for (bad, says) in [
+        (
+            ScanRequest {
+                filter: "model=a&bogus=1".into(),
+                ..ScanRequest::default()
+            },
+            "bogus",
+        ),
+        (
+            ScanRequest {
+                members: members.clone(),
+                owner: "127.0.0.9:2".into(),
+                replica_count: 1,
+                ..ScanRequest::default()
+            },
+            "owner",
+        ),
+        (
+            ScanRequest {
+                members,
+                owner: grpc.clone(),
+                replica_count: 0,
+                ..ScanRequest::default()
+            },
+            "replica_count",
+        ),
+    ] {
+        let status = scan(&mut client, bad).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+        assert!(status.message().contains(says), "{status}");
+    }
 }

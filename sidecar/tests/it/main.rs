@@ -28,3 +28,4 @@ mod streaming;
 mod tls;
 mod top;
 mod transfer;
+mod warmup;

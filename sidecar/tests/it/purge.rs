@@ -200,18 +200,7 @@ async fn bad_filters_and_missing_tokens_are_refused_and_remove_nothing() {
 #[tokio::test]
 async fn a_purge_at_one_member_removes_the_selection_from_every_member() {
     let upstream = mock().await;
-    let addresses = member_addresses(3);
-    let members: Vec<Relay> = addresses
-        .iter()
-        .map(|grpc| {
-            let mut config = member_config(&upstream.url(), grpc, &addresses, 2);
-            config.server.admin_token = TOKEN.into();
-            Relay::start(&config)
-        })
-        .collect();
-    for member in &members {
-        member.wait_for_members(3).await;
-    }
+    let (members, _) = members_with_admin_token(&upstream.url(), 3, TOKEN).await;
     let bodies: Vec<String> = (0..6)
         .map(|i| asked("claude-test", &format!("q{i}")))
         .collect();

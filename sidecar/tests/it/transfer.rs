@@ -215,3 +215,84 @@ async fn an_import_keeps_newer_versions_and_an_export_follows_its_filter() {
         "nothing is exported without the token"
     );
 }
+
+/// Three members with the admin token, and a client of theirs.
+async fn cluster(upstream: &MockUpstream) -> (Vec<Relay>, Relay) {
+    let (members, addresses) = members_with_admin_token(&upstream.url(), 3, TOKEN).await;
+    let client = Relay::start(&client_config(&upstream.url(), &addresses, 2));
+    client.wait_for_members(3).await;
+    (members, client)
+}
+
+async fn copies(members: &[Relay]) -> u64 {
+    let mut held = 0;
+    for member in members {
+        held += member.stats().await["key_count"].as_u64().unwrap_or(0);
+    }
+    held
+}
+
+/// One export at one member covers the whole cluster, each entry once,
+/// although every member holds only the keys it owns; an import at one
+/// member of another cluster lands each entry on its owners there.
+#[tokio::test]
+async fn a_cluster_round_trips_through_one_member_each_way() {
+    const CLUSTER_ENTRIES: usize = 3_000;
+    let upstream = mock().await;
+    let (from, writer) = cluster(&upstream).await;
+    let made = ask_all(&writer, 0..CLUSTER_ENTRIES, &[]).await;
+    assert!(made.iter().all(|s| s == "miss"));
+    let wanted = 2 * CLUSTER_ENTRIES as u64;
+    for _ in 0..600 {
+        if copies(&from).await >= wanted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(copies(&from).await >= wanted, "two owners hold each entry");
+    let own = from[0].stats().await["key_count"].as_u64().unwrap();
+    assert!(own < CLUSTER_ENTRIES as u64, "member 0 holds {own}: all?");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.rcb");
+    let file = file.to_str().unwrap();
+    let exported = relaycache(&[
+        "cache",
+        "export",
+        "-o",
+        file,
+        "--admin",
+        &from[0].admin_url(""),
+    ]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    assert!(
+        stderr(&exported).starts_with(&format!("exported {CLUSTER_ENTRIES} entries")),
+        "{}",
+        stderr(&exported)
+    );
+
+    let (to, reader) = cluster(&upstream).await;
+    let imported = relaycache(&["cache", "import", file, "--admin", &to[1].admin_url("")]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    assert!(
+        stderr(&imported).starts_with(&format!(
+            "imported {CLUSTER_ENTRIES} of {CLUSTER_ENTRIES} entries (0 kept"
+        )),
+        "{}",
+        stderr(&imported)
+    );
+    // Replicated to the owners (write_quorum 1 acknowledges before the
+    // second copy lands): every replication finished.
+    to[1]
+        .wait_for_stats("the imported entries replicated", |s| {
+            s["cluster"]["writes"].as_u64() >= Some(CLUSTER_ENTRIES as u64)
+        })
+        .await;
+    assert!(copies(&to).await >= wanted, "{} copies", copies(&to).await);
+    // A client of the second cluster, with nothing of its own, gets every
+    // answer from it.
+    let calls = upstream.calls();
+    let answered = ask_all(&reader, 0..CLUSTER_ENTRIES, &[]).await;
+    assert!(answered.iter().all(|s| s == "hit"));
+    assert_eq!(upstream.calls(), calls, "the upstream is not asked again");
+}

@@ -74,7 +74,8 @@ fn spec_fields_land_on_the_proxy_keys() {
         "upstreams": [{"name": "gw", "url": "https://gw.example.com", "paths": ["/v1/messages"]}],
         "cache": {"ttl": "2h", "memory": "256Mi", "isolation": "header:X-Team", "streaming": true},
         "replication": {"replicaCount": 3, "readQuorum": 2, "writeQuorum": 2, "memberCountQuorum": 2,
-                        "environment": "wan", "leaveTimeout": "20s", "tokenSecret": {"name": "peers"}},
+                        "environment": "wan", "leaveTimeout": "20s", "warmupTimeout": "45s",
+                        "tokenSecret": {"name": "peers"}},
         "reserve": {"url": "s3://bucket/llm", "retention": "168h", "options": {"aws_region": "eu-west-1"}}
     }));
     let c = &r.config;
@@ -98,6 +99,7 @@ fn spec_fields_land_on_the_proxy_keys() {
     );
     assert_eq!(ha.environment, Environment::Wan);
     assert_eq!(ha.leave_timeout, Duration::from_secs(20));
+    assert_eq!(ha.warmup_timeout, Duration::from_secs(45));
     assert_eq!(ha.token, "${RELAYCACHE_PEER_TOKEN}");
     assert_eq!(c.cache.reserve.url, "s3://bucket/llm");
     assert_eq!(c.cache.reserve.retention, Duration::from_secs(168 * 3600));

@@ -346,15 +346,18 @@ impl ReserveTier {
         }
     }
 
-    /// Sends every fresh entry `filter` selects to `to` (see
-    /// [`crate::bundle`]), without extending retention.
+    /// Sends every fresh entry `filter` selects whose key is `wanted` to
+    /// `to` (an export, see [`crate::bundle`], or a member's warm start),
+    /// without extending retention. Bodies of entries not selected are
+    /// not read.
     pub async fn export_matching(
         &self,
         filter: &EntryFilter,
+        wanted: impl Fn(&CacheKey) -> bool,
         to: tokio::sync::mpsc::Sender<(CacheKey, CachedResponse)>,
     ) -> Result<(), TierError> {
         self.inner
-            .export_matching(filter, to)
+            .export_matching(filter, wanted, to)
             .await
             .map_err(unavailable)
     }

@@ -285,6 +285,7 @@ impl Inner {
     pub(super) async fn export_matching(
         &self,
         filter: &EntryFilter,
+        wanted: impl Fn(&CacheKey) -> bool,
         to: mpsc::Sender<(CacheKey, CachedResponse)>,
     ) -> Result<(), object_store::Error> {
         let mut listing = self.store.list(Some(&self.root));
@@ -293,7 +294,7 @@ impl Inner {
             let Some((key, meta)) = self.listed_metadata(&object?).await? else {
                 continue;
             };
-            if !(meta.is_kept(now, 0) && meta.is_selected_by(filter)) {
+            if !(meta.is_kept(now, 0) && meta.is_selected_by(filter) && wanted(&key)) {
                 continue;
             }
             let (_, body_path) = self.paths(&key);

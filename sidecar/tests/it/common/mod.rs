@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
@@ -626,7 +626,55 @@ pub(crate) fn insecure_member_config(
     config
 }
 
+/// `count` members of one cluster (`replica_count` 2) whose admin
+/// endpoints take `admin_token`, each seeing all of them.
+pub(crate) async fn members_with_admin_token(
+    upstream: &str,
+    count: usize,
+    admin_token: &str,
+) -> (Vec<Relay>, Vec<String>) {
+    let addresses = member_addresses(count);
+    let members: Vec<Relay> = addresses
+        .iter()
+        .map(|grpc| {
+            let mut config = member_config(upstream, grpc, &addresses, 2);
+            config.server.admin_token = admin_token.into();
+            Relay::start(&config)
+        })
+        .collect();
+    for member in &members {
+        member.wait_for_members(count as u64).await;
+    }
+    (members, addresses)
+}
+
 impl Relay {
+    /// Polls `/readyz` until it answers 200, at most `limit`. Returns whether
+    /// it said "warming up" first, and how long it took.
+    pub(crate) async fn wait_ready(&self, limit: Duration) -> (bool, Duration) {
+        let started = Instant::now();
+        let mut warming = false;
+        loop {
+            let reply = get(&self.admin_url("/readyz")).await;
+            match reply.status {
+                200 => return (warming, started.elapsed()),
+                503 => {
+                    let text = reply.text();
+                    assert!(text.starts_with("warming up"), "{text}");
+                    assert!(text.contains("warmup_timeout"), "{text}");
+                    warming = true;
+                }
+                other => panic!("/readyz answered {other}: {}", reply.text()),
+            }
+            assert!(
+                started.elapsed() < limit,
+                "not ready after {limit:?}: {}",
+                reply.text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Kills the process with SIGKILL: no leave, no handoff.
     pub(crate) fn kill_hard(&mut self) {
         let _ = self.child.kill();
