@@ -29,7 +29,7 @@ titles=(
   "R2 examples/relaycache.yaml against mock-upstream in the cluster: members Ready under restricted, peers through CoreDNS"
   "R3 an injected app pod: miss then hit; a second app pod: peer hit; the mock answered once"
   "R4 scale 5, scale 2, delete llm-cache-0, rollout restart under a reader of 200 answers: hit ratio >= 95% each step"
-  "R5 a reserve on s3 (moto) outlives every member pod: the first read through a new member is a reserve hit"
+  "R5 a reserve on s3 (moto) outlives every member pod: new members warm their memory from it before they are Ready"
 )
 
 # shellcheck source=e2e/lib/scenario-runner.sh

@@ -4,6 +4,8 @@
 #
 #   hit path   the same request over and over: the mock answering directly
 #              (the machine's limit), nginx cache hits, relaycache hits.
+#   open loop  nginx and relaycache hits at constant rates (vegeta): p50,
+#              p99 and max latency when requests do not wait for answers.
 #   miss path  a different request every time, through relaycache and
 #              straight to the mock, at 64 connections and at 1.
 #   reserve    relaycache answering from its reserve tier (files on disk):
@@ -51,6 +53,7 @@
 #   BENCH_RELAY_BIN       benchmark this relaycache binary instead of
 #                         building one (to compare two revisions side by
 #                         side, each with the same mock and nginx)
+#   BENCH_OPEN_RATES      the open-loop rows' rates, req/s ("2000 5000")
 #   BENCH_PEER_KEYS       answers stored in the cluster for the peer-hit row
 #                         (5000); the client's 1 MiB memory holds about 170
 #                         of them, so cycling over them reads from the peers
@@ -75,6 +78,7 @@ RESERVE_FILL="${BENCH_RESERVE_FILL:-5}"
 RESERVE_PARENT="${BENCH_RESERVE_DIR:-${TMPDIR:-/tmp}}"
 PEER_KEYS="${BENCH_PEER_KEYS:-5000}"
 ROLLING_KEYS="${BENCH_ROLLING_KEYS:-500}"
+OPEN_RATES="${BENCH_OPEN_RATES:-2000 5000}"
 ROLLING_STEADY=() # hits, requests, errors of the steady working-set pass
 ROLLING_DURING=() # the same, summed over the passes of the rolling restart
 ROLLING_PEER_HITS=0
@@ -99,7 +103,7 @@ die() {
 }
 
 # The parts, in the order they run; each file says what it holds.
-for part in cleanup setup servers probes wrk reserve cluster report; do
+for part in cleanup setup servers probes wrk openloop reserve cluster report; do
     # shellcheck source=/dev/null
     source "$BENCH_DIR/lib/$part.sh"
 done
@@ -107,6 +111,7 @@ done
 main() {
     check_settings
     install_tools
+    install_vegeta
     NGINX_BIN=$(nginx_bin) || die "nginx is not installed"
     build
     mkdir -p "$RESULTS_DIR"
@@ -127,6 +132,7 @@ main() {
     measure mock_fixed "mock direct, fixed body (machine limit)" "$THREADS" "$CONNECTIONS" fixed "$MOCK_URL"
     measure nginx_hit "nginx proxy_cache hits" "$THREADS" "$CONNECTIONS" fixed "$NGINX_URL"
     measure relay_hit "relaycache hits" "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
+    measure_open_loop
     # nginx is done; keep it from competing for the CPU.
     stop_nginx
 

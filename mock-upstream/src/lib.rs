@@ -26,6 +26,8 @@
 //! valued per call. Every answer carries `x-mock-call: N` (calls so far) and echoes the
 //! `host` and `accept-encoding` it received as `x-mock-saw-*`.
 
+pub mod prose;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -380,7 +382,7 @@ async fn respond(
         .to_string();
     let size =
         number(headers, "x-mock-answer-bytes").map_or(state.options.answer_bytes, |n| n as usize);
-    let text = answer_text(body, size);
+    let text = prose::answer_text(body, size);
     let input_tokens = (body.len() / 4).max(1) as u64;
     let output_tokens = (text.len() / 4).max(1) as u64;
     let prompt_cache = PromptCache::asked(headers);
@@ -480,27 +482,6 @@ fn identify_the_caller(headers: &mut HeaderMap, call: u64) {
             headers.insert(name, value);
         }
     }
-}
-
-/// Deterministic text for a request: the same body always gets the same text.
-fn answer_text(body: &[u8], size: usize) -> String {
-    let seed = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let words = [
-        "relay", "cache", "answer", "token", "model", "prompt", "stream", "reply",
-    ];
-    let mut text = String::with_capacity(size + 16);
-    let mut x = seed;
-    while text.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        text.push_str(words[(x % words.len() as u64) as usize]);
-        text.push(' ');
-    }
-    text.truncate(size);
-    text
 }
 
 fn sse(event: Option<&str>, data: &Value) -> Bytes {

@@ -24,6 +24,7 @@ install_tools() {
     command -v wrk >/dev/null || missing+=(wrk)
     nginx_bin >/dev/null || missing+=(nginx)
     command -v curl >/dev/null || missing+=(curl)
+    command -v jq >/dev/null || missing+=(jq)
     ((${#missing[@]} == 0)) && return 0
     log "installing ${missing[*]} with apt-get"
     local sudo=()

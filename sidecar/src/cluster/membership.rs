@@ -92,9 +92,6 @@ pub struct Membership {
     targets: Mutex<Vec<Target>>,
     view: RwLock<Arc<View>>,
     leaving: std::sync::atomic::AtomicBool,
-    /// Probe rounds completed: after the first, every configured address
-    /// has answered or failed once.
-    rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Membership {
@@ -126,7 +123,6 @@ impl Membership {
             targets: Mutex::new(targets),
             view: RwLock::new(Arc::new(View::default())),
             leaving: false.into(),
-            rounds: 0.into(),
         };
         membership.refresh_view();
         Ok(membership)
@@ -174,9 +170,13 @@ impl Membership {
         View::new(members)
     }
 
-    /// Probe rounds completed since start.
-    pub fn rounds(&self) -> u64 {
-        self.rounds.load(std::sync::atomic::Ordering::Acquire)
+    /// Whether an address was learned (from another member's reply) but
+    /// not probed yet: the view may still be missing a member.
+    pub fn has_unprobed_targets(&self) -> bool {
+        let targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        targets
+            .iter()
+            .any(|t| !t.live && t.failures == 0 && t.last_answer.is_none())
     }
 
     /// Takes this member out of its own view: it is leaving.
@@ -425,9 +425,6 @@ async fn probe_round(cluster: &Cluster) {
         }
     }
     let changed = membership.refresh_view();
-    membership
-        .rounds
-        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let view = membership.view();
     let metrics = &cluster.metrics.cluster;
     metrics

@@ -262,12 +262,15 @@ impl Cluster {
     }
 
     /// A client waits, before it takes traffic, until the probes have found
-    /// `member_count_quorum` members, at most one failure-detection window
-    /// (`probe_interval` × `failures_to_down`, plus a probe's timeout). An
-    /// injected sidecar's app starts once the sidecar listens, and its
-    /// first questions would otherwise go to the upstream again only
-    /// because the members had not been asked yet. Members never wait:
-    /// they start one after another, each ready before the next exists.
+    /// `member_count_quorum` members and probed every member they were
+    /// told of, at most one failure-detection window (`probe_interval` ×
+    /// `failures_to_down`, plus a probe's timeout). An injected sidecar's
+    /// app starts once the sidecar listens, and its first questions would
+    /// otherwise go to the upstream again only because the members had not
+    /// been asked yet; and a client that knew one member of three (its
+    /// Service address answers for one) would place its first answers on
+    /// the wrong owners, where other clients do not look. Members do not
+    /// wait here: their warm start does ([`warmup`]).
     async fn wait_for_members(&self) {
         let timings = self.timings;
         let window = timings.probe_interval * timings.failures_to_down + timings.probe_timeout;
@@ -276,7 +279,7 @@ impl Cluster {
         loop {
             let view = self.view();
             let live = view.members.len();
-            if self.has_quorum(&view) {
+            if self.has_quorum(&view) && !self.membership.has_unprobed_targets() {
                 tracing::info!(live, "found the cluster's members");
                 return;
             }

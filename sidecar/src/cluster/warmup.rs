@@ -284,10 +284,12 @@ impl Cluster {
         true
     }
 
-    /// Waits until the probes have found every configured peer, or every
-    /// one has been probed once (a member starting first must not wait for
-    /// members that do not exist yet), at most one failure-detection
-    /// window. A peer that missed its first probe is left to repair.
+    /// Waits until the probes have found every configured peer, at most one
+    /// failure-detection window: peers that have not answered by then are
+    /// not live (a member starting first does not wait longer for members
+    /// that do not exist yet). Not after the first probe round: a new
+    /// pod's peers' names may take a moment to resolve, and a member that
+    /// gave up on them then would pull nothing.
     async fn wait_for_peers(&self) -> Arc<View> {
         let timings = self.timings;
         let window = timings.probe_interval * timings.failures_to_down + timings.probe_timeout;
@@ -297,10 +299,7 @@ impl Cluster {
         let expected = self.settings.peers.iter().filter(|p| *p != me).count() + 1;
         loop {
             let view = self.view();
-            if view.members.len() >= expected
-                || self.membership.rounds() >= 1
-                || tokio::time::Instant::now() >= deadline
-            {
+            if view.members.len() >= expected || tokio::time::Instant::now() >= deadline {
                 return view;
             }
             tokio::time::sleep(step).await;

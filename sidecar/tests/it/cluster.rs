@@ -855,3 +855,40 @@ async fn mutual_tls_between_members() {
         assert_eq!(member.stats().await["cluster"]["members"], 2);
     }
 }
+
+/// A client configured with one member's address (as an injected sidecar
+/// is, with the members' Service name) hears of the others in that
+/// member's reply, and probes them before it takes traffic: with one
+/// member of three in its view it would place its first answers on the
+/// wrong owners, where other clients do not look.
+#[tokio::test]
+async fn a_client_knows_every_member_before_it_takes_traffic() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let members = start_cluster(&upstream.url(), &addresses, 2);
+    wait_all(&members, 3).await;
+    let writer = Relay::start(&client_config(&upstream.url(), &addresses[..1], 2));
+    let found = writer
+        .logged(1, |l| l.contains("found the cluster's members"))
+        .await;
+    let found: serde_json::Value = serde_json::from_str(&found[0]).unwrap();
+    assert_eq!(found["live"], 3, "{found}");
+
+    // So a second client, knowing another member first, finds the answer.
+    let body = question("placed right");
+    assert_eq!(
+        post_messages(&writer, "k", &body, &[]).await.cache_status(),
+        "miss"
+    );
+    writer
+        .wait_for_stats("the write replicated", |s| s["cluster"]["writes"] == 1)
+        .await;
+    let reader = Relay::start(&client_config(&upstream.url(), &addresses[2..], 2));
+    reader.wait_for_members(3).await;
+    let reply = post_messages(&reader, "k", &body, &[]).await;
+    assert_eq!(
+        (reply.cache_status(), reply.header("x-relaycache-tier")),
+        ("hit", "peer")
+    );
+    assert_eq!(upstream.calls(), 1);
+}

@@ -1,5 +1,7 @@
-//! An entry's metadata object (`KEY.meta`): what is needed to rebuild
-//! the answer from its body, the body's digest, and the retention.
+//! An entry's object (`KEY.entry`): its metadata (what is needed to
+//! rebuild the answer from its body, the body's digest, the retention it
+//! was written with), then the body; and the retention marker
+//! (`KEY.keep`) that extends it without rewriting the body.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +14,60 @@ use crate::entry::filter::{EntryFilter, EntryScope};
 use crate::entry::{CachedResponse, TokenUsage};
 use crate::key::{CacheKey, Tenant};
 
-/// What is kept beside each body.
+/// Bytes at the start of an entry object that hold the metadata's length.
+const LENGTH_BYTES: usize = 4;
+
+/// A retention extension: the entry is kept until the later of its own
+/// `retention_until_ms` and this one.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(super) struct Keep {
+    pub(super) retention_until_ms: u64,
+}
+
+impl Keep {
+    pub(super) fn encode(self) -> Vec<u8> {
+        serde_json::to_vec(&self).unwrap_or_default()
+    }
+
+    /// `None` for anything that is not a marker (it extends nothing).
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The entry object: the metadata's length (u32, little-endian), the
+/// metadata as JSON, the body.
+pub(super) fn encode_object(meta: &Metadata, body: &[u8]) -> Vec<u8> {
+    let meta = serde_json::to_vec(meta).unwrap_or_default();
+    let mut object = Vec::with_capacity(LENGTH_BYTES + meta.len() + body.len());
+    object.extend_from_slice(&u32::try_from(meta.len()).unwrap_or(u32::MAX).to_le_bytes());
+    object.extend_from_slice(&meta);
+    object.extend_from_slice(body);
+    object
+}
+
+/// How many bytes from the start of an entry object hold its length and
+/// metadata, read from its first bytes.
+pub(super) fn header_len(start: &[u8]) -> Option<usize> {
+    let length: [u8; LENGTH_BYTES] = start.get(..LENGTH_BYTES)?.try_into().ok()?;
+    Some(LENGTH_BYTES + usize::try_from(u32::from_le_bytes(length)).ok()?)
+}
+
+/// The metadata of an entry object whose first bytes are `start` (at least
+/// [`header_len`] of them), if it is `key`'s in this format.
+pub(super) fn decode_header(start: &[u8], key: &CacheKey) -> Option<Metadata> {
+    let end = header_len(start)?;
+    Metadata::decode(start.get(LENGTH_BYTES..end)?, key)
+}
+
+/// Splits a whole entry object into its metadata and body.
+pub(super) fn decode_object(object: Bytes, key: &CacheKey) -> Option<(Metadata, Bytes)> {
+    let meta = decode_header(&object, key)?;
+    let end = header_len(&object)?;
+    Some((meta, object.slice(end..)))
+}
+
+/// What is kept in front of each body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Metadata {
     pub(super) format: u32,
@@ -77,12 +132,12 @@ impl Metadata {
         }
     }
 
-    /// Whether the entry may still be served at `now_ms`.
     /// Whether the entry is kept: fresh, or expired no longer ago than
-    /// `keep_stale_ms` (for stale-if-error), and within its retention.
-    pub(super) fn is_kept(&self, now_ms: u64, keep_stale_ms: u64) -> bool {
+    /// `keep_stale_ms` (for stale-if-error), and within its retention
+    /// (its own, or `extended_until_ms` from its marker).
+    pub(super) fn is_kept(&self, now_ms: u64, keep_stale_ms: u64, extended_until_ms: u64) -> bool {
         now_ms < self.fresh_until_ms.saturating_add(keep_stale_ms)
-            && now_ms < self.retention_until_ms
+            && now_ms < self.retention_until_ms.max(extended_until_ms)
     }
 
     pub(super) fn decode(bytes: &[u8], key: &CacheKey) -> Option<Self> {

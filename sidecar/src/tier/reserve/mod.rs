@@ -2,18 +2,21 @@
 //! `object_store` crate), so that a restart or an eviction does not send the
 //! question to the provider again.
 //!
-//! Layout: `PREFIX/v1/SHARD/KEY.body` holds the answer's bytes and
-//! `PREFIX/v1/SHARD/KEY.meta` its metadata (JSON, versioned), where SHARD is
-//! the first two hex digits of the key. The metadata is written after the
-//! body, so a readable `.meta` means a complete entry; reading extends the
-//! retention by rewriting only the small `.meta`.
+//! Layout: one object per entry, `PREFIX/v2/SHARD/KEY.entry` (SHARD: the
+//! first two hex digits of the key): the metadata's length, the metadata
+//! (JSON, versioned, with the retention it was written with and the body's
+//! BLAKE3 digest), then the answer's bytes. One write stores an entry, one
+//! read serves it, and a store writes an object whole, so a reader never
+//! sees half of a refresh; the digest, checked on every read, turns a
+//! damaged object into a miss, never a wrong answer.
 //!
-//! The two objects are bound by the body's BLAKE3 digest in the metadata,
-//! checked on every read: a body that does not match its metadata (a
-//! refresh caught half-way, a damaged object) is a miss, never a wrong
-//! answer. A retention extension is a conditional update of the `.meta`
-//! it read (`PutMode::Update` on its ETag), so it never puts old metadata
-//! over a newer entry's.
+//! Reading an entry in the second half of its retention extends it with a
+//! small marker, `KEY.keep`, holding the new retention: the body is never
+//! written again, and a marker cannot overwrite a newer entry (it only
+//! ever extends). Such reads also read the marker, so an entry extended
+//! once is not extended again until the second half of the new period.
+//! Entries of the earlier two-object layout (`PREFIX/v1/`) are not read;
+//! the sweep removes them once their retention has passed.
 //!
 //! Nothing here ever delays or fails a request: writes go through a bounded
 //! queue that drops (and counts) when full, and a store that errors is a
@@ -38,12 +41,12 @@ use crate::metrics::Metrics;
 mod metadata;
 mod store;
 
-use metadata::{unix_ms, Metadata};
+use metadata::{decode_object, unix_ms, Keep};
 use store::{sweep_forever, write_behind};
 
 /// Version of the metadata format; entries of another version are misses.
-/// 2: `body_digest`.
-const META_FORMAT: u32 = 2;
+/// 2: `body_digest`. 3: one object per entry, retention markers.
+const META_FORMAT: u32 = 3;
 /// Store writes in flight at once.
 const WRITE_CONCURRENCY: usize = 8;
 
@@ -68,10 +71,8 @@ enum Job {
     },
     Extend {
         key: CacheKey,
-        meta: Box<Metadata>,
-        /// The `.meta` object the extension was computed from; a newer one
-        /// is left alone.
-        read: object_store::UpdateVersion,
+        /// The new end of the entry's retention.
+        until: Keep,
     },
     Remove {
         key: CacheKey,
@@ -88,6 +89,8 @@ struct Census {
 struct Inner {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    /// Where the two-object layout kept entries; swept once expired.
+    legacy_root: Path,
     settings: ReserveConfig,
     metrics: Arc<Metrics>,
     census: Census,
@@ -151,7 +154,8 @@ impl ReserveTier {
         }
         let inner = Arc::new(Inner {
             store: Arc::from(store),
-            root: prefix.child("v1"),
+            legacy_root: prefix.child("v1"),
+            root: prefix.child("v2"),
             settings: settings.clone(),
             metrics,
             census: Census::default(),
@@ -214,36 +218,32 @@ impl ReserveTier {
         stale_within: Option<Duration>,
     ) -> Option<Arc<CachedResponse>> {
         let inner = &self.inner;
-        let (meta_path, body_path) = inner.paths(key);
-        let (meta, body) = tokio::join!(inner.store.get(&meta_path), inner.store.get(&body_path));
-        let meta = match meta {
-            Ok(found) => {
-                let read = object_store::UpdateVersion {
-                    e_tag: found.meta.e_tag.clone(),
-                    version: found.meta.version.clone(),
-                };
-                found.bytes().await.map(|bytes| (bytes, read))
-            }
-            Err(err) => Err(err),
-        };
-        let (meta_bytes, meta_version) = match meta {
-            Ok(read) => read,
-            Err(object_store::Error::NotFound { .. }) => return None,
+        let (entry_path, keep_path) = inner.paths(key);
+        let object = match inner.get_if_present(&entry_path).await {
+            Ok(Some(object)) => object,
+            Ok(None) => return None,
             Err(err) => {
                 inner.failed("read", &err);
                 return None;
             }
         };
-        let Some(meta) = Metadata::decode(&meta_bytes, key) else {
-            tracing::warn!(%key, "reserve entry has unreadable metadata; removing it");
+        let Some((meta, body)) = decode_object(object, key) else {
+            tracing::warn!(%key, "reserve entry is unreadable (another format, or damaged); removing it");
             self.enqueue(Job::Remove { key: *key });
             return None;
         };
         let now = unix_ms(SystemTime::now());
+        let retention_ms = u64::try_from(inner.settings.retention.as_millis()).unwrap_or(u64::MAX);
+        // In the second half of its own retention an entry may have been
+        // extended: only then is its marker worth a read.
+        let mut retained_until = meta.retention_until_ms;
+        if retained_until.saturating_sub(now) < retention_ms / 2 {
+            retained_until = retained_until.max(inner.extended_until(&keep_path).await);
+        }
         let keep_stale_ms = inner
             .keep_stale_ms
             .load(std::sync::atomic::Ordering::Relaxed);
-        if !meta.is_kept(now, keep_stale_ms) {
+        if !meta.is_kept(now, keep_stale_ms, retained_until) {
             self.enqueue(Job::Remove { key: *key });
             return None;
         }
@@ -255,30 +255,9 @@ impl ReserveTier {
         if !fresh && !stale_ok {
             return None;
         }
-        let body = match body {
-            Ok(found) => {
-                let modified = found.meta.last_modified;
-                found.bytes().await.map(|bytes| (bytes, modified))
-            }
-            Err(err) => Err(err),
-        };
-        let entry = match body {
-            Ok((body, modified)) => match meta.restore(body) {
-                Some(entry) => entry,
-                None => {
-                    self.mismatch(key, modified);
-                    return None;
-                }
-            },
-            Err(object_store::Error::NotFound { .. }) => {
-                tracing::warn!(%key, "reserve entry has metadata but no body; removing it");
-                self.enqueue(Job::Remove { key: *key });
-                return None;
-            }
-            Err(err) => {
-                inner.failed("read", &err);
-                return None;
-            }
+        let Some(entry) = meta.restore(body) else {
+            self.mismatch(key);
+            return None;
         };
         let metrics = &inner.metrics;
         metrics.reserve.reads.inc();
@@ -291,33 +270,24 @@ impl ReserveTier {
             .reserve
             .output_tokens_saved
             .inc_by(entry.usage.output);
-        let retention_ms = u64::try_from(inner.settings.retention.as_millis()).unwrap_or(u64::MAX);
-        // Rewriting the metadata on every read would cost a store write per
-        // hit; once per half retention period keeps entries alive as well.
-        if meta.retention_until_ms.saturating_sub(now) < retention_ms / 2 {
-            let mut extended = meta;
-            extended.retention_until_ms = now.saturating_add(retention_ms);
+        // A marker on every read would cost a store write per hit; once
+        // per half retention period keeps entries alive as well.
+        if retained_until.saturating_sub(now) < retention_ms / 2 {
             self.enqueue(Job::Extend {
                 key: *key,
-                meta: Box::new(extended),
-                read: meta_version,
+                until: Keep {
+                    retention_until_ms: now.saturating_add(retention_ms),
+                },
             });
         }
         Some(Arc::new(entry))
     }
 
-    /// A body that does not match its metadata: a miss, counted. The entry
-    /// is removed, unless the body is recent enough to be a refresh whose
-    /// metadata is still on its way (removing it would lose the new entry).
-    fn mismatch(&self, key: &CacheKey, body_modified: chrono::DateTime<chrono::Utc>) {
+    /// A body that does not match its metadata (a damaged object): a miss,
+    /// counted, and the entry removed. An object is written whole, so it is
+    /// never a refresh under way.
+    fn mismatch(&self, key: &CacheKey) {
         self.inner.metrics.reserve.mismatches.inc();
-        let age = (chrono::Utc::now() - body_modified)
-            .to_std()
-            .unwrap_or_default();
-        if age < self.inner.settings.write_timeout * 2 {
-            tracing::debug!(%key, "reserve body does not match its metadata, and may be a refresh under way; a miss");
-            return;
-        }
         tracing::warn!(%key, "reserve body does not match its metadata (digest or length); removing the entry");
         self.enqueue(Job::Remove { key: *key });
     }

@@ -12,20 +12,25 @@ use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::metadata::unix_ms;
 use super::metadata::Metadata;
+use super::metadata::{decode_header, decode_object, encode_object, header_len, unix_ms, Keep};
 use super::{Inner, Job, WRITE_CONCURRENCY};
 use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
+/// Bytes read from the start of an entry object to find its metadata:
+/// enough for any answer's headers, so one ranged read usually does.
+const HEADER_PROBE_BYTES: u64 = 8 * 1024;
+
 impl Inner {
+    /// The entry object's path and its retention marker's.
     pub(super) fn paths(&self, key: &CacheKey) -> (Path, Path) {
         let hex = key.to_string();
         let shard = self.root.child(&hex[..2]);
         (
-            shard.child(format!("{hex}.meta")),
-            shard.child(format!("{hex}.body")),
+            shard.child(format!("{hex}.entry")),
+            shard.child(format!("{hex}.keep")),
         )
     }
 
@@ -34,73 +39,53 @@ impl Inner {
         tracing::warn!(operation, error = %err, "reserve store operation failed; serving without it");
     }
 
+    /// One write: metadata and body in one object.
     pub(super) async fn write(
         &self,
         key: &CacheKey,
         entry: &CachedResponse,
     ) -> Result<(), object_store::Error> {
-        let (meta_path, body_path) = self.paths(key);
+        let (entry_path, _) = self.paths(key);
         let meta = Metadata::describe(key, entry, self.settings.retention);
         self.store
-            .put(&body_path, PutPayload::from(entry.body()))
-            .await?;
-        self.put_meta(&meta_path, &meta).await
-    }
-
-    pub(super) async fn put_meta(
-        &self,
-        path: &Path,
-        meta: &Metadata,
-    ) -> Result<(), object_store::Error> {
-        let bytes = serde_json::to_vec(meta).unwrap_or_default();
-        self.store
-            .put(path, PutPayload::from(bytes))
+            .put(
+                &entry_path,
+                PutPayload::from(encode_object(&meta, &entry.body())),
+            )
             .await
             .map(|_| ())
     }
 
-    /// Writes `meta` over the `.meta` object only if it is still the one
-    /// read (`read`). Returns false when it changed meanwhile. Stores
-    /// without conditional updates (the local file system) get the
-    /// closest equivalent: the ETag is checked just before the write.
-    pub(super) async fn extend(
-        &self,
-        path: &Path,
-        meta: &Metadata,
-        read: object_store::UpdateVersion,
-    ) -> Result<bool, object_store::Error> {
-        let bytes = serde_json::to_vec(meta).unwrap_or_default();
-        let options = object_store::PutOptions::from(object_store::PutMode::Update(read.clone()));
-        match self
-            .store
-            .put_opts(path, PutPayload::from(bytes.clone()), options)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::Precondition { .. })
-            | Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(object_store::Error::NotImplemented) => {
-                let current = match self.store.head(path).await {
-                    Ok(current) => current,
-                    Err(object_store::Error::NotFound { .. }) => return Ok(false),
-                    Err(err) => return Err(err),
-                };
-                if current.e_tag != read.e_tag || current.version != read.version {
-                    return Ok(false);
-                }
-                self.store.put(path, PutPayload::from(bytes)).await?;
-                Ok(true)
+    /// The retention a marker extends its entry to; 0 when there is none
+    /// (or it cannot be read: the entry's own retention then holds).
+    pub(super) async fn extended_until(&self, keep_path: &Path) -> u64 {
+        match self.get_if_present(keep_path).await {
+            Ok(Some(bytes)) => Keep::decode(&bytes).map_or(0, |keep| keep.retention_until_ms),
+            Ok(None) => 0,
+            Err(err) => {
+                self.failed("read marker", &err);
+                0
             }
-            Err(err) => Err(err),
         }
     }
 
+    /// Extends an entry's retention with its marker; the body is not
+    /// written. A marker only ever extends, so a late one cannot undo a
+    /// refresh.
+    async fn extend(&self, key: &CacheKey, until: Keep) -> Result<(), object_store::Error> {
+        let (_, keep_path) = self.paths(key);
+        self.store
+            .put(&keep_path, PutPayload::from(until.encode()))
+            .await
+            .map(|_| ())
+    }
+
     pub(super) async fn remove(&self, key: &CacheKey) -> Result<bool, object_store::Error> {
-        let (meta_path, body_path) = self.paths(key);
+        let (entry_path, keep_path) = self.paths(key);
         let mut removed = false;
-        for path in [meta_path, body_path] {
+        for (path, counts) in [(entry_path, true), (keep_path, false)] {
             match self.store.delete(&path).await {
-                Ok(()) => removed = true,
+                Ok(()) => removed |= counts,
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(err) => return Err(err),
             }
@@ -131,18 +116,12 @@ impl Inner {
                 }
                 Err(err) => self.failed("write", &err),
             },
-            Job::Extend { key, meta, read } => {
-                let (meta_path, _) = self.paths(&key);
-                match self.extend(&meta_path, &meta, read).await {
-                    Ok(true) => {
-                        reserve.extensions.inc();
-                    }
-                    Ok(false) => {
-                        tracing::debug!(%key, "reserve metadata changed since it was read; extension skipped");
-                    }
-                    Err(err) => self.failed("extend", &err),
+            Job::Extend { key, until } => match self.extend(&key, until).await {
+                Ok(()) => {
+                    reserve.extensions.inc();
                 }
-            }
+                Err(err) => self.failed("extend", &err),
+            },
             Job::Remove { key } => match self.remove(&key).await {
                 Ok(_) => {
                     reserve.removed.inc();
@@ -168,6 +147,8 @@ impl Inner {
         let now = unix_ms(SystemTime::now());
         let mut last = None;
         let mut seen = 0;
+        // The entry listed last: its marker comes right after it.
+        let mut last_entry: Option<String> = None;
         while let Some(item) = listing.next().await {
             seen += 1;
             let object = match item {
@@ -180,29 +161,19 @@ impl Inner {
             last = Some(object.location.clone());
             census.1 += object.size;
             let name = object.location.filename().unwrap_or_default();
-            if let Some(hex) = name.strip_suffix(".body") {
-                self.remove_if_orphan(hex, &object).await;
+            if let Some(hex) = name.strip_suffix(".keep") {
+                if last_entry.as_deref() != Some(hex) {
+                    self.remove_if_orphan(hex, &object).await;
+                }
                 continue;
             }
-            let Some(hex) = name.strip_suffix(".meta") else {
+            let Some(key) = name.strip_suffix(".entry").and_then(CacheKey::from_hex) else {
                 continue;
             };
-            let Some(key) = CacheKey::from_hex(hex) else {
-                continue;
-            };
-            let live = match self.store.get(&object.location).await {
-                Ok(found) => found
-                    .bytes()
-                    .await
-                    .ok()
-                    .and_then(|bytes| Metadata::decode(&bytes, &key))
-                    .is_some_and(|meta| {
-                        meta.is_kept(
-                            now,
-                            self.keep_stale_ms
-                                .load(std::sync::atomic::Ordering::Relaxed),
-                        )
-                    }),
+            last_entry = Some(key.to_string());
+            let live = match self.header_of(&object, &key).await {
+                Ok(Some(meta)) => self.is_kept(&key, &meta, now).await,
+                Ok(None) => false,
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(err) => {
                     self.failed("sweep", &err);
@@ -221,6 +192,7 @@ impl Inner {
             }
         }
         if seen < self.settings.sweep_batch {
+            self.sweep_legacy().await;
             self.census.entries.store(census.0, Ordering::Relaxed);
             self.census.bytes.store(census.1, Ordering::Relaxed);
             *census = (0, 0);
@@ -233,7 +205,7 @@ impl Inner {
 
 impl Inner {
     /// The bytes of the object at `path`; `None` when it is gone.
-    async fn get_if_present(
+    pub(super) async fn get_if_present(
         &self,
         path: &Path,
     ) -> Result<Option<bytes::Bytes>, object_store::Error> {
@@ -244,20 +216,60 @@ impl Inner {
         }
     }
 
-    /// The key and decoded metadata of a listed object, when it is an
-    /// entry's readable `.meta` that still exists.
+    /// The metadata of a listed entry object, reading only its first
+    /// bytes; `None` when it is unreadable (another format, damaged).
+    async fn header_of(
+        &self,
+        object: &object_store::ObjectMeta,
+        key: &CacheKey,
+    ) -> Result<Option<Metadata>, object_store::Error> {
+        let size = object.size;
+        let first = self
+            .store
+            .get_range(&object.location, 0..HEADER_PROBE_BYTES.min(size))
+            .await?;
+        let Some(end) = header_len(&first) else {
+            return Ok(None);
+        };
+        if end as u64 <= first.len() as u64 {
+            return Ok(decode_header(&first, key));
+        }
+        if end as u64 > size {
+            return Ok(None);
+        }
+        let header = self
+            .store
+            .get_range(&object.location, 0..end as u64)
+            .await?;
+        Ok(decode_header(&header, key))
+    }
+
+    /// Whether a listed entry is kept at `now`, its marker included when
+    /// its own retention has passed.
+    async fn is_kept(&self, key: &CacheKey, meta: &Metadata, now: u64) -> bool {
+        let keep_stale_ms = self.keep_stale_ms.load(Ordering::Relaxed);
+        if meta.is_kept(now, keep_stale_ms, 0) {
+            return true;
+        }
+        let (_, keep_path) = self.paths(key);
+        meta.is_kept(now, keep_stale_ms, self.extended_until(&keep_path).await)
+    }
+
+    /// The key and metadata of a listed object, when it is an entry object
+    /// in this format that still exists.
     async fn listed_metadata(
         &self,
         object: &object_store::ObjectMeta,
     ) -> Result<Option<(CacheKey, Metadata)>, object_store::Error> {
         let name = object.location.filename().unwrap_or_default();
-        let Some(key) = name.strip_suffix(".meta").and_then(CacheKey::from_hex) else {
+        let Some(key) = name.strip_suffix(".entry").and_then(CacheKey::from_hex) else {
             return Ok(None);
         };
-        let Some(bytes) = self.get_if_present(&object.location).await? else {
-            return Ok(None);
-        };
-        Ok(Metadata::decode(&bytes, &key).map(|meta| (key, meta)))
+        match self.header_of(object, &key).await {
+            Ok(meta) => Ok(meta.map(|meta| (key, meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// Removes every entry whose metadata `filter` selects; how many. Reads
@@ -291,16 +303,24 @@ impl Inner {
         let mut listing = self.store.list(Some(&self.root));
         let now = unix_ms(SystemTime::now());
         while let Some(object) = listing.next().await {
-            let Some((key, meta)) = self.listed_metadata(&object?).await? else {
+            let object = object?;
+            let name = object.location.filename().unwrap_or_default();
+            // The key is in the name: entries not wanted are never read.
+            let Some(key) = name.strip_suffix(".entry").and_then(CacheKey::from_hex) else {
                 continue;
             };
-            if !(meta.is_kept(now, 0) && meta.is_selected_by(filter) && wanted(&key)) {
+            if !wanted(&key) {
                 continue;
             }
-            let (_, body_path) = self.paths(&key);
-            let Some(body) = self.get_if_present(&body_path).await? else {
+            let Some(bytes) = self.get_if_present(&object.location).await? else {
                 continue;
             };
+            let Some((meta, body)) = decode_object(bytes, &key) else {
+                continue;
+            };
+            if !(meta.is_selected_by(filter) && self.is_kept(&key, &meta, now).await) {
+                continue;
+            }
             if let Some(entry) = meta.restore(body) {
                 if to.send((key, entry)).await.is_err() {
                     return Ok(());
@@ -310,22 +330,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes a body whose metadata never arrived (the process stopped
-    /// between the two writes), once no write in flight can still add it.
-    pub(super) async fn remove_if_orphan(&self, hex: &str, body: &object_store::ObjectMeta) {
+    /// Removes a marker whose entry is gone (removed while the marker was
+    /// being written), once no write in flight can still add the entry.
+    pub(super) async fn remove_if_orphan(&self, hex: &str, marker: &object_store::ObjectMeta) {
         let Some(key) = CacheKey::from_hex(hex) else {
             return;
         };
-        let age = (chrono::Utc::now() - body.last_modified)
+        let age = (chrono::Utc::now() - marker.last_modified)
             .to_std()
             .unwrap_or_default();
         if age < self.settings.write_timeout * 2 {
             return;
         }
-        let (meta_path, _) = self.paths(&key);
-        match self.store.head(&meta_path).await {
+        let (entry_path, _) = self.paths(&key);
+        match self.store.head(&entry_path).await {
             Err(object_store::Error::NotFound { .. }) => {
-                match self.store.delete(&body.location).await {
+                match self.store.delete(&marker.location).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                         self.metrics.reserve.removed.inc();
                     }
@@ -334,6 +354,30 @@ impl Inner {
             }
             Ok(_) => {}
             Err(err) => self.failed("sweep", &err),
+        }
+    }
+
+    /// Removes objects of the two-object layout (`v1/`) older than the
+    /// retention: they are no longer read, and nothing extends them. At
+    /// most `sweep_batch` per full sweep; the listing's dates suffice.
+    async fn sweep_legacy(&self) {
+        let mut listing = self
+            .store
+            .list(Some(&self.legacy_root))
+            .take(self.settings.sweep_batch);
+        let retention =
+            chrono::Duration::from_std(self.settings.retention).unwrap_or(chrono::Duration::MAX);
+        let now = chrono::Utc::now();
+        while let Some(item) = listing.next().await {
+            let Ok(object) = item else {
+                return;
+            };
+            if object.last_modified + retention < now {
+                match self.store.delete(&object.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(err) => self.failed("sweep", &err),
+                }
+            }
         }
     }
 }

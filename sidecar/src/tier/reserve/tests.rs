@@ -116,19 +116,60 @@ async fn corrupt_metadata_is_a_miss_and_is_removed() {
     let key = CacheKey([7; 32]);
     reserve.admit(key, &entry(Duration::from_secs(60)));
     written(&reserve, &metrics, 1).await;
-    let (meta_path, _) = reserve.inner.paths(&key);
+    let (entry_path, _) = reserve.inner.paths(&key);
+    let mut damaged = 9u32.to_le_bytes().to_vec();
+    damaged.extend_from_slice(b"{not json and a body");
     reserve
         .inner
         .store
-        .put(&meta_path, PutPayload::from_static(b"{not json"))
+        .put(&entry_path, PutPayload::from(damaged))
         .await
         .unwrap();
     assert!(reserve.lookup(&key).await.is_none());
     reserve.flush(Duration::from_secs(2)).await;
     assert!(matches!(
-        reserve.inner.store.head(&meta_path).await,
+        reserve.inner.store.head(&entry_path).await,
         Err(object_store::Error::NotFound { .. })
     ));
+}
+
+/// One object per entry: an answer costs one store write, and a read one
+/// store read, whatever the store.
+#[tokio::test]
+async fn an_entry_is_one_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let reserve = ReserveTier::open(
+        &settings(&format!("file://{}", dir.path().display())),
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    for i in 0..5u8 {
+        reserve.admit(CacheKey([40 + i; 32]), &answer(u64::from(i)));
+    }
+    written(&reserve, &metrics, 5).await;
+    let under = object_store::path::Path::from(dir.path().to_str().unwrap());
+    let listed: Vec<_> = reserve
+        .inner
+        .store
+        .list(Some(&under))
+        .map(|o| o.unwrap().location.to_string())
+        .collect()
+        .await;
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|p| p.contains("/v2/") && p.ends_with(".entry")),
+        "{listed:?}"
+    );
+    for i in 0..5u8 {
+        let found = reserve
+            .lookup(&CacheKey([40 + i; 32]))
+            .await
+            .expect("a hit");
+        assert_eq!(found.body(), answer(u64::from(i)).body());
+    }
 }
 
 /// An answer whose body reports `tokens` in its usage, padded so that
@@ -171,14 +212,23 @@ async fn a_body_that_does_not_match_its_metadata_is_a_counted_miss() {
     reserve.admit(key, &answer(1));
     written(&reserve, &metrics, 1).await;
     // Same length, other content: only a digest tells them apart.
-    let (meta_path, body_path) = reserve.inner.paths(&key);
+    let (entry_path, _) = reserve.inner.paths(&key);
+    let object = reserve
+        .inner
+        .get_if_present(&entry_path)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut swapped = object.to_vec();
+    let body = answer(2).body();
+    let at = swapped.len() - body.len();
+    swapped[at..].copy_from_slice(&body);
     reserve
         .inner
         .store
-        .put(&body_path, PutPayload::from(answer(2).body()))
+        .put(&entry_path, PutPayload::from(swapped))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         reserve.lookup(&key).await.is_none(),
         "a body that is not the one its metadata describes was served"
@@ -186,50 +236,62 @@ async fn a_body_that_does_not_match_its_metadata_is_a_counted_miss() {
     assert_eq!(metrics.reserve.mismatches.get(), 1);
     reserve.flush(Duration::from_secs(2)).await;
     assert!(matches!(
-        reserve.inner.store.head(&meta_path).await,
+        reserve.inner.store.head(&entry_path).await,
         Err(object_store::Error::NotFound { .. })
     ));
 }
 
-/// A read computes an extension, a refresh lands, then the extension
-/// is written: it must not put the old metadata over the new body.
-async fn stale_extension_never_overwrites_a_refresh(url: &str) {
+/// A read in the second half of the retention extends it with a marker:
+/// the entry object is not written again, and the entry outlives its own
+/// retention. A late marker over a refresh changes nothing in it.
+async fn extension_writes_a_marker_not_the_body(url: &str) {
     let metrics = Arc::new(Metrics::new());
-    let reserve = ReserveTier::open(&settings(url), Arc::clone(&metrics)).unwrap();
+    let mut config = settings(url);
+    config.retention = Duration::from_millis(1500);
+    let reserve = ReserveTier::open(&config, Arc::clone(&metrics)).unwrap();
     let key = CacheKey([9; 32]);
     reserve.admit(key, &answer(1));
     written(&reserve, &metrics, 1).await;
-    let (meta_path, _) = reserve.inner.paths(&key);
-    let read = reserve.inner.store.get(&meta_path).await.unwrap();
-    let version = object_store::UpdateVersion {
-        e_tag: read.meta.e_tag.clone(),
-        version: read.meta.version.clone(),
-    };
-    let mut old = Metadata::decode(&read.bytes().await.unwrap(), &key).unwrap();
-    old.retention_until_ms += 1000;
-    // Local files carry their modification time in the ETag; let it move.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (entry_path, keep_path) = reserve.inner.paths(&key);
+    let before = reserve.inner.store.head(&entry_path).await.unwrap();
+    // Past half of the retention: the read extends.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(reserve.lookup(&key).await.is_some(), "{url}");
+    reserve.flush(Duration::from_secs(2)).await;
+    assert_eq!(metrics.reserve.extensions.get(), 1, "{url}");
+    let after = reserve.inner.store.head(&entry_path).await.unwrap();
+    assert_eq!(
+        (before.size, before.last_modified),
+        (after.size, after.last_modified),
+        "{url}: the entry object was written again"
+    );
+    assert!(reserve.inner.extended_until(&keep_path).await > 0, "{url}");
+    // Past the entry's own retention, the marker keeps it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let found = reserve.lookup(&key).await.expect("kept by its marker");
+    assert_eq!(found.body(), answer(1).body(), "{url}");
+    // A refresh, then a late marker: the refresh is what is served.
     reserve.admit(key, &answer(2));
     written(&reserve, &metrics, 2).await;
     reserve
         .inner
         .run_job(Job::Extend {
             key,
-            meta: Box::new(old),
-            read: version,
+            until: metadata::Keep {
+                retention_until_ms: 1,
+            },
         })
         .await;
     let found = reserve.lookup(&key).await.expect("the refresh is kept");
     assert_eq!(found.body(), answer(2).body(), "{url}");
     assert!(consistent(&found), "{url}: metadata of another body");
-    assert_eq!(metrics.reserve.extensions.get(), 0, "{url}");
 }
 
 #[tokio::test]
-async fn a_stale_extension_never_overwrites_a_refresh() {
-    stale_extension_never_overwrites_a_refresh("memory://").await;
+async fn an_extension_writes_a_marker_not_the_body() {
+    extension_writes_a_marker_not_the_body("memory://").await;
     let dir = tempfile::tempdir().unwrap();
-    stale_extension_never_overwrites_a_refresh(&format!("file://{}", dir.path().display())).await;
+    extension_writes_a_marker_not_the_body(&format!("file://{}", dir.path().display())).await;
 }
 
 #[tokio::test]
@@ -285,7 +347,7 @@ async fn sweep_removes_expired_and_counts_live() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut cursor = None;
     let mut census = (0, 0);
-    // 10 objects, 3 per run: the census lands when a run reaches the end.
+    // 5 objects, 3 per run: the census lands when a run reaches the end.
     for _ in 0..4 {
         cursor = reserve.inner.sweep(cursor, &mut census).await;
     }
@@ -295,30 +357,45 @@ async fn sweep_removes_expired_and_counts_live() {
 }
 
 #[tokio::test]
-async fn sweep_removes_bodies_whose_metadata_never_arrived() {
+async fn sweep_removes_markers_without_entries_and_expired_legacy_objects() {
     let metrics = Arc::new(Metrics::new());
     let mut config = settings("memory://");
     config.write_timeout = Duration::from_millis(10);
+    config.retention = Duration::from_millis(50);
     let reserve = ReserveTier::open(&config, Arc::clone(&metrics)).unwrap();
     let key = CacheKey([30; 32]);
-    let (_, body_path) = reserve.inner.paths(&key);
+    let (_, keep_path) = reserve.inner.paths(&key);
     reserve
         .inner
         .store
-        .put(&body_path, PutPayload::from_static(b"{}"))
+        .put(
+            &keep_path,
+            PutPayload::from_static(b"{\"retention_until_ms\":1}"),
+        )
+        .await
+        .unwrap();
+    let legacy = reserve.inner.legacy_root.child("1e").child("1e.meta");
+    reserve
+        .inner
+        .store
+        .put(&legacy, PutPayload::from_static(b"{}"))
         .await
         .unwrap();
     let kept = CacheKey([31; 32]);
     reserve.admit(kept, &entry(Duration::from_secs(60)));
+    // retention 50 ms: this entry goes too, by its own metadata.
     written(&reserve, &metrics, 1).await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (expired_entry, _) = reserve.inner.paths(&kept);
+    tokio::time::sleep(Duration::from_millis(60)).await;
     reserve.inner.sweep(None, &mut (0, 0)).await;
-    assert!(matches!(
-        reserve.inner.store.head(&body_path).await,
-        Err(object_store::Error::NotFound { .. })
-    ));
-    assert!(
-        reserve.lookup(&kept).await.is_some(),
-        "complete entries stay"
-    );
+    for gone in [&keep_path, &legacy, &expired_entry] {
+        assert!(
+            matches!(
+                reserve.inner.store.head(gone).await,
+                Err(object_store::Error::NotFound { .. })
+            ),
+            "{gone} is still there"
+        );
+    }
+    assert_eq!(metrics.reserve.expired.get(), 1, "past its retention");
 }
