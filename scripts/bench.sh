@@ -132,6 +132,7 @@ main() {
     measure mock_fixed "mock direct, fixed body (machine limit)" "$THREADS" "$CONNECTIONS" fixed "$MOCK_URL"
     measure nginx_hit "nginx proxy_cache hits" "$THREADS" "$CONNECTIONS" fixed "$NGINX_URL"
     measure relay_hit "relaycache hits" "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
+    measure_default_config
     measure_open_loop
     # nginx is done; keep it from competing for the CPU.
     stop_nginx

@@ -61,6 +61,7 @@ rows_table() {
     echo "| Comparison | Value |"
     echo "|---|---|"
     echo "| relaycache hit req/s ÷ nginx hit req/s | $(ratio "${RPS[relay_hit]}" "${RPS[nginx_hit]}")× |"
+    echo "| relaycache hit req/s at the default config (log info) ÷ nginx hit req/s | $(ratio "${RPS[relay_hit_default]:-0}" "${RPS[nginx_hit]}")× |"
 }
 
 report() {
@@ -82,9 +83,9 @@ report() {
         "through member 1, the HA miss rows go through member 1"
     echo
     rows_table
-    open_loop_table
     echo "| relaycache hit p99 vs nginx hit p99 | ${P99[relay_hit]} ms vs ${P99[nginx_hit]} ms ($(ratio "${P99[relay_hit]}" "${P99[nginx_hit]}")×) |"
     echo "| relaycache hit req/s ÷ mock direct req/s | $(ratio "${RPS[relay_hit]}" "${RPS[mock_fixed]}")× |"
+    echo "| relaycache miss req/s ÷ mock direct req/s, $CONNECTIONS connections | $(ratio "${RPS[relay_miss]}" "${RPS[mock_unique]}")× |"
     echo "| miss path added p50, 1 connection | $(calc '%+.3f' 'a - b' "a=${P50[relay_miss_1]}" "b=${P50[mock_unique_1]}") ms" \
         "(${P50[mock_unique_1]} → ${P50[relay_miss_1]} ms) |"
     echo "| miss path added p50, $CONNECTIONS connections | $(calc '%+.3f' 'a - b' "a=${P50[relay_miss]}" "b=${P50[mock_unique]}") ms" \
@@ -106,6 +107,8 @@ report() {
         "rss=$MEM_RSS_KB" "keys=$MEM_KEYS" "size=$ANSWER_SIZE") ($MEM_RSS_KB KiB for $MEM_KEYS answers of $ANSWER_SIZE bytes) |"
     echo "| memory: relaycache's own count, bytes_used ÷ key_count | $(calc '%.0f' 'used / keys' \
         "used=$MEM_BYTES_USED" "keys=$MEM_KEYS") bytes per entry |"
+    echo "| misses with a file:// reserve ÷ misses without, $CONNECTIONS connections | $(ratio "${FILL_RPS[reserve]}" "${RPS[relay_miss]}")× |"
+    open_loop_table
     echo
     echo "Checks:"
     echo
@@ -129,7 +132,6 @@ report_core() {
     echo "- Load: wrk -t$THREADS -c$CONNECTIONS -d${BENCH_SECONDS}s (1-connection rows: -t1 -c1), each after a ${WARMUP_SECONDS} s warm-up"
     echo
     rows_table
-    open_loop_table
     echo "| relaycache hit req/s ÷ mock direct req/s | $(ratio "${RPS[relay_hit]}" "${RPS[mock_fixed]}")× |"
     echo "| relaycache miss req/s ÷ mock direct req/s, $CONNECTIONS connections | $(ratio "${RPS[relay_miss]}" "${RPS[mock_unique]}")× |"
     echo "| relaycache miss req/s ÷ mock direct req/s, 1 connection | $(ratio "${RPS[relay_miss_1]}" "${RPS[mock_unique_1]}")× |"
@@ -138,4 +140,5 @@ report_core() {
         echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")× |"
         flight_rows
     fi
+    open_loop_table
 }

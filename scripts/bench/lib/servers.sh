@@ -12,12 +12,13 @@ start_mock() {
     log "mock upstream on port $MOCK_PORT (pid $MOCK_PID)"
 }
 
-# start_relaycache NAME [RESERVE_DIR]: a relaycache with an empty memory
-# cache in front of the mock, and RESERVE_DIR as its reserve tier if given
-# (whatever the directory holds is what the reserve holds); sets RELAY_PID,
-# RELAY_URL and RELAY_ADMIN.
+# start_relaycache NAME [RESERVE_DIR [LOG_LEVEL]]: a relaycache with an
+# empty memory cache in front of the mock, and RESERVE_DIR as its reserve
+# tier if not empty (whatever the directory holds is what the reserve
+# holds), logging at LOG_LEVEL (warn); sets RELAY_PID, RELAY_URL and
+# RELAY_ADMIN.
 start_relaycache() {
-    local name=$1 reserve_url="" port admin_port
+    local name=$1 reserve_url="" port admin_port log_level=${3:-warn}
     if [[ -n ${2:-} ]]; then
         # Goes into a file:// URL (and through sed) as it is: no escaping.
         [[ $2 =~ ^/[A-Za-z0-9._/-]+$ ]] ||
@@ -28,7 +29,8 @@ start_relaycache() {
     free_port admin_port
     local config="$WORK/$name.yaml"
     render "$BENCH_DIR/relaycache.yaml.template" "$config" \
-        "PORT=$port" "ADMIN_PORT=$admin_port" "MOCK_PORT=$MOCK_PORT" "RESERVE_URL=$reserve_url"
+        "PORT=$port" "ADMIN_PORT=$admin_port" "MOCK_PORT=$MOCK_PORT" "RESERVE_URL=$reserve_url" \
+        "LOG_LEVEL=$log_level"
     launch_relaycache "$name" "$config" "$port" "$admin_port"
 }
 

@@ -77,6 +77,19 @@ measure() {
     log "  ${RPS[$key]} req/s, p50 ${P50[$key]} ms, p99 ${P99[$key]} ms"
 }
 
+# Hits of a second relaycache at the default log level (info: one line per
+# request, written off the request path), next to the rows at warn; the
+# first relaycache is kept for the rows after it.
+measure_default_config() {
+    local pid=$RELAY_PID url=$RELAY_URL admin=$RELAY_ADMIN
+    start_relaycache relaycache-default "" info
+    expect_cached relaycache-default "$RELAY_URL" x-relaycache-status hit
+    measure relay_hit_default "relaycache hits, default config (log level info)" \
+        "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
+    stop_child "$RELAY_PID"
+    RELAY_PID=$pid RELAY_URL=$url RELAY_ADMIN=$admin
+}
+
 # The memory run: a fresh relaycache, its RSS before and after storing as
 # many unique answers as wrk can push through in MEM_SECONDS.
 measure_memory() {

@@ -236,18 +236,19 @@ async fn copies(members: &[Relay]) -> u64 {
 /// although every member holds only the keys it owns; an import at one
 /// member of another cluster lands each entry on its owners there.
 #[tokio::test]
-async fn a_cluster_round_trips_through_one_member_each_way() {
-    const CLUSTER_ENTRIES: usize = 3_000;
+async fn ten_thousand_entries_round_trip_between_two_clusters_through_one_member_each() {
+    const CLUSTER_ENTRIES: usize = ENTRIES;
     let upstream = mock().await;
     let (from, writer) = cluster(&upstream).await;
     let made = ask_all(&writer, 0..CLUSTER_ENTRIES, &[]).await;
     assert!(made.iter().all(|s| s == "miss"));
     let wanted = 2 * CLUSTER_ENTRIES as u64;
-    for _ in 0..600 {
+    // The client replicates after it answers; give it up to two minutes.
+    for _ in 0..1200 {
         if copies(&from).await >= wanted {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(copies(&from).await >= wanted, "two owners hold each entry");
     let own = from[0].stats().await["key_count"].as_u64().unwrap();
