@@ -73,6 +73,12 @@ pub struct Timings {
 }
 
 impl Timings {
+    /// How long a member that never answers takes to count as down: the
+    /// longest a starting process waits for the others.
+    pub fn detection_window(self) -> Duration {
+        self.probe_interval * self.failures_to_down + self.probe_timeout
+    }
+
     /// The timings of `environment`.
     pub fn for_environment(environment: Environment) -> Self {
         let ms = Duration::from_millis;
@@ -272,25 +278,35 @@ impl Cluster {
     /// the wrong owners, where other clients do not look. Members do not
     /// wait here: their warm start does ([`warmup`]).
     async fn wait_for_members(&self) {
-        let timings = self.timings;
-        let window = timings.probe_interval * timings.failures_to_down + timings.probe_timeout;
-        let deadline = tokio::time::Instant::now() + window;
-        let step = (timings.probe_interval / 10).max(Duration::from_millis(10));
+        let (view, found) = self
+            .wait_for_view(|view| self.has_quorum(view) && !self.membership.has_unprobed_targets())
+            .await;
+        let live = view.members.len();
+        if found {
+            tracing::info!(live, "found the cluster's members");
+        } else {
+            tracing::warn!(
+                live,
+                member_count_quorum = self.settings.member_count_quorum,
+                waited = ?self.timings.detection_window(),
+                "the cluster's members did not answer in time; serving from memory, reserve and upstream until they do (check cache.ha.addresses and the members' health)"
+            );
+        }
+    }
+
+    /// Polls the view until `done` holds, at most one failure-detection
+    /// window (a member that has not answered by then counts as down).
+    /// Returns the last view, and whether `done` held.
+    async fn wait_for_view(&self, done: impl Fn(&View) -> bool) -> (Arc<View>, bool) {
+        let deadline = tokio::time::Instant::now() + self.timings.detection_window();
+        let step = (self.timings.probe_interval / 10).max(Duration::from_millis(10));
         loop {
             let view = self.view();
-            let live = view.members.len();
-            if self.has_quorum(&view) && !self.membership.has_unprobed_targets() {
-                tracing::info!(live, "found the cluster's members");
-                return;
+            if done(&view) {
+                return (view, true);
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    live,
-                    member_count_quorum = self.settings.member_count_quorum,
-                    waited = ?window,
-                    "the cluster's members did not answer in time; serving from memory, reserve and upstream until they do (check cache.ha.addresses and the members' health)"
-                );
-                return;
+                return (view, false);
             }
             tokio::time::sleep(step).await;
         }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -231,39 +231,27 @@ impl Cluster {
     /// Returns how many were stored, with the error that ended it early.
     async fn pull_from_member(
         &self,
-        mut client: PeerClient,
+        client: PeerClient,
         request: ScanRequest,
         pace: &mut Pace,
     ) -> Result<u64, (u64, Status)> {
         let mut stored = 0;
-        let mut batches = match client.scan(request).await {
-            Ok(reply) => reply.into_inner(),
-            Err(status) => {
-                self.metrics.cluster.count_call(PeerCall::Scan, false);
-                return Err((0, status));
-            }
-        };
-        while let Some(batch) = batches.next().await {
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(status) => {
-                    self.metrics.cluster.count_call(PeerCall::Scan, false);
-                    return Err((stored, status));
-                }
-            };
-            for wire in &batch.entries {
-                let Some((key, entry)) = entry_from_wire(wire) else {
-                    continue;
-                };
+        let result = async {
+            let mut entries = scanned(client, request).await?;
+            while let Some((key, entry)) = entries.next().await.transpose()? {
                 if self.keep_newer(key, entry) {
                     stored += 1;
                     self.metrics.cluster.warmed_from_members.inc();
                 }
                 pace.one_more().await;
             }
+            Ok(())
         }
-        self.metrics.cluster.count_call(PeerCall::Scan, true);
-        Ok(stored)
+        .await;
+        self.metrics
+            .cluster
+            .count_call(PeerCall::Scan, result.is_ok());
+        result.map(|()| stored).map_err(|status| (stored, status))
     }
 
     /// Stores an entry from another member unless it is refused or a
@@ -291,19 +279,12 @@ impl Cluster {
     /// pod's peers' names may take a moment to resolve, and a member that
     /// gave up on them then would pull nothing.
     async fn wait_for_peers(&self) -> Arc<View> {
-        let timings = self.timings;
-        let window = timings.probe_interval * timings.failures_to_down + timings.probe_timeout;
-        let deadline = tokio::time::Instant::now() + window;
-        let step = (timings.probe_interval / 10).max(Duration::from_millis(10));
         let me = self.self_id.as_deref().unwrap_or_default();
         let expected = self.settings.peers.iter().filter(|p| *p != me).count() + 1;
-        loop {
-            let view = self.view();
-            if view.members.len() >= expected || tokio::time::Instant::now() >= deadline {
-                return view;
-            }
-            tokio::time::sleep(step).await;
-        }
+        let (view, _) = self
+            .wait_for_view(|view| view.members.len() >= expected)
+            .await;
+        view
     }
 
     /// Reads every fresh entry `filter` selects from the memory of every
@@ -335,7 +316,7 @@ impl Cluster {
 
     async fn scan_member(
         &self,
-        mut client: PeerClient,
+        client: PeerClient,
         filter: &EntryFilter,
         to: &mpsc::Sender<(CacheKey, CachedResponse)>,
     ) -> Result<(), Status> {
@@ -344,14 +325,10 @@ impl Cluster {
             ..ScanRequest::default()
         };
         let result = async {
-            let mut batches = client.scan(request).await?.into_inner();
-            while let Some(batch) = batches.next().await {
-                for wire in &batch?.entries {
-                    if let Some((key, entry)) = entry_from_wire(wire) {
-                        if to.send((key, entry)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
+            let mut entries = scanned(client, request).await?;
+            while let Some(found) = entries.next().await.transpose()? {
+                if to.send(found).await.is_err() {
+                    break;
                 }
             }
             Ok(())
@@ -362,6 +339,26 @@ impl Cluster {
             .count_call(PeerCall::Scan, result.is_ok());
         result
     }
+}
+
+/// The entries a member's `Scan` answer holds, one by one as its batches
+/// arrive; malformed or expired ones are skipped.
+async fn scanned(
+    mut client: PeerClient,
+    request: ScanRequest,
+) -> Result<impl Stream<Item = Result<(CacheKey, CachedResponse), Status>>, Status> {
+    let batches = client.scan(request).await?.into_inner();
+    Ok(batches
+        .map_ok(|batch| {
+            futures::stream::iter(
+                batch
+                    .entries
+                    .into_iter()
+                    .filter_map(|wire| entry_from_wire(&wire))
+                    .map(Ok),
+            )
+        })
+        .try_flatten())
 }
 
 /// Keeps a pull to `rate` entries a second, measured from its start.
