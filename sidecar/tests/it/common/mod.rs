@@ -557,13 +557,23 @@ impl Relay {
     }
 }
 
-/// A free TCP port on loopback (bound and released; the kernel does not
-/// hand it out again at once).
+/// A free TCP port on loopback for a process a test starts (and may
+/// restart on the same port). Ports come from 20000-31999, below Linux's
+/// ephemeral range: nothing else in the tests binds there (processes
+/// listening on port 0 and outgoing connections get ephemeral ports), and
+/// this binary never hands out one port twice, so a member restarted on its
+/// old port finds it free. Handed out ports are checked bindable first.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id() % 12_000;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 12_000, "every test port of 20000-31999 was handed out");
+        let port = 20_000 + u16::try_from((start + n) % 12_000).expect("below 12000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `count` gRPC addresses on loopback for a test cluster.
