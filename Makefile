@@ -52,7 +52,7 @@ fmt-check: toolchain
 lint: toolchain ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test-deps: ## Install what the tests need: moto (a local S3-compatible server), the Anthropic SDK, PyYAML, jq, openssl, curl, libfaketime; the real node's containerd, runc, CNI plugins, iptables, busybox-static
+test-deps: ## Install what the tests need: moto (a local S3-compatible server), the Anthropic SDK with zstd support, PyYAML, jq, openssl, curl, libfaketime; the real node's containerd, runc, CNI plugins, iptables, busybox-static
 	@missing=""; for tool in jq openssl curl faketime; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	for pkg in containerd runc containernetworking-plugins iptables busybox-static gcc libc6-dev ca-certificates; do \
 	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$pkg"; done; \
@@ -62,6 +62,8 @@ test-deps: ## Install what the tests need: moto (a local S3-compatible server), 
 	fi
 	@command -v moto_server >/dev/null || python3 -m pip install --quiet 'moto[server]'
 	@python3 -c 'import anthropic' 2>/dev/null || python3 -m pip install --quiet anthropic
+	@python3 -c 'import sys; sys.version_info >= (3, 14) or __import__("backports.zstd")' 2>/dev/null \
+	  || python3 -m pip install --quiet backports.zstd
 	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml; }
 

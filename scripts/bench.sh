@@ -12,8 +12,11 @@
 #              one process stores unique answers, a fresh one on the same
 #              directory (empty memory) is sent the same requests again,
 #              at 1 connection and at 64.
+#   compression  hits of compressed entries (zstd, the default) sent
+#              decoded and sent as stored, next to hits of a relaycache
+#              storing answers as received (codec none).
 #   memory     a fresh relaycache filled with unique answers: RSS growth
-#              per byte of answer stored.
+#              per byte of answer stored, compressed and not.
 #   cluster    a 3-member HA cluster (replica_count 2) and a client-mode
 #              relaycache in front of it (what an injected sidecar runs):
 #              the client's memory (L1) hits next to its peer (L2) hits,
@@ -133,6 +136,7 @@ main() {
     measure nginx_hit "nginx proxy_cache hits" "$THREADS" "$CONNECTIONS" fixed "$NGINX_URL"
     measure relay_hit "relaycache hits" "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
     measure_default_config
+    measure_compression
     measure_open_loop
     # nginx is done; keep it from competing for the CPU.
     stop_nginx
@@ -169,6 +173,7 @@ main() {
     move_rows_after relay_miss_1 ha_miss_1
     move_rows_after relay_miss ha_miss
 
+    measure_memory none
     measure_memory
 
     report | tee "$RESULTS_DIR/latest.md"

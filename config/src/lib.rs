@@ -356,6 +356,40 @@ impl Default for MemoryConfig {
     }
 }
 
+/// How stored answers are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// zstd: answers that shrink by an eighth or more are kept as one
+    /// zstd frame, and sent as stored to clients that accept zstd.
+    #[default]
+    Zstd,
+    /// Answers are kept exactly as received.
+    None,
+}
+
+/// Compression of stored answers, in memory, on peers and in the reserve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// The codec.
+    pub codec: Codec,
+    /// zstd level, 1 (fastest) to 19 (smallest).
+    pub level: i32,
+    /// Answers shorter than this many bytes are kept as received.
+    pub min_bytes: u64,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            codec: Codec::Zstd,
+            level: 3,
+            min_bytes: 512,
+        }
+    }
+}
+
 /// The object-storage tier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -439,6 +473,8 @@ pub struct CacheConfig {
     pub coalesce: CoalesceConfig,
     /// L1 memory tier.
     pub memory: MemoryConfig,
+    /// Compression of stored answers.
+    pub compression: CompressionConfig,
     /// Cluster settings.
     pub ha: HaConfig,
     /// Object-storage tier.
@@ -472,6 +508,7 @@ impl Default for CacheConfig {
             key: KeyConfig::default(),
             coalesce: CoalesceConfig::default(),
             memory: MemoryConfig::default(),
+            compression: CompressionConfig::default(),
             ha: HaConfig::default(),
             reserve: ReserveConfig::default(),
             prices: std::collections::BTreeMap::new(),

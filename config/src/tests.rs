@@ -58,3 +58,25 @@ fn isolation_forms() {
     let err = Config::from_yaml("cache:\n  isolation: everyone\n").unwrap_err();
     assert!(err.to_string().contains("cache.isolation"), "{err}");
 }
+
+#[test]
+fn compression_reads_its_codec_and_refuses_levels_zstd_does_not_have() {
+    let config =
+        Config::from_yaml("cache:\n  compression:\n    codec: none\n    level: 19\n").unwrap();
+    assert_eq!(config.cache.compression.codec, Codec::None);
+    assert_eq!(config.cache.compression.level, 19);
+    assert_eq!(Config::default().cache.compression.codec, Codec::Zstd);
+    for level in ["0", "20", "-5"] {
+        let err = Config::from_yaml(&format!("cache:\n  compression:\n    level: {level}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cache.compression.level") && err.contains("between 1"),
+            "{level}: {err}"
+        );
+    }
+    let err = Config::from_yaml("cache:\n  compression:\n    codec: gzip\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cache.compression.codec"), "{err}");
+}

@@ -409,6 +409,11 @@ fn check_cache(cache: &CacheConfig, c: &mut Collector) {
         "cache.max_entry_bytes",
         "must not exceed cache.memory.max_cost",
     );
+    c.check(
+        (1..=19).contains(&cache.compression.level),
+        "cache.compression.level",
+        "must be between 1 (fastest) and 19 (smallest)",
+    );
     for (model, price) in &cache.prices {
         c.check(
             !model.is_empty(),

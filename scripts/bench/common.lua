@@ -8,6 +8,12 @@ wrk.path = "/v1/messages"
 wrk.headers["x-api-key"] = "bench-key"
 wrk.headers["anthropic-version"] = "2023-06-01"
 wrk.headers["content-type"] = "application/json"
+-- BENCH_ACCEPT_ENCODING (say "zstd") makes the client accept a compressed
+-- answer, as the official SDKs do when they can decode it.
+local accept_encoding = os.getenv("BENCH_ACCEPT_ENCODING")
+if accept_encoding and accept_encoding ~= "" then
+   wrk.headers["accept-encoding"] = accept_encoding
+end
 
 -- The whole file at `path`; fails the run loudly if it cannot be read.
 function read_file(path)

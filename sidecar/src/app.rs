@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::cluster::{self, Cluster, EntryChecks, PeerTier};
+use crate::compression::Compression;
 use crate::config::{Config, Mode};
 use crate::key::KeyBuilder;
 use crate::limits;
@@ -168,5 +169,10 @@ fn build_tiers(config: &Config, metrics: &Arc<Metrics>) -> Result<Tiers, RunErro
     } else {
         None
     };
-    Ok(Tiers::new(memory, peers, reserve))
+    Ok(Tiers::new(
+        memory,
+        peers,
+        reserve,
+        Compression::from_config(&cache.compression),
+    ))
 }

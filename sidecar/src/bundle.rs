@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::compression::BodyEncoding;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, Tenant};
 use crate::version::Version;
@@ -355,6 +356,7 @@ impl<R: Read> BundleReader<R> {
         };
         let mut entry = CachedResponse::from_parts(
             &rest[..header_len],
+            BodyEncoding::Identity,
             &rest[header_len..],
             created,
             Duration::from_millis(meta.ttl_ms),

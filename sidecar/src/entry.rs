@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::compression::{self, BodyEncoding, Compression};
 use crate::key::Tenant;
 use crate::version::Version;
 
@@ -46,12 +47,21 @@ impl TokenUsage {
 /// A complete 200 answer, ready to be served again.
 ///
 /// Headers and body live in one exact-size buffer (an encoded header block,
-/// then the body), so an entry costs one allocation close to its size and a
-/// hit serves the body and header values as zero-copy slices of it.
+/// then the body as stored), so an entry costs one allocation close to its
+/// size and a hit serves the stored body and header values as zero-copy
+/// slices of it.
+///
+/// The stored body is the upstream's, or its zstd frame
+/// ([`CachedResponse::compressed`]). Every way an entry is built checks a
+/// zstd body decodes to the size it names, so [`CachedResponse::body`]
+/// cannot fail on an entry that exists.
 #[derive(Debug, Clone)]
 pub struct CachedResponse {
     data: Bytes,
     header_len: usize,
+    encoding: BodyEncoding,
+    /// Length of the body as the upstream sent it.
+    body_len: usize,
     /// When the upstream answered.
     pub created: SystemTime,
     /// How long it may be served.
@@ -85,30 +95,84 @@ impl CachedResponse {
 
     /// An entry read back from a longer-lived tier, keeping its original
     /// creation time, token usage and model; `ttl` runs from `created`.
+    /// `None` when a zstd body does not decode to the size it names.
     pub fn restore(
         headers: &HeaderMap,
-        body: &[u8],
+        encoding: BodyEncoding,
+        stored_body: &[u8],
         created: SystemTime,
         ttl: Duration,
         usage: TokenUsage,
         model: Option<Arc<str>>,
-    ) -> Self {
-        let mut entry = Self::new(headers, body, ttl);
+    ) -> Option<Self> {
+        let mut entry = Self::new(headers, stored_body, ttl);
+        if encoding == BodyEncoding::Zstd {
+            entry.body_len = compression::decompress(stored_body).ok()?.len();
+            entry.encoding = encoding;
+        }
         entry.created = created;
         entry.ttl = created.elapsed().map(|age| ttl + age).unwrap_or(ttl);
         entry.usage = usage;
         entry.model = model;
-        entry
+        Some(entry)
     }
 
-    /// The body exactly as the upstream sent it.
+    /// The body exactly as the upstream sent it (decoded, when stored
+    /// compressed).
     pub fn body(&self) -> Bytes {
-        self.data.slice(self.header_len..)
+        let stored = self.data.slice(self.header_len..);
+        match self.encoding {
+            BodyEncoding::Identity => stored,
+            BodyEncoding::Zstd => match compression::decompress(&stored) {
+                Ok(body) => Bytes::from(body),
+                Err(err) => {
+                    // Unreachable: every constructor checked the frame.
+                    tracing::error!(error = %err, "a stored answer did not decode");
+                    Bytes::new()
+                }
+            },
+        }
     }
 
-    /// Length of the body.
+    /// The body as stored, and its encoding: what a hit sends to a client
+    /// that accepts it, and what goes to peers and the reserve.
+    pub fn stored_body(&self) -> (BodyEncoding, Bytes) {
+        (self.encoding, self.data.slice(self.header_len..))
+    }
+
+    /// Length of the body as the upstream sent it.
     pub fn body_len(&self) -> usize {
-        self.data.len() - self.header_len
+        self.body_len
+    }
+
+    /// The entry with its body compressed, when `compression` finds it
+    /// worth it; unchanged otherwise, and always when the upstream already
+    /// encoded the body (its `content-encoding` is kept and replayed).
+    pub fn compressed(self, compression: Option<&Compression>) -> Self {
+        let Some(compression) = compression else {
+            return self;
+        };
+        if self.encoding != BodyEncoding::Identity
+            || self.header_block_names(http::header::CONTENT_ENCODING.as_str())
+        {
+            return self;
+        }
+        let Some(frame) = compression.compress(&self.data[self.header_len..]) else {
+            return self;
+        };
+        let mut data = Vec::with_capacity(self.header_len + frame.len());
+        data.extend_from_slice(&self.data[..self.header_len]);
+        data.extend_from_slice(&frame);
+        Self {
+            data: Bytes::from(data),
+            encoding: BodyEncoding::Zstd,
+            ..self
+        }
+    }
+
+    /// Whether the header block holds a header called `name` (lowercase).
+    fn header_block_names(&self, name: &str) -> bool {
+        header_records(&self.data[..self.header_len]).any(|(n, _)| n == name.as_bytes())
     }
 
     /// The encoded header block, as [`CachedResponse::from_parts`] takes it.
@@ -117,11 +181,14 @@ impl CachedResponse {
     }
 
     /// Rebuilds an entry from the parts another member sent; `None` when the
-    /// header block is malformed. Its usage and model are read from the
-    /// body, as from an upstream's answer, never taken from the sender.
+    /// header block is malformed, or a zstd body does not decode to the
+    /// size it names (at most [`compression::MAX_DECODED_BYTES`]). Its
+    /// usage and model are read from the body, as from an upstream's
+    /// answer, never taken from the sender.
     pub fn from_parts(
         header_block: &[u8],
-        body: &[u8],
+        encoding: BodyEncoding,
+        stored_body: &[u8],
         created: SystemTime,
         ttl: Duration,
         version: Version,
@@ -129,24 +196,28 @@ impl CachedResponse {
         if !header_block_is_well_formed(header_block) {
             return None;
         }
-        let mut data = Vec::with_capacity(header_block.len() + body.len());
+        let decoded = match encoding {
+            BodyEncoding::Identity => None,
+            BodyEncoding::Zstd => Some(compression::decompress(stored_body).ok()?),
+        };
+        let body = decoded.as_deref().unwrap_or(stored_body);
+        let mut data = Vec::with_capacity(header_block.len() + stored_body.len());
         data.extend_from_slice(header_block);
-        data.extend_from_slice(body);
-        let mut entry = Self {
+        data.extend_from_slice(stored_body);
+        let facts = AnswerFacts::of(body, is_event_stream_block(header_block));
+        Some(Self {
             data: Bytes::from(data),
             header_len: header_block.len(),
+            encoding,
+            body_len: body.len(),
             created,
             ttl,
-            usage: TokenUsage::default(),
-            model: None,
+            version,
+            usage: facts.usage,
+            model: facts.model,
             tenant: None,
             namespace: None,
-            version,
-        };
-        let facts = AnswerFacts::of(&entry.body(), is_event_stream(&entry.headers()));
-        entry.usage = facts.usage;
-        entry.model = facts.model;
-        Some(entry)
+        })
     }
 
     /// The entry as an answer from the upstream would have been stored:
@@ -189,18 +260,9 @@ impl CachedResponse {
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let block = &self.data[..self.header_len];
-        let mut at = 0;
-        while at + 4 <= block.len() {
-            let name_len = usize::from(u16::from_le_bytes([block[at], block[at + 1]]));
-            let value_len = usize::from(u16::from_le_bytes([block[at + 2], block[at + 3]]));
-            let name_at = at + 4;
-            let value_at = name_at + name_len;
-            at = value_at + value_len;
-            if at > block.len() {
-                break;
-            }
-            let name = HeaderName::from_bytes(&block[name_at..value_at]);
-            let value = HeaderValue::from_maybe_shared(self.data.slice(value_at..at));
+        for (name, value) in header_records(block) {
+            let name = HeaderName::from_bytes(name);
+            let value = HeaderValue::from_maybe_shared(self.data.slice_ref(value));
             if let (Ok(name), Ok(value)) = (name, value) {
                 headers.append(name, value);
             }
@@ -217,6 +279,31 @@ impl CachedResponse {
     pub fn age_secs(&self) -> u64 {
         self.created.elapsed().map(|d| d.as_secs()).unwrap_or(0)
     }
+}
+
+/// The (name, value) records of an encoded header block, each a name
+/// length and a value length (u16, little-endian), then both; a record cut
+/// off at the end is left out.
+fn header_records(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let lengths = block.get(at..at + 4)?;
+        let name_len = usize::from(u16::from_le_bytes([lengths[0], lengths[1]]));
+        let value_len = usize::from(u16::from_le_bytes([lengths[2], lengths[3]]));
+        let name_at = at + 4;
+        let value_at = name_at + name_len;
+        let end = value_at + value_len;
+        let record = (block.get(name_at..value_at)?, block.get(value_at..end)?);
+        at = end;
+        Some(record)
+    })
+}
+
+/// Whether an encoded header block says its body is an event stream.
+fn is_event_stream_block(block: &[u8]) -> bool {
+    header_records(block).any(|(name, value)| {
+        name == b"content-type" && value.trim_ascii_start().starts_with(b"text/event-stream")
+    })
 }
 
 /// Whether `block` is a sequence of (name length, value length, name,
@@ -325,6 +412,8 @@ impl EntryRecorder {
         let facts = AnswerFacts::of(&data[self.header_len..], self.event_stream);
         CachedResponse {
             header_len: self.header_len,
+            encoding: BodyEncoding::Identity,
+            body_len: data.len() - self.header_len,
             data,
             created: SystemTime::now(),
             ttl,

@@ -16,6 +16,7 @@ pub mod canonical;
 pub mod cli;
 pub mod cluster;
 pub mod coalesce;
+pub mod compression;
 pub use relaycache_config as config;
 pub mod entry;
 pub mod headers;

@@ -60,7 +60,8 @@ pub struct RequestScope {
 impl Destination {
     /// Stores a complete recording (if worth keeping) and releases followers.
     fn complete(self, recorder: EntryRecorder) {
-        let entry = recorder.finish(self.ttl).map(|mut entry| {
+        let entry = recorder.finish(self.ttl).map(|entry| {
+            let mut entry = self.tiers.compress(entry);
             self.tiers.stamp(&mut entry);
             entry.tenant = Some(self.scope.tenant.clone());
             entry.namespace = self.scope.namespace.clone();

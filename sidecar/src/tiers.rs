@@ -16,6 +16,7 @@ use crate::cluster::flight::Claimed;
 use crate::cluster::replication::ReserveCopy;
 use crate::cluster::{Cluster, PeerTier};
 use crate::coalesce::UpstreamFailure;
+use crate::compression::Compression;
 use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::headers::TierKind;
@@ -30,17 +31,32 @@ pub struct Tiers {
     memory: MemoryTier,
     peers: Option<PeerTier>,
     reserve: Option<ReserveTier>,
+    compression: Option<Compression>,
 }
 
 impl Tiers {
     /// The tiers of one process; `peers` in mode `ha`, `reserve` when
-    /// configured.
-    pub fn new(memory: MemoryTier, peers: Option<PeerTier>, reserve: Option<ReserveTier>) -> Self {
+    /// configured; new answers stored with `compression` (`None`: as
+    /// received).
+    pub fn new(
+        memory: MemoryTier,
+        peers: Option<PeerTier>,
+        reserve: Option<ReserveTier>,
+        compression: Option<Compression>,
+    ) -> Self {
         Self {
             memory,
             peers,
             reserve,
+            compression,
         }
+    }
+
+    /// A new answer (from the upstream, or an import) in the form every
+    /// tier keeps it: compressed when `cache.compression` finds it worth
+    /// it.
+    pub fn compress(&self, entry: CachedResponse) -> CachedResponse {
+        entry.compressed(self.compression.as_ref())
     }
 
     /// L1.

@@ -286,7 +286,7 @@ async fn store<'a>(
         return None;
     }
     summary.imported += 1;
-    Some(tiers.store_and_replicate(key, Arc::new(entry)))
+    Some(tiers.store_and_replicate(key, Arc::new(tiers.compress(entry))))
 }
 
 /// Whether `held` is at least as new as `arriving`: by cluster version,

@@ -85,6 +85,8 @@ report() {
     rows_table
     echo "| relaycache hit p99 vs nginx hit p99 | ${P99[relay_hit]} ms vs ${P99[nginx_hit]} ms ($(ratio "${P99[relay_hit]}" "${P99[nginx_hit]}")×) |"
     echo "| relaycache hit req/s ÷ mock direct req/s | $(ratio "${RPS[relay_hit]}" "${RPS[mock_fixed]}")× |"
+    echo "| hits stored compressed ÷ stored as received: client without zstd (decoded per hit) / client accepting zstd |" \
+        "$(ratio "${RPS[relay_hit]}" "${RPS[relay_hit_plain]}")× / $(ratio "${RPS[relay_hit_zstd]}" "${RPS[relay_hit_plain]}")× |"
     echo "| relaycache miss req/s ÷ mock direct req/s, $CONNECTIONS connections | $(ratio "${RPS[relay_miss]}" "${RPS[mock_unique]}")× |"
     echo "| miss path added p50, 1 connection | $(calc '%+.3f' 'a - b' "a=${P50[relay_miss_1]}" "b=${P50[mock_unique_1]}") ms" \
         "(${P50[mock_unique_1]} → ${P50[relay_miss_1]} ms) |"
@@ -105,6 +107,9 @@ report() {
         "($ROLLING_PEER_HITS answered by a peer): $(rolling_target) |"
     echo "| memory: RSS growth ÷ (new keys × answer bytes) | $(calc '%.2f' 'rss * 1024 / (keys * size)' \
         "rss=$MEM_RSS_KB" "keys=$MEM_KEYS" "size=$ANSWER_SIZE") ($MEM_RSS_KB KiB for $MEM_KEYS answers of $ANSWER_SIZE bytes) |"
+    echo "| memory, compression off (codec none): RSS growth ÷ (new keys × answer bytes) | $(calc '%.2f' 'rss * 1024 / (keys * size)' \
+        "rss=$MEM_PLAIN_RSS_KB" "keys=$MEM_PLAIN_KEYS" "size=$ANSWER_SIZE") ($MEM_PLAIN_RSS_KB KiB for $MEM_PLAIN_KEYS answers;" \
+        "bytes_used ÷ key_count $(calc '%.0f' 'used / keys' "used=$MEM_PLAIN_BYTES_USED" "keys=$MEM_PLAIN_KEYS")) |"
     echo "| memory: relaycache's own count, bytes_used ÷ key_count | $(calc '%.0f' 'used / keys' \
         "used=$MEM_BYTES_USED" "keys=$MEM_KEYS") bytes per entry |"
     echo "| misses with a file:// reserve ÷ misses without, $CONNECTIONS connections | $(ratio "${FILL_RPS[reserve]}" "${RPS[relay_miss]}")× |"

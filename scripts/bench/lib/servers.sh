@@ -12,13 +12,14 @@ start_mock() {
     log "mock upstream on port $MOCK_PORT (pid $MOCK_PID)"
 }
 
-# start_relaycache NAME [RESERVE_DIR [LOG_LEVEL]]: a relaycache with an
-# empty memory cache in front of the mock, and RESERVE_DIR as its reserve
-# tier if not empty (whatever the directory holds is what the reserve
-# holds), logging at LOG_LEVEL (warn); sets RELAY_PID, RELAY_URL and
+# start_relaycache NAME [RESERVE_DIR [LOG_LEVEL [CODEC]]]: a relaycache
+# with an empty memory cache in front of the mock, and RESERVE_DIR as its
+# reserve tier if not empty (whatever the directory holds is what the
+# reserve holds), logging at LOG_LEVEL (warn), storing answers with
+# cache.compression.codec CODEC (zstd); sets RELAY_PID, RELAY_URL and
 # RELAY_ADMIN.
 start_relaycache() {
-    local name=$1 reserve_url="" port admin_port log_level=${3:-warn}
+    local name=$1 reserve_url="" port admin_port log_level=${3:-warn} codec=${4:-zstd}
     if [[ -n ${2:-} ]]; then
         # Goes into a file:// URL (and through sed) as it is: no escaping.
         [[ $2 =~ ^/[A-Za-z0-9._/-]+$ ]] ||
@@ -30,7 +31,7 @@ start_relaycache() {
     local config="$WORK/$name.yaml"
     render "$BENCH_DIR/relaycache.yaml.template" "$config" \
         "PORT=$port" "ADMIN_PORT=$admin_port" "MOCK_PORT=$MOCK_PORT" "RESERVE_URL=$reserve_url" \
-        "LOG_LEVEL=$log_level"
+        "LOG_LEVEL=$log_level" "CODEC=$codec"
     launch_relaycache "$name" "$config" "$port" "$admin_port"
 }
 

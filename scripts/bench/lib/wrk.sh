@@ -90,18 +90,37 @@ measure_default_config() {
     RELAY_PID=$pid RELAY_URL=$url RELAY_ADMIN=$admin
 }
 
-# The memory run: a fresh relaycache, its RSS before and after storing as
-# many unique answers as wrk can push through in MEM_SECONDS.
+# Hits of compressed entries against uncompressed ones, in the same run:
+# the relaycache above (zstd, the default) sending hits to a client that
+# accepts zstd (as stored), and a relaycache storing answers as received.
+# The relay_hit row is the same process decoding every hit.
+measure_compression() {
+    BENCH_ACCEPT_ENCODING=zstd measure relay_hit_zstd "relaycache hits, client accepts zstd (sent as stored)" \
+        "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
+    local pid=$RELAY_PID url=$RELAY_URL admin=$RELAY_ADMIN
+    start_relaycache relaycache-uncompressed "" warn none
+    expect_cached relaycache-uncompressed "$RELAY_URL" x-relaycache-status hit
+    measure relay_hit_plain "relaycache hits, compression off (codec none)" \
+        "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
+    stop_child "$RELAY_PID"
+    RELAY_PID=$pid RELAY_URL=$url RELAY_ADMIN=$admin
+}
+
+# The memory run: a fresh relaycache (storing answers with codec $1, zstd
+# by default), its RSS before and after storing as many unique answers as
+# wrk can push through in MEM_SECONDS. Sets MEM_* (zstd) or MEM_PLAIN_*
+# (none).
 measure_memory() {
-    start_relaycache relaycache-memory
+    local codec=${1:-zstd}
+    start_relaycache "relaycache-memory-$codec" "" warn "$codec"
     # One miss and one hit first, so lazily built state (upstream connection
     # pool, runtime workers) is in the baseline, not counted as cache memory.
-    expect_cached relaycache-memory "$RELAY_URL" x-relaycache-status hit
+    expect_cached "relaycache-memory-$codec" "$RELAY_URL" x-relaycache-status hit
     local rss0 keys0 line
     keys0=$(relay_stat key_count)
     rss0=$(vm_rss_kb "$RELAY_PID")
-    log "memory: filling a fresh relaycache with unique answers for ${MEM_SECONDS}s"
-    wrk_args unique memory
+    log "memory: filling a fresh relaycache (codec $codec) with unique answers for ${MEM_SECONDS}s"
+    wrk_args unique "memory-$codec"
     line=$(run_wrk memory-fill "$THREADS" "$CONNECTIONS" "$MEM_SECONDS" unique "$RELAY_URL" "${WRK_ARGS[@]}")
     MEM_REQUESTS=$(field "$line" requests)
     MEM_ERRORS=$(($(field "$line" non2xx) + $(field "$line" socket_errors)))
@@ -111,4 +130,7 @@ measure_memory() {
     MEM_RSS_KB=$(($(vm_rss_kb "$RELAY_PID") - rss0))
     log "  $MEM_KEYS new keys, RSS +$MEM_RSS_KB KiB"
     stop_child "$RELAY_PID"
+    if [[ $codec == none ]]; then
+        MEM_PLAIN_KEYS=$MEM_KEYS MEM_PLAIN_RSS_KB=$MEM_RSS_KB MEM_PLAIN_BYTES_USED=$MEM_BYTES_USED
+    fi
 }

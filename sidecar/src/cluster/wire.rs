@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::proto;
 use crate::coalesce::{self, UpstreamFailure};
+use crate::compression::BodyEncoding;
 use crate::entry::CachedResponse;
 use crate::key::{CacheKey, KeyOrigin, Tenant};
 use crate::version::Version;
@@ -36,10 +37,12 @@ pub fn version_from_wire(version: Option<&proto::Version>) -> Version {
 
 /// An entry as sent.
 pub fn entry_to_wire(key: &CacheKey, entry: &CachedResponse) -> proto::Entry {
+    let (encoding, stored_body) = entry.stored_body();
     proto::Entry {
         key: key.0.to_vec(),
         header_block: entry.header_block().to_vec(),
-        body: entry.body().to_vec(),
+        body: stored_body.to_vec(),
+        body_encoding: encoding_to_wire(encoding).into(),
         created_ms: unix_ms(entry.created),
         ttl_ms: u64::try_from(entry.ttl.as_millis()).unwrap_or(u64::MAX),
         input_tokens: entry.usage.input,
@@ -52,6 +55,20 @@ pub fn entry_to_wire(key: &CacheKey, entry: &CachedResponse) -> proto::Entry {
             .unwrap_or_default(),
         has_namespace: entry.namespace.is_some(),
         namespace: entry.namespace.as_deref().unwrap_or_default().to_string(),
+    }
+}
+
+fn encoding_to_wire(encoding: BodyEncoding) -> proto::BodyEncoding {
+    match encoding {
+        BodyEncoding::Identity => proto::BodyEncoding::Identity,
+        BodyEncoding::Zstd => proto::BodyEncoding::Zstd,
+    }
+}
+
+fn encoding_from_wire(encoding: proto::BodyEncoding) -> BodyEncoding {
+    match encoding {
+        proto::BodyEncoding::Identity => BodyEncoding::Identity,
+        proto::BodyEncoding::Zstd => BodyEncoding::Zstd,
     }
 }
 
@@ -125,8 +142,10 @@ pub fn entry_from_wire_within(
 fn restore(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
     let key = key_from_wire(&entry.key)?;
     let created = UNIX_EPOCH.checked_add(Duration::from_millis(entry.created_ms))?;
+    let encoding = proto::BodyEncoding::try_from(entry.body_encoding).ok()?;
     let mut restored = CachedResponse::from_parts(
         &entry.header_block,
+        encoding_from_wire(encoding),
         &entry.body,
         created,
         Duration::from_millis(entry.ttl_ms),
@@ -207,6 +226,49 @@ mod tests {
         let mut expired = sent;
         expired.created_ms = 1_000;
         assert!(entry_from_wire(&expired).is_none());
+    }
+
+    #[test]
+    fn a_compressed_entry_travels_as_stored_and_a_bad_frame_is_refused() {
+        let prose = "the cache answered before the provider did, and again. ".repeat(40);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "content": [{"type": "text", "text": prose}],
+            "usage": {"input_tokens": 3, "output_tokens": 400},
+        }))
+        .unwrap();
+        let compression =
+            crate::compression::Compression::from_config(&Default::default()).unwrap();
+        let entry = CachedResponse::new(&HeaderMap::new(), &body, Duration::from_secs(60))
+            .compressed(Some(&compression));
+        let key = CacheKey([8; 32]);
+        let sent = entry_to_wire(&key, &entry);
+        assert_eq!(sent.body_encoding, proto::BodyEncoding::Zstd as i32);
+        assert!(
+            sent.body.len() * 4 < body.len(),
+            "{} bytes on the wire",
+            sent.body.len()
+        );
+        let (_, got) = entry_from_wire(&sent).expect("decodes");
+        assert_eq!(got.body(), body);
+        assert_eq!(got.usage.output, 400, "facts read from the decoded body");
+
+        let mut undeclared = sent.clone();
+        undeclared.body_encoding = 0;
+        let (_, taken_raw) = entry_from_wire(&undeclared).expect("identity bytes are a body");
+        assert_ne!(
+            taken_raw.body(),
+            body,
+            "taken as the bytes it is, never decoded"
+        );
+        let mut unknown = sent.clone();
+        unknown.body_encoding = 7;
+        assert!(
+            entry_from_wire(&unknown).is_none(),
+            "an encoding this member does not know"
+        );
+        let mut cut = sent;
+        cut.body.truncate(cut.body.len() / 2);
+        assert!(entry_from_wire(&cut).is_none(), "a cut frame");
     }
 
     #[test]

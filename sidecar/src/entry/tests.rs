@@ -69,6 +69,7 @@ fn an_entry_from_another_member_counts_the_tokens_its_body_reports() {
     );
     let received = CachedResponse::from_parts(
         &sent.header_block(),
+        BodyEncoding::Identity,
         &sent.body(),
         sent.created,
         sent.ttl,
@@ -198,4 +199,114 @@ mod properties {
             prop_assert!(recorder.finish(Duration::from_secs(5)).is_none());
         }
     }
+}
+
+fn zstd_level_3() -> Compression {
+    Compression::from_config(&relaycache_config::CompressionConfig::default())
+        .expect("zstd is the default codec")
+}
+
+/// An Anthropic-shaped answer whose text is `words` words of prose.
+fn prose_answer(words: usize) -> Vec<u8> {
+    let vocabulary = [
+        "the", "answer", "is", "cached", "and", "served", "again", "when", "a", "request",
+        "repeats", "so", "provider", "calls", "once", "memory", "holds",
+    ];
+    let text: Vec<&str> = (0..words)
+        .map(|i| vocabulary[(i * 5 + i / 7) % vocabulary.len()])
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "type": "message",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": text.join(" ")}],
+        "usage": {"input_tokens": 12, "output_tokens": words},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_compressed_entry_keeps_its_answer_facts_and_decodes_to_the_upstream_body() {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    let body = prose_answer(800);
+    let plain = CachedResponse::new(&h, &body, Duration::from_secs(60));
+    let packed = plain.clone().compressed(Some(&zstd_level_3()));
+    let (encoding, stored) = packed.stored_body();
+    assert_eq!(encoding, BodyEncoding::Zstd);
+    assert!(
+        stored.len() * 2 < body.len(),
+        "{} of {}",
+        stored.len(),
+        body.len()
+    );
+    assert!(packed.weight() < plain.weight());
+    assert_eq!(packed.body(), body, "decodes to the upstream's bytes");
+    assert_eq!(packed.body_len(), body.len());
+    assert_eq!(packed.usage, plain.usage);
+    assert_eq!(packed.model, plain.model);
+    assert_eq!(packed.headers(), plain.headers());
+
+    // As another member receives it: checked, facts read from the decoded body.
+    let received = CachedResponse::from_parts(
+        &packed.header_block(),
+        encoding,
+        &stored,
+        packed.created,
+        packed.ttl,
+        Version::default(),
+    )
+    .expect("a good frame is taken");
+    assert_eq!(received.body(), body);
+    assert_eq!(received.usage, usage(12, 800, 0, 0));
+    assert_eq!(
+        received.stored_body().1,
+        stored,
+        "kept as sent, not re-encoded"
+    );
+}
+
+#[test]
+fn compression_leaves_short_encoded_or_disabled_answers_as_received() {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    let short = CachedResponse::new(&h, &prose_answer(5), Duration::from_secs(60));
+    let short = short.compressed(Some(&zstd_level_3()));
+    assert_eq!(short.stored_body().0, BodyEncoding::Identity);
+
+    let long = CachedResponse::new(&h, &prose_answer(800), Duration::from_secs(60));
+    assert_eq!(
+        long.clone().compressed(None).stored_body().0,
+        BodyEncoding::Identity
+    );
+
+    // The upstream encoded it itself: replayed with its own content-encoding.
+    h.insert("content-encoding", "gzip".parse().unwrap());
+    let gzipped = CachedResponse::new(&h, &prose_answer(800), Duration::from_secs(60));
+    let gzipped = gzipped.compressed(Some(&zstd_level_3()));
+    assert_eq!(gzipped.stored_body().0, BodyEncoding::Identity);
+}
+
+#[test]
+fn a_zstd_body_from_another_process_that_does_not_decode_is_refused() {
+    let h = HeaderMap::new();
+    let packed = CachedResponse::new(&h, &prose_answer(800), Duration::from_secs(60))
+        .compressed(Some(&zstd_level_3()));
+    let (_, stored) = packed.stored_body();
+    let parts = |body: &[u8]| {
+        CachedResponse::from_parts(
+            &packed.header_block(),
+            BodyEncoding::Zstd,
+            body,
+            packed.created,
+            packed.ttl,
+            Version::default(),
+        )
+    };
+    assert!(parts(&stored[..stored.len() - 3]).is_none(), "cut off");
+    assert!(parts(b"{\"plain\":\"json\"}").is_none(), "not a frame");
+    let mut flipped = stored.to_vec();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x5a;
+    // Frames carry a checksum: a flipped byte is never taken as an answer.
+    assert!(parts(&flipped).is_none(), "a flipped byte");
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use http::{HeaderValue, Response, StatusCode};
 
 use super::fetch::{failure_response, tag_upstream_answer};
-use super::{CacheLayer, Keyed, Proxy, MAX_FOLLOW_ATTEMPTS};
+use super::{stored_answer, CacheLayer, Keyed, Proxy, MAX_FOLLOW_ATTEMPTS};
 use crate::access_log::AccessLog;
-use crate::body::{boxed, full, ProxyBody};
+use crate::body::{boxed, ProxyBody};
 use crate::cluster::flight::Claimed;
 use crate::coalesce::{Join, Landing, Leader, UpstreamFailure};
 use crate::entry::{self, CachedResponse};
@@ -229,8 +229,7 @@ impl Proxy {
             .metrics
             .savings
             .count_hit(entry.model.as_deref(), entry.usage);
-        let mut response = Response::new(full(entry.body()));
-        *response.headers_mut() = entry::hit_headers(entry, tier, &key.to_string());
+        let mut response = stored_answer(entry, tier, key);
         if let Some(dollars) = saved {
             headers::tag_saved(response.headers_mut(), dollars);
         }

@@ -16,7 +16,9 @@ use tokio::time::Instant;
 use crate::access_log::{AccessLog, LoggedBody};
 use crate::body::{boxed, full, DeadlineBody, ProxyBody};
 use crate::coalesce::Flights;
+use crate::compression::{self, BodyEncoding, StoredZstd};
 use crate::config::{CacheConfig, Config, Mode, Replay};
+use crate::entry::{self, CachedResponse};
 use crate::headers::{self, CacheStatus};
 use crate::key::explain::EXPLAIN_HEADER;
 use crate::key::{CacheKey, KeyBuilder, KeyOrigin, KeyParts, Tenant};
@@ -85,6 +87,46 @@ pub struct Proxy {
     tiers: Tiers,
     metrics: Arc<Metrics>,
     admission: Admission,
+}
+
+/// A hit's answer: the entry's headers and its body as stored. A zstd body
+/// is marked so that [`decoded_for_client`] can decode it for a client
+/// that does not accept zstd.
+fn stored_answer(entry: &CachedResponse, tier: TierKind, key: &CacheKey) -> Response<ProxyBody> {
+    let (encoding, stored) = entry.stored_body();
+    let mut response = Response::new(full(stored.clone()));
+    *response.headers_mut() = entry::hit_headers(entry, tier, &key.to_string());
+    if encoding == BodyEncoding::Zstd {
+        compression::tag_zstd(response.headers_mut());
+        response.extensions_mut().insert(StoredZstd(stored));
+    }
+    response
+}
+
+/// A response fit for a client that does not accept zstd: a hit stored
+/// compressed is decoded; any other response is as it was.
+fn decoded_for_client(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let Some(StoredZstd(frame)) = response.extensions_mut().remove::<StoredZstd>() else {
+        return response;
+    };
+    match compression::decompress(&frame) {
+        Ok(body) => {
+            response
+                .headers_mut()
+                .remove(http::header::CONTENT_ENCODING);
+            *response.body_mut() = full(body);
+            response
+        }
+        Err(err) => {
+            // Unreachable: every entry's frame was checked when it was built.
+            tracing::error!(error = %err, "a stored answer did not decode");
+            reply::error(
+                "",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("a stored answer did not decode ({err}); purge its key"),
+            )
+        }
+    }
 }
 
 /// A cache route's request after its body was read and keyed.
@@ -157,7 +199,11 @@ impl Proxy {
         };
         log.slot = Some(slot);
         let explain = request.headers().contains_key(EXPLAIN_HEADER);
+        let accepts_zstd = compression::accepts_zstd(request.headers());
         let mut response = self.route(request, &mut log).await;
+        if !accepts_zstd {
+            response = decoded_for_client(response);
+        }
         if explain && !response.headers().contains_key(EXPLAIN_HEADER) {
             explain_not_cached(&mut response, &log);
         }

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use http::{Response, StatusCode};
 
-use super::{CacheLayer, Proxy};
+use super::{stored_answer, CacheLayer, Proxy};
 use crate::access_log::AccessLog;
-use crate::body::{full, ProxyBody};
+use crate::body::ProxyBody;
 use crate::coalesce::UpstreamFailure;
-use crate::entry::{self};
 use crate::headers::{self, CacheStatus};
 use crate::key::CacheKey;
 use crate::policy::RequestPolicy;
@@ -33,8 +32,7 @@ impl Proxy {
         let window = stale_window(policy, self.cache.as_ref())?;
         let (entry, tier) = self.tiers.stale(key, window).await?;
         tracing::warn!(%key, tier = tier.as_str(), age_secs = entry.age_secs(), %reason, "served a stale answer: the upstream failed");
-        let mut response = Response::new(full(entry.body()));
-        *response.headers_mut() = entry::hit_headers(&entry, tier, &key.to_string());
+        let mut response = stored_answer(&entry, tier, key);
         response
             .headers_mut()
             .insert(headers::STATUS, CacheStatus::Stale.header_value());

@@ -14,6 +14,7 @@ mod cluster;
 mod cluster_flight;
 mod cluster_grpc;
 mod coalescing;
+mod compression;
 mod explain;
 mod lifecycle;
 mod limits;

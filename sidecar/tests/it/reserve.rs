@@ -244,7 +244,7 @@ async fn access_denied_is_counted_not_served() {
 #[tokio::test]
 async fn a_full_disk_is_counted_and_requests_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    // 8 KiB of tmpfs: no 9 KB answer fits.
+    // 8 KiB of tmpfs: no 40 KB answer fits, even compressed (about 16 KB).
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
         .arg(dir.path())
@@ -264,7 +264,7 @@ async fn a_full_disk_is_counted_and_requests_go_on() {
     let upstream = MockUpstream::start(
         "127.0.0.1:0",
         MockOptions {
-            answer_bytes: 9000,
+            answer_bytes: 40_000,
             ..MockOptions::default()
         },
     )

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::META_FORMAT;
+use super::{META_FORMAT, META_FORMAT_ZSTD};
+use crate::compression::BodyEncoding;
 use crate::entry::filter::{EntryFilter, EntryScope};
 use crate::entry::{CachedResponse, TokenUsage};
 use crate::key::{CacheKey, Tenant};
@@ -75,9 +76,13 @@ pub(super) struct Metadata {
     pub(super) created_ms: u64,
     pub(super) fresh_until_ms: u64,
     pub(super) retention_until_ms: u64,
+    /// Length of the body as stored.
     pub(super) body_len: u64,
-    /// BLAKE3 of the body, hex.
+    /// BLAKE3 of the body as stored, hex.
     pub(super) body_digest: String,
+    /// How the body is stored (absent: as the upstream sent it).
+    #[serde(default)]
+    pub(super) body_encoding: StoredEncoding,
     pub(super) headers: Vec<(String, String)>,
     pub(super) input_tokens: u64,
     pub(super) output_tokens: u64,
@@ -105,18 +110,58 @@ pub(super) fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// [`BodyEncoding`] as the metadata names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum StoredEncoding {
+    #[default]
+    Identity,
+    Zstd,
+}
+
+impl From<BodyEncoding> for StoredEncoding {
+    fn from(encoding: BodyEncoding) -> Self {
+        match encoding {
+            BodyEncoding::Identity => Self::Identity,
+            BodyEncoding::Zstd => Self::Zstd,
+        }
+    }
+}
+
+impl From<StoredEncoding> for BodyEncoding {
+    fn from(encoding: StoredEncoding) -> Self {
+        match encoding {
+            StoredEncoding::Identity => Self::Identity,
+            StoredEncoding::Zstd => Self::Zstd,
+        }
+    }
+}
+
 impl Metadata {
-    pub(super) fn describe(key: &CacheKey, entry: &CachedResponse, retention: Duration) -> Self {
+    /// The metadata of `entry`, whose body is stored as `stored_body`.
+    pub(super) fn describe(
+        key: &CacheKey,
+        entry: &CachedResponse,
+        stored_body: &[u8],
+        retention: Duration,
+    ) -> Self {
         let created = unix_ms(entry.created);
+        let (encoding, _) = entry.stored_body();
         Self {
-            format: META_FORMAT,
+            // A compressed body gets a format of its own, which readers
+            // from before compression refuse rather than serve undecoded.
+            format: match encoding {
+                BodyEncoding::Identity => META_FORMAT,
+                BodyEncoding::Zstd => META_FORMAT_ZSTD,
+            },
             key: key.to_string(),
             created_ms: created,
             fresh_until_ms: created
                 .saturating_add(u64::try_from(entry.ttl.as_millis()).unwrap_or(u64::MAX)),
             retention_until_ms: unix_ms(SystemTime::now() + retention),
-            body_len: entry.body_len() as u64,
-            body_digest: blake3::hash(&entry.body()).to_hex().to_string(),
+            body_len: stored_body.len() as u64,
+            body_digest: blake3::hash(stored_body).to_hex().to_string(),
+            body_encoding: encoding.into(),
             headers: entry
                 .headers()
                 .iter()
@@ -142,7 +187,11 @@ impl Metadata {
 
     pub(super) fn decode(bytes: &[u8], key: &CacheKey) -> Option<Self> {
         let meta: Self = serde_json::from_slice(bytes).ok()?;
-        (meta.format == META_FORMAT && meta.key == key.to_string()).then_some(meta)
+        let known_format = match meta.body_encoding {
+            StoredEncoding::Identity => meta.format == META_FORMAT,
+            StoredEncoding::Zstd => meta.format == META_FORMAT_ZSTD,
+        };
+        (known_format && meta.key == key.to_string()).then_some(meta)
     }
 
     /// Whether a scoped purge's `filter` selects this entry.
@@ -177,6 +226,7 @@ impl Metadata {
         let ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(now));
         let mut entry = CachedResponse::restore(
             &headers,
+            self.body_encoding.into(),
             &body,
             from_unix_ms(self.created_ms),
             ttl,
@@ -187,7 +237,7 @@ impl Metadata {
                 cache_creation: self.cache_creation_tokens,
             },
             self.model.as_deref().map(std::sync::Arc::from),
-        );
+        )?;
         entry.tenant = self.tenant.as_deref().and_then(Tenant::from_id);
         entry.namespace = self.namespace.as_deref().map(std::sync::Arc::from);
         // The TTL as stored, from creation: an expired entry then knows how

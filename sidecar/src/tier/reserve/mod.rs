@@ -47,6 +47,8 @@ use store::{sweep_forever, write_behind};
 /// Version of the metadata format; entries of another version are misses.
 /// 2: `body_digest`. 3: one object per entry, retention markers.
 const META_FORMAT: u32 = 3;
+/// The format of an entry whose body is stored as a zstd frame.
+const META_FORMAT_ZSTD: u32 = 4;
 /// Store writes in flight at once.
 const WRITE_CONCURRENCY: usize = 8;
 

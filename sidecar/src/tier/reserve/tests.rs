@@ -60,6 +60,57 @@ async fn written(reserve: &ReserveTier, metrics: &Metrics, n: u64) {
     panic!("reserve write did not complete");
 }
 
+/// A reserve in a new temporary directory, with its metrics.
+fn file_reserve() -> (tempfile::TempDir, Arc<Metrics>, ReserveTier) {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let reserve = ReserveTier::open(
+        &settings(&format!("file://{}", dir.path().display())),
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    (dir, metrics, reserve)
+}
+
+#[tokio::test]
+async fn a_compressed_entry_is_one_smaller_object_and_comes_back_as_stored() {
+    let (dir, metrics, reserve) = file_reserve();
+    let prose = "an answer in words, repeated as answers are. ".repeat(100);
+    let body = serde_json::to_vec(&serde_json::json!({"content": [{"text": prose}]})).unwrap();
+    let compression = crate::compression::Compression::from_config(&Default::default()).unwrap();
+    let stored = Arc::new(
+        CachedResponse::new(&HeaderMap::new(), &body, Duration::from_secs(60))
+            .compressed(Some(&compression)),
+    );
+    let key = CacheKey([5; 32]);
+    reserve.admit(key, &stored);
+    written(&reserve, &metrics, 1).await;
+    let objects: Vec<_> = walkdir(dir.path());
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let size = std::fs::metadata(&objects[0]).unwrap().len() as usize;
+    assert!(
+        size < body.len() / 4,
+        "object of {size} bytes for a {}-byte answer",
+        body.len()
+    );
+    let found = reserve.lookup(&key).await.expect("reserve hit");
+    assert_eq!(found.stored_body(), stored.stored_body(), "kept as stored");
+    assert_eq!(found.body(), body);
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[tokio::test]
 async fn round_trip_in_memory_store() {
     let metrics = Arc::new(Metrics::new());
@@ -137,13 +188,7 @@ async fn corrupt_metadata_is_a_miss_and_is_removed() {
 /// store read, whatever the store.
 #[tokio::test]
 async fn an_entry_is_one_object() {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let reserve = ReserveTier::open(
-        &settings(&format!("file://{}", dir.path().display())),
-        Arc::clone(&metrics),
-    )
-    .unwrap();
+    let (dir, metrics, reserve) = file_reserve();
     for i in 0..5u8 {
         reserve.admit(CacheKey([40 + i; 32]), &answer(u64::from(i)));
     }
