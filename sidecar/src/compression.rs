@@ -10,8 +10,14 @@
 
 use std::cell::RefCell;
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+
+use crate::entry::CachedResponse;
+use crate::key::CacheKey;
+use crate::version::Version;
 use relaycache_config::{Codec, CompressionConfig};
 
 /// How a stored body is encoded.
@@ -34,10 +40,11 @@ impl BodyEncoding {
     }
 }
 
-/// Largest body a zstd frame from another process may decode to: no answer
-/// the proxy stores is larger (`cache.max_entry_bytes` is at most the
-/// memory budget), and a frame that claims more is refused unread.
-pub const MAX_DECODED_BYTES: usize = 256 * 1024 * 1024;
+/// Largest body a zstd frame from another process may decode to: as much
+/// as one cluster message may carry uncompressed, so that a small frame
+/// cannot make a member hold more than a plain message could. A frame
+/// that claims more is refused unread.
+pub const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
 
 /// Bodies stored compressed must shrink by at least this fraction
 /// (one eighth), or they are kept as received: decoding costs every hit
@@ -173,22 +180,78 @@ pub fn accepts_zstd(headers: &HeaderMap) -> bool {
         })
 }
 
-/// A hit answered with its stored zstd body; the proxy decodes it on the
-/// way out for a client that does not accept zstd.
-#[derive(Debug, Clone)]
-pub struct StoredZstd(pub Bytes);
-
-/// Marks a hit's headers as carrying a zstd body: caches between here
-/// and the client must key on `accept-encoding`.
+/// Marks a hit's headers as carrying a zstd body.
 pub fn tag_zstd(headers: &mut HeaderMap) {
     headers.insert(
         http::header::CONTENT_ENCODING,
         HeaderValue::from_static("zstd"),
     );
+    tag_varies(headers);
+}
+
+/// Marks a hit of a compressed entry as depending on `accept-encoding`,
+/// so that caches between here and the client key on it.
+pub fn tag_varies(headers: &mut HeaderMap) {
     headers.append(
         http::header::VARY,
         HeaderValue::from_static("accept-encoding"),
     );
+}
+
+/// Decoded bodies of the compressed answers hit most often by clients that
+/// do not accept zstd, so that a hot answer is decoded once rather than on
+/// every hit. Bounded in bytes; moka's admission keeps answers hit once
+/// out. A copy is used only for the exact entry it was decoded from (same
+/// version and creation time), so a refreshed answer is never served old.
+pub struct DecodedAnswers {
+    bodies: Option<moka::sync::Cache<CacheKey, DecodedBody>>,
+}
+
+#[derive(Clone)]
+struct DecodedBody {
+    version: Version,
+    created: SystemTime,
+    body: Bytes,
+}
+
+/// Bookkeeping per decoded copy, counted against its budget.
+const DECODED_OVERHEAD: usize = 128;
+
+impl DecodedAnswers {
+    /// A cache of at most `budget` bytes of decoded bodies (none at 0).
+    pub fn new(budget: u64) -> Self {
+        let bodies = (budget > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(budget)
+                .weigher(|_, decoded: &DecodedBody| {
+                    u32::try_from(decoded.body.len() + DECODED_OVERHEAD).unwrap_or(u32::MAX)
+                })
+                .build()
+        });
+        Self { bodies }
+    }
+
+    /// The decoded body of `entry`, stored under `key`.
+    pub fn body(&self, key: &CacheKey, entry: &CachedResponse) -> Bytes {
+        let Some(bodies) = &self.bodies else {
+            return entry.body();
+        };
+        let same_entry =
+            |held: &DecodedBody| held.version == entry.version && held.created == entry.created;
+        if let Some(held) = bodies.get(key).filter(same_entry) {
+            return held.body;
+        }
+        let body = entry.body();
+        bodies.insert(
+            *key,
+            DecodedBody {
+                version: entry.version,
+                created: entry.created,
+                body: body.clone(),
+            },
+        );
+        body
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,9 @@ pub struct RequestPolicy {
     pub record: bool,
     /// `Cache-Control: stale-if-error=N`: this request's own window.
     pub stale_if_error: Option<Duration>,
+    /// The client's `accept-encoding` allows zstd: a hit stored compressed
+    /// is sent as stored.
+    pub accepts_zstd: bool,
 }
 
 impl RequestPolicy {
@@ -50,6 +53,7 @@ impl RequestPolicy {
             only_if_cached: false,
             record: switch("record"),
             stale_if_error: None,
+            accepts_zstd: crate::compression::accepts_zstd(headers),
             lookup: true,
             store: true,
             ttl: default_ttl,

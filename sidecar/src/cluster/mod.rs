@@ -160,6 +160,10 @@ pub struct Cluster {
     leaving: AtomicBool,
     /// True while a warm start pulls what this member owns.
     warming: AtomicBool,
+    /// True once a warm start pulled everything this member owns from
+    /// every member it saw: then a key this member is the primary owner of
+    /// and does not hold is not in the cluster (see `Cluster::lookup`).
+    holds_its_share: AtomicBool,
     /// Wakes repair when the membership changed.
     changed: Notify,
     /// Flips to true when the process stops, ending background tasks.
@@ -221,6 +225,7 @@ impl Cluster {
             metrics,
             leaving: AtomicBool::new(false),
             warming: AtomicBool::new(false),
+            holds_its_share: AtomicBool::new(false),
             changed: Notify::new(),
             stopping,
             flight_table: flight::FlightTable::new(

@@ -5,6 +5,7 @@
 //! counted and logged, never hidden. Below `member_count_quorum` live
 //! members the cluster tier is skipped altogether.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -60,6 +61,19 @@ impl Cluster {
         // This member's own store was looked at first (it is L1).
         let mut answers = replicas.iter().filter(|m| m.is_local()).count();
         let needed = self.settings.read_quorum as usize;
+        // A primary owner that warmed up completely holds what the cluster
+        // holds of its keys: every write goes to it, and it pulled the rest
+        // when it started. When its own answer is quorum enough, a miss
+        // here asks nobody, and (its flight being the cluster's) goes
+        // straight on to the upstream. Without a complete warm start (off,
+        // cut short, a member unreadable) it asks, as repair may not have
+        // copied everything back yet.
+        if answers >= needed
+            && replicas.first().is_some_and(|primary| primary.is_local())
+            && self.holds_its_share.load(Ordering::Acquire)
+        {
+            return None;
+        }
         let timeout = self.timings.call_timeout;
         let mut calls: FuturesUnordered<_> = replicas
             .iter()

@@ -151,6 +151,9 @@ impl Cluster {
         let finished = tokio::time::timeout(timeout, pulling).await.is_ok();
         self.warming.store(false, Ordering::Release);
         self.metrics.cluster.warming.set(0);
+        if finished && pulled.members_failed == 0 {
+            self.holds_its_share.store(true, Ordering::Release);
+        }
         if finished {
             tracing::info!(
                 from_members = pulled.from_members,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Response, StatusCode};
 
 use super::fetch::{failure_response, tag_upstream_answer};
-use super::{stored_answer, CacheLayer, Keyed, Proxy, MAX_FOLLOW_ATTEMPTS};
+use super::{CacheLayer, Keyed, Proxy, MAX_FOLLOW_ATTEMPTS};
 use crate::access_log::AccessLog;
 use crate::body::{boxed, ProxyBody};
 use crate::cluster::flight::Claimed;
@@ -16,6 +16,7 @@ use crate::entry::{self, CachedResponse};
 use crate::headers::{self, CacheStatus};
 use crate::key::CacheKey;
 use crate::live::LiveAnswer;
+use crate::policy::RequestPolicy;
 use crate::reply;
 use crate::tier::TierKind;
 use crate::upstream::Upstream;
@@ -41,7 +42,7 @@ impl Proxy {
             if keyed.policy.lookup {
                 if let Some(entry) = self.tiers.in_memory(&keyed.key) {
                     cache.aliases.insert(keyed.raw_key, keyed.key);
-                    return self.serve_hit(&entry, &keyed.key, TierKind::Memory, log);
+                    return self.serve_keyed_hit(&entry, &keyed, TierKind::Memory, log);
                 }
             }
             if !coalesce.enabled {
@@ -59,7 +60,7 @@ impl Proxy {
                     log.coalesced = true;
                     match follower.wait(coalesce.wait_timeout).await {
                         Landing::Answer(entry) => {
-                            return self.serve_hit(&entry, &keyed.key, TierKind::Memory, log)
+                            return self.serve_keyed_hit(&entry, &keyed, TierKind::Memory, log)
                         }
                         Landing::Failed(failure) => {
                             return self
@@ -89,12 +90,12 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         if keyed.policy.lookup {
             if let Some(entry) = self.tiers.in_memory(&keyed.key) {
-                return self.serve_hit(&entry, &keyed.key, TierKind::Memory, log);
+                return self.serve_keyed_hit(&entry, &keyed, TierKind::Memory, log);
             }
             let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
             if let Some((entry, tier)) = self.tiers.below_memory(&keyed.key, origin).await {
                 log.reserve_used = tier == TierKind::Reserve;
-                return self.serve_hit(&entry, &keyed.key, tier, log);
+                return self.serve_keyed_hit(&entry, &keyed, tier, log);
             }
         }
         log.cache_status = Some(CacheStatus::Miss);
@@ -132,7 +133,7 @@ impl Proxy {
                 leader.land(Some(Arc::clone(&entry)));
             }
             log.reserve_used = tier == TierKind::Reserve;
-            return self.serve_hit(&entry, &keyed.key, tier, log);
+            return self.serve_keyed_hit(&entry, &keyed, tier, log);
         }
         let mut leader = match leader {
             Some(leader) if self.tiers.has_cluster() => leader,
@@ -145,7 +146,7 @@ impl Proxy {
             Claimed::Answer(entry) => {
                 leader.land(Some(Arc::clone(&entry)));
                 log.coalesced = true;
-                return self.serve_hit(&entry, &keyed.key, TierKind::Peer, log);
+                return self.serve_keyed_hit(&entry, &keyed, TierKind::Peer, log);
             }
             Claimed::Failed(failure) => {
                 leader.fail(Arc::clone(&failure));
@@ -205,11 +206,23 @@ impl Proxy {
         self.metrics.proxy.count_hit(tier);
     }
 
+    /// [`Proxy::serve_hit`] for a keyed request.
+    fn serve_keyed_hit(
+        &self,
+        entry: &CachedResponse,
+        keyed: &Keyed,
+        tier: TierKind,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        self.serve_hit(entry, &keyed.key, tier, &keyed.policy, log)
+    }
+
     pub(super) fn serve_hit(
         &self,
         entry: &CachedResponse,
         key: &CacheKey,
         tier: TierKind,
+        policy: &RequestPolicy,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
         self.note_hit(tier, log);
@@ -229,7 +242,7 @@ impl Proxy {
             .metrics
             .savings
             .count_hit(entry.model.as_deref(), entry.usage);
-        let mut response = stored_answer(entry, tier, key);
+        let mut response = self.stored_answer(entry, tier, key, policy);
         if let Some(dollars) = saved {
             headers::tag_saved(response.headers_mut(), dollars);
         }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::access_log::{AccessLog, LoggedBody};
 use crate::body::{boxed, full, DeadlineBody, ProxyBody};
 use crate::coalesce::Flights;
-use crate::compression::{self, BodyEncoding, StoredZstd};
+use crate::compression::{self, BodyEncoding, DecodedAnswers};
 use crate::config::{CacheConfig, Config, Mode, Replay};
 use crate::entry::{self, CachedResponse};
 use crate::headers::{self, CacheStatus};
@@ -63,6 +63,10 @@ struct CacheLayer {
 /// `max_cost` keeps aliases within ~2.5% of the cache's own memory.
 const ALIAS_BUDGET_BYTES: u64 = 8192;
 
+/// Decoded copies of hot compressed answers get 1/32 of `max_cost` on top
+/// of it (3.2 MiB at the default 100 MiB, about 600 answers of 5 KB).
+const DECODED_BUDGET_DIVISOR: u64 = 32;
+
 impl CacheLayer {
     fn is_route(&self, path: &str) -> bool {
         self.settings.routes.iter().any(|r| r == path)
@@ -87,46 +91,7 @@ pub struct Proxy {
     tiers: Tiers,
     metrics: Arc<Metrics>,
     admission: Admission,
-}
-
-/// A hit's answer: the entry's headers and its body as stored. A zstd body
-/// is marked so that [`decoded_for_client`] can decode it for a client
-/// that does not accept zstd.
-fn stored_answer(entry: &CachedResponse, tier: TierKind, key: &CacheKey) -> Response<ProxyBody> {
-    let (encoding, stored) = entry.stored_body();
-    let mut response = Response::new(full(stored.clone()));
-    *response.headers_mut() = entry::hit_headers(entry, tier, &key.to_string());
-    if encoding == BodyEncoding::Zstd {
-        compression::tag_zstd(response.headers_mut());
-        response.extensions_mut().insert(StoredZstd(stored));
-    }
-    response
-}
-
-/// A response fit for a client that does not accept zstd: a hit stored
-/// compressed is decoded; any other response is as it was.
-fn decoded_for_client(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-    let Some(StoredZstd(frame)) = response.extensions_mut().remove::<StoredZstd>() else {
-        return response;
-    };
-    match compression::decompress(&frame) {
-        Ok(body) => {
-            response
-                .headers_mut()
-                .remove(http::header::CONTENT_ENCODING);
-            *response.body_mut() = full(body);
-            response
-        }
-        Err(err) => {
-            // Unreachable: every entry's frame was checked when it was built.
-            tracing::error!(error = %err, "a stored answer did not decode");
-            reply::error(
-                "",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("a stored answer did not decode ({err}); purge its key"),
-            )
-        }
-    }
+    decoded: DecodedAnswers,
 }
 
 /// A cache route's request after its body was read and keyed.
@@ -181,7 +146,37 @@ impl Proxy {
             tiers,
             metrics,
             admission: Admission::new(config.server.max_inflight, config.server.max_buffered_bytes),
+            decoded: DecodedAnswers::new(config.cache.memory.max_cost / DECODED_BUDGET_DIVISOR),
         })
+    }
+
+    /// A hit's answer: the entry's headers and its body. A body stored as
+    /// a zstd frame goes as it is (`content-encoding: zstd`) to a client
+    /// that accepts zstd, and decoded to any other; either way the answer
+    /// varies by `accept-encoding`.
+    fn stored_answer(
+        &self,
+        entry: &CachedResponse,
+        tier: TierKind,
+        key: &CacheKey,
+        policy: &RequestPolicy,
+    ) -> Response<ProxyBody> {
+        let (encoding, stored) = entry.stored_body();
+        let mut headers = entry::hit_headers(entry, tier, &key.to_string());
+        let body = match encoding {
+            BodyEncoding::Identity => stored,
+            BodyEncoding::Zstd if policy.accepts_zstd => {
+                compression::tag_zstd(&mut headers);
+                stored
+            }
+            BodyEncoding::Zstd => {
+                compression::tag_varies(&mut headers);
+                self.decoded.body(key, entry)
+            }
+        };
+        let mut response = Response::new(full(body));
+        *response.headers_mut() = headers;
+        response
     }
 
     /// Handles one client request; never fails, errors become responses.
@@ -199,11 +194,7 @@ impl Proxy {
         };
         log.slot = Some(slot);
         let explain = request.headers().contains_key(EXPLAIN_HEADER);
-        let accepts_zstd = compression::accepts_zstd(request.headers());
         let mut response = self.route(request, &mut log).await;
-        if !accepts_zstd {
-            response = decoded_for_client(response);
-        }
         if explain && !response.headers().contains_key(EXPLAIN_HEADER) {
             explain_not_cached(&mut response, &log);
         }
@@ -275,7 +266,7 @@ impl Proxy {
         if policy.lookup && !explain {
             let known = cache.aliases.get(&raw_key);
             if let Some((key, entry)) = known.and_then(|k| Some((k, self.tiers.in_memory(&k)?))) {
-                return self.serve_hit(&entry, &key, TierKind::Memory, log);
+                return self.serve_hit(&entry, &key, TierKind::Memory, &policy, log);
             }
         }
         // Keying needs scratch space up to the body's size (see

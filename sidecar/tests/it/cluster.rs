@@ -892,3 +892,60 @@ async fn a_client_knows_every_member_before_it_takes_traffic() {
     );
     assert_eq!(upstream.calls(), 1);
 }
+
+/// A miss at the key's primary owner calls nobody before the upstream: it
+/// holds whatever the cluster holds of its keys (writes reach it first,
+/// warm start and repair fill it after a restart), and its flight is the
+/// cluster's. At any other member a miss asks the replicas, then the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_at_the_keys_primary_owner_asks_no_other_member() {
+    let upstream = mock().await;
+    let addresses = member_addresses(2);
+    let members = start_cluster(&upstream.url(), &addresses, 2);
+    wait_all(&members, 2).await;
+    // Ready: each member's warm start pulled its share (none yet).
+    for member in &members {
+        member.wait_ready(Duration::from_secs(30)).await;
+    }
+    let calls = |op: &'static str| {
+        let member = &members[0];
+        async move {
+            member
+                .metric(&format!(
+                    "relaycache_cluster_calls_total{{op=\"{op}\",outcome=\"ok\"}}"
+                ))
+                .await
+        }
+    };
+    let (gets0, claims0) = (calls("get").await, calls("claim").await);
+    const MISSES: u64 = 24;
+    for i in 0..MISSES {
+        let reply = post_messages(&members[0], "k", &question(&format!("owner-{i}")), &[]).await;
+        assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
+    }
+    let gets = calls("get").await - gets0;
+    let claims = calls("claim").await - claims0;
+    // Member 1 is the primary owner of about half the keys: those misses
+    // asked it first (one Get, one Claim each). Member 0's own keys asked
+    // nobody, so there are exactly as many Gets as Claims.
+    assert!(
+        claims > 0.0 && claims < MISSES as f64,
+        "{claims} claims for {MISSES} misses"
+    );
+    assert_eq!(
+        gets, claims,
+        "replica reads for {MISSES} misses: only those owned elsewhere"
+    );
+    assert_eq!(upstream.calls(), MISSES);
+    // Every answer is still a hit at the other member.
+    for i in 0..MISSES {
+        let hit = post_messages(
+            &members[1],
+            "k",
+            &question(&format!("owner-{i}")),
+            &[("cache-control", "only-if-cached")],
+        )
+        .await;
+        assert_eq!((hit.status, hit.cache_status()), (200, "hit"), "owner-{i}");
+    }
+}

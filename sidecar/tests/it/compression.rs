@@ -66,6 +66,17 @@ async fn a_hit_goes_as_stored_to_clients_that_accept_zstd_and_decoded_to_the_res
         );
     }
     assert_eq!(upstream.calls(), 1);
+
+    // A refreshed answer replaces the decoded copy kept for hot answers:
+    // plain clients never get the old one.
+    let refreshed = post_messages(&relay, "k", &body, &[("cache-control", "no-cache")]).await;
+    assert_eq!(refreshed.cache_status(), "refresh");
+    assert_ne!(refreshed.mock_call(), miss.mock_call());
+    for _ in 0..3 {
+        let plain = post_messages(&relay, "k", &body, &[]).await;
+        assert_eq!(plain.cache_status(), "hit");
+        assert_eq!(plain.body, refreshed.body, "the refreshed answer, decoded");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
