@@ -57,6 +57,8 @@
 #                         building one (to compare two revisions side by
 #                         side, each with the same mock and nginx)
 #   BENCH_OPEN_RATES      the open-loop rows' rates, req/s ("2000 5000")
+#   BENCH_COMPRESSION_ROUNDS  rounds of the interleaved compression
+#                         comparison, 15 s each (4)
 #   BENCH_PEER_KEYS       answers stored in the cluster for the peer-hit row
 #                         (5000); the client's 1 MiB memory holds about 170
 #                         of them, so cycling over them reads from the peers
@@ -82,6 +84,8 @@ RESERVE_PARENT="${BENCH_RESERVE_DIR:-${TMPDIR:-/tmp}}"
 PEER_KEYS="${BENCH_PEER_KEYS:-5000}"
 ROLLING_KEYS="${BENCH_ROLLING_KEYS:-500}"
 OPEN_RATES="${BENCH_OPEN_RATES:-2000 5000}"
+COMPRESSION_ROUNDS="${BENCH_COMPRESSION_ROUNDS:-4}"
+COMPRESSION_SUMS=(0 0 0) # interleaved hit requests: decoded, as stored, uncompressed
 ROLLING_STEADY=() # hits, requests, errors of the steady working-set pass
 ROLLING_DURING=() # the same, summed over the passes of the rolling restart
 ROLLING_PEER_HITS=0

@@ -93,7 +93,11 @@ measure_default_config() {
 # Hits of compressed entries against uncompressed ones, in the same run:
 # the relaycache above (zstd, the default) sending hits to a client that
 # accepts zstd (as stored), and a relaycache storing answers as received.
-# The relay_hit row is the same process decoding every hit.
+# The relay_hit row is the same process decoding for a client without
+# zstd. Then the three in turn, 5 s each, COMPRESSION_ROUNDS times: the
+# machine's speed drifts over a run, and interleaving cancels most of
+# the drift that separate rows would show as a difference. Sets
+# COMPRESSION_SUMS (requests: decoded, as stored, uncompressed).
 measure_compression() {
     BENCH_ACCEPT_ENCODING=zstd measure relay_hit_zstd "relaycache hits, client accepts zstd (sent as stored)" \
         "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
@@ -102,7 +106,20 @@ measure_compression() {
     expect_cached relaycache-uncompressed "$RELAY_URL" x-relaycache-status hit
     measure relay_hit_plain "relaycache hits, compression off (codec none)" \
         "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
-    stop_child "$RELAY_PID"
+    local plain_url=$RELAY_URL plain_pid=$RELAY_PID round line
+    local -a sums=(0 0 0)
+    log "compression, interleaved: $COMPRESSION_ROUNDS rounds of 5 s each against decoded, as stored, uncompressed"
+    for ((round = 1; round <= COMPRESSION_ROUNDS; round++)); do
+        line=$(BENCH_ACCEPT_ENCODING='' run_wrk "compression-decoded-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$url" "$FIXED_BODY")
+        sums[0]=$((sums[0] + $(field "$line" requests)))
+        line=$(BENCH_ACCEPT_ENCODING=zstd run_wrk "compression-stored-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$url" "$FIXED_BODY")
+        sums[1]=$((sums[1] + $(field "$line" requests)))
+        line=$(BENCH_ACCEPT_ENCODING='' run_wrk "compression-plain-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$plain_url" "$FIXED_BODY")
+        sums[2]=$((sums[2] + $(field "$line" requests)))
+    done
+    COMPRESSION_SUMS=("${sums[@]}")
+    log "  requests: ${sums[0]} decoded, ${sums[1]} as stored, ${sums[2]} uncompressed"
+    stop_child "$plain_pid"
     RELAY_PID=$pid RELAY_URL=$url RELAY_ADMIN=$admin
 }
 
