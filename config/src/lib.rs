@@ -384,7 +384,7 @@ impl Default for CompressionConfig {
     fn default() -> Self {
         Self {
             codec: Codec::Zstd,
-            level: 3,
+            level: 1,
             min_bytes: 512,
         }
     }

@@ -3,7 +3,7 @@
 //! sending a hit as stored or decoded.
 //!
 //! Model answers are prose and JSON around it, which zstd shrinks about
-//! 2.5 times at level 3; the memory budget then holds that many more
+//! 2.2 times at level 1; the memory budget then holds that many more
 //! answers, and peers and the reserve move that many fewer bytes. A hit
 //! goes to a client that accepts `zstd` exactly as stored; other clients
 //! get it decoded, which costs microseconds per answer.

@@ -201,7 +201,7 @@ mod properties {
     }
 }
 
-fn zstd_level_3() -> Compression {
+fn default_compression() -> Compression {
     Compression::from_config(&relaycache_config::CompressionConfig::default())
         .expect("zstd is the default codec")
 }
@@ -230,7 +230,7 @@ fn a_compressed_entry_keeps_its_answer_facts_and_decodes_to_the_upstream_body() 
     h.insert("content-type", "application/json".parse().unwrap());
     let body = prose_answer(800);
     let plain = CachedResponse::new(&h, &body, Duration::from_secs(60));
-    let packed = plain.clone().compressed(Some(&zstd_level_3()));
+    let packed = plain.clone().compressed(Some(&default_compression()));
     let (encoding, stored) = packed.stored_body();
     assert_eq!(encoding, BodyEncoding::Zstd);
     assert!(
@@ -270,7 +270,7 @@ fn compression_leaves_short_encoded_or_disabled_answers_as_received() {
     let mut h = HeaderMap::new();
     h.insert("content-type", "application/json".parse().unwrap());
     let short = CachedResponse::new(&h, &prose_answer(5), Duration::from_secs(60));
-    let short = short.compressed(Some(&zstd_level_3()));
+    let short = short.compressed(Some(&default_compression()));
     assert_eq!(short.stored_body().0, BodyEncoding::Identity);
 
     let long = CachedResponse::new(&h, &prose_answer(800), Duration::from_secs(60));
@@ -282,7 +282,7 @@ fn compression_leaves_short_encoded_or_disabled_answers_as_received() {
     // The upstream encoded it itself: replayed with its own content-encoding.
     h.insert("content-encoding", "gzip".parse().unwrap());
     let gzipped = CachedResponse::new(&h, &prose_answer(800), Duration::from_secs(60));
-    let gzipped = gzipped.compressed(Some(&zstd_level_3()));
+    let gzipped = gzipped.compressed(Some(&default_compression()));
     assert_eq!(gzipped.stored_body().0, BodyEncoding::Identity);
 }
 
@@ -290,7 +290,7 @@ fn compression_leaves_short_encoded_or_disabled_answers_as_received() {
 fn a_zstd_body_from_another_process_that_does_not_decode_is_refused() {
     let h = HeaderMap::new();
     let packed = CachedResponse::new(&h, &prose_answer(800), Duration::from_secs(60))
-        .compressed(Some(&zstd_level_3()));
+        .compressed(Some(&default_compression()));
     let (_, stored) = packed.stored_body();
     let parts = |body: &[u8]| {
         CachedResponse::from_parts(
