@@ -20,24 +20,15 @@ use crate::key::CacheKey;
 use crate::version::Version;
 use relaycache_config::{Codec, CompressionConfig};
 
-/// How a stored body is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a stored body is encoded (named so in the reserve's metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BodyEncoding {
     /// As the upstream sent it.
     #[default]
     Identity,
     /// One zstd frame that names its decoded size and carries a checksum.
     Zstd,
-}
-
-impl BodyEncoding {
-    /// The `content-encoding` token.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BodyEncoding::Identity => "identity",
-            BodyEncoding::Zstd => "zstd",
-        }
-    }
 }
 
 /// Largest body a zstd frame from another process may decode to: as much
@@ -162,22 +153,17 @@ pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, DecodeError> {
 /// Whether a request's `accept-encoding` allows a zstd body: `zstd` or
 /// `*` listed without `q=0`.
 pub fn accepts_zstd(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';').map(str::trim);
-            let name = parts.next().unwrap_or_default();
-            let refused = parts.any(|param| {
-                param
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (name.eq_ignore_ascii_case("zstd") || name == "*") && !refused
-        })
+    crate::headers::list_items(headers, http::header::ACCEPT_ENCODING).any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let refused = parts.any(|param| {
+            param
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        (name.eq_ignore_ascii_case("zstd") || name == "*") && !refused
+    })
 }
 
 /// Marks a hit's headers as carrying a zstd body.

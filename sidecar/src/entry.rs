@@ -105,15 +105,17 @@ impl CachedResponse {
         usage: TokenUsage,
         model: Option<Arc<str>>,
     ) -> Option<Self> {
-        let mut entry = Self::new(headers, stored_body, ttl);
-        if encoding == BodyEncoding::Zstd {
-            entry.body_len = compression::decompress(stored_body).ok()?.len();
-            entry.encoding = encoding;
-        }
+        let body_len = match encoding {
+            BodyEncoding::Identity => stored_body.len(),
+            BodyEncoding::Zstd => compression::decompress(stored_body).ok()?.len(),
+        };
+        let mut recorder = EntryRecorder::new(headers, Some(stored_body.len() as u64), u64::MAX);
+        recorder.push(stored_body);
+        let mut entry = recorder.assemble(ttl, AnswerFacts { usage, model });
+        entry.encoding = encoding;
+        entry.body_len = body_len;
         entry.created = created;
         entry.ttl = created.elapsed().map(|age| ttl + age).unwrap_or(ttl);
-        entry.usage = usage;
-        entry.model = model;
         Some(entry)
     }
 
@@ -301,32 +303,22 @@ fn header_records(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 
 /// Whether an encoded header block says its body is an event stream.
 fn is_event_stream_block(block: &[u8]) -> bool {
-    header_records(block).any(|(name, value)| {
-        name == b"content-type" && value.trim_ascii_start().starts_with(b"text/event-stream")
-    })
+    header_records(block)
+        .any(|(name, value)| name == b"content-type" && is_event_stream_type(value))
 }
 
 /// Whether `block` is a sequence of (name length, value length, name,
 /// value) records with valid header names and values, ending exactly.
 fn header_block_is_well_formed(block: &[u8]) -> bool {
-    let mut at = 0;
-    while at < block.len() {
-        if at + 4 > block.len() {
+    let mut covered = 0;
+    for (name, value) in header_records(block) {
+        if HeaderName::from_bytes(name).is_err() || HeaderValue::from_bytes(value).is_err() {
             return false;
         }
-        let name_len = usize::from(u16::from_le_bytes([block[at], block[at + 1]]));
-        let value_len = usize::from(u16::from_le_bytes([block[at + 2], block[at + 3]]));
-        let name_at = at + 4;
-        let value_at = name_at + name_len;
-        at = value_at + value_len;
-        if at > block.len()
-            || HeaderName::from_bytes(&block[name_at..value_at]).is_err()
-            || HeaderValue::from_bytes(&block[value_at..at]).is_err()
-        {
-            return false;
-        }
+        covered += 4 + name.len() + value.len();
     }
-    true
+    // Records stop at one cut off: the block must end with the last.
+    covered == block.len()
 }
 
 /// Records an answer into an entry as it streams past, up to a size limit.
@@ -400,7 +392,17 @@ impl EntryRecorder {
         Some(self.build(ttl))
     }
 
+    /// The entry, with its usage and model read from the recorded body.
     fn build(self, ttl: Duration) -> CachedResponse {
+        let facts = match &self.buffer {
+            Some(buffer) => AnswerFacts::of(&buffer[self.header_len..], self.event_stream),
+            None => AnswerFacts::default(),
+        };
+        self.assemble(ttl, facts)
+    }
+
+    /// The entry, with `facts` as its usage and model.
+    fn assemble(self, ttl: Duration, facts: AnswerFacts) -> CachedResponse {
         let buffer = self.buffer.unwrap_or_default();
         // Keep exactly what was recorded: a buffer that grew keeps spare
         // capacity, which would live as long as the entry.
@@ -409,7 +411,6 @@ impl EntryRecorder {
         } else {
             Bytes::copy_from_slice(&buffer)
         };
-        let facts = AnswerFacts::of(&data[self.header_len..], self.event_stream);
         CachedResponse {
             header_len: self.header_len,
             encoding: BodyEncoding::Identity,
@@ -442,8 +443,14 @@ pub fn stored_headers(headers: &HeaderMap) -> HeaderMap {
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+        .is_some_and(|v| is_event_stream_type(v.as_bytes()))
+}
+
+/// Whether a `content-type` value names an event stream.
+fn is_event_stream_type(content_type: &[u8]) -> bool {
+    content_type
+        .trim_ascii_start()
+        .starts_with(b"text/event-stream")
 }
 
 /// Whether a recorded SSE body ends with its provider's terminal event
@@ -475,15 +482,8 @@ fn is_unstorable_header(name: &HeaderName) -> bool {
 
 /// Whether the upstream forbids storing this response.
 pub fn upstream_forbids_store(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| {
-            let d = d.trim();
-            d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
-        })
+    crate::headers::list_items(headers, http::header::CACHE_CONTROL)
+        .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
 }
 
 /// What an answer says about itself: the tokens it cost and the model

@@ -81,13 +81,8 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
+    let listed: Vec<String> = list_items(headers, http::header::CONNECTION)
+        .map(str::to_ascii_lowercase)
         .collect();
     for name in listed {
         headers.remove(name.as_str());
@@ -100,6 +95,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in hop {
         headers.remove(name);
     }
+}
+
+/// The items of a comma-separated list header (`Connection`,
+/// `Cache-Control`, `Accept-Encoding`, …) over all its lines, trimmed;
+/// empty items and values that are not text are left out.
+pub fn list_items(
+    headers: &HeaderMap,
+    name: http::header::HeaderName,
+) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
 }
 
 /// Which tier: in `x-relaycache-tier`, the access log, metrics and `/stats`.

@@ -64,30 +64,26 @@ impl RequestPolicy {
                 .filter(|v| !v.is_empty())
                 .map(String::from),
         };
-        for value in headers.get_all(http::header::CACHE_CONTROL) {
-            let Ok(text) = value.to_str() else { continue };
-            for directive in text.split(',') {
-                let directive = directive.trim();
-                let (name, arg) = match directive.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (directive, None),
-                };
-                match (name.to_ascii_lowercase().as_str(), arg) {
-                    ("no-cache", _) => policy.lookup = false,
-                    ("no-store", _) => policy.store = false,
-                    ("only-if-cached", _) => policy.only_if_cached = true,
-                    ("stale-if-error", Some(seconds)) => {
-                        if let Ok(seconds) = seconds.parse::<u64>() {
-                            policy.stale_if_error = Some(Duration::from_secs(seconds));
-                        }
+        for directive in crate::headers::list_items(headers, http::header::CACHE_CONTROL) {
+            let (name, arg) = match directive.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                None => (directive, None),
+            };
+            match (name.to_ascii_lowercase().as_str(), arg) {
+                ("no-cache", _) => policy.lookup = false,
+                ("no-store", _) => policy.store = false,
+                ("only-if-cached", _) => policy.only_if_cached = true,
+                ("stale-if-error", Some(seconds)) => {
+                    if let Ok(seconds) = seconds.parse::<u64>() {
+                        policy.stale_if_error = Some(Duration::from_secs(seconds));
                     }
-                    ("max-age", Some(seconds)) => {
-                        if let Ok(seconds) = seconds.parse::<u64>() {
-                            policy.ttl = Duration::from_secs(seconds);
-                        }
-                    }
-                    _ => {}
                 }
+                ("max-age", Some(seconds)) => {
+                    if let Ok(seconds) = seconds.parse::<u64>() {
+                        policy.ttl = Duration::from_secs(seconds);
+                    }
+                }
+                _ => {}
             }
         }
         if let Some(ttl) = headers

@@ -82,7 +82,7 @@ pub(super) struct Metadata {
     pub(super) body_digest: String,
     /// How the body is stored (absent: as the upstream sent it).
     #[serde(default)]
-    pub(super) body_encoding: StoredEncoding,
+    pub(super) body_encoding: BodyEncoding,
     pub(super) headers: Vec<(String, String)>,
     pub(super) input_tokens: u64,
     pub(super) output_tokens: u64,
@@ -110,43 +110,12 @@ pub(super) fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// [`BodyEncoding`] as the metadata names it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum StoredEncoding {
-    #[default]
-    Identity,
-    Zstd,
-}
-
-impl From<BodyEncoding> for StoredEncoding {
-    fn from(encoding: BodyEncoding) -> Self {
-        match encoding {
-            BodyEncoding::Identity => Self::Identity,
-            BodyEncoding::Zstd => Self::Zstd,
-        }
-    }
-}
-
-impl From<StoredEncoding> for BodyEncoding {
-    fn from(encoding: StoredEncoding) -> Self {
-        match encoding {
-            StoredEncoding::Identity => Self::Identity,
-            StoredEncoding::Zstd => Self::Zstd,
-        }
-    }
-}
-
 impl Metadata {
-    /// The metadata of `entry`, whose body is stored as `stored_body`.
-    pub(super) fn describe(
-        key: &CacheKey,
-        entry: &CachedResponse,
-        stored_body: &[u8],
-        retention: Duration,
-    ) -> Self {
+    /// The metadata of `entry`'s object, whose body is the entry's body
+    /// as stored.
+    pub(super) fn describe(key: &CacheKey, entry: &CachedResponse, retention: Duration) -> Self {
         let created = unix_ms(entry.created);
-        let (encoding, _) = entry.stored_body();
+        let (encoding, stored_body) = entry.stored_body();
         Self {
             // A compressed body gets a format of its own, which readers
             // from before compression refuse rather than serve undecoded.
@@ -160,8 +129,8 @@ impl Metadata {
                 .saturating_add(u64::try_from(entry.ttl.as_millis()).unwrap_or(u64::MAX)),
             retention_until_ms: unix_ms(SystemTime::now() + retention),
             body_len: stored_body.len() as u64,
-            body_digest: blake3::hash(stored_body).to_hex().to_string(),
-            body_encoding: encoding.into(),
+            body_digest: blake3::hash(&stored_body).to_hex().to_string(),
+            body_encoding: encoding,
             headers: entry
                 .headers()
                 .iter()
@@ -188,8 +157,8 @@ impl Metadata {
     pub(super) fn decode(bytes: &[u8], key: &CacheKey) -> Option<Self> {
         let meta: Self = serde_json::from_slice(bytes).ok()?;
         let known_format = match meta.body_encoding {
-            StoredEncoding::Identity => meta.format == META_FORMAT,
-            StoredEncoding::Zstd => meta.format == META_FORMAT_ZSTD,
+            BodyEncoding::Identity => meta.format == META_FORMAT,
+            BodyEncoding::Zstd => meta.format == META_FORMAT_ZSTD,
         };
         (known_format && meta.key == key.to_string()).then_some(meta)
     }
@@ -226,7 +195,7 @@ impl Metadata {
         let ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(now));
         let mut entry = CachedResponse::restore(
             &headers,
-            self.body_encoding.into(),
+            self.body_encoding,
             &body,
             from_unix_ms(self.created_ms),
             ttl,

@@ -46,8 +46,8 @@ impl Inner {
         entry: &CachedResponse,
     ) -> Result<(), object_store::Error> {
         let (entry_path, _) = self.paths(key);
+        let meta = Metadata::describe(key, entry, self.settings.retention);
         let (_, stored_body) = entry.stored_body();
-        let meta = Metadata::describe(key, entry, &stored_body, self.settings.retention);
         self.store
             .put(
                 &entry_path,
