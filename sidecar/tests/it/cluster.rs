@@ -896,7 +896,8 @@ async fn a_client_knows_every_member_before_it_takes_traffic() {
 /// A miss at the key's primary owner calls nobody before the upstream: it
 /// holds whatever the cluster holds of its keys (writes reach it first,
 /// warm start and repair fill it after a restart), and its flight is the
-/// cluster's. At any other member a miss asks the replicas, then the owner.
+/// cluster's. At any other member a miss asks the replicas, then the owner,
+/// and its answer's write ends the flight there without another call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_at_the_keys_primary_owner_asks_no_other_member() {
     let upstream = mock().await;
@@ -917,7 +918,11 @@ async fn a_miss_at_the_keys_primary_owner_asks_no_other_member() {
                 .await
         }
     };
-    let (gets0, claims0) = (calls("get").await, calls("claim").await);
+    let (gets0, claims0, releases0) = (
+        calls("get").await,
+        calls("claim").await,
+        calls("release").await,
+    );
     const MISSES: u64 = 24;
     for i in 0..MISSES {
         let reply = post_messages(&members[0], "k", &question(&format!("owner-{i}")), &[]).await;
@@ -937,6 +942,18 @@ async fn a_miss_at_the_keys_primary_owner_asks_no_other_member() {
         "replica reads for {MISSES} misses: only those owned elsewhere"
     );
     assert_eq!(upstream.calls(), MISSES);
+    // A lead whose answer its Set landed at the owner is over there: ending
+    // the claim is enough, no Release call follows.
+    members[0]
+        .wait_for_stats("every write replicated", |s| {
+            s["cluster"]["writes"].as_u64() >= Some(MISSES)
+        })
+        .await;
+    assert_eq!(
+        calls("release").await - releases0,
+        0.0,
+        "Release calls after {claims} landed leads"
+    );
     // Every answer is still a hit at the other member.
     for i in 0..MISSES {
         let hit = post_messages(

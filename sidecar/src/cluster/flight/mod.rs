@@ -408,6 +408,13 @@ impl Cluster {
         let Some(held) = locked(&self.flight_table.held).remove(&key) else {
             return;
         };
+        let Some(failure) = failure else {
+            // Closing the claim's stream is the release: the owner ends a
+            // lead whose stream ends (see `LeadWatch`), and a lead the
+            // answer's `Set` landed is gone already. No call needed.
+            drop(held);
+            return;
+        };
         let cluster = Arc::clone(self);
         tokio::spawn(async move {
             // `held` keeps the claim open until the owner has the failure:
@@ -416,7 +423,7 @@ impl Cluster {
             let request = ReleaseRequest {
                 key: key.0.to_vec(),
                 lease: held.lease,
-                failure: failure.as_deref().map(failure_to_wire),
+                failure: Some(failure_to_wire(&failure)),
             };
             let timeout = cluster.timings.call_timeout;
             let ok = matches!(
