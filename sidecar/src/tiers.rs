@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crate::cluster::flight::Claimed;
-use crate::cluster::replication::ReserveCopy;
+use crate::cluster::replication::{OwnerRead, ReserveCopy};
 use crate::cluster::{Cluster, PeerTier};
 use crate::coalesce::UpstreamFailure;
 use crate::compression::Compression;
@@ -87,14 +87,23 @@ impl Tiers {
 
     /// The cluster, then the reserve. A hit is promoted into memory, and a
     /// reserve hit also into the cluster (with `origin`, the request, when
-    /// this process is a cluster client).
+    /// this process is a cluster client). `claim_follows`: a miss here goes
+    /// on to claim the key's flight at its primary owner (see
+    /// [`Tiers::claim`]), whose reply carries the owner's copy, so the
+    /// owner is not asked for it twice.
     pub async fn below_memory(
         &self,
         key: &CacheKey,
         origin: impl FnOnce() -> Option<KeyOrigin>,
+        claim_follows: bool,
     ) -> Option<(Arc<CachedResponse>, TierKind)> {
         if let Some(peers) = &self.peers {
-            if let Some(entry) = peers.lookup(key).await {
+            let owner = if claim_follows {
+                OwnerRead::LeftToTheClaim
+            } else {
+                OwnerRead::Asked
+            };
+            if let Some(entry) = peers.lookup(key, owner).await {
                 self.memory.insert(*key, Arc::clone(&entry));
                 return Some((entry, TierKind::Peer));
             }

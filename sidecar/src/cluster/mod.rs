@@ -31,6 +31,7 @@ pub mod service;
 pub mod tier;
 pub mod warmup;
 pub mod wire;
+pub mod writes;
 
 /// Code generated from `proto/relaycache/cluster/v1/cluster.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -38,6 +39,7 @@ pub mod proto {
     tonic::include_proto!("relaycache.cluster.v1");
 }
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +173,8 @@ pub struct Cluster {
     /// The flights this process leads or waits on, and those others lead
     /// here.
     flight_table: flight::FlightTable,
+    /// The replica writes on their way to each member, by member id.
+    replica_writes: std::sync::Mutex<HashMap<Arc<str>, Arc<writes::ReplicaWrites>>>,
 }
 
 /// What every entry from another process must meet, as an answer from the
@@ -233,6 +237,7 @@ impl Cluster {
                 coalesce.wait_timeout,
                 coalesce.max_waiters,
             ),
+            replica_writes: std::sync::Mutex::default(),
         }))
     }
 

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use super::membership::Member;
 use super::proto::{ClearRequest, DeleteRequest, GetRequest, PurgeRequest, SetRequest};
 use super::security::PeerClient;
 use super::wire::{entry_from_wire, entry_from_wire_within, entry_to_wire, origin_to_wire};
+use super::writes::ReplicaWrites;
 use super::Cluster;
 use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
@@ -30,6 +32,17 @@ fn keep_freshest(freshest: &mut Option<CachedResponse>, candidate: CachedRespons
     {
         *freshest = Some(candidate);
     }
+}
+
+/// Whether a replica read asks the key's primary owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerRead {
+    /// Every replica is asked.
+    Asked,
+    /// The primary owner is left out: a claim at it follows the read (a
+    /// flight's leader claims there next), and the claim's reply carries
+    /// the owner's copy, so a Get would ask it the same question twice.
+    LeftToTheClaim,
 }
 
 /// Whether a replicated entry also gets a copy in the reserve.
@@ -50,8 +63,10 @@ impl Cluster {
     }
 
     /// The freshest copy of `key` among its replicas, if `read_quorum`
-    /// replicas answered and one of them holds it.
-    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+    /// replicas answered and one of them holds it. With
+    /// [`OwnerRead::LeftToTheClaim`] the primary owner is not asked here;
+    /// it counts towards the quorum, as its claim answers for it.
+    pub async fn lookup(&self, key: &CacheKey, owner: OwnerRead) -> Option<Arc<CachedResponse>> {
         let view = self.view();
         if !self.has_quorum(&view) {
             self.metrics.cluster.skipped_below_quorum.inc();
@@ -74,10 +89,21 @@ impl Cluster {
         {
             return None;
         }
+        let claimed_later = |rank: usize, member: &Member| {
+            rank == 0 && owner == OwnerRead::LeftToTheClaim && !member.is_local()
+        };
+        if replicas
+            .first()
+            .is_some_and(|primary| claimed_later(0, primary))
+        {
+            answers += 1;
+        }
         let timeout = self.timings.call_timeout;
         let mut calls: FuturesUnordered<_> = replicas
             .iter()
-            .filter_map(|m| m.client.clone())
+            .enumerate()
+            .filter(|&(rank, member)| !claimed_later(rank, member))
+            .filter_map(|(_, member)| member.client.clone())
             .map(|mut client| async move {
                 let request = GetRequest {
                     key: key.0.to_vec(),
@@ -86,6 +112,10 @@ impl Cluster {
                 tokio::time::timeout(timeout, client.get(request)).await
             })
             .collect();
+        if calls.is_empty() && answers >= needed {
+            // Nobody left to ask, and the claim will ask the owner.
+            return None;
+        }
         let mut freshest: Option<CachedResponse> = None;
         while let Some(result) = calls.next().await {
             match result {
@@ -203,31 +233,20 @@ impl Cluster {
             admit_locally("this member is the primary owner");
         }
         let message = entry_to_wire(&key, &entry);
-        let timeout = self
-            .timings
-            .call_timeout
-            .max(std::time::Duration::from_secs(2));
         let mut calls: FuturesUnordered<_> = replicas
             .iter()
             .enumerate()
-            .filter_map(|(rank, m)| Some((rank, m.client.clone()?)))
-            .map(|(rank, mut client)| {
-                let request = SetRequest {
+            .filter_map(|(rank, member)| Some((rank, self.writes_to(member)?)))
+            .map(|(rank, writes)| {
+                let write = writes.write(SetRequest {
                     entry: Some(message.clone()),
                     admit_to_reserve: from_upstream && rank == 0,
                     origin: origin.clone(),
-                };
-                async move {
-                    (
-                        rank,
-                        tokio::time::timeout(timeout, client.set(request)).await,
-                    )
-                }
+                });
+                async move { (rank, write.await) }
             })
             .collect();
-        while let Some((rank, result)) = calls.next().await {
-            let ok = matches!(result, Ok(Ok(_)));
-            self.metrics.cluster.count_call(PeerCall::Set, ok);
+        while let Some((rank, ok)) = calls.next().await {
             if ok {
                 acks += 1;
             } else {
@@ -250,6 +269,29 @@ impl Cluster {
                 "cluster write missed write_quorum; the answer is served but may be missing from the cluster"
             );
         }
+    }
+
+    /// The write queue to `member`; `None` for this process itself.
+    fn writes_to(&self, member: &Member) -> Option<Arc<ReplicaWrites>> {
+        let client = member.client.as_ref()?;
+        let mut queues = self
+            .replica_writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let writes = queues.entry(Arc::clone(&member.id)).or_insert_with(|| {
+            // A write waits in the queue, then for its call: twice the
+            // call's own limit (at least 2 s, as answers may be large).
+            let timeout = self
+                .timings
+                .call_timeout
+                .max(std::time::Duration::from_secs(2));
+            Arc::new(ReplicaWrites::new(
+                client.clone(),
+                timeout,
+                Arc::clone(&self.metrics),
+            ))
+        });
+        Some(Arc::clone(writes))
     }
 
     /// Runs `call` against every other live member at once, counting each

@@ -13,8 +13,9 @@ use super::proto::cluster_server::{Cluster as ClusterRpc, ClusterServer};
 use super::proto::{
     ClaimRequest, ClearReply, ClearRequest, DeleteReply, DeleteRequest, FeedMessage, FeedReply,
     GetManyReply, GetManyRequest, GetReply, GetRequest, KeyVersion, PingReply, PingRequest,
-    PurgeReply, PurgeRequest, ReleaseReply, ReleaseRequest, ScanRequest, SetManyReply,
-    SetManyRequest, SetReply, SetRequest, VersionsReply, VersionsRequest,
+    PurgeReply, PurgeRequest, ReleaseReply, ReleaseRequest, ScanRequest, SetBatchReply,
+    SetBatchRequest, SetManyReply, SetManyRequest, SetOutcome, SetReply, SetRequest, VersionsReply,
+    VersionsRequest,
 };
 use super::security::{server_tls, Authenticate, Role, MAX_MESSAGE_BYTES};
 use super::wire::{
@@ -128,6 +129,27 @@ impl Service {
         )))
     }
 
+    /// One write, from Set or SetBatch: the entry is stored unless a newer
+    /// copy is held (true if stored); a client's write must carry its
+    /// request's origin, whose scope the entry takes.
+    fn apply_set(&self, role: Role, request: SetRequest) -> Result<bool, Status> {
+        let wire = request
+            .entry
+            .ok_or_else(|| Status::invalid_argument("set needs an entry"))?;
+        let Some((key, mut entry)) = entry_from_wire(&wire) else {
+            // Expired in flight, or malformed: nothing to keep.
+            return Ok(false);
+        };
+        let scope = self.own_request_of_client(role, &key, request.origin, "store an answer")?;
+        if let Some((tenant, namespace)) = scope {
+            // A client's word on whose answer it is counts for nothing:
+            // the scope is the origin's, as the key is.
+            entry.tenant = Some(tenant);
+            entry.namespace = namespace;
+        }
+        Ok(self.store(key, entry, request.admit_to_reserve))
+    }
+
     /// Stores an entry unless a newer copy is held. True if stored. Either
     /// way, a flight another process leads here for the key lands with
     /// the copy held.
@@ -215,24 +237,33 @@ impl ClusterRpc for Service {
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetReply>, Status> {
         let role = role_of(&request);
-        let request = request.into_inner();
-        let wire = request
-            .entry
-            .ok_or_else(|| Status::invalid_argument("set needs an entry"))?;
-        let Some((key, entry)) = entry_from_wire(&wire) else {
-            // Expired in flight, or malformed: nothing to keep.
-            return Ok(Response::new(SetReply { stored: false }));
-        };
-        let scope = self.own_request_of_client(role, &key, request.origin, "store an answer")?;
-        let mut entry = entry;
-        if let Some((tenant, namespace)) = scope {
-            // A client's word on whose answer it is counts for nothing:
-            // the scope is the origin's, as the key is.
-            entry.tenant = Some(tenant);
-            entry.namespace = namespace;
-        }
-        let stored = self.store(key, entry, request.admit_to_reserve);
+        let stored = self.apply_set(role, request.into_inner())?;
         Ok(Response::new(SetReply { stored }))
+    }
+
+    async fn set_batch(
+        &self,
+        request: Request<SetBatchRequest>,
+    ) -> Result<Response<SetBatchReply>, Status> {
+        let role = role_of(&request);
+        let writes = request.into_inner().writes;
+        if writes.len() > MAX_BATCH_KEYS {
+            return Err(too_many(writes.len()));
+        }
+        let outcomes = writes
+            .into_iter()
+            .map(|write| match self.apply_set(role, write) {
+                Ok(stored) => SetOutcome {
+                    stored,
+                    refused: String::new(),
+                },
+                Err(status) => SetOutcome {
+                    stored: false,
+                    refused: status.message().to_string(),
+                },
+            })
+            .collect();
+        Ok(Response::new(SetBatchReply { outcomes }))
     }
 
     async fn set_many(

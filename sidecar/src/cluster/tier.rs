@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::replication::ReserveCopy;
+use super::replication::{OwnerRead, ReserveCopy};
 use super::Cluster;
 use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
@@ -30,9 +30,10 @@ impl PeerTier {
         &self.cluster
     }
 
-    /// The freshest copy among the key's replicas.
-    pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
-        self.cluster.lookup(key).await
+    /// The freshest copy among the key's replicas (the primary owner left
+    /// out when `owner` says a claim there follows).
+    pub async fn lookup(&self, key: &CacheKey, owner: OwnerRead) -> Option<Arc<CachedResponse>> {
+        self.cluster.lookup(key, owner).await
     }
 
     /// A copy among the key's replicas that expired no longer ago than
@@ -84,7 +85,7 @@ impl Tier for PeerTier {
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>> {
-        Box::pin(async move { Ok(self.lookup(key).await) })
+        Box::pin(async move { Ok(self.lookup(key, OwnerRead::Asked).await) })
     }
 
     fn set<'a>(&'a self, key: CacheKey, entry: Arc<CachedResponse>) -> TierFuture<'a, ()> {

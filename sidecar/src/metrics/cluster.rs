@@ -101,6 +101,8 @@ pub enum PeerCall {
     Get,
     /// Write one entry to a replica.
     Set,
+    /// Write the entries queued for a replica (see `cluster::writes`).
+    SetBatch,
     /// Write a batch of entries (handoff, repair).
     SetMany,
     /// List versions (repair).
@@ -125,9 +127,10 @@ pub enum PeerCall {
 
 impl PeerCall {
     /// Every call, in declaration order.
-    pub const ALL: [PeerCall; 12] = [
+    pub const ALL: [PeerCall; 13] = [
         PeerCall::Get,
         PeerCall::Set,
+        PeerCall::SetBatch,
         PeerCall::SetMany,
         PeerCall::Versions,
         PeerCall::Delete,
@@ -145,6 +148,7 @@ impl PeerCall {
         match self {
             PeerCall::Get => "get",
             PeerCall::Set => "set",
+            PeerCall::SetBatch => "set_batch",
             PeerCall::SetMany => "set_many",
             PeerCall::Versions => "versions",
             PeerCall::Delete => "delete",

@@ -93,7 +93,7 @@ impl Proxy {
                 return self.serve_keyed_hit(&entry, &keyed, TierKind::Memory, log);
             }
             let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
-            if let Some((entry, tier)) = self.tiers.below_memory(&keyed.key, origin).await {
+            if let Some((entry, tier)) = self.tiers.below_memory(&keyed.key, origin, false).await {
                 log.reserve_used = tier == TierKind::Reserve;
                 return self.serve_keyed_hit(&entry, &keyed, tier, log);
             }
@@ -128,7 +128,10 @@ impl Proxy {
             return self.fetch(keyed, upstream, status, leader, log).await;
         }
         let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
-        if let Some((entry, tier)) = self.tiers.below_memory(&keyed.key, origin).await {
+        // A leader claims the key's flight at its owner next.
+        let claim_follows = leader.is_some() && self.tiers.has_cluster();
+        let below = self.tiers.below_memory(&keyed.key, origin, claim_follows);
+        if let Some((entry, tier)) = below.await {
             if let Some(leader) = leader {
                 leader.land(Some(Arc::clone(&entry)));
             }

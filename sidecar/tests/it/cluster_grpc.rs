@@ -9,7 +9,7 @@ use http::{HeaderMap, Method};
 use relaycache::cluster::proto::cluster_client::ClusterClient;
 use relaycache::cluster::proto::{
     self, ClearRequest, DeleteRequest, GetManyRequest, GetRequest, PingRequest, ScanRequest,
-    SetManyRequest, SetRequest, VersionsRequest,
+    SetBatchRequest, SetManyRequest, SetRequest, VersionsRequest,
 };
 use relaycache::cluster::wire::{entry_from_wire, entry_to_wire, version_from_wire};
 use relaycache::config::Config;
@@ -693,6 +693,70 @@ async fn a_client_stores_only_the_answers_to_its_own_requests() {
         (theirs.cache_status(), theirs.mock_call().as_str()),
         ("hit", "1")
     );
+}
+
+/// SetBatch carries the writes that queue up for a member; each write in
+/// it is held to what Set holds it to, so a batch cannot smuggle a forged
+/// answer in among genuine ones.
+#[tokio::test]
+async fn a_clients_batch_stores_only_the_answers_to_its_own_requests() {
+    let upstream = mock().await;
+    let (relay, config, grpc) = member_with_roles(&upstream.url()).await;
+    let body = question("batched wording");
+    let victim = post_messages(&relay, "victim-key", &body, &[]).await;
+    let victim_key = CacheKey::from_hex(victim.header("x-relaycache-key")).expect("hex key");
+    let (own_key, origin) = client_request(&config, "attacker-key", &body);
+    let offer = |key: &CacheKey, text: &str, origin: Option<proto::Origin>| SetRequest {
+        entry: Some(entry(key, text, at(now_ms() + 500, 0))),
+        admit_to_reserve: false,
+        origin,
+    };
+    let mut attacker = grpc_client(&grpc).await;
+    let outcomes = attacker
+        .set_batch(with_token(
+            SetBatchRequest {
+                writes: vec![
+                    offer(&victim_key, "forged, no origin", None),
+                    offer(&victim_key, "forged, own origin", Some(origin.clone())),
+                    offer(&own_key, "own answer", Some(origin.clone())),
+                ],
+            },
+            CLIENT_TOKEN,
+        ))
+        .await
+        .expect("a client's batch is answered write by write")
+        .into_inner()
+        .outcomes;
+    let taken: Vec<(bool, bool)> = outcomes
+        .iter()
+        .map(|o| (o.stored, o.refused.is_empty()))
+        .collect();
+    assert_eq!(taken, vec![(false, false), (false, false), (true, true)]);
+    assert!(
+        outcomes[0].refused.contains("only for its own request"),
+        "{:?}",
+        outcomes[0].refused
+    );
+    assert_eq!(refused(&relay, "forged_key").await, 2.0);
+    let theirs = post_messages(&relay, "victim-key", &body, &[]).await;
+    assert_eq!(
+        (theirs.cache_status(), theirs.mock_call().as_str()),
+        ("hit", "1"),
+        "the victim was served {:?}",
+        theirs.text()
+    );
+    let own = post_messages(&relay, "attacker-key", &body, &[]).await;
+    assert_eq!(
+        (own.cache_status(), own.text()),
+        ("hit", "own answer".to_string())
+    );
+    // A batch is bounded like every other batched call.
+    let writes = vec![offer(&own_key, "x", Some(origin.clone())); 4097];
+    let status = attacker
+        .set_batch(with_token(SetBatchRequest { writes }, CLIENT_TOKEN))
+        .await
+        .expect_err("4,097 writes in one call");
+    assert!(status.message().contains("at most 4096"), "{status}");
 }
 
 #[tokio::test]
