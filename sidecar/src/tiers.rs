@@ -190,13 +190,8 @@ impl Tiers {
         entry: &Arc<CachedResponse>,
         origin: Option<KeyOrigin>,
     ) {
-        self.memory.insert(key, Arc::clone(entry));
-        match (&self.peers, &self.reserve) {
-            (Some(peers), _) => {
-                peers.replicate(key, Arc::clone(entry), ReserveCopy::ByPrimaryOwner, origin)
-            }
-            (None, Some(reserve)) => reserve.admit(key, entry),
-            (None, None) => {}
+        if let Some(peers) = self.store_here(key, entry) {
+            peers.replicate(key, Arc::clone(entry), ReserveCopy::ByPrimaryOwner, origin);
         }
     }
 
@@ -205,16 +200,26 @@ impl Tiers {
     /// when this returns, so a caller storing many keeps the number of
     /// writes in flight to what it awaits at once.
     pub async fn store_and_replicate(&self, key: CacheKey, entry: Arc<CachedResponse>) {
-        self.memory.insert(key, Arc::clone(&entry));
+        if let Some(peers) = self.store_here(key, &entry) {
+            peers
+                .cluster()
+                .replicate(key, entry, ReserveCopy::ByPrimaryOwner, None)
+                .await;
+        }
+    }
+
+    /// Stores a new entry in memory and, without a cluster, in the reserve.
+    /// The cluster, when there is one, is the caller's to write (it writes
+    /// the reserve copy too).
+    fn store_here(&self, key: CacheKey, entry: &Arc<CachedResponse>) -> Option<&PeerTier> {
+        self.memory.insert(key, Arc::clone(entry));
         match (&self.peers, &self.reserve) {
-            (Some(peers), _) => {
-                peers
-                    .cluster()
-                    .replicate(key, entry, ReserveCopy::ByPrimaryOwner, None)
-                    .await;
+            (Some(peers), _) => Some(peers),
+            (None, Some(reserve)) => {
+                reserve.admit(key, entry);
+                None
             }
-            (None, Some(reserve)) => reserve.admit(key, &entry),
-            (None, None) => {}
+            (None, None) => None,
         }
     }
 

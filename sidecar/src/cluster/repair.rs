@@ -11,6 +11,7 @@ use futures::future::join_all;
 use super::handoff::{Outbox, BATCH_ENTRIES};
 use super::proto::VersionsRequest;
 use super::security::PeerClient;
+use super::warmup::Pace;
 use super::wire::{entry_to_wire, version_from_wire};
 use super::{Cluster, View};
 use crate::entry::CachedResponse;
@@ -44,10 +45,10 @@ impl Cluster {
             return;
         }
         let count = (self.settings.replica_count as usize).min(view.members.len());
-        let rate = f64::from(self.settings.repair_rate.max(1));
+        let mut pace = Pace::new(self.settings.repair_rate);
         let timeout = self.timings.call_timeout.max(Duration::from_secs(2));
         let started = Instant::now();
-        let (mut short, mut repaired, mut sent) = (0u64, 0u64, 0u64);
+        let (mut short, mut repaired) = (0u64, 0u64);
         let entries = self.memory.entries();
         // Chunks no larger than a second's worth, so that even the first
         // one keeps to repair_rate rather than arriving as one burst.
@@ -62,13 +63,9 @@ impl Cluster {
             if queued > 0 {
                 let stored = outbox.send(self, timeout).await;
                 repaired += stored;
-                sent += queued;
                 self.metrics.cluster.repaired.inc_by(stored);
                 // Keep to repair_rate: wait until the entries sent so far fit.
-                let due = Duration::from_secs_f64(sent as f64 / rate);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(wait).await;
-                }
+                pace.add(queued).await;
             }
         }
         // What the pass found, before it copied anything: the figure that

@@ -56,6 +56,16 @@ pub enum ReserveCopy {
     NotNeeded,
 }
 
+/// What became of an entry another process offered.
+pub(super) enum Kept {
+    /// Stored: newer than any copy held.
+    Stored(Arc<CachedResponse>),
+    /// Not stored: this copy, as new or newer, is held already.
+    HeldAlready(Arc<CachedResponse>),
+    /// Refused by the entry checks (see `Cluster::admit`).
+    Refused,
+}
+
 impl Cluster {
     /// A version for an entry about to be stored.
     pub fn next_version(&self) -> Version {
@@ -292,6 +302,23 @@ impl Cluster {
             ))
         });
         Some(Arc::clone(writes))
+    }
+
+    /// Stores an entry from another process unless the entry checks refuse
+    /// it or a version as new is held.
+    pub(super) fn keep_newer(&self, key: CacheKey, entry: CachedResponse) -> Kept {
+        let Some(entry) = self.admit(entry) else {
+            return Kept::Refused;
+        };
+        self.observe(entry.version);
+        if let Some(held) = self.memory.lookup(&key) {
+            if held.version >= entry.version {
+                return Kept::HeldAlready(held);
+            }
+        }
+        let entry = Arc::new(entry);
+        self.memory.insert(key, Arc::clone(&entry));
+        Kept::Stored(entry)
     }
 
     /// Runs `call` against every other live member at once, counting each

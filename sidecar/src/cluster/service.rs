@@ -17,6 +17,7 @@ use super::proto::{
     SetBatchRequest, SetManyReply, SetManyRequest, SetOutcome, SetReply, SetRequest, VersionsReply,
     VersionsRequest,
 };
+use super::replication::Kept;
 use super::security::{server_tls, Authenticate, Role, MAX_MESSAGE_BYTES};
 use super::wire::{
     entry_from_wire, entry_to_wire, failure_from_wire, key_from_wire, origin_from_wire,
@@ -155,23 +156,20 @@ impl Service {
     /// the copy held.
     fn store(&self, key: CacheKey, entry: CachedResponse, admit_to_reserve: bool) -> bool {
         let cluster = &self.0;
-        let Some(entry) = cluster.admit(entry) else {
-            return false;
-        };
-        cluster.observe(entry.version);
-        if let Some(held) = cluster.memory.lookup(&key) {
-            if held.version >= entry.version {
-                cluster.land_remote_lead(&key, &held);
-                return false;
+        match cluster.keep_newer(key, entry) {
+            Kept::Stored(entry) => {
+                if let (true, Some(reserve)) = (admit_to_reserve, &cluster.reserve) {
+                    reserve.admit(key, &entry);
+                }
+                cluster.land_remote_lead(&key, &entry);
+                true
             }
+            Kept::HeldAlready(held) => {
+                cluster.land_remote_lead(&key, &held);
+                false
+            }
+            Kept::Refused => false,
         }
-        let entry = Arc::new(entry);
-        cluster.memory.insert(key, Arc::clone(&entry));
-        if let (true, Some(reserve)) = (admit_to_reserve, &cluster.reserve) {
-            reserve.admit(key, &entry);
-        }
-        cluster.land_remote_lead(&key, &entry);
-        true
     }
 }
 

@@ -20,6 +20,7 @@ use tonic::Status;
 
 use super::placement;
 use super::proto::{ScanReply, ScanRequest};
+use super::replication::Kept;
 use super::security::PeerClient;
 use super::wire::{entry_from_wire, entry_to_wire};
 use super::{Cluster, View};
@@ -242,7 +243,7 @@ impl Cluster {
         let result = async {
             let mut entries = scanned(client, request).await?;
             while let Some((key, entry)) = entries.next().await.transpose()? {
-                if self.keep_newer(key, entry) {
+                if matches!(self.keep_newer(key, entry), Kept::Stored(_)) {
                     stored += 1;
                     self.metrics.cluster.warmed_from_members.inc();
                 }
@@ -255,24 +256,6 @@ impl Cluster {
             .cluster
             .count_call(PeerCall::Scan, result.is_ok());
         result.map(|()| stored).map_err(|status| (stored, status))
-    }
-
-    /// Stores an entry from another member unless it is refused or a
-    /// version as new is held. True if stored.
-    pub(super) fn keep_newer(&self, key: CacheKey, entry: CachedResponse) -> bool {
-        let Some(entry) = self.admit(entry) else {
-            return false;
-        };
-        self.observe(entry.version);
-        if self
-            .memory
-            .lookup(&key)
-            .is_some_and(|held| held.version >= entry.version)
-        {
-            return false;
-        }
-        self.memory.insert(key, Arc::new(entry));
-        true
     }
 
     /// Waits until the probes have found every configured peer, at most one
@@ -364,15 +347,16 @@ async fn scanned(
         .try_flatten())
 }
 
-/// Keeps a pull to `rate` entries a second, measured from its start.
-struct Pace {
+/// Keeps a pull or a repair pass to `rate` entries a second, measured
+/// from its start.
+pub(super) struct Pace {
     started: Instant,
     rate: f64,
     done: u64,
 }
 
 impl Pace {
-    fn new(rate: u32) -> Self {
+    pub(super) fn new(rate: u32) -> Self {
         Self {
             started: Instant::now(),
             rate: f64::from(rate.max(1)),
@@ -380,9 +364,14 @@ impl Pace {
         }
     }
 
-    /// Counts one entry and waits if the pull is ahead of its rate.
+    /// Counts one entry and waits if the work is ahead of its rate.
     async fn one_more(&mut self) {
-        self.done += 1;
+        self.add(1).await;
+    }
+
+    /// Counts `entries` and waits if the work is ahead of its rate.
+    pub(super) async fn add(&mut self, entries: u64) {
+        self.done += entries;
         let due = Duration::from_secs_f64(self.done as f64 / self.rate);
         if let Some(wait) = due.checked_sub(self.started.elapsed()) {
             // Sleeping per entry would cost more than the entries; wait in
