@@ -16,7 +16,7 @@ use crate::cluster::flight::Claimed;
 use crate::cluster::replication::{OwnerRead, ReserveCopy};
 use crate::cluster::{Cluster, PeerTier};
 use crate::coalesce::UpstreamFailure;
-use crate::compression::Compression;
+use crate::compression::{BodyEncoding, Compression};
 use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::headers::TierKind;
@@ -57,6 +57,16 @@ impl Tiers {
     /// it.
     pub fn compress(&self, entry: CachedResponse) -> CachedResponse {
         entry.compressed(self.compression.as_ref())
+    }
+
+    /// A reserve entry stored as received (written while compression was
+    /// off, or by a release from before it) in the form a new answer takes,
+    /// so that memory and the cluster keep it compressed from now on.
+    fn kept_as_new(&self, entry: Arc<CachedResponse>) -> Arc<CachedResponse> {
+        if self.compression.is_none() || entry.stored_body().0 != BodyEncoding::Identity {
+            return entry;
+        }
+        Arc::new(self.compress(CachedResponse::clone(&entry)))
     }
 
     /// L1.
@@ -109,6 +119,7 @@ impl Tiers {
             }
         }
         let entry = self.reserve.as_ref()?.lookup(key).await?;
+        let entry = self.kept_as_new(entry);
         self.memory.insert(*key, Arc::clone(&entry));
         if let Some(peers) = &self.peers {
             peers.replicate(*key, Arc::clone(&entry), ReserveCopy::NotNeeded, origin());
@@ -275,6 +286,62 @@ impl Tiers {
             if let Err(err) = reserve.close().await {
                 tracing::warn!(%err, "closing the reserve; queued writes may be lost");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, HeaderValue};
+
+    use super::*;
+    use crate::config::{CompressionConfig, ReserveConfig};
+    use crate::metrics::Metrics;
+
+    /// A reserve entry written as received, as every entry was before
+    /// compression and is while `codec: none`, is compressed when it is
+    /// promoted: memory holds the frame, which decodes to the answer.
+    #[tokio::test]
+    async fn a_plain_reserve_entry_is_kept_compressed_once_read_back() {
+        let metrics = Arc::new(Metrics::new());
+        let reserve = ReserveTier::open(
+            &ReserveConfig {
+                url: "memory://".into(),
+                min_ttl: Duration::from_secs(1),
+                ..ReserveConfig::default()
+            },
+            Arc::clone(&metrics),
+        )
+        .expect("a memory reserve");
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let text = "the same plain sentence, again and again. ".repeat(100);
+        let answer = format!(r#"{{"content":[{{"type":"text","text":"{text}"}}]}}"#);
+        let plain = Arc::new(CachedResponse::new(
+            &headers,
+            answer.as_bytes(),
+            Duration::from_secs(600),
+        ));
+        assert_eq!(plain.stored_body().0, BodyEncoding::Identity);
+        let key = CacheKey([7; 32]);
+        reserve.admit(key, &plain);
+        assert!(reserve.flush(Duration::from_secs(5)).await, "written");
+
+        let memory = MemoryTier::new(1 << 20, Duration::ZERO, metrics.proxy.evictions.clone());
+        let compression = Compression::from_config(&CompressionConfig::default());
+        let tiers = Tiers::new(memory, None, Some(reserve), compression);
+        let (found, tier) = tiers
+            .below_memory(&key, || None, false)
+            .await
+            .expect("a reserve hit");
+        assert_eq!(tier, TierKind::Reserve);
+        let held = tiers.in_memory(&key).expect("promoted to memory");
+        for entry in [&found, &held] {
+            assert_eq!(entry.stored_body().0, BodyEncoding::Zstd);
+            assert!(entry.stored_body().1.len() * 4 < answer.len());
+            assert_eq!(entry.body(), answer.as_bytes());
         }
     }
 }
