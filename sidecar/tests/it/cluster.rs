@@ -893,6 +893,52 @@ async fn a_client_knows_every_member_before_it_takes_traffic() {
     assert_eq!(upstream.calls(), 1);
 }
 
+/// A member that crashes takes its copies with it (no handoff). Placement
+/// ranks the members for each key, and dropping one keeps the others'
+/// order: each key it held is now owned first by the member that held the
+/// other copy. So the primary owner's shortcut (a member whose warm start
+/// pulled its share asks no one about its own keys) still finds every
+/// answer, with repair slowed to one entry a second so that it cannot
+/// have copied them over first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_member_crashes_its_keys_new_owners_still_answer_from_the_cache() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let mut members = start_cluster_with(&upstream.url(), &addresses, 2, |_, ha| {
+        ha.repair_rate = 1;
+    });
+    wait_all(&members, 3).await;
+    for member in &members {
+        member.wait_ready(Duration::from_secs(30)).await;
+    }
+    const ANSWERS: u64 = 40;
+    let questions: Vec<String> = (0..ANSWERS)
+        .map(|i| question(&format!("moved {i}")))
+        .collect();
+    for body in &questions {
+        let reply = post_messages(&members[1], "k", body, &[]).await;
+        assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
+    }
+    members[1]
+        .wait_for_stats("every write replicated", |s| {
+            s["cluster"]["writes"].as_u64() >= Some(ANSWERS)
+        })
+        .await;
+    // No handoff: its copies are gone with it.
+    members[2].kill_hard();
+    members[0].wait_for_members(2).await;
+    members[1].wait_for_members(2).await;
+    for (i, body) in questions.iter().enumerate() {
+        let reply = post_messages(&members[0], "k", body, &[]).await;
+        assert_eq!(
+            (reply.status, reply.cache_status()),
+            (200, "hit"),
+            "moved {i} went to the upstream"
+        );
+    }
+    assert_eq!(upstream.calls(), ANSWERS);
+}
+
 /// A miss at the key's primary owner calls nobody before the upstream: it
 /// holds whatever the cluster holds of its keys (writes reach it first,
 /// warm start and repair fill it after a restart), and its flight is the
