@@ -42,7 +42,7 @@ mod metadata;
 mod store;
 
 use metadata::{decode_object, unix_ms, Keep};
-use store::{sweep_forever, write_behind};
+use store::{start_writer, sweep_forever};
 
 /// Version of the metadata format; entries of another version are misses.
 /// 2: `body_digest`. 3: one object per entry, retention markers.
@@ -98,6 +98,8 @@ struct Inner {
     census: Census,
     /// How long expired entries are kept for stale-if-error, in ms.
     keep_stale_ms: std::sync::atomic::AtomicU64,
+    /// The directory `root` is, for a local (`file://`) store.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// The object-storage tier.
@@ -162,9 +164,11 @@ impl ReserveTier {
             metrics,
             census: Census::default(),
             keep_stale_ms: std::sync::atomic::AtomicU64::new(0),
+            local_root: url.to_file_path().ok().map(|dir| dir.join("v2")),
         });
         let (jobs, queue) = mpsc::channel(settings.queue);
-        tokio::spawn(write_behind(Arc::clone(&inner), queue));
+        start_writer(Arc::clone(&inner), queue, url.scheme() == "file")
+            .map_err(|e| open_error(format!("cannot start the reserve's writer: {e}")))?;
         tokio::spawn(sweep_forever(Arc::clone(&inner)));
         Ok(Self { inner, jobs })
     }
@@ -220,6 +224,9 @@ impl ReserveTier {
         stale_within: Option<Duration>,
     ) -> Option<Arc<CachedResponse>> {
         let inner = &self.inner;
+        if inner.surely_absent(key) {
+            return None;
+        }
         let (entry_path, keep_path) = inner.paths(key);
         let object = match inner.get_if_present(&entry_path).await {
             Ok(Some(object)) => object,
@@ -310,7 +317,7 @@ impl ReserveTier {
 
     fn enqueue(&self, job: Job) {
         // Counted before it is queued, and until it is done (see
-        // `write_behind`): one gauge that `flush` can trust.
+        // `start_writer`): one gauge that `flush` can trust.
         self.inner.metrics.reserve.writes_in_flight.inc();
         if self.jobs.try_send(job).is_err() {
             self.inner.metrics.reserve.writes_in_flight.dec();

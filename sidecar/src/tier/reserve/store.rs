@@ -19,6 +19,9 @@ use crate::entry::filter::EntryFilter;
 use crate::entry::CachedResponse;
 use crate::key::CacheKey;
 
+/// How long the local writer lets jobs gather after it emptied the queue.
+const LOCAL_WRITER_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Bytes read from the start of an entry object to find its metadata:
 /// enough for any answer's headers, so one ranged read usually does.
 const HEADER_PROBE_BYTES: u64 = 8 * 1024;
@@ -32,6 +35,21 @@ impl Inner {
             shard.child(format!("{hex}.entry")),
             shard.child(format!("{hex}.keep")),
         )
+    }
+
+    /// Whether a local store certainly has no entry under `key`: one stat
+    /// of its file, on the request's thread. Every miss asks the reserve,
+    /// and a local store's read goes through the blocking pool, whose
+    /// handoff costs far more than the stat; a stat needs only the
+    /// directory, which the kernel keeps cached. Anything but "not found"
+    /// leaves the answer to the store.
+    pub(super) fn surely_absent(&self, key: &CacheKey) -> bool {
+        let Some(root) = &self.local_root else {
+            return false;
+        };
+        let hex = key.to_string();
+        let file = root.join(&hex[..2]).join(format!("{hex}.entry"));
+        matches!(std::fs::symlink_metadata(file), Err(err) if err.kind() == std::io::ErrorKind::NotFound)
     }
 
     pub(super) fn failed(&self, operation: &'static str, err: &object_store::Error) {
@@ -383,7 +401,47 @@ impl Inner {
     }
 }
 
-pub(super) async fn write_behind(inner: Arc<Inner>, mut queue: mpsc::Receiver<Job>) {
+/// Starts the writer that drains `queue`: a thread of its own for a local
+/// store, tasks on the runtime for a remote one.
+pub(super) fn start_writer(
+    inner: Arc<Inner>,
+    queue: mpsc::Receiver<Job>,
+    local: bool,
+) -> std::io::Result<()> {
+    if local {
+        std::thread::Builder::new()
+            .name("relaycache-reserve".into())
+            .spawn(move || write_locally(inner, queue))?;
+    } else {
+        tokio::spawn(write_behind(inner, queue));
+    }
+    Ok(())
+}
+
+/// Writes a local store's jobs one after another on this thread, which
+/// runs outside the tokio runtime: the local store then does its file
+/// work right here. Inside the runtime it hands every operation to the
+/// blocking pool, and on a miss that handoff (futex wakes and context
+/// switches) cost as much CPU as creating, writing and renaming the file.
+/// A local file system does not stall like a network store, so
+/// `write_timeout` is not applied here.
+fn write_locally(inner: Arc<Inner>, mut queue: mpsc::Receiver<Job>) {
+    let run = |job| {
+        futures::executor::block_on(inner.run_job(job));
+        inner.metrics.reserve.writes_in_flight.dec();
+    };
+    while let Some(job) = queue.blocking_recv() {
+        run(job);
+        while let Ok(job) = queue.try_recv() {
+            run(job);
+        }
+        // Let jobs gather before waiting again: while the writer waits,
+        // every queued job costs its request a wake-up of this thread.
+        std::thread::sleep(LOCAL_WRITER_PAUSE);
+    }
+}
+
+async fn write_behind(inner: Arc<Inner>, mut queue: mpsc::Receiver<Job>) {
     let slots = Arc::new(Semaphore::new(WRITE_CONCURRENCY));
     while let Some(job) = queue.recv().await {
         // Counted since `enqueue`, so that `flush` never sees a job

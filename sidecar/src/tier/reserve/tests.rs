@@ -444,3 +444,71 @@ async fn sweep_removes_markers_without_entries_and_expired_legacy_objects() {
     }
     assert_eq!(metrics.reserve.expired.get(), 1, "past its retention");
 }
+
+/// Runs `test` on a runtime whose only blocking thread is taken by
+/// something else for as long as `test` runs.
+fn with_the_blocking_pool_taken<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    runtime.block_on(async move {
+        let (taken, is_taken) = tokio::sync::oneshot::channel();
+        let busy = tokio::task::spawn_blocking(move || {
+            let _ = taken.send(());
+            let _ = held.recv();
+        });
+        is_taken.await.unwrap();
+        test().await;
+        release.send(()).unwrap();
+        busy.await.unwrap();
+    });
+}
+
+/// A local reserve's writes do their file work on the reserve's own
+/// thread: with the runtime's only blocking thread taken by something
+/// else, entries still reach their files. (Handing each write to the
+/// blocking pool cost as much CPU as the file system's own work on a
+/// miss, and here it would wait forever.)
+#[test]
+fn a_local_reserve_writes_without_the_blocking_pool() {
+    with_the_blocking_pool_taken(|| async {
+        let (dir, metrics, reserve) = file_reserve();
+        for n in 0..3u8 {
+            reserve.admit(CacheKey([n; 32]), &entry(Duration::from_secs(60)));
+        }
+        let flushed = reserve.flush(Duration::from_secs(5)).await;
+        let in_flight = metrics.reserve.writes_in_flight.get();
+        assert!(flushed, "{in_flight} writes still waiting after 5 s");
+        assert_eq!(metrics.reserve.writes.get(), 3);
+        let objects = walkdir(dir.path());
+        assert_eq!(objects.len(), 3, "{objects:?}");
+    });
+}
+
+/// A key a local reserve does not hold is a miss at once, without a
+/// blocking-pool handoff (every miss of the proxy asks the reserve), and
+/// is not counted as a failure; a key it holds is still found.
+#[test]
+fn a_local_reserve_answers_a_miss_without_the_blocking_pool() {
+    let mut opened = None;
+    with_the_blocking_pool_taken(|| async {
+        let (dir, metrics, reserve) = file_reserve();
+        reserve.admit(CacheKey([1; 32]), &entry(Duration::from_secs(60)));
+        written(&reserve, &metrics, 1).await;
+        let absent =
+            tokio::time::timeout(Duration::from_secs(5), reserve.lookup(&CacheKey([2; 32])))
+                .await
+                .expect("a miss must not wait for the blocking pool");
+        assert!(absent.is_none());
+        assert_eq!(metrics.reserve.failures.get(), 0);
+        opened = Some((dir, reserve));
+    });
+    let (dir, reserve) = opened.unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let found = runtime.block_on(reserve.lookup(&CacheKey([1; 32])));
+    assert!(found.is_some(), "the entry in {:?} is found", dir.path());
+}
