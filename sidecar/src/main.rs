@@ -9,13 +9,6 @@ use clap::{Parser, Subcommand};
 use relaycache::cli::{CacheCommand, ConfigCommand, KeyCommand, TopArgs};
 use relaycache::config::{Config, NoticeLevel};
 
-/// mimalloc instead of the C library's allocator: the process holds many
-/// long-lived entries between short-lived request buffers, where it keeps
-/// less memory per stored answer and spends less time allocating (see
-/// docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "relaycache",
