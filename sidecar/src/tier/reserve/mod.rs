@@ -49,6 +49,9 @@ use store::{start_writer, sweep_forever};
 const META_FORMAT: u32 = 3;
 /// The format of an entry whose body is stored as a zstd frame.
 const META_FORMAT_ZSTD: u32 = 4;
+/// The directory under the prefix that holds entries of the one-object
+/// layout.
+const LAYOUT_DIR: &str = "v2";
 /// Store writes in flight at once.
 const WRITE_CONCURRENCY: usize = 8;
 
@@ -159,15 +162,18 @@ impl ReserveTier {
         let inner = Arc::new(Inner {
             store: Arc::from(store),
             legacy_root: prefix.child("v1"),
-            root: prefix.child("v2"),
+            root: prefix.child(LAYOUT_DIR),
             settings: settings.clone(),
             metrics,
             census: Census::default(),
             keep_stale_ms: std::sync::atomic::AtomicU64::new(0),
-            local_root: url.to_file_path().ok().map(|dir| dir.join("v2")),
+            local_root: (url.scheme() == "file")
+                .then(|| url.to_file_path().ok())
+                .flatten()
+                .map(|dir| dir.join(LAYOUT_DIR)),
         });
         let (jobs, queue) = mpsc::channel(settings.queue);
-        start_writer(Arc::clone(&inner), queue, url.scheme() == "file")
+        start_writer(Arc::clone(&inner), queue)
             .map_err(|e| open_error(format!("cannot start the reserve's writer: {e}")))?;
         tokio::spawn(sweep_forever(Arc::clone(&inner)));
         Ok(Self { inner, jobs })

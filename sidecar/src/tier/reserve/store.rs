@@ -22,6 +22,18 @@ use crate::key::CacheKey;
 /// How long the local writer lets jobs gather after it emptied the queue.
 const LOCAL_WRITER_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// The layout under the root, one rule for the store's paths and a local
+/// store's files: the shard (the key's first two hex digits), then the
+/// entry object's and its retention marker's names.
+fn object_names(key: &CacheKey) -> (String, String, String) {
+    let hex = key.to_string();
+    (
+        hex[..2].to_string(),
+        format!("{hex}.entry"),
+        format!("{hex}.keep"),
+    )
+}
+
 /// Bytes read from the start of an entry object to find its metadata:
 /// enough for any answer's headers, so one ranged read usually does.
 const HEADER_PROBE_BYTES: u64 = 8 * 1024;
@@ -29,12 +41,9 @@ const HEADER_PROBE_BYTES: u64 = 8 * 1024;
 impl Inner {
     /// The entry object's path and its retention marker's.
     pub(super) fn paths(&self, key: &CacheKey) -> (Path, Path) {
-        let hex = key.to_string();
-        let shard = self.root.child(&hex[..2]);
-        (
-            shard.child(format!("{hex}.entry")),
-            shard.child(format!("{hex}.keep")),
-        )
+        let (shard, entry, keep) = object_names(key);
+        let shard = self.root.child(shard);
+        (shard.child(entry), shard.child(keep))
     }
 
     /// Whether a local store certainly has no entry under `key`: one stat
@@ -47,8 +56,8 @@ impl Inner {
         let Some(root) = &self.local_root else {
             return false;
         };
-        let hex = key.to_string();
-        let file = root.join(&hex[..2]).join(format!("{hex}.entry"));
+        let (shard, entry, _) = object_names(key);
+        let file = root.join(shard).join(entry);
         matches!(std::fs::symlink_metadata(file), Err(err) if err.kind() == std::io::ErrorKind::NotFound)
     }
 
@@ -403,12 +412,8 @@ impl Inner {
 
 /// Starts the writer that drains `queue`: a thread of its own for a local
 /// store, tasks on the runtime for a remote one.
-pub(super) fn start_writer(
-    inner: Arc<Inner>,
-    queue: mpsc::Receiver<Job>,
-    local: bool,
-) -> std::io::Result<()> {
-    if local {
+pub(super) fn start_writer(inner: Arc<Inner>, queue: mpsc::Receiver<Job>) -> std::io::Result<()> {
+    if inner.local_root.is_some() {
         std::thread::Builder::new()
             .name("relaycache-reserve".into())
             .spawn(move || write_locally(inner, queue))?;
