@@ -52,6 +52,43 @@ fn refuses_what_is_not_one_unambiguous_object() {
 }
 
 #[test]
+fn objects_past_the_counted_size_keep_their_form_and_their_errors() {
+    let many = MEMBERS_BEFORE_COUNTING * 2 + 3;
+    // Written in reverse, with an ignored member past the count and a
+    // nested object so that counting skips whole values.
+    let mut body = String::from("{");
+    for n in (0..many).rev() {
+        body.push_str(&format!("\"k{n:06}\": {{\"v\": [{n}, \"x\"]}}, "));
+    }
+    body.push_str("\"drop\": 1}");
+    let mut expected = String::from("{");
+    for n in 0..many {
+        if n > 0 {
+            expected.push(',');
+        }
+        expected.push_str(&format!("\"k{n:06}\":{{\"v\":[{n},\"x\"]}}"));
+    }
+    expected.push('}');
+    assert_eq!(canonical(&body, &["drop"]).unwrap(), expected);
+
+    let duplicate = body.replacen("\"drop\": 1", "\"k000001\": 1", 1);
+    assert!(matches!(
+        canonical(&duplicate, &["drop"]),
+        Err(CanonicalError::DuplicateMember(name)) if name == "k000001"
+    ));
+    let cut = &body[..body.len() - 10];
+    assert!(matches!(
+        canonical(cut, &[]),
+        Err(CanonicalError::Invalid(_))
+    ));
+    let no_colon = body.replacen("\"drop\": 1", "\"drop\" 1", 1);
+    assert!(matches!(
+        canonical(&no_colon, &[]),
+        Err(CanonicalError::Invalid(_))
+    ));
+}
+
+#[test]
 fn reports_a_streamed_request() {
     let mut sink = Vec::new();
     let facts = canonicalize(
