@@ -329,12 +329,22 @@ pub async fn probe_loop(cluster: Arc<Cluster>) {
     let timings = cluster.timings;
     let mut interval = tokio::time::interval(timings.probe_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Past this long without a round, the other members have stopped
+    // waiting for this one's answers and count it down.
+    let counted_down_after = timings.probe_interval * timings.failures_to_down;
+    let mut last_round = Instant::now();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stopping.changed() => return,
         }
+        if last_round.elapsed() > counted_down_after {
+            cluster.doubt_its_share(
+                "this process stood still for longer than it takes the other members to count it down",
+            );
+        }
         probe_round(&cluster).await;
+        last_round = Instant::now();
     }
 }
 
@@ -374,6 +384,7 @@ async fn probe_round(cluster: &Cluster) {
         });
     let results = join_all(probes).await;
     let mut learned = Vec::new();
+    let mut lost_a_member = false;
     {
         let mut targets = membership.targets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -398,6 +409,7 @@ async fn probe_round(cluster: &Cluster) {
                     target.failures = target.failures.saturating_add(1);
                     if target.live && target.failures >= timings.failures_to_down {
                         target.live = false;
+                        lost_a_member = true;
                         tracing::warn!(
                             member = target.id.as_deref().unwrap_or(&address),
                             failures = target.failures,
@@ -415,6 +427,11 @@ async fn probe_round(cluster: &Cluster) {
                 || t.last_answer
                     .is_some_and(|at| now.duration_since(at) < forget_after)
         });
+    }
+    if lost_a_member {
+        // This process cannot tell a member that failed from its own side
+        // of a partition, where the others write its keys elsewhere.
+        cluster.doubt_its_share("a member stopped answering its probes");
     }
     for address in learned {
         if !membership.learn(&address) {

@@ -166,6 +166,10 @@ pub struct Cluster {
     /// every member it saw: then a key this member is the primary owner of
     /// and does not hold is not in the cluster (see `Cluster::lookup`).
     holds_its_share: AtomicBool,
+    /// Set when this member may have missed writes of its own keys (see
+    /// `Cluster::doubt_its_share`): it pulls its share again, and until
+    /// then does not count on holding it.
+    share_in_doubt: AtomicBool,
     /// Wakes repair when the membership changed.
     changed: Notify,
     /// Flips to true when the process stops, ending background tasks.
@@ -230,6 +234,7 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             warming: AtomicBool::new(false),
             holds_its_share: AtomicBool::new(false),
+            share_in_doubt: AtomicBool::new(false),
             changed: Notify::new(),
             stopping,
             flight_table: flight::FlightTable::new(

@@ -19,7 +19,8 @@ use crate::key::CacheKey;
 use crate::metrics::cluster::PeerCall;
 
 /// Runs a pass after every membership change (once views settled) and
-/// every `repair_interval`, until the process stops or leaves.
+/// every `repair_interval`, until the process stops or leaves; first pulls
+/// this member's share again if it may have missed writes.
 pub async fn repair_loop(cluster: Arc<Cluster>) {
     let mut stopping = cluster.stopping();
     loop {
@@ -33,6 +34,7 @@ pub async fn repair_loop(cluster: Arc<Cluster>) {
         if cluster.is_leaving() {
             return;
         }
+        cluster.pull_share_again().await;
         cluster.repair_pass().await;
     }
 }

@@ -152,8 +152,11 @@ impl Cluster {
         let finished = tokio::time::timeout(timeout, pulling).await.is_ok();
         self.warming.store(false, Ordering::Release);
         self.metrics.cluster.warming.set(0);
-        if finished && pulled.members_failed == 0 {
+        // A doubt raised meanwhile (see `doubt_its_share`) is settled by
+        // the pull that follows it, not by this one.
+        if finished && pulled.members_failed == 0 && !self.share_in_doubt.load(Ordering::Acquire) {
             self.holds_its_share.store(true, Ordering::Release);
+            self.metrics.cluster.holds_its_share.set(1);
         }
         if finished {
             tracing::info!(
@@ -173,14 +176,88 @@ impl Cluster {
         }
     }
 
+    /// Stops counting on holding this member's share: a member went down
+    /// in its view, or this process stood still for longer than it takes
+    /// the others to count it down. Either way the others may have written
+    /// keys it owns around it, so its misses of them ask the other
+    /// replicas again until [`Cluster::pull_share_again`] has pulled them.
+    pub(crate) fn doubt_its_share(&self, why: &'static str) {
+        self.share_in_doubt.store(true, Ordering::Release);
+        // The repair loop pulls once views settled.
+        self.changed.notify_one();
+        if self.holds_its_share.swap(false, Ordering::AcqRel) {
+            self.metrics.cluster.holds_its_share.set(0);
+            tracing::info!(
+                why,
+                "this member may lack answers to keys it owns; its misses of them ask the other replicas until it pulled them again"
+            );
+        }
+    }
+
+    /// After [`Cluster::doubt_its_share`], pulls the entries this member
+    /// owns from the other members once it sees every peer it lists (one
+    /// it cannot reach may hold writes that went around it), and counts on
+    /// holding its share again if every member could be read. Does
+    /// nothing without a warm start (`cache.ha.warmup_timeout` 0), which
+    /// never counts on it.
+    pub(super) async fn pull_share_again(&self) {
+        if self.settings.warmup_timeout.is_zero()
+            || self.is_warming()
+            || !self.share_in_doubt.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let view = self.view();
+        if !self.sees_every_peer(&view) {
+            return;
+        }
+        // Cleared first: a doubt raised during the pull stands.
+        self.share_in_doubt.store(false, Ordering::Release);
+        let mut pulled = Pulled::default();
+        let mut pace = Pace::new(self.settings.repair_rate);
+        let pulling = self.pull_owned_from_members(&view, &mut pace, &mut pulled);
+        let finished = tokio::time::timeout(self.settings.warmup_timeout, pulling)
+            .await
+            .is_ok();
+        if finished && pulled.members_failed == 0 && !self.share_in_doubt.load(Ordering::Acquire) {
+            self.holds_its_share.store(true, Ordering::Release);
+            self.metrics.cluster.holds_its_share.set(1);
+            tracing::info!(
+                from_members = pulled.from_members,
+                "pulled the entries this member owns again; its misses of them ask no other member"
+            );
+        } else {
+            self.share_in_doubt.store(true, Ordering::Release);
+            tracing::info!(
+                from_members = pulled.from_members,
+                members_failed = pulled.members_failed,
+                "could not pull every entry this member owns; tries again at the next repair pass"
+            );
+        }
+    }
+
+    /// Whether `view` holds every peer `cache.ha.peers` lists.
+    fn sees_every_peer(&self, view: &View) -> bool {
+        let me = self.self_id.as_deref().unwrap_or_default();
+        let expected = self.settings.peers.iter().filter(|p| *p != me).count() + 1;
+        view.members.len() >= expected
+    }
+
     async fn pull_owned(&self, pulled: &mut Pulled) {
         let view = self.wait_for_peers().await;
+        let mut pace = Pace::new(self.settings.repair_rate);
+        self.pull_owned_from_members(&view, &mut pace, pulled).await;
+        self.pull_owned_from_reserve(&view, &mut pace, pulled).await;
+    }
+
+    /// Streams from every other member of `view` the entries this member
+    /// is a replica of.
+    async fn pull_owned_from_members(&self, view: &View, pace: &mut Pace, pulled: &mut Pulled) {
         let Some(me) = self.self_id.clone() else {
             return;
         };
         let members: Vec<String> = view.members.iter().map(|m| m.id.to_string()).collect();
         let count = self.settings.replica_count;
-        let mut pace = Pace::new(self.settings.repair_rate);
         for member in &view.members {
             let Some(client) = member.client.clone() else {
                 continue;
@@ -191,19 +268,24 @@ impl Cluster {
                 owner: me.to_string(),
                 replica_count: count,
             };
-            match self.pull_from_member(client, request, &mut pace).await {
+            match self.pull_from_member(client, request, pace).await {
                 Ok(stored) => pulled.from_members += stored,
                 Err((stored, status)) => {
                     pulled.from_members += stored;
                     pulled.members_failed += 1;
-                    tracing::warn!(member = %member.id, %status, "warm start could not read a member; repair copies what it lacks later");
+                    tracing::warn!(member = %member.id, %status, "could not pull this member's share from a member; repair copies what it lacks later");
                 }
             }
         }
+    }
+
+    /// Reads from the reserve the entries this member is a replica of and
+    /// does not hold.
+    async fn pull_owned_from_reserve(&self, view: &View, pace: &mut Pace, pulled: &mut Pulled) {
         if let Some(reserve) = self.reserve.clone() {
             let seeds: Vec<u64> = view.members.iter().map(|m| m.seed).collect();
             let own = view.members.iter().position(|m| m.is_local());
-            let count = count as usize;
+            let count = self.settings.replica_count as usize;
             let memory = self.memory.clone();
             let wanted = move |key: &CacheKey| {
                 own.is_some_and(|own| placement::rank(&seeds, key, count).contains(&own))
@@ -265,11 +347,7 @@ impl Cluster {
     /// pod's peers' names may take a moment to resolve, and a member that
     /// gave up on them then would pull nothing.
     async fn wait_for_peers(&self) -> Arc<View> {
-        let me = self.self_id.as_deref().unwrap_or_default();
-        let expected = self.settings.peers.iter().filter(|p| *p != me).count() + 1;
-        let (view, _) = self
-            .wait_for_view(|view| view.members.len() >= expected)
-            .await;
+        let (view, _) = self.wait_for_view(|view| self.sees_every_peer(view)).await;
         view
     }
 

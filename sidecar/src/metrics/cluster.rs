@@ -226,6 +226,11 @@ metric_set! {
         handed_off: Counter => "handed_off" [u64],
         /// 1 while this member pulls the entries it owns before it is ready
         warming: IntGauge => "warming" [bool],
+        /// 1 while this member knows it holds what the cluster holds of
+        /// the keys it owns first (after a complete warm start, or a pull
+        /// after it may have missed writes): its misses of those keys
+        /// ask no other member
+        holds_its_share: IntGauge => "holds_its_share" [bool],
         /// Entries a warm start pulled from other members
         warmed_from_members: Counter => "warmed_from_members" [u64],
         /// Entries a warm start pulled from the reserve

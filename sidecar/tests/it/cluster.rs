@@ -1015,3 +1015,79 @@ async fn a_miss_at_the_keys_primary_owner_asks_no_other_member() {
         assert_eq!((hit.status, hit.cache_status()), (200, "hit"), "owner-{i}");
     }
 }
+
+/// A member that stood still (SIGSTOP here; a frozen VM or a long pause in
+/// production) for longer than it takes the others to count it down
+/// missed the writes they made meanwhile, some of them of keys it owns
+/// first. Back, it cannot count on holding its share: its misses of those
+/// keys ask the other replica (and are hits) until it has pulled its share
+/// again, and only then go straight to the upstream as before. The other
+/// member's repair is slowed to one entry a second, so that it cannot have
+/// pushed them over first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_from_a_pause_asks_for_its_own_keys_until_it_pulled_them_again() {
+    let upstream = mock().await;
+    let addresses = member_addresses(2);
+    let members = start_cluster_with(&upstream.url(), &addresses, 2, |i, ha| {
+        ha.repair_rate = if i == 0 { 5000 } else { 1 };
+    });
+    wait_all(&members, 2).await;
+    for member in &members {
+        member.wait_ready(Duration::from_secs(30)).await;
+    }
+    let (paused, other) = (&members[0], &members[1]);
+    assert_eq!(
+        paused.stats().await["cluster"]["holds_its_share"],
+        true,
+        "after a complete warm start"
+    );
+
+    paused.pause();
+    other.wait_for_members(1).await;
+    const WRITTEN: usize = 24;
+    let mut owned_by_paused = Vec::new();
+    let seeds: Vec<u64> = addresses.iter().map(|a| placement::seed_of(a)).collect();
+    for i in 0..WRITTEN {
+        let body = question(&format!("while paused {i}"));
+        let reply = post_messages(other, "k", &body, &[]).await;
+        assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
+        let key = CacheKey::from_hex(reply.header("x-relaycache-key")).expect("a key header");
+        if placement::rank(&seeds, &key, 2)[0] == 0 {
+            owned_by_paused.push(body);
+        }
+    }
+    assert!(
+        !owned_by_paused.is_empty(),
+        "no key of {WRITTEN} is owned by member 0"
+    );
+    let calls = upstream.calls();
+
+    paused.resume();
+    other.wait_for_members(2).await;
+    paused.wait_for_members(2).await;
+    // Its probe loop runs as soon as it resumes; give it time to notice.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for body in &owned_by_paused {
+        let reply = post_messages(paused, "k", body, &[]).await;
+        assert_eq!(
+            (reply.status, reply.cache_status()),
+            (200, "hit"),
+            "a key member 0 owns, written while it was paused, went to the upstream"
+        );
+    }
+    assert_eq!(upstream.calls(), calls);
+
+    // Once it pulled its share again, its own keys' misses ask nobody.
+    paused
+        .wait_for_stats("its share pulled again", |s| {
+            s["cluster"]["holds_its_share"] == true
+        })
+        .await;
+    let gets = "relaycache_cluster_calls_total{op=\"get\",outcome=\"ok\"}";
+    let gets_before = paused.metric(gets).await;
+    for i in 0..WRITTEN {
+        let reply = post_messages(paused, "k", &question(&format!("after {i}")), &[]).await;
+        assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
+    }
+    assert_eq!(paused.metric(gets).await - gets_before, 0.0);
+}
