@@ -57,6 +57,9 @@
 #                         building one (to compare two revisions side by
 #                         side, each with the same mock and nginx)
 #   BENCH_OPEN_RATES      the open-loop rows' rates, req/s ("2000 5000")
+#   BENCH_HIT_ROUNDS      rounds of the interleaved comparison of nginx
+#                         and relaycache hits at the default config, 5 s
+#                         of each per round (4)
 #   BENCH_COMPRESSION_ROUNDS  rounds of the interleaved compression
 #                         comparison, 15 s each (4)
 #   BENCH_PEER_KEYS       answers stored in the cluster for the peer-hit row
@@ -84,6 +87,8 @@ RESERVE_PARENT="${BENCH_RESERVE_DIR:-${TMPDIR:-/tmp}}"
 PEER_KEYS="${BENCH_PEER_KEYS:-5000}"
 ROLLING_KEYS="${BENCH_ROLLING_KEYS:-500}"
 OPEN_RATES="${BENCH_OPEN_RATES:-2000 5000}"
+HIT_ROUNDS="${BENCH_HIT_ROUNDS:-4}"
+HIT_SUMS=(0 0) # interleaved hit requests: nginx, relaycache at the default config
 COMPRESSION_ROUNDS="${BENCH_COMPRESSION_ROUNDS:-4}"
 COMPRESSION_SUMS=(0 0 0) # interleaved hit requests: decoded, as stored, uncompressed
 ROLLING_STEADY=() # hits, requests, errors of the steady working-set pass

@@ -3,7 +3,7 @@
 # Sourced by scripts/bench.sh; uses its settings and globals.
 check_settings() {
     local name
-    for name in BENCH_SECONDS WARMUP_SECONDS MEM_SECONDS THREADS CONNECTIONS ANSWER_BYTES RESERVE_FILL PEER_KEYS ROLLING_KEYS COMPRESSION_ROUNDS; do
+    for name in BENCH_SECONDS WARMUP_SECONDS MEM_SECONDS THREADS CONNECTIONS ANSWER_BYTES RESERVE_FILL PEER_KEYS ROLLING_KEYS HIT_ROUNDS COMPRESSION_ROUNDS; do
         [[ ${!name} =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive whole number, not '${!name}'"
     done
     ((CONNECTIONS >= THREADS)) || die "BENCH_CONNECTIONS must be at least BENCH_THREADS (wrk needs a connection per thread)"

@@ -79,13 +79,36 @@ measure() {
 
 # Hits of a second relaycache at the default log level (info: one line per
 # request, written off the request path), next to the rows at warn; the
-# first relaycache is kept for the rows after it.
+# first relaycache is kept for the rows after it. Then nginx and this
+# relaycache in turn, 5 s each, HIT_ROUNDS times, each round in the other
+# order: separate rows a minute apart differ by as much as the machine's
+# speed drifts in that minute. Sets HIT_SUMS (requests: nginx, relaycache).
 measure_default_config() {
     local pid=$RELAY_PID url=$RELAY_URL admin=$RELAY_ADMIN
     start_relaycache relaycache-default "" info
     expect_cached relaycache-default "$RELAY_URL" x-relaycache-status hit
     measure relay_hit_default "relaycache hits, default config (log level info)" \
         "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
+    local round line nginx relay
+    local -a sums=(0 0)
+    log "hits, interleaved: $HIT_ROUNDS rounds of 5 s each against nginx and relaycache at the default config"
+    for ((round = 1; round <= HIT_ROUNDS; round++)); do
+        if ((round % 2)); then
+            line=$(run_wrk "hits-nginx-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$NGINX_URL" "$FIXED_BODY")
+            nginx=$(field "$line" requests)
+            line=$(run_wrk "hits-relaycache-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$RELAY_URL" "$FIXED_BODY")
+            relay=$(field "$line" requests)
+        else
+            line=$(run_wrk "hits-relaycache-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$RELAY_URL" "$FIXED_BODY")
+            relay=$(field "$line" requests)
+            line=$(run_wrk "hits-nginx-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$NGINX_URL" "$FIXED_BODY")
+            nginx=$(field "$line" requests)
+        fi
+        sums[0]=$((sums[0] + nginx))
+        sums[1]=$((sums[1] + relay))
+    done
+    HIT_SUMS=("${sums[@]}")
+    log "  requests: ${sums[0]} nginx, ${sums[1]} relaycache"
     stop_child "$RELAY_PID"
     RELAY_PID=$pid RELAY_URL=$url RELAY_ADMIN=$admin
 }
