@@ -387,12 +387,8 @@ impl<'a, W: Write> Writer<'a, W> {
         }
         loop {
             let key = i;
-            i = self.whitespace(self.string_end(key)?);
-            if self.byte(i)? != b':' {
-                return Err(malformed());
-            }
-            let value = self.whitespace(i + 1);
-            i = self.whitespace(self.value_end(value)?);
+            let (value, after) = self.member(key)?;
+            i = after;
             let name = self.text(key)?;
             if top_level && name == "stream" {
                 self.streamed = self.body.get(value..value + 4) == Some(b"true");
@@ -418,17 +414,23 @@ impl<'a, W: Write> Writer<'a, W> {
         }
     }
 
+    /// The member whose key starts at `key`: where its value starts, and
+    /// the index after the value (past whitespace, at a `,` or `}`).
+    fn member(&self, key: usize) -> Result<(usize, usize), CanonicalError> {
+        let colon = self.whitespace(self.string_end(key)?);
+        if self.byte(colon)? != b':' {
+            return Err(malformed());
+        }
+        let value = self.whitespace(colon + 1);
+        Ok((value, self.whitespace(self.value_end(value)?)))
+    }
+
     /// How many members follow the one that ends at `i` (at its `,` or
     /// the object's `}`).
     fn members_after(&self, mut i: usize) -> Result<usize, CanonicalError> {
         let mut count = 0;
         while self.byte(i)? == b',' {
-            let key = self.whitespace(i + 1);
-            i = self.whitespace(self.string_end(key)?);
-            if self.byte(i)? != b':' {
-                return Err(malformed());
-            }
-            i = self.whitespace(self.value_end(self.whitespace(i + 1))?);
+            (_, i) = self.member(self.whitespace(i + 1))?;
             count += 1;
         }
         Ok(count)

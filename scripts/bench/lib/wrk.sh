@@ -89,23 +89,16 @@ measure_default_config() {
     expect_cached relaycache-default "$RELAY_URL" x-relaycache-status hit
     measure relay_hit_default "relaycache hits, default config (log level info)" \
         "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
-    local round line nginx relay
-    local -a sums=(0 0)
+    local round line side
+    local -a sums=(0 0) urls=("$NGINX_URL" "$RELAY_URL") names=(nginx relaycache) order
     log "hits, interleaved: $HIT_ROUNDS rounds of 5 s each against nginx and relaycache at the default config"
     for ((round = 1; round <= HIT_ROUNDS; round++)); do
-        if ((round % 2)); then
-            line=$(run_wrk "hits-nginx-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$NGINX_URL" "$FIXED_BODY")
-            nginx=$(field "$line" requests)
-            line=$(run_wrk "hits-relaycache-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$RELAY_URL" "$FIXED_BODY")
-            relay=$(field "$line" requests)
-        else
-            line=$(run_wrk "hits-relaycache-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$RELAY_URL" "$FIXED_BODY")
-            relay=$(field "$line" requests)
-            line=$(run_wrk "hits-nginx-$round" "$THREADS" "$CONNECTIONS" 5 fixed "$NGINX_URL" "$FIXED_BODY")
-            nginx=$(field "$line" requests)
-        fi
-        sums[0]=$((sums[0] + nginx))
-        sums[1]=$((sums[1] + relay))
+        order=(0 1)
+        ((round % 2)) || order=(1 0)
+        for side in "${order[@]}"; do
+            line=$(run_wrk "hits-${names[side]}-$round" "$THREADS" "$CONNECTIONS" 5 fixed "${urls[side]}" "$FIXED_BODY")
+            sums[side]=$((sums[side] + $(field "$line" requests)))
+        done
     done
     HIT_SUMS=("${sums[@]}")
     log "  requests: ${sums[0]} nginx, ${sums[1]} relaycache"

@@ -152,12 +152,7 @@ impl Cluster {
         let finished = tokio::time::timeout(timeout, pulling).await.is_ok();
         self.warming.store(false, Ordering::Release);
         self.metrics.cluster.warming.set(0);
-        // A doubt raised meanwhile (see `doubt_its_share`) is settled by
-        // the pull that follows it, not by this one.
-        if finished && pulled.members_failed == 0 && !self.share_in_doubt.load(Ordering::Acquire) {
-            self.holds_its_share.store(true, Ordering::Release);
-            self.metrics.cluster.holds_its_share.set(1);
-        }
+        self.hold_share_if_whole(finished, &pulled);
         if finished {
             tracing::info!(
                 from_members = pulled.from_members,
@@ -219,9 +214,7 @@ impl Cluster {
         let finished = tokio::time::timeout(self.settings.warmup_timeout, pulling)
             .await
             .is_ok();
-        if finished && pulled.members_failed == 0 && !self.share_in_doubt.load(Ordering::Acquire) {
-            self.holds_its_share.store(true, Ordering::Release);
-            self.metrics.cluster.holds_its_share.set(1);
+        if self.hold_share_if_whole(finished, &pulled) {
             tracing::info!(
                 from_members = pulled.from_members,
                 "pulled the entries this member owns again; its misses of them ask no other member"
@@ -234,6 +227,19 @@ impl Cluster {
                 "could not pull every entry this member owns; tries again at the next repair pass"
             );
         }
+    }
+
+    /// Counts on holding this member's share after a pull that `finished`
+    /// having read every member, unless a doubt was raised meanwhile (the
+    /// pull that follows it settles that one); true when it does.
+    fn hold_share_if_whole(&self, finished: bool, pulled: &Pulled) -> bool {
+        let whole =
+            finished && pulled.members_failed == 0 && !self.share_in_doubt.load(Ordering::Acquire);
+        if whole {
+            self.holds_its_share.store(true, Ordering::Release);
+            self.metrics.cluster.holds_its_share.set(1);
+        }
+        whole
     }
 
     /// Whether `view` holds every peer `cache.ha.peers` lists.
