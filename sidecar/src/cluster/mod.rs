@@ -19,6 +19,7 @@
 //! A member's store is its memory tier: entries it owns as a replica live
 //! beside those it keeps for its own clients.
 
+pub mod channel;
 pub mod flight;
 pub mod handoff;
 pub mod membership;

@@ -7,18 +7,17 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
+use super::channel::{Dial, PeerChannel};
 use super::proto::cluster_client::ClusterClient;
 use super::{ClusterError, Timings};
 use crate::config::{HaConfig, PeerTlsConfig};
 use crate::metrics::Metrics;
 
 /// A client of one member, adding the token to every call.
-pub type PeerClient = ClusterClient<InterceptedService<Channel, AddToken>>;
+pub type PeerClient = ClusterClient<InterceptedService<PeerChannel, AddToken>>;
 
 /// Adds `authorization: Bearer <token>` to outgoing calls.
 #[derive(Clone)]
@@ -141,9 +140,50 @@ pub fn server_tls(tls: &PeerTlsConfig) -> Result<Option<ServerTlsConfig>, Cluste
 #[derive(Clone)]
 pub struct Connector {
     token: AddToken,
-    tls: Option<(Identity, Certificate)>,
+    tls: Option<tokio_rustls::TlsConnector>,
     timings: Timings,
     max_message_bytes: usize,
+}
+
+/// The client side of mutual TLS: this member's certificate, and the CA
+/// every member's certificate must be signed by.
+fn client_tls(tls: &PeerTlsConfig) -> Result<tokio_rustls::TlsConnector, ClusterError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &str, err: &dyn std::fmt::Display| {
+        ClusterError::Tls(format!(
+            "cannot use the {what} {path:?}: {err}; it must be PEM (cert-manager's tls.crt, tls.key and ca.crt are)"
+        ))
+    };
+    let ca = read_pem(&tls.ca_file, "CA certificate")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        let cert = cert.map_err(|err| bad("CA certificate", &tls.ca_file, &err))?;
+        roots
+            .add(cert)
+            .map_err(|err| bad("CA certificate", &tls.ca_file, &err))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(
+            "CA certificate",
+            &tls.ca_file,
+            &"it holds no certificate",
+        ));
+    }
+    let chain = CertificateDer::pem_slice_iter(&read_pem(&tls.cert_file, "certificate")?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| bad("certificate", &tls.cert_file, &err))?;
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(&tls.key_file, "private key")?)
+        .map_err(|err| bad("private key", &tls.key_file, &err))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ClusterError::Tls(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|err| bad("certificate and key", &tls.cert_file, &err))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 impl Connector {
@@ -164,14 +204,7 @@ impl Connector {
             Some(value)
         };
         let tls = if settings.tls.enabled() {
-            let tls = &settings.tls;
-            Some((
-                Identity::from_pem(
-                    read_pem(&tls.cert_file, "certificate")?,
-                    read_pem(&tls.key_file, "private key")?,
-                ),
-                Certificate::from_pem(read_pem(&tls.ca_file, "CA certificate")?),
-            ))
+            Some(client_tls(&settings.tls)?)
         } else {
             None
         };
@@ -192,39 +225,46 @@ impl Connector {
             reason,
         };
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(self.timings.probe_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(
-                self.timings
-                    .probe_interval
-                    .max(std::time::Duration::from_secs(1)),
-            )
-            .keep_alive_while_idle(true)
+        let origin: http::Uri = format!("{scheme}://{address}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        let host = origin
+            .host()
+            .ok_or_else(|| bad("no host name".to_string()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if origin.port_u16().is_none() {
+            return Err(bad("no port; write it as host:port".to_string()));
+        }
+        let tls = match &self.tls {
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from(host)
+                    .map_err(|e| bad(format!("not a name a certificate can carry: {e}")))?;
+                Some((connector.clone(), name))
+            }
+            None => None,
+        };
+        let channel = PeerChannel::new(Dial {
+            address: address.to_string(),
+            tls,
+            connect_timeout: self.timings.probe_timeout,
+            keep_alive_interval: self
+                .timings
+                .probe_interval
+                .max(std::time::Duration::from_secs(1)),
             // Drop a dead connection about when its member is marked down, so
             // the next probe dials afresh instead of waiting on TCP's
             // backed-off retransmissions after a partition heals.
-            .keep_alive_timeout(self.timings.probe_timeout * self.timings.failures_to_down);
-        if let Some((identity, ca)) = &self.tls {
-            let host = address
-                .rsplit_once(':')
-                .map_or(address, |(host, _)| host)
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            endpoint = endpoint
-                .tls_config(
-                    ClientTlsConfig::new()
-                        .ca_certificate(ca.clone())
-                        .identity(identity.clone())
-                        .domain_name(host),
-                )
-                .map_err(|e| bad(e.to_string()))?;
-        }
+            keep_alive_timeout: self.timings.probe_timeout * self.timings.failures_to_down,
+        });
         Ok(
-            ClusterClient::with_interceptor(endpoint.connect_lazy(), self.token.clone())
-                .max_decoding_message_size(self.max_message_bytes)
-                .max_encoding_message_size(self.max_message_bytes),
+            ClusterClient::with_origin(
+                InterceptedService::new(channel, self.token.clone()),
+                origin,
+            )
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes),
         )
     }
 }
