@@ -87,3 +87,21 @@ cluster_stat() {
 vm_rss_kb() {
     awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"
 }
+
+# cpu_ticks PID...: the user and the system CPU time the processes have
+# used so far, each summed over its threads, in clock ticks: "USER SYS".
+cpu_ticks() {
+    local pid
+    for pid in "$@"; do
+        # utime and stime are fields 14 and 15 of /proc/PID/stat; the
+        # command name before them is in parentheses and may hold spaces.
+        sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }'
+    done | awk '{ user += $1; sys += $2 } END { print user + 0, sys + 0 }'
+}
+
+# nginx_pids: nginx's master process and its workers.
+nginx_pids() {
+    local master
+    master=$(<"$NGINX_PID_FILE")
+    echo "$master" $(pgrep -P "$master")
+}

@@ -64,6 +64,16 @@ rows_table() {
     echo "| relaycache hit req/s at the default config (log info) ÷ nginx hit req/s | $(ratio "${RPS[relay_hit_default]:-0}" "${RPS[nginx_hit]}")× |"
     echo "| the same, interleaved ($HIT_ROUNDS rounds of 5 s each, alternating which goes first, requests summed) |" \
         "$(ratio "${HIT_SUMS[1]}" "${HIT_SUMS[0]}")× (${HIT_SUMS[1]} / ${HIT_SUMS[0]} requests) |"
+    echo "| CPU per hit in those rounds, user + system: nginx (master and workers) / relaycache |" \
+        "$(cpu_per_request "${HIT_CPU[0]}" "${HIT_CPU[1]}" "${HIT_SUMS[0]}") /" \
+        "$(cpu_per_request "${HIT_CPU[2]}" "${HIT_CPU[3]}" "${HIT_SUMS[1]}") |"
+}
+
+# cpu_per_request USER_TICKS SYS_TICKS REQUESTS: "U + S µs".
+cpu_per_request() {
+    local hz
+    hz=$(getconf CLK_TCK)
+    echo "$(calc '%.1f' 'u * 1e6 / hz / n' "u=$1" "hz=$hz" "n=$3") + $(calc '%.1f' 's * 1e6 / hz / n' "s=$2" "hz=$hz" "n=$3") µs"
 }
 
 report() {

@@ -77,31 +77,45 @@ measure() {
     log "  ${RPS[$key]} req/s, p50 ${P50[$key]} ms, p99 ${P99[$key]} ms"
 }
 
+# The servers' CPU ticks in the interleaved hit rounds (nginx user, nginx
+# system, relaycache user, relaycache system).
+HIT_CPU=(0 0 0 0)
+
 # Hits of a second relaycache at the default log level (info: one line per
 # request, written off the request path), next to the rows at warn; the
 # first relaycache is kept for the rows after it. Then nginx and this
 # relaycache in turn, 5 s each, HIT_ROUNDS times, each round in the other
 # order: separate rows a minute apart differ by as much as the machine's
-# speed drifts in that minute. Sets HIT_SUMS (requests: nginx, relaycache).
+# speed drifts in that minute. Sets HIT_SUMS (requests: nginx, relaycache)
+# and HIT_CPU (the servers' CPU ticks in those runs: nginx user, nginx
+# system, relaycache user, relaycache system).
 measure_default_config() {
     local pid=$RELAY_PID url=$RELAY_URL admin=$RELAY_ADMIN
     start_relaycache relaycache-default "" info
     expect_cached relaycache-default "$RELAY_URL" x-relaycache-status hit
     measure relay_hit_default "relaycache hits, default config (log level info)" \
         "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
-    local round line side
+    local round line side user0 sys0 user1 sys1
     local -a sums=(0 0) urls=("$NGINX_URL" "$RELAY_URL") names=(nginx relaycache) order
+    local -a pids=("$(nginx_pids)" "$RELAY_PID") cpu=(0 0 0 0)
     log "hits, interleaved: $HIT_ROUNDS rounds of 5 s each against nginx and relaycache at the default config"
     for ((round = 1; round <= HIT_ROUNDS; round++)); do
         order=(0 1)
         ((round % 2)) || order=(1 0)
         for side in "${order[@]}"; do
+            # shellcheck disable=SC2086 # a list of pids
+            read -r user0 sys0 <<<"$(cpu_ticks ${pids[side]})"
             line=$(run_wrk "hits-${names[side]}-$round" "$THREADS" "$CONNECTIONS" 5 fixed "${urls[side]}" "$FIXED_BODY")
+            # shellcheck disable=SC2086
+            read -r user1 sys1 <<<"$(cpu_ticks ${pids[side]})"
             sums[side]=$((sums[side] + $(field "$line" requests)))
+            cpu[2 * side]=$((cpu[2 * side] + user1 - user0))
+            cpu[2 * side + 1]=$((cpu[2 * side + 1] + sys1 - sys0))
         done
     done
     HIT_SUMS=("${sums[@]}")
-    log "  requests: ${sums[0]} nginx, ${sums[1]} relaycache"
+    HIT_CPU=("${cpu[@]}")
+    log "  requests: ${sums[0]} nginx, ${sums[1]} relaycache; CPU ticks (user, sys): nginx ${cpu[0]}, ${cpu[1]}; relaycache ${cpu[2]}, ${cpu[3]}"
     stop_child "$RELAY_PID"
     RELAY_PID=$pid RELAY_URL=$url RELAY_ADMIN=$admin
 }
