@@ -89,6 +89,7 @@ ROLLING_KEYS="${BENCH_ROLLING_KEYS:-500}"
 OPEN_RATES="${BENCH_OPEN_RATES:-2000 5000}"
 HIT_ROUNDS="${BENCH_HIT_ROUNDS:-4}"
 HIT_SUMS=(0 0) # interleaved hit requests: nginx, relaycache at the default config
+HIT_CPU=(0 0 0 0) # the servers' CPU ticks in those rounds: nginx user, system; relaycache user, system
 COMPRESSION_ROUNDS="${BENCH_COMPRESSION_ROUNDS:-4}"
 COMPRESSION_SUMS=(0 0 0) # interleaved hit requests: decoded, as stored, uncompressed
 ROLLING_STEADY=() # hits, requests, errors of the steady working-set pass

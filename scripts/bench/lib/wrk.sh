@@ -77,10 +77,6 @@ measure() {
     log "  ${RPS[$key]} req/s, p50 ${P50[$key]} ms, p99 ${P99[$key]} ms"
 }
 
-# The servers' CPU ticks in the interleaved hit rounds (nginx user, nginx
-# system, relaycache user, relaycache system).
-HIT_CPU=(0 0 0 0)
-
 # Hits of a second relaycache at the default log level (info: one line per
 # request, written off the request path), next to the rows at warn; the
 # first relaycache is kept for the rows after it. Then nginx and this

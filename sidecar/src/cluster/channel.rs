@@ -156,6 +156,24 @@ impl Shared {
         }
     }
 
+    /// Sends a call's headers on the open connection, once it can take
+    /// another call; `end_of_stream` when the call sends nothing more.
+    async fn start(
+        &self,
+        parts: http::request::Parts,
+        end_of_stream: bool,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), Status> {
+        let open = self.open().await?;
+        let mut sender = open.sender.ready().await.map_err(|err| {
+            // The connection is gone: the next call dials again.
+            open.closed.store(true, Ordering::Release);
+            broken(&self.dial.address, err)
+        })?;
+        sender
+            .send_request(http::Request::from_parts(parts, ()), end_of_stream)
+            .map_err(|err| broken(&self.dial.address, err))
+    }
+
     async fn connect(&self) -> Result<Open, Status> {
         let address = &self.dial.address;
         let tcp = TcpStream::connect(address.as_str())
@@ -257,54 +275,49 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for PeerChannel {
         let shared = self.shared.clone();
         Box::pin(async move {
             let (parts, mut body) = request.into_parts();
-            // A call of one message (all but the live feeds of a flight)
-            // has it encoded already, and ends right after it.
-            let whole = match body.frame().now_or_never() {
-                Some(Some(Ok(first))) => match body.frame().now_or_never() {
-                    Some(None) => Some(first.into_data().unwrap_or_default()),
-                    Some(Some(Ok(second))) => {
-                        return streamed(&shared, parts, body, vec![first, second]).await
+            match outgoing(&mut body)? {
+                Outgoing::Whole(message) => {
+                    let address = &shared.dial.address;
+                    let (reply, mut stream) = shared.start(parts, message.is_empty()).await?;
+                    if !message.is_empty() {
+                        // Queued with the headers: the connection task
+                        // writes both.
+                        stream
+                            .send_data(message, true)
+                            .map_err(|err| broken(address, err))?;
                     }
-                    Some(Some(Err(status))) => return Err(unencodable(status)),
-                    None => return streamed(&shared, parts, body, vec![first]).await,
-                },
-                Some(None) => Some(Bytes::new()),
-                Some(Some(Err(status))) => return Err(unencodable(status)),
-                None => None,
-            };
-            let Some(message) = whole else {
-                return streamed(&shared, parts, body, Vec::new()).await;
-            };
-            let address = &shared.dial.address;
-            let mut sender = shared.ready().await?;
-            let (reply, mut stream) = sender
-                .send_request(http::Request::from_parts(parts, ()), message.is_empty())
-                .map_err(|err| broken(address, err))?;
-            if !message.is_empty() {
-                // Queued with the headers: the connection task writes both.
-                stream
-                    .send_data(message, true)
-                    .map_err(|err| broken(address, err))?;
+                    reply_of(address, reply).await
+                }
+                Outgoing::Feed(already) => streamed(&shared, parts, body, already).await,
             }
-            reply_of(address, reply).await
         })
     }
 }
 
-fn unencodable(status: Status) -> Status {
-    Status::internal(format!("cannot encode the call: {status}"))
+/// What a call sends.
+enum Outgoing {
+    /// Its one message, encoded and followed by the end: every call but a
+    /// flight's live feed.
+    Whole(Bytes),
+    /// Messages still being made, after the frames already taken.
+    Feed(Vec<Frame<Bytes>>),
 }
 
-impl Shared {
-    /// A sender on the open connection, once it can take another call.
-    async fn ready(&self) -> Result<SendRequest<Bytes>, Status> {
-        let open = self.open().await?;
-        open.sender.ready().await.map_err(|err| {
-            // The connection is gone: the next call dials again.
-            open.closed.store(true, Ordering::Release);
-            broken(&self.dial.address, err)
-        })
-    }
+/// Takes what the call's body holds without waiting: a call of one message
+/// has it encoded already, and ends right after it.
+fn outgoing(body: &mut tonic::body::Body) -> Result<Outgoing, Status> {
+    let unencodable =
+        |status: Status| Status::internal(format!("cannot encode the call: {status}"));
+    let first = match body.frame().now_or_never() {
+        None => return Ok(Outgoing::Feed(Vec::new())),
+        Some(None) => return Ok(Outgoing::Whole(Bytes::new())),
+        Some(Some(first)) => first.map_err(unencodable)?,
+    };
+    Ok(match body.frame().now_or_never() {
+        Some(None) => Outgoing::Whole(first.into_data().unwrap_or_default()),
+        Some(Some(second)) => Outgoing::Feed(vec![first, second.map_err(unencodable)?]),
+        None => Outgoing::Feed(vec![first]),
+    })
 }
 
 async fn reply_of(
@@ -328,12 +341,8 @@ async fn streamed(
     mut body: tonic::body::Body,
     already: Vec<Frame<Bytes>>,
 ) -> Result<http::Response<ReplyBody>, Status> {
-    let address = shared.dial.address.clone();
-    let mut sender = shared.ready().await?;
-    let (reply, mut stream) = sender
-        .send_request(http::Request::from_parts(parts, ()), false)
-        .map_err(|err| broken(&address, err))?;
-    let feed_address = address.clone();
+    let (reply, mut stream) = shared.start(parts, false).await?;
+    let feed_address = shared.dial.address.clone();
     tokio::spawn(async move {
         let mut pending = already.into_iter();
         loop {
@@ -369,7 +378,7 @@ async fn streamed(
             }
         }
     });
-    reply_of(&address, reply).await
+    reply_of(&shared.dial.address, reply).await
 }
 
 /// Sends `data` as the member's window allows, so a member that reads
