@@ -97,24 +97,22 @@ impl Tiers {
 
     /// The cluster, then the reserve. A hit is promoted into memory, and a
     /// reserve hit also into the cluster (with `origin`, the request, when
-    /// this process is a cluster client). `claim_follows`: a miss here goes
-    /// on to claim the key's flight at its primary owner (see
-    /// [`Tiers::claim`]), whose reply carries the owner's copy, so the
-    /// owner is not asked for it twice.
+    /// this process is a cluster client). With [`OwnerRead::Led`] this
+    /// process leads the key's flight at its primary owner (see
+    /// [`Tiers::claim`]), which lacks the key: a hit is given to the
+    /// cluster too, which lands the flight there and repairs the owner.
     pub async fn below_memory(
         &self,
         key: &CacheKey,
         origin: impl FnOnce() -> Option<KeyOrigin>,
-        claim_follows: bool,
+        owner: OwnerRead,
     ) -> Option<(Arc<CachedResponse>, TierKind)> {
         if let Some(peers) = &self.peers {
-            let owner = if claim_follows {
-                OwnerRead::LeftToTheClaim
-            } else {
-                OwnerRead::Asked
-            };
             if let Some(entry) = peers.lookup(key, owner).await {
                 self.memory.insert(*key, Arc::clone(&entry));
+                if matches!(owner, OwnerRead::Led(_)) {
+                    peers.replicate(*key, Arc::clone(&entry), ReserveCopy::NotNeeded, origin());
+                }
                 return Some((entry, TierKind::Peer));
             }
         }
@@ -134,14 +132,24 @@ impl Tiers {
     }
 
     /// Asks the key's primary owner about a miss this process's flight
-    /// leader is about to fill (mode `ha`; alone otherwise). An answer is
+    /// leader is about to fill (mode `ha`; alone otherwise), before any
+    /// other tier below memory: the owner's reply carries its copy, and
+    /// a lead says whether anyone else needs asking
+    /// ([`Tiers::below_memory`] with [`OwnerRead::Led`]). An answer is
     /// kept in memory.
     pub async fn claim(&self, key: &CacheKey, origin: Option<&KeyOrigin>) -> Claimed {
         let Some(peers) = &self.peers else {
             return Claimed::Alone("no cluster");
         };
-        let claimed = peers.cluster().claim(key, origin).await;
-        if let Claimed::Answer(entry) = &claimed {
+        let mut claimed = peers.cluster().claim(key, origin).await;
+        if let Claimed::Answer(entry) = &mut claimed {
+            // A read quorum above one answer reads the other replicas too,
+            // and the freshest copy wins.
+            if let Some(other) = peers.lookup(key, OwnerRead::Answered).await {
+                if other.version > entry.version {
+                    *entry = other;
+                }
+            }
             self.memory.insert(*key, Arc::clone(entry));
         }
         claimed
@@ -333,7 +341,7 @@ mod tests {
         let compression = Compression::from_config(&CompressionConfig::default());
         let tiers = Tiers::new(memory, None, Some(reserve), compression);
         let (found, tier) = tiers
-            .below_memory(&key, || None, false)
+            .below_memory(&key, || None, OwnerRead::Asked)
             .await
             .expect("a reserve hit");
         assert_eq!(tier, TierKind::Reserve);

@@ -5,7 +5,6 @@
 //! counted and logged, never hidden. Below `member_count_quorum` live
 //! members the cluster tier is skipped altogether.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -39,10 +38,27 @@ fn keep_freshest(freshest: &mut Option<CachedResponse>, candidate: CachedRespons
 pub enum OwnerRead {
     /// Every replica is asked.
     Asked,
-    /// The primary owner is left out: a claim at it follows the read (a
-    /// flight's leader claims there next), and the claim's reply carries
-    /// the owner's copy, so a Get would ask it the same question twice.
-    LeftToTheClaim,
+    /// This process claimed the key's flight at its primary owner first,
+    /// and the owner answered with its copy: the other replicas are asked
+    /// only when `read_quorum` needs more answers than the owner's (and
+    /// this member's own, when it is a replica).
+    Answered,
+    /// This process claimed the key's flight at its primary owner first and
+    /// leads it, so the owner has no copy: it is not asked again, and it
+    /// counts towards the quorum. What it said of its share decides
+    /// whether the other replicas are asked at all.
+    Led(OwnerShare),
+}
+
+/// What a key's primary owner that gave a lead said of the keys it owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerShare {
+    /// It holds every copy the cluster holds of them (a complete warm
+    /// start, and no doubt since), so its miss is the cluster's.
+    Whole,
+    /// It may lack some (no warm start, or one cut short, or a doubt
+    /// raised since): the other replicas are asked.
+    InDoubt,
 }
 
 /// Whether a replicated entry also gets a copy in the reserve.
@@ -73,9 +89,8 @@ impl Cluster {
     }
 
     /// The freshest copy of `key` among its replicas, if `read_quorum`
-    /// replicas answered and one of them holds it. With
-    /// [`OwnerRead::LeftToTheClaim`] the primary owner is not asked here;
-    /// it counts towards the quorum, as its claim answers for it.
+    /// replicas answered and one of them holds it. With [`OwnerRead::Led`]
+    /// the primary owner is not asked; its claim answered for it.
     pub async fn lookup(&self, key: &CacheKey, owner: OwnerRead) -> Option<Arc<CachedResponse>> {
         let view = self.view();
         if !self.has_quorum(&view) {
@@ -86,33 +101,42 @@ impl Cluster {
         // This member's own store was looked at first (it is L1).
         let mut answers = replicas.iter().filter(|m| m.is_local()).count();
         let needed = self.settings.read_quorum as usize;
+        let primary_is_local = replicas.first().is_some_and(|m| m.is_local());
+        let claimed = |rank: usize, member: &Member| {
+            rank == 0 && owner != OwnerRead::Asked && !member.is_local()
+        };
+        if replicas.first().is_some_and(|primary| claimed(0, primary)) {
+            answers += 1;
+        }
         // A primary owner that warmed up completely holds what the cluster
         // holds of its keys: every write goes to it, and it pulled the rest
-        // when it started. When its own answer is quorum enough, a miss
-        // here asks nobody, and (its flight being the cluster's) goes
-        // straight on to the upstream. Without a complete warm start (off,
-        // cut short, a member unreadable) it asks, as repair may not have
-        // copied everything back yet.
-        if answers >= needed
-            && replicas.first().is_some_and(|primary| primary.is_local())
-            && self.holds_its_share.load(Ordering::Acquire)
-        {
+        // when it started. When its answer is quorum enough, its miss is
+        // the cluster's: asked here (this member is the owner) or through
+        // the claim that gave this process the lead, nobody else is asked,
+        // and the flight goes straight on to the upstream. Without a
+        // complete warm start (off, cut short, a member unreadable) the
+        // others are asked, as repair may not have copied everything back
+        // yet.
+        let owner_share = if primary_is_local {
+            self.own_share()
+        } else {
+            match owner {
+                OwnerRead::Led(share) => share,
+                OwnerRead::Asked | OwnerRead::Answered => OwnerShare::InDoubt,
+            }
+        };
+        if answers >= needed && owner_share == OwnerShare::Whole {
             return None;
         }
-        let claimed_later = |rank: usize, member: &Member| {
-            rank == 0 && owner == OwnerRead::LeftToTheClaim && !member.is_local()
-        };
-        if replicas
-            .first()
-            .is_some_and(|primary| claimed_later(0, primary))
-        {
-            answers += 1;
+        if answers >= needed && owner == OwnerRead::Answered {
+            // The owner's copy is quorum enough.
+            return None;
         }
         let timeout = self.timings.call_timeout;
         let mut calls: FuturesUnordered<_> = replicas
             .iter()
             .enumerate()
-            .filter(|&(rank, member)| !claimed_later(rank, member))
+            .filter(|&(rank, member)| !claimed(rank, member))
             .filter_map(|(_, member)| member.client.clone())
             .map(|mut client| async move {
                 let request = GetRequest {
@@ -123,7 +147,7 @@ impl Cluster {
             })
             .collect();
         if calls.is_empty() && answers >= needed {
-            // Nobody left to ask, and the claim will ask the owner.
+            // Nobody left to ask.
             return None;
         }
         let mut freshest: Option<CachedResponse> = None;

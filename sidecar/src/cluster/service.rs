@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::flight::ClaimReplies;
+use super::flight::{ClaimAnswer, ClaimReplies};
 use super::proto::cluster_server::{Cluster as ClusterRpc, ClusterServer};
 use super::proto::{
     ClaimRequest, ClearReply, ClearRequest, DeleteReply, DeleteRequest, FeedMessage, FeedReply,
@@ -321,6 +321,15 @@ impl ClusterRpc for Service {
         let role = role_of(&request);
         let request = request.into_inner();
         let key = key_from_wire(&request.key).ok_or_else(bad_key)?;
+        // A copy held is what `Get` gives any caller allowed to call it, so
+        // it needs no origin: the origin guards the flight (joining it,
+        // leading it), and checking it costs a parse and a hash of the
+        // request.
+        if let Some(entry) = self.0.memory.lookup(&key) {
+            return Ok(Response::new(
+                ClaimAnswer::held(&key, &entry).into_replies(),
+            ));
+        }
         self.own_request_of_client(role, &key, request.origin, "claim a flight")?;
         let wait = std::time::Duration::from_millis(request.wait_ms);
         let answer = self.0.serve_claim(key, wait).await;

@@ -20,7 +20,7 @@ use tonic::Status;
 
 use super::placement;
 use super::proto::{ScanReply, ScanRequest};
-use super::replication::Kept;
+use super::replication::{Kept, OwnerShare};
 use super::security::PeerClient;
 use super::wire::{entry_from_wire, entry_to_wire};
 use super::{Cluster, View};
@@ -168,6 +168,16 @@ impl Cluster {
                 ?timeout,
                 "warm start ran out of cache.ha.warmup_timeout; ready anyway, repair copies the rest (raise warmup_timeout or repair_rate to wait for all of it)"
             );
+        }
+    }
+
+    /// Whether this member holds its share of the cluster's copies: of
+    /// every key it owns first, every copy any member holds.
+    pub(crate) fn own_share(&self) -> OwnerShare {
+        if self.holds_its_share.load(Ordering::Acquire) {
+            OwnerShare::Whole
+        } else {
+            OwnerShare::InDoubt
         }
     }
 

@@ -11,6 +11,7 @@ use super::{CacheLayer, Keyed, Proxy, MAX_FOLLOW_ATTEMPTS};
 use crate::access_log::AccessLog;
 use crate::body::{boxed, ProxyBody};
 use crate::cluster::flight::Claimed;
+use crate::cluster::replication::OwnerRead;
 use crate::coalesce::{Join, Landing, Leader, UpstreamFailure};
 use crate::entry::{self, CachedResponse};
 use crate::headers::{self, CacheStatus};
@@ -93,7 +94,11 @@ impl Proxy {
                 return self.serve_keyed_hit(&entry, &keyed, TierKind::Memory, log);
             }
             let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
-            if let Some((entry, tier)) = self.tiers.below_memory(&keyed.key, origin, false).await {
+            if let Some((entry, tier)) = self
+                .tiers
+                .below_memory(&keyed.key, origin, OwnerRead::Asked)
+                .await
+            {
                 log.reserve_used = tier == TierKind::Reserve;
                 return self.serve_keyed_hit(&entry, &keyed, tier, log);
             }
@@ -114,7 +119,10 @@ impl Proxy {
 
     /// Below memory: the cluster, the reserve, then the upstream. A hit
     /// below memory is promoted to memory (a reserve hit to the cluster
-    /// too) and handed to the followers.
+    /// too) and handed to the followers. A leader in a cluster claims the
+    /// key's flight at its primary owner first: one call answers whether
+    /// the owner holds the key, whether another process is fetching it,
+    /// and whether the other replicas need asking at all.
     pub(super) async fn fill(
         self: &Arc<Self>,
         cache: &CacheLayer,
@@ -127,25 +135,27 @@ impl Proxy {
         if !keyed.policy.lookup {
             return self.fetch(keyed, upstream, status, leader, log).await;
         }
-        let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
-        // A leader claims the key's flight at its owner next.
-        let claim_follows = leader.is_some() && self.tiers.has_cluster();
-        let below = self.tiers.below_memory(&keyed.key, origin, claim_follows);
-        if let Some((entry, tier)) = below.await {
-            if let Some(leader) = leader {
-                leader.land(Some(Arc::clone(&entry)));
-            }
-            log.reserve_used = tier == TierKind::Reserve;
-            return self.serve_keyed_hit(&entry, &keyed, tier, log);
-        }
         let mut leader = match leader {
             Some(leader) if self.tiers.has_cluster() => leader,
-            leader => return self.fetch(keyed, upstream, status, leader, log).await,
+            leader => {
+                let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
+                let below = self
+                    .tiers
+                    .below_memory(&keyed.key, origin, OwnerRead::Asked);
+                if let Some((entry, tier)) = below.await {
+                    if let Some(leader) = leader {
+                        leader.land(Some(Arc::clone(&entry)));
+                    }
+                    log.reserve_used = tier == TierKind::Reserve;
+                    return self.serve_keyed_hit(&entry, &keyed, tier, log);
+                }
+                return self.fetch(keyed, upstream, status, leader, log).await;
+            }
         };
         // This process's askers wait on its leader; the leader waits on the
         // key's owner, so the cluster makes one upstream call.
         let origin = cache.origin_for_cluster(&self.tiers, &keyed);
-        match self.tiers.claim(&keyed.key, origin.as_ref()).await {
+        let owner_read = match self.tiers.claim(&keyed.key, origin.as_ref()).await {
             Claimed::Answer(entry) => {
                 leader.land(Some(Arc::clone(&entry)));
                 log.coalesced = true;
@@ -168,14 +178,24 @@ impl Proxy {
                 log.coalesced = true;
                 return self.serve_live(&live, &keyed.key, TierKind::Peer, log);
             }
-            Claimed::Lead => {
+            Claimed::Lead(share) => {
                 let tiers = self.tiers.clone();
                 let key = keyed.key;
                 leader.on_release(Box::new(move |failure| tiers.release(key, failure)));
+                OwnerRead::Led(share)
             }
             Claimed::Alone(reason) => {
                 tracing::debug!(key = %keyed.key, reason, "calling the upstream without the cluster's flight");
+                OwnerRead::Asked
             }
+        };
+        let below = self
+            .tiers
+            .below_memory(&keyed.key, || origin.clone(), owner_read);
+        if let Some((entry, tier)) = below.await {
+            leader.land(Some(Arc::clone(&entry)));
+            log.reserve_used = tier == TierKind::Reserve;
+            return self.serve_keyed_hit(&entry, &keyed, tier, log);
         }
         self.fetch(keyed, upstream, status, Some(leader), log).await
     }

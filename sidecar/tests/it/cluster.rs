@@ -942,10 +942,10 @@ async fn after_a_member_crashes_its_keys_new_owners_still_answer_from_the_cache(
 /// A miss at the key's primary owner calls nobody before the upstream: it
 /// holds whatever the cluster holds of its keys (writes reach it first,
 /// warm start and repair fill it after a restart), and its flight is the
-/// cluster's. At any other member a miss asks the other replicas, then
-/// claims the flight at the owner, whose reply carries the owner's copy:
-/// the owner is asked once, not read and then claimed. The answer's write
-/// ends the flight there without another call.
+/// cluster's. At any other member a miss claims the flight at the owner
+/// first, whose reply carries the owner's copy: the owner is asked once,
+/// not read and then claimed. The answer's write ends the flight there
+/// without another call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_at_the_keys_primary_owner_asks_no_other_member() {
     let upstream = mock().await;
@@ -1014,6 +1014,147 @@ async fn a_miss_at_the_keys_primary_owner_asks_no_other_member() {
         .await;
         assert_eq!((hit.status, hit.cache_status()), (200, "hit"), "owner-{i}");
     }
+}
+
+/// Misses asked by a process that holds no copy of the key: a member that
+/// is not one of its replicas, and a client. Each claims the key's flight
+/// at its primary owner first; the owner warmed up completely, so its lead
+/// says it holds its share, and nobody else is read before the upstream.
+/// One call per miss, where reading the other replica and then claiming
+/// made two in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_where_no_copy_is_held_claims_at_the_owner_and_reads_no_replica() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let members = start_cluster(&upstream.url(), &addresses, 2);
+    wait_all(&members, 3).await;
+    for member in &members {
+        member.wait_ready(Duration::from_secs(30)).await;
+        assert_eq!(member.stats().await["cluster"]["holds_its_share"], true);
+    }
+    let client = Relay::start(&client_config(&upstream.url(), &addresses, 2));
+    client.wait_for_members(3).await;
+    let seeds: Vec<u64> = addresses.iter().map(|a| placement::seed_of(a)).collect();
+    let ok = |op: &str| format!("relaycache_cluster_calls_total{{op=\"{op}\",outcome=\"ok\"}}");
+    const MISSES: usize = 30;
+    for (asker, name) in [(&members[0], "member"), (&client, "client")] {
+        let (gets0, claims0) = (
+            asker.metric(&ok("get")).await,
+            asker.metric(&ok("claim")).await,
+        );
+        let (mut no_copy, mut claimed_remotely) = (0, 0);
+        for i in 0..MISSES {
+            let reply = post_messages(asker, "k", &question(&format!("{name} {i}")), &[]).await;
+            assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
+            let key = CacheKey::from_hex(reply.header("x-relaycache-key")).expect("a key header");
+            let replicas = placement::rank(&seeds, &key, 2);
+            if name == "client" || !replicas[..2].contains(&0) {
+                no_copy += 1;
+            }
+            if name == "client" || replicas[0] != 0 {
+                claimed_remotely += 1;
+            }
+        }
+        assert!(
+            no_copy > 0,
+            "no key of {MISSES} left the {name} without a copy"
+        );
+        let gets = asker.metric(&ok("get")).await - gets0;
+        let claims = asker.metric(&ok("claim")).await - claims0;
+        assert_eq!(
+            gets, 0.0,
+            "the {name} read replicas for {MISSES} misses ({no_copy} of keys it holds no copy of)"
+        );
+        assert_eq!(claims, claimed_remotely as f64, "claims by the {name}");
+    }
+    assert_eq!(upstream.calls(), 2 * MISSES as u64);
+}
+
+/// The key's primary owner came back empty and without a warm start, so it
+/// cannot say it holds its share: a member holding no copy that claims the
+/// flight there reads the other replica before the upstream, answers from
+/// it, and gives the copy back to the owner with the flight. The other
+/// members' repair is slowed to one entry a second, so that it cannot have
+/// copied the keys back first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_from_an_owner_in_doubt_reads_the_other_replica_before_the_upstream() {
+    let upstream = mock().await;
+    let addresses = member_addresses(3);
+    let mut members = start_cluster_with(&upstream.url(), &addresses, 2, |_, ha| {
+        ha.repair_rate = 1;
+    });
+    wait_all(&members, 3).await;
+    // Written through a client, so that no member holds a copy it does
+    // not own.
+    let writer = Relay::start(&client_config(&upstream.url(), &addresses, 2));
+    writer.wait_for_members(3).await;
+    const WRITTEN: usize = 30;
+    let mut keys = Vec::new();
+    for i in 0..WRITTEN {
+        let body = question(&format!("doubt {i}"));
+        let reply = post_messages(&writer, "k", &body, &[]).await;
+        assert_eq!((reply.status, reply.cache_status()), (200, "miss"));
+        keys.push((
+            body,
+            CacheKey::from_hex(reply.header("x-relaycache-key")).expect("a key"),
+        ));
+    }
+    writer
+        .wait_for_stats("every write replicated", |s| {
+            s["cluster"]["writes"].as_u64() >= Some(WRITTEN as u64)
+        })
+        .await;
+
+    members[1].kill_hard();
+    for member in [&members[0], &members[2]] {
+        member.wait_for_members(2).await;
+    }
+    members[1] = Relay::start(&{
+        let mut config = member_config(&upstream.url(), &addresses[1], &addresses, 2);
+        config.cache.ha.warmup_timeout = Duration::ZERO;
+        config.cache.ha.repair_rate = 1;
+        config
+    });
+    wait_all(&members, 3).await;
+    let seeds: Vec<u64> = addresses.iter().map(|a| placement::seed_of(a)).collect();
+    let calls = upstream.calls();
+    let mut asked = 0;
+    for (body, key) in &keys {
+        let replicas = placement::rank(&seeds, key, 2);
+        if replicas[0] != 1 {
+            continue;
+        }
+        // The member that holds no copy of it.
+        let asker = &members[(0..3)
+            .find(|m| !replicas.contains(m))
+            .expect("three members")];
+        let gets = "relaycache_cluster_calls_total{op=\"get\",outcome=\"ok\"}";
+        let gets0 = asker.metric(gets).await;
+        let reply = post_messages(asker, "k", body, &[]).await;
+        assert_eq!(
+            (
+                reply.status,
+                reply.cache_status(),
+                reply.header("x-relaycache-tier")
+            ),
+            (200, "hit", "peer"),
+            "a key the restarted owner lacks went to the upstream"
+        );
+        assert_eq!(asker.metric(gets).await - gets0, 1.0, "replica reads");
+        asked += 1;
+        // The copy came back to the owner with the flight.
+        let mut back = None;
+        for _ in 0..200 {
+            back = held_call(&addresses[1], key).await;
+            if back.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(back.is_some(), "the owner was not given the copy back");
+    }
+    assert!(asked > 0, "member 1 owns no key of {WRITTEN}");
+    assert_eq!(upstream.calls(), calls);
 }
 
 /// A member that stood still (SIGSTOP here; a frozen VM or a long pause in

@@ -161,6 +161,34 @@ async fn a_client_claims_only_keys_of_its_own_requests() {
     let reply = post_messages(&member, "victim-key", &question("victim"), &[]).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.cache_status(), "miss");
+    // Once the key is held, a claim gets the copy as `Get` would, origin
+    // or not: reading needs no origin, only the flight does.
+    let claim = ClaimRequest {
+        key: victim_key.0.to_vec(),
+        wait_ms: 100,
+        origin: None,
+    };
+    let first = grpc
+        .claim(with_token(claim, CLIENT_TOKEN))
+        .await
+        .expect("a claim of a held key is answered")
+        .into_inner()
+        .message()
+        .await
+        .expect("a reply")
+        .expect("a first reply");
+    let Some(relaycache::cluster::proto::claim_reply::Outcome::Entry(entry)) = first.outcome else {
+        panic!("the held copy, not {first:?}");
+    };
+    let (key, entry) = relaycache::cluster::wire::entry_from_wire(&entry).expect("a fresh entry");
+    assert_eq!(key, victim_key);
+    assert_eq!(entry.body(), reply.body);
+    assert_eq!(
+        member
+            .metric("relaycache_cluster_refused_total{reason=\"forged_key\"}")
+            .await,
+        2.0
+    );
 }
 
 /// One member (whose coalescing waits at most `wait_timeout`), its gRPC

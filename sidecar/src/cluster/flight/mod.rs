@@ -38,6 +38,7 @@ use super::proto::{
     claim_reply, feed_message, ClaimReply, ClaimRequest, FeedMessage, FeedStart, Lead, LiveHead,
     NoAnswer, ReleaseRequest,
 };
+use super::replication::OwnerShare;
 use super::security::PeerClient;
 use super::wire::{
     entry_from_wire, entry_to_wire, failure_from_wire, failure_to_wire, headers_from_wire,
@@ -60,9 +61,10 @@ use stream::{live_parts, pipe, LivePart};
 pub enum Claimed {
     /// The answer, held by the owner or landed by the flight waited on.
     Answer(Arc<CachedResponse>),
-    /// This process leads: call the upstream. `Cluster::replicate` lands
-    /// the flight; [`Cluster::release`] gives it back.
-    Lead,
+    /// This process leads: call the upstream, after asking the other
+    /// replicas unless the owner holds its share. `Cluster::replicate`
+    /// lands the flight; [`Cluster::release`] gives it back.
+    Lead(OwnerShare),
     /// The leader's upstream call failed: answer with the same failure.
     Failed(Arc<UpstreamFailure>),
     /// The flight's answer is a stream in progress, followed here live;
@@ -99,12 +101,20 @@ fn reply(outcome: claim_reply::Outcome) -> Result<ClaimReply, tonic::Status> {
 }
 
 impl ClaimAnswer {
+    /// The owner's copy of `key`.
+    pub(crate) fn held(key: &CacheKey, entry: &CachedResponse) -> Self {
+        ClaimAnswer::Outcome(claim_reply::Outcome::Entry(entry_to_wire(key, entry)))
+    }
+
     /// The replies: the outcome alone, or `live`, each frame, and `end`.
     pub(crate) fn into_replies(self) -> ClaimReplies {
         match self {
             ClaimAnswer::Outcome(outcome) => Box::pin(futures::stream::iter([reply(outcome)])),
             ClaimAnswer::Lead(watch) => {
-                let lead = reply(claim_reply::Outcome::Lead(Lead { lease: watch.lease }));
+                let lead = reply(claim_reply::Outcome::Lead(Lead {
+                    lease: watch.lease,
+                    owner_holds_its_share: watch.owner_share == OwnerShare::Whole,
+                }));
                 let open = futures::stream::unfold(watch, |mut watch| async move {
                     let _ = (&mut watch.ended).await;
                     None::<(Result<ClaimReply, tonic::Status>, LeadWatch)>
@@ -169,6 +179,8 @@ pub(crate) struct LeadWatch {
     cluster: Arc<Cluster>,
     key: CacheKey,
     lease: u64,
+    /// Told to the claimant with the lead.
+    owner_share: OwnerShare,
     ended: tokio::sync::oneshot::Receiver<()>,
 }
 
@@ -228,7 +240,7 @@ impl Cluster {
         let claimed = self.ask_owner(key, origin).await;
         let outcome = match &claimed {
             Claimed::Answer(_) => FlightOutcome::Answer,
-            Claimed::Lead => FlightOutcome::Lead,
+            Claimed::Lead(_) => FlightOutcome::Lead,
             Claimed::Failed(_) => FlightOutcome::Failed,
             Claimed::Live { .. } => FlightOutcome::Live,
             Claimed::Alone(_) => FlightOutcome::Alone,
@@ -247,7 +259,7 @@ impl Cluster {
         };
         // This member owns the key: the local flight is the cluster's.
         let Some(mut owner) = owner else {
-            return Claimed::Lead;
+            return Claimed::Lead(self.own_share());
         };
         if self.is_client() && origin.is_none() {
             return Claimed::Alone("a client claims only with the request's origin");
@@ -296,14 +308,21 @@ impl Cluster {
                     None => Claimed::Alone("the owner's entry was refused"),
                 }
             }
-            Some(claim_reply::Outcome::Lead(Lead { lease })) => {
+            Some(claim_reply::Outcome::Lead(Lead {
+                lease,
+                owner_holds_its_share,
+            })) => {
                 let held = HeldLease {
                     lease,
                     owner,
                     _claim: replies,
                 };
                 locked(&table.held).insert(*key, held);
-                Claimed::Lead
+                Claimed::Lead(if owner_holds_its_share {
+                    OwnerShare::Whole
+                } else {
+                    OwnerShare::InDoubt
+                })
             }
             Some(claim_reply::Outcome::Failure(failure)) => match failure_from_wire(failure) {
                 Some(failure) => Claimed::Failed(Arc::new(failure)),
@@ -442,9 +461,7 @@ impl Cluster {
         wait: Duration,
     ) -> ClaimAnswer {
         let table = &self.flight_table;
-        let held = |entry: &CachedResponse| {
-            ClaimAnswer::Outcome(claim_reply::Outcome::Entry(entry_to_wire(&key, entry)))
-        };
+        let held = |entry: &CachedResponse| ClaimAnswer::held(&key, entry);
         if let Some(entry) = self.memory.lookup(&key) {
             return held(&entry);
         }
@@ -469,10 +486,22 @@ impl Cluster {
                 };
                 locked(&table.remote_leads).insert(key, lead);
                 self.expire_lead_later(key, lease);
+                // Said only of keys this member owns first in its own
+                // view: a claimant with another view must ask around.
+                let owns_first = self
+                    .view()
+                    .replicas(&key, 1)
+                    .first()
+                    .is_some_and(|m| m.is_local());
                 ClaimAnswer::Lead(LeadWatch {
                     cluster: Arc::clone(self),
                     key,
                     lease,
+                    owner_share: if owns_first {
+                        self.own_share()
+                    } else {
+                        OwnerShare::InDoubt
+                    },
                     ended,
                 })
             }
