@@ -125,11 +125,8 @@ impl Cluster {
                 OwnerRead::Asked | OwnerRead::Answered => OwnerShare::InDoubt,
             }
         };
-        if answers >= needed && owner_share == OwnerShare::Whole {
-            return None;
-        }
-        if answers >= needed && owner == OwnerRead::Answered {
-            // The owner's copy is quorum enough.
+        // Or the owner's copy, from its claim, is quorum enough.
+        if answers >= needed && (owner_share == OwnerShare::Whole || owner == OwnerRead::Answered) {
             return None;
         }
         let timeout = self.timings.call_timeout;

@@ -142,23 +142,19 @@ impl Proxy {
                 let below = self
                     .tiers
                     .below_memory(&keyed.key, origin, OwnerRead::Asked);
-                if let Some((entry, tier)) = below.await {
-                    if let Some(leader) = leader {
-                        leader.land(Some(Arc::clone(&entry)));
-                    }
-                    log.reserve_used = tier == TierKind::Reserve;
-                    return self.serve_keyed_hit(&entry, &keyed, tier, log);
-                }
-                return self.fetch(keyed, upstream, status, leader, log).await;
+                return match below.await {
+                    Some(found) => self.serve_found_below(found, &keyed, leader, log),
+                    None => self.fetch(keyed, upstream, status, leader, log).await,
+                };
             }
         };
         // This process's askers wait on its leader; the leader waits on the
         // key's owner, so the cluster makes one upstream call.
         let origin = cache.origin_for_cluster(&self.tiers, &keyed);
         let owner_read = match self.tiers.claim(&keyed.key, origin.as_ref()).await {
-            Claimed::Answer(entry) => {
+            Claimed::Answer { entry, waited } => {
                 leader.land(Some(Arc::clone(&entry)));
-                log.coalesced = true;
+                log.coalesced = waited;
                 return self.serve_keyed_hit(&entry, &keyed, TierKind::Peer, log);
             }
             Claimed::Failed(failure) => {
@@ -192,12 +188,25 @@ impl Proxy {
         let below = self
             .tiers
             .below_memory(&keyed.key, || origin.clone(), owner_read);
-        if let Some((entry, tier)) = below.await {
-            leader.land(Some(Arc::clone(&entry)));
-            log.reserve_used = tier == TierKind::Reserve;
-            return self.serve_keyed_hit(&entry, &keyed, tier, log);
+        match below.await {
+            Some(found) => self.serve_found_below(found, &keyed, Some(leader), log),
+            None => self.fetch(keyed, upstream, status, Some(leader), log).await,
         }
-        self.fetch(keyed, upstream, status, Some(leader), log).await
+    }
+
+    /// A hit below memory: handed to the followers, then served.
+    fn serve_found_below(
+        &self,
+        (entry, tier): (Arc<CachedResponse>, TierKind),
+        keyed: &Keyed,
+        leader: Option<Leader>,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        if let Some(leader) = leader {
+            leader.land(Some(Arc::clone(&entry)));
+        }
+        log.reserve_used = tier == TierKind::Reserve;
+        self.serve_keyed_hit(&entry, keyed, tier, log)
     }
 
     /// The answer to a request whose flight's leader (here or elsewhere in

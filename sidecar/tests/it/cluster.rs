@@ -1068,6 +1068,23 @@ async fn a_miss_where_no_copy_is_held_claims_at_the_owner_and_reads_no_replica()
         assert_eq!(claims, claimed_remotely as f64, "claims by the {name}");
     }
     assert_eq!(upstream.calls(), 2 * MISSES as u64);
+    // The client's questions again, at member 2: those it holds no copy of
+    // are answered by the owner's claim reply. A copy the owner held is no
+    // wait on another's upstream call, and the access log says so.
+    for i in 0..MISSES {
+        let reply = post_messages(&members[2], "k", &question(&format!("client {i}")), &[]).await;
+        assert_eq!((reply.status, reply.cache_status()), (200, "hit"));
+    }
+    let peer_hits: Vec<_> = members[2]
+        .access_logs()
+        .into_iter()
+        .filter(|line| line["tier"] == "peer")
+        .collect();
+    assert!(!peer_hits.is_empty(), "member 2 held a copy of every key");
+    for line in &peer_hits {
+        assert_eq!(line["coalesced"], false, "{line}");
+    }
+    assert_eq!(upstream.calls(), 2 * MISSES as u64);
 }
 
 /// The key's primary owner came back empty and without a warm start, so it

@@ -71,6 +71,16 @@ async fn forty_concurrent_misses_over_members_and_clients_make_one_upstream_call
         misses, 1,
         "one asker led; the others were served its answer"
     );
+    // Every process whose leader waited at the owner logged its answer as
+    // coalesced, as its own followers did: none of the 39 says otherwise.
+    let mut logged = Vec::new();
+    for (index, process) in everyone.iter().enumerate() {
+        // post_spread sends request i through process i mod their count.
+        let sent = (0..40).filter(|i| i % everyone.len() == index).count();
+        logged.extend(process.wait_for_access_logs(sent).await);
+    }
+    let waited = logged.iter().filter(|l| l["coalesced"] == true).count();
+    assert_eq!(waited, 39, "coalesced answers of 40: {logged:?}");
     // Every process's own memory now holds it.
     for process in &everyone {
         let again = post_messages(process, "k", &q, &[]).await;

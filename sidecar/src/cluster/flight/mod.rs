@@ -59,8 +59,14 @@ use stream::{live_parts, pipe, LivePart};
 /// What the key's primary owner said to a miss.
 #[derive(Debug)]
 pub enum Claimed {
-    /// The answer, held by the owner or landed by the flight waited on.
-    Answer(Arc<CachedResponse>),
+    /// The answer: a copy the owner held, or (`waited`) the entry landed
+    /// by the flight the claim waited on.
+    Answer {
+        /// The entry.
+        entry: Arc<CachedResponse>,
+        /// Whether it came from a flight in progress.
+        waited: bool,
+    },
     /// This process leads: call the upstream, after asking the other
     /// replicas unless the owner holds its share. `Cluster::replicate`
     /// lands the flight; [`Cluster::release`] gives it back.
@@ -84,6 +90,8 @@ pub enum Claimed {
 pub(crate) enum ClaimAnswer {
     /// The entry, the failure, or nothing.
     Outcome(claim_reply::Outcome),
+    /// The entry landed by the flight the claim waited on.
+    Landed(super::proto::Entry),
     /// The lead: its reply stream stays open until the lead ends.
     Lead(LeadWatch),
     /// The flight's streamed answer in progress.
@@ -97,6 +105,7 @@ pub(crate) type ClaimReplies =
 fn reply(outcome: claim_reply::Outcome) -> Result<ClaimReply, tonic::Status> {
     Ok(ClaimReply {
         outcome: Some(outcome),
+        waited: false,
     })
 }
 
@@ -110,6 +119,10 @@ impl ClaimAnswer {
     pub(crate) fn into_replies(self) -> ClaimReplies {
         match self {
             ClaimAnswer::Outcome(outcome) => Box::pin(futures::stream::iter([reply(outcome)])),
+            ClaimAnswer::Landed(entry) => Box::pin(futures::stream::iter([Ok(ClaimReply {
+                outcome: Some(claim_reply::Outcome::Entry(entry)),
+                waited: true,
+            })])),
             ClaimAnswer::Lead(watch) => {
                 let lead = reply(claim_reply::Outcome::Lead(Lead {
                     lease: watch.lease,
@@ -239,7 +252,7 @@ impl Cluster {
     pub async fn claim(&self, key: &CacheKey, origin: Option<&KeyOrigin>) -> Claimed {
         let claimed = self.ask_owner(key, origin).await;
         let outcome = match &claimed {
-            Claimed::Answer(_) => FlightOutcome::Answer,
+            Claimed::Answer { .. } => FlightOutcome::Answer,
             Claimed::Lead(_) => FlightOutcome::Lead,
             Claimed::Failed(_) => FlightOutcome::Failed,
             Claimed::Live { .. } => FlightOutcome::Live,
@@ -303,7 +316,10 @@ impl Cluster {
                 match entry {
                     Some(entry) => {
                         self.observe(entry.version);
-                        Claimed::Answer(Arc::new(entry))
+                        Claimed::Answer {
+                            entry: Arc::new(entry),
+                            waited: first.waited,
+                        }
                     }
                     None => Claimed::Alone("the owner's entry was refused"),
                 }
@@ -506,7 +522,7 @@ impl Cluster {
                 })
             }
             Join::Follow(follower) => match follower.wait(wait.min(table.wait_timeout)).await {
-                Landing::Answer(entry) => held(&entry),
+                Landing::Answer(entry) => ClaimAnswer::Landed(entry_to_wire(&key, &entry)),
                 Landing::Failed(failure) => {
                     ClaimAnswer::Outcome(claim_reply::Outcome::Failure(failure_to_wire(&failure)))
                 }

@@ -44,7 +44,7 @@ pub(super) trait LiveSource {
 impl LiveSource for tonic::Streaming<ClaimReply> {
     async fn next_part(&mut self) -> Result<Option<Vec<u8>>, String> {
         match self.message().await {
-            Ok(Some(ClaimReply { outcome })) => match outcome {
+            Ok(Some(ClaimReply { outcome, .. })) => match outcome {
                 Some(claim_reply::Outcome::Frame(frame)) => Ok(Some(frame)),
                 Some(claim_reply::Outcome::End(end)) => ended(end),
                 _ => Err("the owner sent something other than a frame".into()),
