@@ -102,10 +102,10 @@ impl Cluster {
         let mut answers = replicas.iter().filter(|m| m.is_local()).count();
         let needed = self.settings.read_quorum as usize;
         let primary_is_local = replicas.first().is_some_and(|m| m.is_local());
-        let claimed = |rank: usize, member: &Member| {
-            rank == 0 && owner != OwnerRead::Asked && !member.is_local()
-        };
-        if replicas.first().is_some_and(|primary| claimed(0, primary)) {
+        // A remote primary owner answered already, through the claim.
+        let primary_claimed =
+            owner != OwnerRead::Asked && !primary_is_local && !replicas.is_empty();
+        if primary_claimed {
             answers += 1;
         }
         // A primary owner that warmed up completely holds what the cluster
@@ -133,7 +133,7 @@ impl Cluster {
         let mut calls: FuturesUnordered<_> = replicas
             .iter()
             .enumerate()
-            .filter(|&(rank, member)| !claimed(rank, member))
+            .filter(|&(rank, _)| !(rank == 0 && primary_claimed))
             .filter_map(|(_, member)| member.client.clone())
             .map(|mut client| async move {
                 let request = GetRequest {

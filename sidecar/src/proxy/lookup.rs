@@ -94,13 +94,11 @@ impl Proxy {
                 return self.serve_keyed_hit(&entry, &keyed, TierKind::Memory, log);
             }
             let origin = || cache.origin_for_cluster(&self.tiers, &keyed);
-            if let Some((entry, tier)) = self
+            let below = self
                 .tiers
-                .below_memory(&keyed.key, origin, OwnerRead::Asked)
-                .await
-            {
-                log.reserve_used = tier == TierKind::Reserve;
-                return self.serve_keyed_hit(&entry, &keyed, tier, log);
+                .below_memory(&keyed.key, origin, OwnerRead::Asked);
+            if let Some(found) = below.await {
+                return self.serve_found_below(found, &keyed, None, log);
             }
         }
         log.cache_status = Some(CacheStatus::Miss);
@@ -194,7 +192,8 @@ impl Proxy {
         }
     }
 
-    /// A hit below memory: handed to the followers, then served.
+    /// A hit below memory: handed to the followers (a leader's), then
+    /// served.
     fn serve_found_below(
         &self,
         (entry, tier): (Arc<CachedResponse>, TierKind),
