@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,11 +26,8 @@ use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 use tonic::Status;
 
-/// Stream window of a call: the same as tonic's own client, so that a
-/// batch of entries is not throttled by flow control on a fast network.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-/// Connection window: room for a few such calls at once.
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+use super::stream::{send_within_window, StreamBody, CONNECTION_WINDOW, STREAM_WINDOW};
+use super::turn_io::TurnWriter;
 
 /// How to reach one member.
 #[derive(Clone)]
@@ -200,7 +197,7 @@ impl Shared {
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<_, Bytes>(io)
+            .handshake::<_, Bytes>(TurnWriter::new(io))
             .await
             .map_err(|err| {
                 unavailable(
@@ -261,7 +258,7 @@ fn broken(address: &str, err: h2::Error) -> Status {
 }
 
 impl tonic::codegen::Service<http::Request<tonic::body::Body>> for PeerChannel {
-    type Response = http::Response<ReplyBody>;
+    type Response = http::Response<StreamBody>;
     type Error = Status;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Status>> + Send>>;
 
@@ -323,13 +320,9 @@ fn outgoing(body: &mut tonic::body::Body) -> Result<Outgoing, Status> {
 async fn reply_of(
     address: &str,
     reply: h2::client::ResponseFuture,
-) -> Result<http::Response<ReplyBody>, Status> {
+) -> Result<http::Response<StreamBody>, Status> {
     let reply = reply.await.map_err(|err| broken(address, err))?;
-    Ok(reply.map(|body| ReplyBody {
-        body,
-        data_done: false,
-        done: false,
-    }))
+    Ok(reply.map(StreamBody::new))
 }
 
 /// A call whose messages are still being made (a flight's live feed): the
@@ -340,7 +333,7 @@ async fn streamed(
     parts: http::request::Parts,
     mut body: tonic::body::Body,
     already: Vec<Frame<Bytes>>,
-) -> Result<http::Response<ReplyBody>, Status> {
+) -> Result<http::Response<StreamBody>, Status> {
     let (reply, mut stream) = shared.start(parts, false).await?;
     let feed_address = shared.dial.address.clone();
     tokio::spawn(async move {
@@ -379,72 +372,6 @@ async fn streamed(
         }
     });
     reply_of(&shared.dial.address, reply).await
-}
-
-/// Sends `data` as the member's window allows, so a member that reads
-/// slowly holds back the feed instead of this process buffering it all.
-async fn send_within_window(
-    stream: &mut h2::SendStream<Bytes>,
-    mut data: Bytes,
-) -> Result<(), h2::Error> {
-    while !data.is_empty() {
-        stream.reserve_capacity(data.len());
-        let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(granted) => granted?,
-            // The member reset the call: nothing more can go.
-            None => return Err(h2::Reason::CANCEL.into()),
-        };
-        let chunk = data.split_to(granted.min(data.len()));
-        if !chunk.is_empty() {
-            stream.send_data(chunk, false)?;
-        }
-    }
-    Ok(())
-}
-
-/// A reply's body: its data frames, then its trailers (where gRPC puts a
-/// call's status).
-#[derive(Debug)]
-pub struct ReplyBody {
-    body: h2::RecvStream,
-    data_done: bool,
-    done: bool,
-}
-
-impl http_body::Body for ReplyBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if !self.data_done {
-            match ready!(self.body.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // The data is ours now; let the member send more.
-                    let _ = self.body.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
-                None => self.data_done = true,
-            }
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let trailers = ready!(self.body.poll_trailers(cx));
-        self.done = true;
-        Poll::Ready(
-            trailers
-                .transpose()
-                .map(|result| result.map(Frame::trailers)),
-        )
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 pub mod channel;
 pub mod flight;
 pub mod handoff;
+pub mod listener;
 pub mod membership;
 pub mod placement;
 pub mod repair;
@@ -29,7 +30,9 @@ pub mod replication;
 pub mod roster;
 pub mod security;
 pub mod service;
+pub mod stream;
 pub mod tier;
+pub mod turn_io;
 pub mod warmup;
 pub mod wire;
 pub mod writes;
@@ -464,7 +467,7 @@ impl Cluster {
         let _ = self.stopping.send(true);
     }
 
-    fn stopping(&self) -> watch::Receiver<bool> {
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
         self.stopping.subscribe()
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
 use super::channel::{Dial, PeerChannel};
@@ -120,20 +119,71 @@ fn read_pem(path: &str, what: &str) -> Result<Vec<u8>, ClusterError> {
     })
 }
 
-/// The server side of mutual TLS, when configured: a client must present
+/// What mutual TLS on the gRPC port is made of, read from the PEM files
+/// of `cache.ha.tls`: the CA every member's and client's certificate must
+/// be signed by, and this process's own certificate chain and key.
+struct TlsMaterial {
+    roots: rustls::RootCertStore,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn bad_pem(what: &str, path: &str, err: &dyn std::fmt::Display) -> ClusterError {
+    ClusterError::Tls(format!(
+        "cannot use the {what} {path:?}: {err}; it must be PEM (cert-manager's tls.crt, tls.key and ca.crt are)"
+    ))
+}
+
+impl TlsMaterial {
+    fn read(tls: &PeerTlsConfig) -> Result<Self, ClusterError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let ca = read_pem(&tls.ca_file, "CA certificate")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&ca) {
+            let cert = cert.map_err(|err| bad_pem("CA certificate", &tls.ca_file, &err))?;
+            roots
+                .add(cert)
+                .map_err(|err| bad_pem("CA certificate", &tls.ca_file, &err))?;
+        }
+        if roots.is_empty() {
+            return Err(bad_pem(
+                "CA certificate",
+                &tls.ca_file,
+                &"it holds no certificate",
+            ));
+        }
+        let chain = CertificateDer::pem_slice_iter(&read_pem(&tls.cert_file, "certificate")?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| bad_pem("certificate", &tls.cert_file, &err))?;
+        let key = PrivateKeyDer::from_pem_slice(&read_pem(&tls.key_file, "private key")?)
+            .map_err(|err| bad_pem("private key", &tls.key_file, &err))?;
+        Ok(Self { roots, chain, key })
+    }
+}
+
+/// The server side of mutual TLS, when configured: a caller must present
 /// a certificate signed by `ca_file`.
-pub fn server_tls(tls: &PeerTlsConfig) -> Result<Option<ServerTlsConfig>, ClusterError> {
+pub fn server_tls(tls: &PeerTlsConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, ClusterError> {
     if !tls.enabled() {
         return Ok(None);
     }
-    let identity = Identity::from_pem(
-        read_pem(&tls.cert_file, "certificate")?,
-        read_pem(&tls.key_file, "private key")?,
-    );
-    let ca = Certificate::from_pem(read_pem(&tls.ca_file, "CA certificate")?);
-    Ok(Some(
-        ServerTlsConfig::new().identity(identity).client_ca_root(ca),
-    ))
+    let material = TlsMaterial::read(tls)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(material.roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|err| bad_pem("CA certificate", &tls.ca_file, &err))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ClusterError::Tls(err.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(material.chain, material.key)
+        .map_err(|err| bad_pem("certificate and key", &tls.cert_file, &err))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 /// Builds clients for member addresses with the token, TLS and timings.
@@ -148,40 +198,14 @@ pub struct Connector {
 /// The client side of mutual TLS: this member's certificate, and the CA
 /// every member's certificate must be signed by.
 fn client_tls(tls: &PeerTlsConfig) -> Result<tokio_rustls::TlsConnector, ClusterError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &str, path: &str, err: &dyn std::fmt::Display| {
-        ClusterError::Tls(format!(
-            "cannot use the {what} {path:?}: {err}; it must be PEM (cert-manager's tls.crt, tls.key and ca.crt are)"
-        ))
-    };
-    let ca = read_pem(&tls.ca_file, "CA certificate")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&ca) {
-        let cert = cert.map_err(|err| bad("CA certificate", &tls.ca_file, &err))?;
-        roots
-            .add(cert)
-            .map_err(|err| bad("CA certificate", &tls.ca_file, &err))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(
-            "CA certificate",
-            &tls.ca_file,
-            &"it holds no certificate",
-        ));
-    }
-    let chain = CertificateDer::pem_slice_iter(&read_pem(&tls.cert_file, "certificate")?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| bad("certificate", &tls.cert_file, &err))?;
-    let key = PrivateKeyDer::from_pem_slice(&read_pem(&tls.key_file, "private key")?)
-        .map_err(|err| bad("private key", &tls.key_file, &err))?;
+    let material = TlsMaterial::read(tls)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| ClusterError::Tls(err.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|err| bad("certificate and key", &tls.cert_file, &err))?;
+        .with_root_certificates(material.roots)
+        .with_client_auth_cert(material.chain, material.key)
+        .map_err(|err| bad_pem("certificate and key", &tls.cert_file, &err))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }

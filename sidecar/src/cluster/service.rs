@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::flight::{ClaimAnswer, ClaimReplies};
+use super::listener;
 use super::proto::cluster_server::{Cluster as ClusterRpc, ClusterServer};
 use super::proto::{
     ClaimRequest, ClearReply, ClearRequest, DeleteReply, DeleteRequest, FeedMessage, FeedReply,
@@ -45,29 +46,14 @@ pub async fn serve(cluster: Arc<Cluster>) -> Result<SocketAddr, ClusterError> {
     let bound = listener
         .local_addr()
         .map_err(|source| ClusterError::Bind { addr, source })?;
-    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
-    if let Some(tls) = server_tls(&cluster.settings.tls)? {
-        builder = builder.tls_config(tls).map_err(|e| {
-            ClusterError::Tls(format!("{e}; check cert_file, key_file and ca_file"))
-        })?;
-    }
-    let mut stopping = cluster.stopping();
-    let router = builder.add_service(tonic::service::interceptor::InterceptedService::new(
+    let tls = server_tls(&cluster.settings.tls)?;
+    let service = tonic::service::interceptor::InterceptedService::new(
         ClusterServer::new(Service(Arc::clone(&cluster)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         Authenticate::new(&cluster.settings, Arc::clone(&cluster.metrics)),
-    ));
-    tokio::spawn(async move {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let stopped = async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        };
-        if let Err(err) = router.serve_with_incoming_shutdown(incoming, stopped).await {
-            tracing::error!(%err, "the cluster port stopped");
-        }
-    });
+    );
+    tokio::spawn(listener::Port::new(service, tls).serve(listener, cluster.stopping()));
     Ok(bound)
 }
 

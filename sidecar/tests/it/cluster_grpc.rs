@@ -1102,3 +1102,77 @@ async fn a_scan_streams_the_entries_an_owner_owns_in_batches() {
         assert!(status.message().contains(says), "{status}");
     }
 }
+
+/// Calls `Get` of a key the member lacks on a connection of its own whose
+/// stream window is `window` bytes, reading the reply without ever giving
+/// the member more credit. Returns the reply's message bytes and its
+/// `grpc-status`, or why they did not arrive within 3 s.
+async fn get_within_window(grpc: &str, window: u32) -> Result<(usize, String), String> {
+    use prost::Message;
+    let tcp = tokio::net::TcpStream::connect(grpc).await.unwrap();
+    let (mut sender, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let message = GetRequest {
+        key: key(9).0.to_vec(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&message);
+    let call = http::Request::post(format!("http://{grpc}/relaycache.cluster.v1.Cluster/Get"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(())
+        .unwrap();
+    let (reply, mut send) = sender.send_request(call, false).unwrap();
+    send.send_data(framed.into(), true).unwrap();
+    let patience = Duration::from_secs(3);
+    let mut body = tokio::time::timeout(patience, reply)
+        .await
+        .map_err(|_| "no reply headers".to_string())?
+        .unwrap()
+        .into_body();
+    let mut received = 0;
+    loop {
+        match tokio::time::timeout(patience, body.data()).await {
+            Ok(Some(data)) => received += data.unwrap().len(),
+            Ok(None) => break,
+            Err(_) => return Err(format!("stuck after {received} bytes of the reply")),
+        }
+    }
+    let trailers = tokio::time::timeout(patience, body.trailers())
+        .await
+        .map_err(|_| format!("no trailers after {received} bytes"))?
+        .unwrap()
+        .unwrap_or_default();
+    let status = trailers
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    Ok((received, status))
+}
+
+/// Trailers are not flow-controlled in HTTP/2, so a member sends a reply's
+/// status right after its message, queued together: a caller whose window
+/// the message just filled still learns how the call ended, and a caller
+/// with room reads the whole reply in one wake.
+#[tokio::test]
+async fn a_reply_ends_without_waiting_for_flow_control_credit() {
+    let upstream = mock().await;
+    let (_member, grpc) = member(&upstream.url()).await;
+    let (size, status) = get_within_window(&grpc, 1 << 20).await.unwrap();
+    assert_eq!(status, "0", "a Get of a missing key succeeds");
+    assert!(size > 0, "the reply carries a message");
+    let exact = get_within_window(&grpc, u32::try_from(size).unwrap()).await;
+    assert_eq!(
+        exact,
+        Ok((size, "0".to_string())),
+        "with a window the reply's message fills exactly, the member held back the trailers until the caller gave credit"
+    );
+}
