@@ -179,9 +179,15 @@ where
         mut respond: SendResponse<Bytes>,
     ) {
         let request = request.map(StreamBody::new);
-        let reply = match std::future::poll_fn(|cx| service.poll_ready(cx)).await {
-            Ok(()) => service.call(request).await,
-            Err(never) => match never {},
+        if let Err(never) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+            match never {}
+        }
+        let reply = tokio::select! {
+            biased;
+            reply = service.call(request) => reply,
+            // The caller gave up waiting (a claim that joined a flight,
+            // for one): the call is dropped with it.
+            _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
         };
         let reply = match reply {
             Ok(reply) => reply,
@@ -240,6 +246,8 @@ mod tests {
     use super::*;
     use std::future::Future;
     use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::task::{Context, Poll};
 
     use http_body_util::combinators::BoxBody;
@@ -250,6 +258,26 @@ mod tests {
     #[derive(Clone)]
     struct Echo {
         delay: Duration,
+        /// Calls whose future ended, answered or dropped.
+        ended: Arc<AtomicUsize>,
+    }
+
+    impl Echo {
+        fn after(delay: Duration) -> Self {
+            Self {
+                delay,
+                ended: Arc::default(),
+            }
+        }
+    }
+
+    /// Counts a call's future out when it ends, however it ends.
+    struct Ends(Arc<AtomicUsize>);
+
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     type Reply = http::Response<BoxBody<Bytes, Infallible>>;
@@ -270,7 +298,9 @@ mod tests {
             } else {
                 self.delay
             };
+            let ends = Ends(Arc::clone(&self.ended));
             Box::pin(async move {
+                let _ends = ends;
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
@@ -285,11 +315,11 @@ mod tests {
         }
     }
 
-    async fn start(delay: Duration) -> (SocketAddr, watch::Sender<bool>) {
+    async fn start(echo: Echo) -> (SocketAddr, watch::Sender<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopping) = watch::channel(false);
-        tokio::spawn(Port::new(Echo { delay }, None).serve(listener, stopping));
+        tokio::spawn(Port::new(echo, None).serve(listener, stopping));
         (address, stop)
     }
 
@@ -327,7 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_answered_in_place_and_on_their_own_task_both_arrive_whole() {
-        let (address, _stop) = start(Duration::from_secs(2)).await;
+        let (address, _stop) = start(Echo::after(Duration::from_secs(2))).await;
         let mut sender = connect(address).await;
         let mut second = sender.clone();
         let slow = tokio::spawn(async move {
@@ -354,7 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn stopping_lets_open_calls_finish_and_accepts_no_more_connections() {
-        let (address, stop) = start(Duration::from_millis(300)).await;
+        let (address, stop) = start(Echo::after(Duration::from_millis(300))).await;
         let mut sender = connect(address).await;
         let open =
             tokio::spawn(
@@ -367,5 +397,40 @@ mod tests {
         assert_eq!(message, "/relaycache.cluster.v1.Cluster/Scan");
         let refused = tokio::net::TcpStream::connect(address).await;
         assert!(refused.is_err(), "a connection was accepted after the stop");
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_caller_gives_up_is_dropped() {
+        let echo = Echo::after(Duration::from_secs(3600));
+        let ended = Arc::clone(&echo.ended);
+        let (address, _stop) = start(echo).await;
+        let sender = connect(address).await;
+        let request = http::Request::post("http://member/relaycache.cluster.v1.Cluster/SetBatch")
+            .body(())
+            .unwrap();
+        let (reply, mut send) = sender
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        send.send_data(Bytes::from_static(b"call"), true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            ended.load(Ordering::SeqCst),
+            0,
+            "an hour's call ended early"
+        );
+        // Dropping both halves resets the stream.
+        drop((reply, send));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ended.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            ended.load(Ordering::SeqCst),
+            1,
+            "the call went on after its caller reset it"
+        );
     }
 }
