@@ -330,8 +330,11 @@ mod tests {
         sender
     }
 
-    /// Sends a call to `path` and returns its reply's message and status.
-    async fn call(sender: &mut h2::client::SendRequest<Bytes>, path: &str) -> (String, String) {
+    /// Opens a call to `path` and sends its one message.
+    async fn open(
+        sender: &h2::client::SendRequest<Bytes>,
+        path: &str,
+    ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
         let request = http::Request::post(format!("http://member{path}"))
             .body(())
             .unwrap();
@@ -343,6 +346,12 @@ mod tests {
             .send_request(request, false)
             .unwrap();
         send.send_data(Bytes::from_static(b"call"), true).unwrap();
+        (reply, send)
+    }
+
+    /// Sends a call to `path` and returns its reply's message and status.
+    async fn call(sender: &mut h2::client::SendRequest<Bytes>, path: &str) -> (String, String) {
+        let (reply, _send) = open(sender, path).await;
         let collected = reply.await.unwrap().into_body();
         let collected = StreamBody::new(collected).collect().await.unwrap();
         let status = collected.trailers().unwrap()["grpc-status"]
@@ -405,16 +414,7 @@ mod tests {
         let ended = Arc::clone(&echo.ended);
         let (address, _stop) = start(echo).await;
         let sender = connect(address).await;
-        let request = http::Request::post("http://member/relaycache.cluster.v1.Cluster/SetBatch")
-            .body(())
-            .unwrap();
-        let (reply, mut send) = sender
-            .ready()
-            .await
-            .unwrap()
-            .send_request(request, false)
-            .unwrap();
-        send.send_data(Bytes::from_static(b"call"), true).unwrap();
+        let (reply, send) = open(&sender, "/relaycache.cluster.v1.Cluster/SetBatch").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             ended.load(Ordering::SeqCst),
