@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 use tonic::Status;
 
-use super::stream::{send_within_window, StreamBody, CONNECTION_WINDOW, STREAM_WINDOW};
+use super::stream::{send_body, StreamBody, CONNECTION_WINDOW, STREAM_WINDOW};
 use super::turn_io::TurnWriter;
 
 /// How to reach one member.
@@ -331,44 +331,19 @@ async fn reply_of(
 async fn streamed(
     shared: &Shared,
     parts: http::request::Parts,
-    mut body: tonic::body::Body,
+    body: tonic::body::Body,
     already: Vec<Frame<Bytes>>,
 ) -> Result<http::Response<StreamBody>, Status> {
     let (reply, mut stream) = shared.start(parts, false).await?;
     let feed_address = shared.dial.address.clone();
+    // The frames already taken off the body go first.
+    let feed = http_body_util::StreamBody::new(futures::StreamExt::chain(
+        futures::stream::iter(already.into_iter().map(Ok::<_, Status>)),
+        http_body_util::BodyStream::new(body),
+    ));
     tokio::spawn(async move {
-        let mut pending = already.into_iter();
-        loop {
-            let frame = match pending.next() {
-                Some(frame) => Some(Ok(frame)),
-                None => body.frame().await,
-            };
-            let sent = match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => send_within_window(&mut stream, data).await,
-                    Err(frame) => match frame.into_trailers() {
-                        Ok(trailers) => {
-                            let _ = stream.send_trailers(trailers);
-                            return;
-                        }
-                        Err(_) => Ok(()),
-                    },
-                },
-                Some(Err(status)) => {
-                    tracing::debug!(address = %feed_address, %status, "a call's stream of messages failed");
-                    stream.send_reset(h2::Reason::CANCEL);
-                    return;
-                }
-                None => {
-                    // The last message went: end the request.
-                    let _ = stream.send_data(Bytes::new(), true);
-                    return;
-                }
-            };
-            if let Err(err) = sent {
-                tracing::debug!(address = %feed_address, %err, "a call's stream of messages was cut");
-                return;
-            }
+        if let Err(cut) = send_body(&mut stream, feed, h2::Reason::CANCEL).await {
+            tracing::debug!(address = %feed_address, %cut, "a call's stream of messages was cut");
         }
     });
     reply_of(&shared.dial.address, reply).await

@@ -20,14 +20,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use h2::server::SendResponse;
-use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tonic::codegen::Service;
 
-use super::stream::{send_within_window, StreamBody, CONNECTION_WINDOW, STREAM_WINDOW};
+use super::stream::{send_body, StreamBody, CONNECTION_WINDOW, STREAM_WINDOW};
 use super::turn_io::TurnWriter;
 
 /// Calls one caller may have open on a connection at once: hyper's default
@@ -179,19 +178,13 @@ where
         mut respond: SendResponse<Bytes>,
     ) {
         let request = request.map(StreamBody::new);
-        if let Err(never) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
-            match never {}
-        }
-        let reply = tokio::select! {
+        let Ok(()) = std::future::poll_fn(|cx| service.poll_ready(cx)).await;
+        let Ok(reply) = tokio::select! {
             biased;
             reply = service.call(request) => reply,
             // The caller gave up waiting (a claim that joined a flight,
             // for one): the call is dropped with it.
             _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
-        };
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(never) => match never {},
         };
         let (head, body) = reply.into_parts();
         // A refusal is all headers (gRPC's trailers-only reply).
@@ -206,37 +199,8 @@ where
         if ends {
             return;
         }
-        let mut body = std::pin::pin!(body);
-        loop {
-            let frame = tokio::select! {
-                biased;
-                frame = body.frame() => frame,
-                // The caller gave up: dropping the body tells the service (a
-                // flight's leader that went, for one).
-                _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
-            };
-            let sent = match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => match send_within_window(&mut stream, data).await {
-                        Ok(()) => continue,
-                        Err(err) => Err(err),
-                    },
-                    Err(frame) => match frame.into_trailers() {
-                        Ok(trailers) => stream.send_trailers(trailers),
-                        Err(_) => continue,
-                    },
-                },
-                Some(Err(err)) => {
-                    tracing::debug!(%err, "a reply on the cluster port failed midway");
-                    stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                    return;
-                }
-                None => stream.send_data(Bytes::new(), true),
-            };
-            if let Err(err) = sent {
-                tracing::debug!(%err, "a reply on the cluster port was cut");
-            }
-            return;
+        if let Err(cut) = send_body(&mut stream, body, h2::Reason::INTERNAL_ERROR).await {
+            tracing::debug!(%cut, "a reply on the cluster port was cut");
         }
     }
 }
@@ -251,6 +215,7 @@ mod tests {
     use std::task::{Context, Poll};
 
     use http_body_util::combinators::BoxBody;
+    use http_body_util::BodyExt;
     use http_body_util::StreamBody as FramesBody;
 
     /// A service for the tests: a `Get` is answered at once, any other

@@ -1,12 +1,15 @@
 //! One HTTP/2 stream's two directions as the cluster's transport uses them,
 //! on both sides of a call: what arrives (data frames, then trailers) as
-//! an HTTP body, and data sent within the other side's window.
+//! an HTTP body, and a body sent within the other side's window: a
+//! member's reply, and a caller's live feed.
 
+use std::fmt::Display;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::Frame;
+use http_body_util::BodyExt;
 
 /// Stream window of a call, on both sides: the same as tonic's own client,
 /// so that a batch of entries is not throttled by flow control on a fast
@@ -37,6 +40,60 @@ pub async fn send_within_window(
         }
     }
     Ok(())
+}
+
+/// Why [`send_body`] stopped before the body's end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyCut {
+    /// The other side reset the stream.
+    #[error("the other side reset the stream")]
+    Reset,
+    /// The body failed, and the stream was reset.
+    #[error("the body failed: {0}")]
+    Failed(String),
+    /// The stream refused a frame (it was closed under the sender).
+    #[error(transparent)]
+    Stream(#[from] h2::Error),
+}
+
+/// Sends `body` onto `stream` as its frames come: data within the other
+/// side's window, then its trailers, or the end of the stream. A body
+/// that fails resets the stream with `on_failure`; while it waits for the
+/// body, a reset from the other side ends the sending at once and drops
+/// the body (a caller that went, or a member that refused the call).
+pub async fn send_body<B>(
+    stream: &mut h2::SendStream<Bytes>,
+    body: B,
+    on_failure: h2::Reason,
+) -> Result<(), BodyCut>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Display,
+{
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return Err(BodyCut::Reset),
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => {
+                stream.send_reset(on_failure);
+                return Err(BodyCut::Failed(err.to_string()));
+            }
+            None => return Ok(stream.send_data(Bytes::new(), true)?),
+        };
+        match frame.into_data() {
+            Ok(data) => send_within_window(stream, data).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return Ok(stream.send_trailers(trailers)?);
+                }
+            }
+        }
+    }
 }
 
 /// What arrives on a stream: its data frames, then its trailers (where
