@@ -220,8 +220,12 @@ measure_cluster() {
         die "the client does not answer a stored answer from a peer: '$tier' (status and x-relaycache-tier; want '200 peer')"
     log "relaycache-client reads the cluster: $tier"
     expect_cached relaycache-client "$RELAY_URL" x-relaycache-status hit
+    # Where a peer hit's time goes: the work of the client and of the
+    # members per request, beside the same for a memory hit.
+    WATCHED=([client]="$RELAY_PID" [members]="${MEMBER_PIDS[*]}")
     measure ha_l1_hit_1 "relaycache client, memory (L1) hits" 1 1 fixed "$RELAY_URL" "$RELAY_ADMIN"
     measure ha_peer_hit_1 "relaycache client, peer (L2) hits" 1 1 cycle "$RELAY_URL" "$RELAY_ADMIN"
+    WATCHED=()
     check_peer_hits ha_peer_hit_1
     stop_child "$RELAY_PID"
 

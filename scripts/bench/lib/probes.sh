@@ -99,6 +99,22 @@ cpu_ticks() {
     done | awk '{ user += $1; sys += $2 } END { print user + 0, sys + 0 }'
 }
 
+# context_switches PID...: the context switches the processes' threads
+# have made so far (voluntary and not), summed: each is a sleep and a wake
+# of a thread, which a VM pays for with an exit to its hypervisor.
+context_switches() {
+    local pid
+    for pid in "$@"; do
+        cat "/proc/$pid/task/"*/status 2>/dev/null
+    done | awk '$1 ~ /ctxt_switches:$/ { n += $2 } END { print n + 0 }'
+}
+
+# process_work PID...: "USER SYS SWITCHES" so far (see cpu_ticks and
+# context_switches).
+process_work() {
+    echo "$(cpu_ticks "$@") $(context_switches "$@")"
+}
+
 # nginx_pids: nginx's master process and its workers.
 nginx_pids() {
     local master

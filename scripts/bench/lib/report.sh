@@ -76,6 +76,22 @@ cpu_per_request() {
     echo "$(calc '%.1f' 'u * 1e6 / hz / n' "u=$1" "hz=$hz" "n=$3") + $(calc '%.1f' 's * 1e6 / hz / n' "s=$2" "hz=$hz" "n=$3") µs"
 }
 
+# peer_rows: the peer hit against the memory hit, and the work of each.
+peer_rows() {
+    echo "| peer (L2) hit vs memory (L1) hit, client, 1 connection: p50 / p99 | ${P50[ha_peer_hit_1]} / ${P99[ha_peer_hit_1]} ms" \
+        "vs ${P50[ha_l1_hit_1]} / ${P99[ha_l1_hit_1]} ms; p50 $(ratio "${P50[ha_peer_hit_1]}" "${P50[ha_l1_hit_1]}")×; $(peer_target) |"
+    echo "| work per request, 1 connection, CPU user + system (context switches): memory hits, client / peer hits, client + members |" \
+        "$(work_per_request ha_l1_hit_1 client) / $(work_per_request ha_peer_hit_1 client) + $(work_per_request ha_peer_hit_1 members) |"
+}
+
+# work_per_request KEY GROUP: what measure counted for GROUP over row
+# KEY, per request: "U + S µs (C)", C context switches.
+work_per_request() {
+    local work=()
+    read -r -a work <<<"${ROW_WORK["$1 $2"]:-0 0 0}"
+    echo "$(cpu_per_request "${work[0]}" "${work[1]}" "${REQS[$1]}") ($(calc '%.1f' 'c / n' "c=${work[2]}" "n=${REQS[$1]}"))"
+}
+
 report() {
     local key wrk_version nginx_version
     wrk_version=$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }' || true)
@@ -110,8 +126,7 @@ report() {
     echo "| reserve hit p50 / p99 (1 connection) | ${P50[reserve_hit_1]} / ${P99[reserve_hit_1]} ms; $(reserve_target) |"
     echo "| reserve hit req/s ÷ relaycache miss req/s, $CONNECTIONS connections (both unique bodies) |" \
         "$(ratio "${RPS[reserve_hit]}" "${RPS[relay_miss]}")× |"
-    echo "| peer (L2) hit vs memory (L1) hit, client, 1 connection: p50 / p99 | ${P50[ha_peer_hit_1]} / ${P99[ha_peer_hit_1]} ms" \
-        "vs ${P50[ha_l1_hit_1]} / ${P99[ha_l1_hit_1]} ms; p50 $(ratio "${P50[ha_peer_hit_1]}" "${P50[ha_l1_hit_1]}")×; $(peer_target) |"
+    peer_rows
     echo "| HA member miss req/s ÷ single-mode miss req/s, 1 connection | $(ratio "${RPS[ha_miss_1]}" "${RPS[relay_miss_1]}")×" \
         "(p50 ${P50[relay_miss_1]} → ${P50[ha_miss_1]} ms) |"
     echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")×" \
@@ -158,6 +173,7 @@ report_core() {
     echo "| hits stored compressed ÷ stored as received, interleaved: client without zstd / client accepting zstd |" \
         "$(ratio "${COMPRESSION_SUMS[0]}" "${COMPRESSION_SUMS[2]}")× / $(ratio "${COMPRESSION_SUMS[1]}" "${COMPRESSION_SUMS[2]}")× |"
     if [[ -n ${RPS[ha_miss]:-} ]]; then
+        peer_rows
         echo "| HA member miss req/s ÷ single-mode miss req/s, 1 connection | $(ratio "${RPS[ha_miss_1]}" "${RPS[relay_miss_1]}")× |"
         echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")× |"
         flight_rows

@@ -20,6 +20,11 @@ declare -A LABEL CONNS REQS RPS P50 P99 NON2XX SOCKERR NOTE
 # relaycache's own counts over a measured run: hits (memory, reserve and
 # peers), misses, the hits read from the reserve and those from peers.
 declare -A HITS MISSES READS PEER_HITS
+# Processes whose work measure counts over a measured run, by group name
+# (set around the rows that want it, see measure_cluster), and what it
+# counted: ROW_WORK["KEY GROUP"] is "USER SYS SWITCHES" (CPU ticks and
+# context switches, see process_work).
+declare -A WATCHED=() ROW_WORK=()
 ROWS=()
 WRK_ARGS=()
 
@@ -55,7 +60,19 @@ measure() {
         read -r hits0 misses0 reads0 peer0 <<<"$counts"
     fi
     wrk_args "$script" "$tag"
+    local group before=() after=()
+    for group in "${!WATCHED[@]}"; do
+        # shellcheck disable=SC2086 # a list of pids
+        read -r -a before <<<"$(process_work ${WATCHED[$group]})"
+        ROW_WORK["$key $group"]="${before[*]}"
+    done
     line=$(run_wrk "$key" "$threads" "$conns" "$BENCH_SECONDS" "$script" "$url" "${WRK_ARGS[@]}")
+    for group in "${!WATCHED[@]}"; do
+        read -r -a before <<<"${ROW_WORK["$key $group"]}"
+        # shellcheck disable=SC2086 # a list of pids
+        read -r -a after <<<"$(process_work ${WATCHED[$group]})"
+        ROW_WORK["$key $group"]="$((after[0] - before[0])) $((after[1] - before[1])) $((after[2] - before[2]))"
+    done
     ROWS+=("$key")
     LABEL[$key]=$label
     CONNS[$key]=$conns
