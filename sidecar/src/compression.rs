@@ -217,17 +217,20 @@ impl DecodedAnswers {
         Self { bodies }
     }
 
-    /// The decoded body of `entry`, stored under `key`.
-    pub fn body(&self, key: &CacheKey, entry: &CachedResponse) -> Bytes {
+    /// The decoded body of `entry`, stored under `key`; `decoded`: that
+    /// body, when the caller decoded it already (an entry just received,
+    /// whose frame was decoded to check it), so it is not decoded again.
+    pub fn body(&self, key: &CacheKey, entry: &CachedResponse, decoded: Option<Bytes>) -> Bytes {
+        let decode = || decoded.unwrap_or_else(|| entry.body());
         let Some(bodies) = &self.bodies else {
-            return entry.body();
+            return decode();
         };
         let same_entry =
             |held: &DecodedBody| held.version == entry.version && held.created == entry.created;
         if let Some(held) = bodies.get(key).filter(same_entry) {
             return held.body;
         }
-        let body = entry.body();
+        let body = decode();
         bodies.insert(
             *key,
             DecodedBody {
@@ -277,6 +280,32 @@ mod tests {
         );
         assert_eq!(decoded_size(&frame).unwrap(), body.len());
         assert_eq!(decompress(&frame).unwrap(), body);
+    }
+
+    /// An entry of `body` stored compressed.
+    fn packed(body: &[u8]) -> CachedResponse {
+        let entry =
+            CachedResponse::new(&HeaderMap::new(), body, std::time::Duration::from_secs(60))
+                .compressed(Some(&zstd_on()));
+        assert_eq!(entry.stored_body().0, BodyEncoding::Zstd);
+        entry
+    }
+
+    #[test]
+    fn a_hot_answer_is_decoded_once_and_a_copy_decoded_already_is_not_decoded_again() {
+        let body = prose(5000);
+        let entry = packed(&body);
+        let answers = DecodedAnswers::new(1 << 20);
+        let key = CacheKey([1; 32]);
+        assert_eq!(answers.body(&key, &entry, None), body, "decoded");
+        // The copy given is what the caller decoded from this entry; a
+        // marker in its place shows that it is served without a decode.
+        let other_key = CacheKey([2; 32]);
+        let given = Bytes::from_static(b"the copy the caller decoded");
+        assert_eq!(answers.body(&other_key, &entry, Some(given.clone())), given);
+        let uncached = DecodedAnswers::new(0);
+        assert_eq!(uncached.body(&key, &entry, Some(given.clone())), given);
+        assert_eq!(uncached.body(&key, &entry, None), body);
     }
 
     #[test]

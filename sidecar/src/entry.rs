@@ -80,6 +80,18 @@ pub struct CachedResponse {
     pub version: Version,
 }
 
+/// An entry rebuilt from another process's parts, and its body decoded
+/// when it came compressed: checking the frame and reading the answer's
+/// usage and model decode it, and the hit that asked for the entry can
+/// serve that copy to a client that does not accept zstd instead of
+/// decoding the frame a second time.
+pub struct Received {
+    /// The entry, stored compressed as it came.
+    pub entry: CachedResponse,
+    /// Its body decoded; `None` when it came as the upstream sent it.
+    pub decoded: Option<Bytes>,
+}
+
 /// Bookkeeping per entry outside its buffer (the cache's node, key, the
 /// entry struct), counted against the memory budget so that `max_cost`
 /// tracks real memory even for many small entries.
@@ -195,19 +207,32 @@ impl CachedResponse {
         ttl: Duration,
         version: Version,
     ) -> Option<Self> {
+        Self::received(header_block, encoding, stored_body, created, ttl, version)
+            .map(|received| received.entry)
+    }
+
+    /// [`CachedResponse::from_parts`], keeping the body it decoded.
+    pub fn received(
+        header_block: &[u8],
+        encoding: BodyEncoding,
+        stored_body: &[u8],
+        created: SystemTime,
+        ttl: Duration,
+        version: Version,
+    ) -> Option<Received> {
         if !header_block_is_well_formed(header_block) {
             return None;
         }
         let decoded = match encoding {
             BodyEncoding::Identity => None,
-            BodyEncoding::Zstd => Some(compression::decompress(stored_body).ok()?),
+            BodyEncoding::Zstd => Some(Bytes::from(compression::decompress(stored_body).ok()?)),
         };
         let body = decoded.as_deref().unwrap_or(stored_body);
         let mut data = Vec::with_capacity(header_block.len() + stored_body.len());
         data.extend_from_slice(header_block);
         data.extend_from_slice(stored_body);
         let facts = AnswerFacts::of(body, is_event_stream_block(header_block));
-        Some(Self {
+        let entry = Self {
             data: Bytes::from(data),
             header_len: header_block.len(),
             encoding,
@@ -219,7 +244,8 @@ impl CachedResponse {
             model: facts.model,
             tenant: None,
             namespace: None,
-        })
+        };
+        Some(Received { entry, decoded })
     }
 
     /// The entry as an answer from the upstream would have been stored:

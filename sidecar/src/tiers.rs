@@ -142,12 +142,13 @@ impl Tiers {
             return Claimed::Alone("no cluster");
         };
         let mut claimed = peers.cluster().claim(key, origin).await;
-        if let Claimed::Answer { entry, .. } = &mut claimed {
+        if let Claimed::Answer { entry, decoded, .. } = &mut claimed {
             // A read quorum above one answer reads the other replicas too,
             // and the freshest copy wins.
             if let Some(other) = peers.lookup(key, OwnerRead::Answered).await {
                 if other.version > entry.version {
                     *entry = other;
+                    *decoded = None;
                 }
             }
             self.memory.insert(*key, Arc::clone(entry));

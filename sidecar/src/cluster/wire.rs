@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::proto;
 use crate::coalesce::{self, UpstreamFailure};
 use crate::compression::BodyEncoding;
-use crate::entry::CachedResponse;
+use crate::entry::{CachedResponse, Received};
 use crate::key::{CacheKey, KeyOrigin, Tenant};
 use crate::version::Version;
 
@@ -139,11 +139,22 @@ pub fn entry_from_wire_within(
     (restored.is_fresh() || restored.is_stale_within(window)).then_some((key, restored))
 }
 
+/// [`entry_from_wire`], with the body it decoded to check it (see
+/// [`Received`]): for the hit that asked for the entry.
+pub fn received_from_wire(entry: &proto::Entry) -> Option<(CacheKey, Received)> {
+    let (key, received) = receive(entry)?;
+    received.entry.is_fresh().then_some((key, received))
+}
+
 fn restore(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
+    receive(entry).map(|(key, received)| (key, received.entry))
+}
+
+fn receive(entry: &proto::Entry) -> Option<(CacheKey, Received)> {
     let key = key_from_wire(&entry.key)?;
     let created = UNIX_EPOCH.checked_add(Duration::from_millis(entry.created_ms))?;
     let encoding = proto::BodyEncoding::try_from(entry.body_encoding).ok()?;
-    let mut restored = CachedResponse::from_parts(
+    let mut received = CachedResponse::received(
         &entry.header_block,
         encoding_from_wire(encoding),
         &entry.body,
@@ -151,11 +162,11 @@ fn restore(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
         Duration::from_millis(entry.ttl_ms),
         version_from_wire(entry.version.as_ref()),
     )?;
-    restored.tenant = Tenant::from_bytes(&entry.tenant);
-    restored.namespace = entry
+    received.entry.tenant = Tenant::from_bytes(&entry.tenant);
+    received.entry.namespace = entry
         .has_namespace
         .then(|| std::sync::Arc::from(entry.namespace.as_str()));
-    Some((key, restored))
+    Some((key, received))
 }
 
 /// A failed upstream answer as sent to the askers waiting on a flight.

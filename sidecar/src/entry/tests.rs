@@ -246,8 +246,9 @@ fn a_compressed_entry_keeps_its_answer_facts_and_decodes_to_the_upstream_body() 
     assert_eq!(packed.model, plain.model);
     assert_eq!(packed.headers(), plain.headers());
 
-    // As another member receives it: checked, facts read from the decoded body.
-    let received = CachedResponse::from_parts(
+    // As another member receives it: checked, facts read from the decoded
+    // body, which is kept for the hit that asked.
+    let with_copy = CachedResponse::received(
         &packed.header_block(),
         encoding,
         &stored,
@@ -256,6 +257,8 @@ fn a_compressed_entry_keeps_its_answer_facts_and_decodes_to_the_upstream_body() 
         Version::default(),
     )
     .expect("a good frame is taken");
+    assert_eq!(with_copy.decoded.as_deref(), Some(&body[..]));
+    let received = with_copy.entry;
     assert_eq!(received.body(), body);
     assert_eq!(received.usage, usage(12, 800, 0, 0));
     assert_eq!(
@@ -263,6 +266,17 @@ fn a_compressed_entry_keeps_its_answer_facts_and_decodes_to_the_upstream_body() 
         stored,
         "kept as sent, not re-encoded"
     );
+
+    let plain_copy = CachedResponse::received(
+        &plain.header_block(),
+        BodyEncoding::Identity,
+        &plain.body(),
+        plain.created,
+        plain.ttl,
+        Version::default(),
+    )
+    .expect("a plain body is taken");
+    assert_eq!(plain_copy.decoded, None, "nothing was decoded");
 }
 
 #[test]

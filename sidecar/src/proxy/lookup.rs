@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
 use super::fetch::{failure_response, tag_upstream_answer};
@@ -150,10 +151,15 @@ impl Proxy {
         // key's owner, so the cluster makes one upstream call.
         let origin = cache.origin_for_cluster(&self.tiers, &keyed);
         let owner_read = match self.tiers.claim(&keyed.key, origin.as_ref()).await {
-            Claimed::Answer { entry, waited } => {
+            Claimed::Answer {
+                entry,
+                waited,
+                decoded,
+            } => {
                 leader.land(Some(Arc::clone(&entry)));
                 log.coalesced = waited;
-                return self.serve_keyed_hit(&entry, &keyed, TierKind::Peer, log);
+                let key = &keyed.key;
+                return self.serve_hit(&entry, key, TierKind::Peer, decoded, &keyed.policy, log);
             }
             Claimed::Failed(failure) => {
                 leader.fail(Arc::clone(&failure));
@@ -245,14 +251,17 @@ impl Proxy {
         tier: TierKind,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
-        self.serve_hit(entry, &keyed.key, tier, &keyed.policy, log)
+        self.serve_hit(entry, &keyed.key, tier, None, &keyed.policy, log)
     }
 
+    /// Counts a hit of `entry` from `tier` and answers with it; `decoded`:
+    /// its body, when decoded already.
     pub(super) fn serve_hit(
         &self,
         entry: &CachedResponse,
         key: &CacheKey,
         tier: TierKind,
+        decoded: Option<Bytes>,
         policy: &RequestPolicy,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
@@ -273,7 +282,7 @@ impl Proxy {
             .metrics
             .savings
             .count_hit(entry.model.as_deref(), entry.usage);
-        let mut response = self.stored_answer(entry, tier, key, policy);
+        let mut response = self.stored_answer(entry, tier, key, decoded, policy);
         if let Some(dollars) = saved {
             headers::tag_saved(response.headers_mut(), dollars);
         }

@@ -153,12 +153,14 @@ impl Proxy {
     /// A hit's answer: the entry's headers and its body. A body stored as
     /// a zstd frame goes as it is (`content-encoding: zstd`) to a client
     /// that accepts zstd, and decoded to any other; either way the answer
-    /// varies by `accept-encoding`.
+    /// varies by `accept-encoding`. `decoded`: the body decoded already,
+    /// if it was.
     fn stored_answer(
         &self,
         entry: &CachedResponse,
         tier: TierKind,
         key: &CacheKey,
+        decoded: Option<Bytes>,
         policy: &RequestPolicy,
     ) -> Response<ProxyBody> {
         let (encoding, stored) = entry.stored_body();
@@ -171,7 +173,7 @@ impl Proxy {
             }
             BodyEncoding::Zstd => {
                 compression::tag_varies(&mut headers);
-                self.decoded.body(key, entry)
+                self.decoded.body(key, entry, decoded)
             }
         };
         let mut response = Response::new(full(body));
@@ -266,7 +268,7 @@ impl Proxy {
         if policy.lookup && !explain {
             let known = cache.aliases.get(&raw_key);
             if let Some((key, entry)) = known.and_then(|k| Some((k, self.tiers.in_memory(&k)?))) {
-                return self.serve_hit(&entry, &key, TierKind::Memory, &policy, log);
+                return self.serve_hit(&entry, &key, TierKind::Memory, None, &policy, log);
             }
         }
         // Keying needs scratch space up to the body's size (see

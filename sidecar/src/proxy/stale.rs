@@ -32,7 +32,7 @@ impl Proxy {
         let window = stale_window(policy, self.cache.as_ref())?;
         let (entry, tier) = self.tiers.stale(key, window).await?;
         tracing::warn!(%key, tier = tier.as_str(), age_secs = entry.age_secs(), %reason, "served a stale answer: the upstream failed");
-        let mut response = self.stored_answer(&entry, tier, key, policy);
+        let mut response = self.stored_answer(&entry, tier, key, None, policy);
         response
             .headers_mut()
             .insert(headers::STATUS, CacheStatus::Stale.header_value());

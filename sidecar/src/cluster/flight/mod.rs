@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use super::proto::{
@@ -41,8 +42,8 @@ use super::proto::{
 use super::replication::OwnerShare;
 use super::security::PeerClient;
 use super::wire::{
-    entry_from_wire, entry_to_wire, failure_from_wire, failure_to_wire, headers_from_wire,
-    headers_to_wire,
+    entry_to_wire, failure_from_wire, failure_to_wire, headers_from_wire, headers_to_wire,
+    received_from_wire,
 };
 use super::Cluster;
 use crate::coalesce::{Flights, Join, Landing, Leader, UpstreamFailure};
@@ -66,6 +67,9 @@ pub enum Claimed {
         entry: Arc<CachedResponse>,
         /// Whether it came from a flight in progress.
         waited: bool,
+        /// Its body, decoded when the entry was checked (see
+        /// [`crate::entry::Received`]); `None` when it came uncompressed.
+        decoded: Option<Bytes>,
     },
     /// This process leads: call the upstream, after asking the other
     /// replicas unless the owner holds its share. `Cluster::replicate`
@@ -310,15 +314,19 @@ impl Cluster {
         self.metrics.cluster.count_call(PeerCall::Claim, true);
         match first.outcome {
             Some(claim_reply::Outcome::Entry(wire)) => {
-                let entry = entry_from_wire(&wire)
+                let admitted = received_from_wire(&wire)
                     .filter(|(k, _)| k == key)
-                    .and_then(|(_, entry)| self.admit(entry));
-                match entry {
-                    Some(entry) => {
+                    .and_then(|(_, received)| {
+                        let decoded = received.decoded;
+                        self.admit(received.entry).map(|entry| (entry, decoded))
+                    });
+                match admitted {
+                    Some((entry, decoded)) => {
                         self.observe(entry.version);
                         Claimed::Answer {
                             entry: Arc::new(entry),
                             waited: first.waited,
+                            decoded,
                         }
                     }
                     None => Claimed::Alone("the owner's entry was refused"),
