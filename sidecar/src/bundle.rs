@@ -354,7 +354,7 @@ impl<R: Read> BundleReader<R> {
             counter: meta.version.1,
             origin: meta.version.2,
         };
-        let mut entry = CachedResponse::from_parts(
+        let mut entry = CachedResponse::received(
             &rest[..header_len],
             BodyEncoding::Identity,
             &rest[header_len..],
@@ -362,7 +362,8 @@ impl<R: Read> BundleReader<R> {
             Duration::from_millis(meta.ttl_ms),
             version,
         )
-        .ok_or_else(|| self.damaged("a malformed header block"))?;
+        .ok_or_else(|| self.damaged("a malformed header block"))?
+        .entry;
         entry.tenant = meta.tenant.as_deref().and_then(Tenant::from_id);
         entry.namespace = meta.namespace.as_deref().map(Arc::from);
         Ok(BundledEntry { key, entry })

@@ -189,29 +189,17 @@ impl CachedResponse {
         header_records(&self.data[..self.header_len]).any(|(n, _)| n == name.as_bytes())
     }
 
-    /// The encoded header block, as [`CachedResponse::from_parts`] takes it.
+    /// The encoded header block, as [`CachedResponse::received`] takes it.
     pub fn header_block(&self) -> Bytes {
         self.data.slice(..self.header_len)
     }
 
-    /// Rebuilds an entry from the parts another member sent; `None` when the
-    /// header block is malformed, or a zstd body does not decode to the
-    /// size it names (at most [`compression::MAX_DECODED_BYTES`]). Its
-    /// usage and model are read from the body, as from an upstream's
-    /// answer, never taken from the sender.
-    pub fn from_parts(
-        header_block: &[u8],
-        encoding: BodyEncoding,
-        stored_body: &[u8],
-        created: SystemTime,
-        ttl: Duration,
-        version: Version,
-    ) -> Option<Self> {
-        Self::received(header_block, encoding, stored_body, created, ttl, version)
-            .map(|received| received.entry)
-    }
-
-    /// [`CachedResponse::from_parts`], keeping the body it decoded.
+    /// Rebuilds an entry from the parts another process sent, with the body
+    /// it decoded (see [`Received`]); `None` when the header block is
+    /// malformed, or a zstd body does not decode to the size it names (at
+    /// most [`compression::MAX_DECODED_BYTES`]). Its usage and model are
+    /// read from the body, as from an upstream's answer, never taken from
+    /// the sender.
     pub fn received(
         header_block: &[u8],
         encoding: BodyEncoding,

@@ -61,14 +61,14 @@ measure() {
     fi
     wrk_args "$script" "$tag"
     local group before=() after=()
+    local -A at_start=()
     for group in "${!WATCHED[@]}"; do
         # shellcheck disable=SC2086 # a list of pids
-        read -r -a before <<<"$(process_work ${WATCHED[$group]})"
-        ROW_WORK["$key $group"]="${before[*]}"
+        at_start[$group]=$(process_work ${WATCHED[$group]})
     done
     line=$(run_wrk "$key" "$threads" "$conns" "$BENCH_SECONDS" "$script" "$url" "${WRK_ARGS[@]}")
     for group in "${!WATCHED[@]}"; do
-        read -r -a before <<<"${ROW_WORK["$key $group"]}"
+        read -r -a before <<<"${at_start[$group]}"
         # shellcheck disable=SC2086 # a list of pids
         read -r -a after <<<"$(process_work ${WATCHED[$group]})"
         ROW_WORK["$key $group"]="$((after[0] - before[0])) $((after[1] - before[1])) $((after[2] - before[2]))"

@@ -125,18 +125,7 @@ pub fn key_from_wire(bytes: &[u8]) -> Option<CacheKey> {
 
 /// An entry as received; `None` when it is malformed or no longer fresh.
 pub fn entry_from_wire(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
-    let (key, restored) = restore(entry)?;
-    restored.is_fresh().then_some((key, restored))
-}
-
-/// An entry as received for stale-if-error: fresh, or expired no longer
-/// ago than `window`; `None` when malformed or older.
-pub fn entry_from_wire_within(
-    entry: &proto::Entry,
-    window: Duration,
-) -> Option<(CacheKey, CachedResponse)> {
-    let (key, restored) = restore(entry)?;
-    (restored.is_fresh() || restored.is_stale_within(window)).then_some((key, restored))
+    received_from_wire(entry).map(|(key, received)| (key, received.entry))
 }
 
 /// [`entry_from_wire`], with the body it decoded to check it (see
@@ -146,8 +135,14 @@ pub fn received_from_wire(entry: &proto::Entry) -> Option<(CacheKey, Received)> 
     received.entry.is_fresh().then_some((key, received))
 }
 
-fn restore(entry: &proto::Entry) -> Option<(CacheKey, CachedResponse)> {
-    receive(entry).map(|(key, received)| (key, received.entry))
+/// An entry as received for stale-if-error: fresh, or expired no longer
+/// ago than `window`; `None` when malformed or older.
+pub fn entry_from_wire_within(
+    entry: &proto::Entry,
+    window: Duration,
+) -> Option<(CacheKey, CachedResponse)> {
+    let (key, Received { entry, .. }) = receive(entry)?;
+    (entry.is_fresh() || entry.is_stale_within(window)).then_some((key, entry))
 }
 
 fn receive(entry: &proto::Entry) -> Option<(CacheKey, Received)> {

@@ -67,7 +67,7 @@ fn an_entry_from_another_member_counts_the_tokens_its_body_reports() {
         br#"{"model":"gpt-4o","usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
         Duration::from_secs(60),
     );
-    let received = CachedResponse::from_parts(
+    let received = CachedResponse::received(
         &sent.header_block(),
         BodyEncoding::Identity,
         &sent.body(),
@@ -75,7 +75,8 @@ fn an_entry_from_another_member_counts_the_tokens_its_body_reports() {
         sent.ttl,
         Version::default(),
     )
-    .unwrap();
+    .unwrap()
+    .entry;
     assert_eq!(received.usage, usage(5, 6, 0, 0));
     assert_eq!(received.model.as_deref(), Some("gpt-4o"));
 }
@@ -307,7 +308,7 @@ fn a_zstd_body_from_another_process_that_does_not_decode_is_refused() {
         .compressed(Some(&default_compression()));
     let (_, stored) = packed.stored_body();
     let parts = |body: &[u8]| {
-        CachedResponse::from_parts(
+        CachedResponse::received(
             &packed.header_block(),
             BodyEncoding::Zstd,
             body,
