@@ -148,16 +148,23 @@ main() {
     measure_default_config
     measure_compression
     measure_open_loop
-    # nginx is done; keep it from competing for the CPU.
-    stop_nginx
 
-    # Miss path: every body unique, so each request goes to the mock. The
-    # 1-connection pair goes first: relaycache's misses get slower as its
-    # cache grows, and the clean p50 comparison should see a near-empty one.
+    # Miss path: every body unique, so each request goes to the mock, alone,
+    # through nginx without a cache (what proxying alone costs here) and
+    # through relaycache. The 1-connection rows go first: relaycache's
+    # misses get slower as its cache grows, and the clean p50 comparison
+    # should see a near-empty one. Each row counts the CPU of the mock and
+    # of each proxy, beside wrk's own (see run_wrk).
+    WATCHED=([mock]="$MOCK_PID" [nginx]="$(nginx_pids)" [relaycache]="$RELAY_PID")
     measure mock_unique_1 "mock direct, unique bodies" 1 1 unique "$MOCK_URL"
+    measure nginx_pass_1 "nginx proxy_pass without a cache, unique bodies" 1 1 unique "$NGINX_PASS_URL"
     measure relay_miss_1 "relaycache misses, unique bodies" 1 1 unique "$RELAY_URL" "$RELAY_ADMIN"
     measure mock_unique "mock direct, unique bodies" "$THREADS" "$CONNECTIONS" unique "$MOCK_URL"
+    measure nginx_pass "nginx proxy_pass without a cache, unique bodies" "$THREADS" "$CONNECTIONS" unique "$NGINX_PASS_URL"
     measure relay_miss "relaycache misses, unique bodies" "$THREADS" "$CONNECTIONS" unique "$RELAY_URL" "$RELAY_ADMIN"
+    WATCHED=()
+    # nginx is done; keep it from competing for the CPU.
+    stop_nginx
     # The memory run wants a fresh process; this one holds every miss above.
     stop_child "$RELAY_PID"
     if [[ ${BENCH_PARTS:-all} == core ]]; then

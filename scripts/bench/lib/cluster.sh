@@ -231,10 +231,14 @@ measure_cluster() {
 
     RELAY_ADMIN=${MEMBER_ADMINS[0]}
     local label="relaycache HA member misses, unique bodies (3 members, replica_count 2)"
+    # A member's miss against a single relaycache's: the CPU of the three
+    # members together and of the mock, beside wrk's own (see miss_rows).
+    WATCHED=([members]="${MEMBER_PIDS[*]}" [mock]="$MOCK_PID")
     measure ha_miss_1 "$label" 1 1 unique "${MEMBER_URLS[0]}" "$RELAY_ADMIN"
     note_replication ha_miss_1
     measure ha_miss "$label" "$THREADS" "$CONNECTIONS" unique "${MEMBER_URLS[0]}" "$RELAY_ADMIN"
     note_replication ha_miss
+    WATCHED=()
     measure_rolling_restart
     measure_flights
     for i in "${MEMBER_PIDS[@]}"; do

@@ -95,7 +95,9 @@ cpu_ticks() {
     for pid in "$@"; do
         # utime and stime are fields 14 and 15 of /proc/PID/stat; the
         # command name before them is in parentheses and may hold spaces.
-        sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12, $13 }'
+        # A process that has ended counts nothing (nginx's cache loader
+        # exits a minute after start).
+        sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12, $13 }'
     done | awk '{ user += $1; sys += $2 } END { print user + 0, sys + 0 }'
 }
 

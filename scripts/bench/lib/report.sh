@@ -67,6 +67,80 @@ rows_table() {
     echo "| CPU per hit in those rounds, user + system: nginx (master and workers) / relaycache |" \
         "$(cpu_per_request "${HIT_CPU[0]}" "${HIT_CPU[1]}" "${HIT_SUMS[0]}") /" \
         "$(cpu_per_request "${HIT_CPU[2]}" "${HIT_CPU[3]}" "${HIT_SUMS[1]}") |"
+    echo "| wrk's own CPU per request in those rounds, user + system: against nginx / against relaycache |" \
+        "$(us_per_request "${HIT_WRK_CPU[0]}" "${HIT_WRK_CPU[1]}" "${HIT_SUMS[0]}") /" \
+        "$(us_per_request "${HIT_WRK_CPU[2]}" "${HIT_WRK_CPU[3]}" "${HIT_SUMS[1]}") |"
+    local nginx_request relaycache_load relaycache_hit
+    nginx_request=$(calc '%.1f' '(t * 1e6 / hz + w) / n' "t=$((HIT_CPU[0] + HIT_CPU[1]))" "hz=$(getconf CLK_TCK)" \
+        "w=$((HIT_WRK_CPU[0] + HIT_WRK_CPU[1]))" "n=${HIT_SUMS[0]}")
+    relaycache_load=$(calc '%.1f' 'w / n' "w=$((HIT_WRK_CPU[2] + HIT_WRK_CPU[3]))" "n=${HIT_SUMS[1]}")
+    relaycache_hit=$(calc '%.1f' 't * 1e6 / hz / n' "t=$((HIT_CPU[2] + HIT_CPU[3]))" "hz=$(getconf CLK_TCK)" "n=${HIT_SUMS[1]}")
+    echo "| relaycache CPU per hit that 1.5× nginx's hits leaves on these two cores: (wrk + nginx per nginx hit) ÷ 1.5 − wrk per relaycache hit |" \
+        "$(calc '%.1f' 'r / 1.5 - w' "r=$nginx_request" "w=$relaycache_load") µs, against $relaycache_hit µs measured |"
+    miss_rows
+}
+
+# miss_rows: the miss path against the mock alone and against nginx as a
+# plain proxy, and the CPU each request costs: wrk, the mock, the proxy.
+miss_rows() {
+    echo "| nginx proxy_pass (no cache) req/s ÷ mock direct req/s, $CONNECTIONS / 1 connection(s) |" \
+        "$(ratio "${RPS[nginx_pass]}" "${RPS[mock_unique]}")× / $(ratio "${RPS[nginx_pass_1]}" "${RPS[mock_unique_1]}")× |"
+    echo "| relaycache miss req/s ÷ nginx proxy_pass req/s, $CONNECTIONS / 1 connection(s) |" \
+        "$(ratio "${RPS[relay_miss]}" "${RPS[nginx_pass]}")× / $(ratio "${RPS[relay_miss_1]}" "${RPS[nginx_pass_1]}")× |"
+    echo "| CPU per request, $CONNECTIONS connections, wrk / mock / proxy (user + system each): mock direct; nginx proxy_pass; relaycache misses |" \
+        "$(row_cpu mock_unique) / –; $(row_cpu nginx_pass nginx); $(row_cpu relay_miss relaycache) |"
+    local direct proxied
+    direct=$(calc '%.1f' 'a + b' "a=$(row_us mock_unique wrk)" "b=$(row_us mock_unique mock)")
+    proxied=$(calc '%.1f' 'a + b' "a=$(row_us relay_miss wrk)" "b=$(row_us relay_miss mock)")
+    echo "| relaycache CPU per miss that 0.6× of the mock direct leaves on these two cores: (wrk + mock per direct request) ÷ 0.6 − (wrk + mock) per relaycache miss |" \
+        "$(calc '%.1f' 'd / 0.6 - p' "d=$direct" "p=$proxied") µs, against $(row_us relay_miss relaycache) µs measured" \
+        "(nginx proxy_pass: $(row_us nginx_pass nginx) µs) |"
+}
+
+# ha_cpu_row: a member's miss against a single relaycache's, in CPU.
+ha_cpu_row() {
+    local single member_load
+    single=$(calc '%.1f' 'a + b + c' "a=$(row_us relay_miss wrk)" "b=$(row_us relay_miss mock)" "c=$(row_us relay_miss relaycache)")
+    member_load=$(calc '%.1f' 'a + b' "a=$(row_us ha_miss wrk)" "b=$(row_us ha_miss mock)")
+    echo "| CPU per miss, $CONNECTIONS connections, user + system: single relaycache / the three members together |" \
+        "$(group_cpu relay_miss relaycache) / $(group_cpu ha_miss members) |"
+    echo "| members' CPU per miss that 0.7× of single mode leaves on these two cores: (wrk + mock + relaycache) per single miss ÷ 0.7 − (wrk + mock) per member miss |" \
+        "$(calc '%.1f' 's / 0.7 - l' "s=$single" "l=$member_load") µs, against $(row_us ha_miss members) µs measured |"
+}
+
+# row_cpu KEY [PROXY]: "W / M[ / P]": wrk's, the mock's and PROXY's CPU per
+# request over row KEY, each "U + S µs".
+row_cpu() {
+    local key=$1 load=()
+    read -r -a load <<<"${WRK_CPU[$key]:-0 0}"
+    printf '%s / %s' "$(us_per_request "${load[0]}" "${load[1]}" "${REQS[$key]}")" "$(group_cpu "$key" mock)"
+    [[ -z ${2:-} ]] || printf ' / %s' "$(group_cpu "$key" "$2")"
+}
+
+# group_cpu KEY GROUP: what measure counted for GROUP over row KEY, per
+# request, "U + S µs".
+group_cpu() {
+    local work=()
+    read -r -a work <<<"${ROW_WORK["$1 $2"]:-0 0 0}"
+    cpu_per_request "${work[0]}" "${work[1]}" "${REQS[$1]}"
+}
+
+# row_us KEY GROUP: GROUP's CPU per request over row KEY in µs, user and
+# system together; GROUP wrk is wrk's own.
+row_us() {
+    local work=()
+    if [[ $2 == wrk ]]; then
+        read -r -a work <<<"${WRK_CPU[$1]:-0 0}"
+        calc '%.1f' '(u + s) / n' "u=${work[0]}" "s=${work[1]}" "n=${REQS[$1]}"
+    else
+        read -r -a work <<<"${ROW_WORK["$1 $2"]:-0 0 0}"
+        calc '%.1f' '(u + s) * 1e6 / hz / n' "u=${work[0]}" "s=${work[1]}" "hz=$(getconf CLK_TCK)" "n=${REQS[$1]}"
+    fi
+}
+
+# us_per_request USER_US SYS_US REQUESTS: "U + S µs".
+us_per_request() {
+    echo "$(calc '%.1f' 'u / n' "u=$1" "n=$3") + $(calc '%.1f' 's / n' "s=$2" "n=$3") µs"
 }
 
 # cpu_per_request USER_TICKS SYS_TICKS REQUESTS: "U + S µs".
@@ -89,7 +163,7 @@ peer_rows() {
 work_per_request() {
     local work=()
     read -r -a work <<<"${ROW_WORK["$1 $2"]:-0 0 0}"
-    echo "$(cpu_per_request "${work[0]}" "${work[1]}" "${REQS[$1]}") ($(calc '%.1f' 'c / n' "c=${work[2]}" "n=${REQS[$1]}"))"
+    echo "$(group_cpu "$1" "$2") ($(calc '%.1f' 'c / n' "c=${work[2]}" "n=${REQS[$1]}"))"
 }
 
 report() {
@@ -131,6 +205,7 @@ report() {
         "(p50 ${P50[relay_miss_1]} → ${P50[ha_miss_1]} ms) |"
     echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")×" \
         "(p50 ${P50[relay_miss]} → ${P50[ha_miss]} ms) |"
+    ha_cpu_row
     flight_rows
     echo "| hit ratio during a rolling restart of the 3 members ÷ steady state (client, $ROLLING_KEYS stored answers) |" \
         "${ROLLING_DURING[0]}/${ROLLING_DURING[1]} during vs ${ROLLING_STEADY[0]}/${ROLLING_STEADY[1]} steady" \
@@ -143,6 +218,10 @@ report() {
     echo "| memory: relaycache's own count, bytes_used ÷ key_count | $(calc '%.0f' 'used / keys' \
         "used=$MEM_BYTES_USED" "keys=$MEM_KEYS") bytes per entry |"
     echo "| misses with a file:// reserve ÷ misses without, $CONNECTIONS connections | $(ratio "${FILL_RPS[reserve]}" "${RPS[relay_miss]}")× |"
+    local fill=()
+    read -r -a fill <<<"${FILL_WORK[reserve]:-0 0 0}"
+    echo "| relaycache's CPU per miss, $CONNECTIONS connections, user + system: without a reserve / with a file:// reserve (its writer thread included) |" \
+        "$(group_cpu relay_miss relaycache) / $(cpu_per_request "${fill[0]}" "${fill[1]}" "${FILL_REQS[reserve]:-0}") |"
     open_loop_table
     echo
     echo "Checks:"
@@ -176,6 +255,7 @@ report_core() {
         peer_rows
         echo "| HA member miss req/s ÷ single-mode miss req/s, 1 connection | $(ratio "${RPS[ha_miss_1]}" "${RPS[relay_miss_1]}")× |"
         echo "| HA member miss req/s ÷ single-mode miss req/s, $CONNECTIONS connections | $(ratio "${RPS[ha_miss]}" "${RPS[relay_miss]}")× |"
+        ha_cpu_row
         flight_rows
     fi
     open_loop_table

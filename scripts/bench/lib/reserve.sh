@@ -2,6 +2,7 @@
 # scripts/bench.sh, reserve: The reserve rows: fill, wait for the writes, replay from a fresh process.
 # Sourced by scripts/bench.sh; uses its settings and globals.
 declare -A FILL_KEYS FILL_RPS # per fill tag: bodies each wrk thread made; req/s
+declare -A FILL_WORK FILL_REQS # per fill tag: relaycache's "USER SYS SWITCHES" over it (see process_work); requests
 declare -A RESERVE_NOTE       # per reserve row: what its replay read, for Checks
 FILL_ERRORS=0                 # wrk errors in the fill runs: answers never stored
 
@@ -50,10 +51,14 @@ keys_used() {
 # A later run with the same TAG and at most THREADS wrk threads sends the
 # same bodies, as far as the fill got in each thread.
 fill_reserve() {
-    local tag=$1 seconds=$2 line
+    local tag=$1 seconds=$2 line before=() after=()
     log "reserve: storing answers to unique bodies ($tag) for ${seconds}s"
     wrk_args unique "$tag"
+    read -r -a before <<<"$(process_work "$RELAY_PID")"
     line=$(run_wrk "$tag-fill" "$THREADS" "$CONNECTIONS" "$seconds" unique "$RELAY_URL" "${WRK_ARGS[@]}")
+    read -r -a after <<<"$(process_work "$RELAY_PID")"
+    FILL_WORK[$tag]="$((after[0] - before[0])) $((after[1] - before[1])) $((after[2] - before[2]))"
+    FILL_REQS[$tag]=$(field "$line" requests)
     FILL_KEYS[$tag]=$(wrk_keys "$tag-fill")
     FILL_RPS[$tag]=$(field "$line" rps)
     FILL_ERRORS=$((FILL_ERRORS + $(field "$line" non2xx) + $(field "$line" socket_errors)))

@@ -53,19 +53,21 @@ launch_relaycache() {
 # nginx runs as a daemon with everything (config, pid, temp dirs, cache)
 # under its own prefix in the temp dir; -e keeps even its startup log there.
 start_nginx() {
-    local port prefix="$WORK/nginx" user_line=""
+    local port pass_port prefix="$WORK/nginx" user_line=""
     free_port port
+    free_port pass_port
     mkdir -p "$prefix"/{cache,client_body,proxy_temp,fastcgi_temp,uwsgi_temp,scgi_temp}
     # As root, nginx would switch its workers to "nobody", who cannot write
     # the cache in our (private) temp dir.
     ((EUID == 0)) && user_line="user root;"
     local conf="$prefix/nginx.conf" errlog="$LOG_DIR/nginx-error.log"
     render "$BENCH_DIR/nginx.conf.template" "$conf" \
-        "PREFIX=$prefix" "PORT=$port" "MOCK_PORT=$MOCK_PORT" "ERROR_LOG=$errlog" "USER_LINE=$user_line"
+        "PREFIX=$prefix" "PORT=$port" "PASS_PORT=$pass_port" "MOCK_PORT=$MOCK_PORT" "ERROR_LOG=$errlog" "USER_LINE=$user_line"
     NGINX_PID_FILE="$prefix/nginx.pid"
     "$NGINX_BIN" -c "$conf" -p "$prefix/" -e "$errlog" -t -q || die "nginx rejected $conf"
     "$NGINX_BIN" -c "$conf" -p "$prefix/" -e "$errlog" || die "nginx did not start (log: $errlog)"
     NGINX_URL="http://127.0.0.1:$port/v1/messages"
+    NGINX_PASS_URL="http://127.0.0.1:$pass_port/v1/messages"
     wait_for_http nginx "http://127.0.0.1:$port/v1/models" "" "$errlog"
     log "nginx on port $port (pid $(<"$NGINX_PID_FILE"))"
 }

@@ -7,12 +7,30 @@ run_wrk() {
     local name=$1 threads=$2 conns=$3 seconds=$4 script=$5 url=$6
     shift 6
     local logfile="$LOG_DIR/wrk-$name.log" line
+    # wrk shares the machine's two cores with the servers it loads, so
+    # its own CPU is part of every row's figure: this shell's children's
+    # times (the builtin, run in this shell) before and after it.
+    times >"$logfile.times"
     if ! wrk -t"$threads" -c"$conns" -d"${seconds}s" -s "$BENCH_DIR/$script.lua" "$url" -- "$@" >"$logfile" 2>&1; then
         cat "$logfile" >&2
         die "wrk failed ($name)"
     fi
+    times >>"$logfile.times"
     line=$(grep '^BENCH ' "$logfile" | tail -n 1) || die "wrk printed no result line ($name, see $logfile)"
-    echo "$line"
+    echo "$line $(children_cpu_us "$logfile.times")"
+}
+
+# children_cpu_us FILE: from two outputs of the times builtin, the CPU the
+# shell's children used between them, "wrk_user_us=U wrk_sys_us=S".
+children_cpu_us() {
+    # Lines 2 and 4 are the children's user and system times, "1m2.345s".
+    awk 'NR == 2 || NR == 4 {
+            for (i = 1; i <= 2; i++) {
+                split($i, part, /[ms]/)
+                spent[i] += (NR == 4 ? 1 : -1) * (part[1] * 60 + part[2])
+            }
+        }
+        END { printf "wrk_user_us=%d wrk_sys_us=%d", spent[1] * 1e6, spent[2] * 1e6 }' "$1"
 }
 
 # Results by row key.
@@ -23,8 +41,9 @@ declare -A HITS MISSES READS PEER_HITS
 # Processes whose work measure counts over a measured run, by group name
 # (set around the rows that want it, see measure_cluster), and what it
 # counted: ROW_WORK["KEY GROUP"] is "USER SYS SWITCHES" (CPU ticks and
-# context switches, see process_work).
-declare -A WATCHED=() ROW_WORK=()
+# context switches, see process_work). WRK_CPU[KEY] is wrk's own CPU over
+# the row, "USER SYS" in µs.
+declare -A WATCHED=() ROW_WORK=() WRK_CPU=()
 ROWS=()
 WRK_ARGS=()
 
@@ -82,6 +101,7 @@ measure() {
     P99[$key]=$(field "$line" p99_ms)
     NON2XX[$key]=$(field "$line" non2xx)
     SOCKERR[$key]=$(field "$line" socket_errors)
+    WRK_CPU[$key]="$(field "$line" wrk_user_us) $(field "$line" wrk_sys_us)"
     if [[ -n $admin ]]; then
         counts=$(relay_counts)
         read -r hits1 misses1 reads1 peer1 <<<"$counts"
@@ -101,7 +121,8 @@ measure() {
 # order: separate rows a minute apart differ by as much as the machine's
 # speed drifts in that minute. Sets HIT_SUMS (requests: nginx, relaycache)
 # and HIT_CPU (the servers' CPU ticks in those runs: nginx user, nginx
-# system, relaycache user, relaycache system).
+# system, relaycache user, relaycache system) and HIT_WRK_CPU (wrk's own
+# CPU in those runs, µs, in the same order).
 measure_default_config() {
     local pid=$RELAY_PID url=$RELAY_URL admin=$RELAY_ADMIN
     start_relaycache relaycache-default "" info
@@ -110,7 +131,7 @@ measure_default_config() {
         "$THREADS" "$CONNECTIONS" fixed "$RELAY_URL" "$RELAY_ADMIN"
     local round line side user0 sys0 user1 sys1
     local -a sums=(0 0) urls=("$NGINX_URL" "$RELAY_URL") names=(nginx relaycache) order
-    local -a pids=("$(nginx_pids)" "$RELAY_PID") cpu=(0 0 0 0)
+    local -a pids=("$(nginx_pids)" "$RELAY_PID") cpu=(0 0 0 0) load=(0 0 0 0)
     log "hits, interleaved: $HIT_ROUNDS rounds of 5 s each against nginx and relaycache at the default config"
     for ((round = 1; round <= HIT_ROUNDS; round++)); do
         order=(0 1)
@@ -124,10 +145,13 @@ measure_default_config() {
             sums[side]=$((sums[side] + $(field "$line" requests)))
             cpu[2 * side]=$((cpu[2 * side] + user1 - user0))
             cpu[2 * side + 1]=$((cpu[2 * side + 1] + sys1 - sys0))
+            load[2 * side]=$((load[2 * side] + $(field "$line" wrk_user_us)))
+            load[2 * side + 1]=$((load[2 * side + 1] + $(field "$line" wrk_sys_us)))
         done
     done
     HIT_SUMS=("${sums[@]}")
     HIT_CPU=("${cpu[@]}")
+    HIT_WRK_CPU=("${load[@]}")
     log "  requests: ${sums[0]} nginx, ${sums[1]} relaycache; CPU ticks (user, sys): nginx ${cpu[0]}, ${cpu[1]}; relaycache ${cpu[2]}, ${cpu[3]}"
     stop_child "$RELAY_PID"
     RELAY_PID=$pid RELAY_URL=$url RELAY_ADMIN=$admin
