@@ -80,11 +80,12 @@ pub struct CachedResponse {
     pub version: Version,
 }
 
-/// An entry rebuilt from another process's parts, and its body decoded
-/// when it came compressed: checking the frame and reading the answer's
-/// usage and model decode it, and the hit that asked for the entry can
-/// serve that copy to a client that does not accept zstd instead of
-/// decoding the frame a second time.
+/// An entry rebuilt from another process's parts or read back from the
+/// reserve, and its body decoded when it came compressed: checking the
+/// frame (and, from another process, reading the answer's usage and
+/// model) decodes it, and the hit that asked for the entry can serve that
+/// copy to a client that does not accept zstd instead of decoding the
+/// frame a second time.
 pub struct Received {
     /// The entry, stored compressed as it came.
     pub entry: CachedResponse,
@@ -108,6 +109,7 @@ impl CachedResponse {
     /// An entry read back from a longer-lived tier, keeping its original
     /// creation time, token usage and model; `ttl` runs from `created`.
     /// `None` when a zstd body does not decode to the size it names.
+    /// The body decoded to check it comes along.
     pub fn restore(
         headers: &HeaderMap,
         encoding: BodyEncoding,
@@ -116,19 +118,21 @@ impl CachedResponse {
         ttl: Duration,
         usage: TokenUsage,
         model: Option<Arc<str>>,
-    ) -> Option<Self> {
-        let body_len = match encoding {
-            BodyEncoding::Identity => stored_body.len(),
-            BodyEncoding::Zstd => compression::decompress(stored_body).ok()?.len(),
+    ) -> Option<Received> {
+        // Decoding checks the frame; the hit that asked may serve the
+        // decoded copy (see [`Received`]).
+        let decoded = match encoding {
+            BodyEncoding::Identity => None,
+            BodyEncoding::Zstd => Some(Bytes::from(compression::decompress(stored_body).ok()?)),
         };
         let mut recorder = EntryRecorder::new(headers, Some(stored_body.len() as u64), u64::MAX);
         recorder.push(stored_body);
         let mut entry = recorder.assemble(ttl, AnswerFacts { usage, model });
         entry.encoding = encoding;
-        entry.body_len = body_len;
+        entry.body_len = decoded.as_ref().map_or(stored_body.len(), Bytes::len);
         entry.created = created;
         entry.ttl = created.elapsed().map(|age| ttl + age).unwrap_or(ttl);
-        Some(entry)
+        Some(Received { entry, decoded })
     }
 
     /// The body exactly as the upstream sent it (decoded, when stored

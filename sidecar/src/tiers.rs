@@ -12,18 +12,32 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::cluster::flight::Claimed;
 use crate::cluster::replication::{OwnerRead, ReserveCopy};
 use crate::cluster::{Cluster, PeerTier};
 use crate::coalesce::UpstreamFailure;
 use crate::compression::{BodyEncoding, Compression};
 use crate::entry::filter::EntryFilter;
-use crate::entry::CachedResponse;
+use crate::entry::{CachedResponse, Received};
 use crate::headers::TierKind;
 use crate::key::{CacheKey, KeyOrigin};
 use crate::live::LiveAnswer;
 use crate::tier::reserve::ReserveTier;
 use crate::tier::{MemoryTier, Tier, TierError};
+
+/// An entry [`Tiers::below_memory`] found, and where.
+pub struct FoundBelow {
+    /// The entry, now in memory too.
+    pub entry: Arc<CachedResponse>,
+    /// The tier that held it.
+    pub tier: TierKind,
+    /// Its body, when reading it back decoded it already (a reserve
+    /// hit); the hit serves that copy to a client that does not accept
+    /// zstd instead of decoding again.
+    pub decoded: Option<Bytes>,
+}
 
 /// Every tier this process uses, nearest first.
 #[derive(Clone)]
@@ -106,23 +120,31 @@ impl Tiers {
         key: &CacheKey,
         origin: impl FnOnce() -> Option<KeyOrigin>,
         owner: OwnerRead,
-    ) -> Option<(Arc<CachedResponse>, TierKind)> {
+    ) -> Option<FoundBelow> {
         if let Some(peers) = &self.peers {
             if let Some(entry) = peers.lookup(key, owner).await {
                 self.memory.insert(*key, Arc::clone(&entry));
                 if matches!(owner, OwnerRead::Led(_)) {
                     peers.replicate(*key, Arc::clone(&entry), ReserveCopy::NotNeeded, origin());
                 }
-                return Some((entry, TierKind::Peer));
+                return Some(FoundBelow {
+                    entry,
+                    tier: TierKind::Peer,
+                    decoded: None,
+                });
             }
         }
-        let entry = self.reserve.as_ref()?.lookup(key).await?;
-        let entry = self.kept_as_new(entry);
+        let Received { entry, decoded } = self.reserve.as_ref()?.lookup_received(key).await?;
+        let entry = self.kept_as_new(Arc::new(entry));
         self.memory.insert(*key, Arc::clone(&entry));
         if let Some(peers) = &self.peers {
             peers.replicate(*key, Arc::clone(&entry), ReserveCopy::NotNeeded, origin());
         }
-        Some((entry, TierKind::Reserve))
+        Some(FoundBelow {
+            entry,
+            tier: TierKind::Reserve,
+            decoded,
+        })
     }
 
     /// Whether this process shares its misses with a cluster: its flight
@@ -309,11 +331,10 @@ mod tests {
     use crate::config::{CompressionConfig, ReserveConfig};
     use crate::metrics::Metrics;
 
-    /// A reserve entry written as received, as every entry was before
-    /// compression and is while `codec: none`, is compressed when it is
-    /// promoted: memory holds the frame, which decodes to the answer.
-    #[tokio::test]
-    async fn a_plain_reserve_entry_is_kept_compressed_once_read_back() {
+    /// Tiers of an empty memory over a reserve that holds `entry` under
+    /// `key`, with compression at its default, and what they find below
+    /// memory for `key`: a reserve hit.
+    async fn read_back(key: CacheKey, entry: &Arc<CachedResponse>) -> (Tiers, FoundBelow) {
         let metrics = Arc::new(Metrics::new());
         let reserve = ReserveTier::open(
             &ReserveConfig {
@@ -324,10 +345,36 @@ mod tests {
             Arc::clone(&metrics),
         )
         .expect("a memory reserve");
+        reserve.admit(key, entry);
+        assert!(reserve.flush(Duration::from_secs(5)).await, "written");
+        let memory = MemoryTier::new(1 << 20, Duration::ZERO, metrics.proxy.evictions.clone());
+        let compression = Compression::from_config(&CompressionConfig::default());
+        let tiers = Tiers::new(memory, None, Some(reserve), compression);
+        let found = tiers
+            .below_memory(&key, || None, OwnerRead::Asked)
+            .await
+            .expect("a reserve hit");
+        assert_eq!(found.tier, TierKind::Reserve);
+        (tiers, found)
+    }
+
+    /// An answer of some 4 KB of prose, as JSON, and its headers.
+    fn prose_answer() -> (HeaderMap, String) {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         let text = "the same plain sentence, again and again. ".repeat(100);
-        let answer = format!(r#"{{"content":[{{"type":"text","text":"{text}"}}]}}"#);
+        (
+            headers,
+            format!(r#"{{"content":[{{"type":"text","text":"{text}"}}]}}"#),
+        )
+    }
+
+    /// A reserve entry written as received, as every entry was before
+    /// compression and is while `codec: none`, is compressed when it is
+    /// promoted: memory holds the frame, which decodes to the answer.
+    #[tokio::test]
+    async fn a_plain_reserve_entry_is_kept_compressed_once_read_back() {
+        let (headers, answer) = prose_answer();
         let plain = Arc::new(CachedResponse::new(
             &headers,
             answer.as_bytes(),
@@ -335,22 +382,38 @@ mod tests {
         ));
         assert_eq!(plain.stored_body().0, BodyEncoding::Identity);
         let key = CacheKey([7; 32]);
-        reserve.admit(key, &plain);
-        assert!(reserve.flush(Duration::from_secs(5)).await, "written");
-
-        let memory = MemoryTier::new(1 << 20, Duration::ZERO, metrics.proxy.evictions.clone());
-        let compression = Compression::from_config(&CompressionConfig::default());
-        let tiers = Tiers::new(memory, None, Some(reserve), compression);
-        let (found, tier) = tiers
-            .below_memory(&key, || None, OwnerRead::Asked)
-            .await
-            .expect("a reserve hit");
-        assert_eq!(tier, TierKind::Reserve);
+        let (tiers, found) = read_back(key, &plain).await;
+        assert_eq!(
+            found.decoded, None,
+            "read back as received: nothing decoded"
+        );
         let held = tiers.in_memory(&key).expect("promoted to memory");
-        for entry in [&found, &held] {
+        for entry in [&found.entry, &held] {
             assert_eq!(entry.stored_body().0, BodyEncoding::Zstd);
             assert!(entry.stored_body().1.len() * 4 < answer.len());
             assert_eq!(entry.body(), answer.as_bytes());
         }
+    }
+
+    /// Reading a compressed entry back decodes its frame to check it; the
+    /// hit gets that body, so a client without zstd costs no second
+    /// decode.
+    #[tokio::test]
+    async fn a_compressed_reserve_hit_comes_with_the_body_it_decoded() {
+        let (headers, answer) = prose_answer();
+        let compression = Compression::from_config(&CompressionConfig::default());
+        let stored = Arc::new(
+            CachedResponse::new(&headers, answer.as_bytes(), Duration::from_secs(600))
+                .compressed(compression.as_ref()),
+        );
+        assert_eq!(stored.stored_body().0, BodyEncoding::Zstd);
+        let key = CacheKey([8; 32]);
+        let (_tiers, found) = read_back(key, &stored).await;
+        assert_eq!(
+            found.entry.stored_body(),
+            stored.stored_body(),
+            "kept as stored"
+        );
+        assert_eq!(found.decoded.as_deref(), Some(answer.as_bytes()));
     }
 }

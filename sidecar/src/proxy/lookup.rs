@@ -21,6 +21,7 @@ use crate::live::LiveAnswer;
 use crate::policy::RequestPolicy;
 use crate::reply;
 use crate::tier::TierKind;
+use crate::tiers::FoundBelow;
 use crate::upstream::Upstream;
 
 impl Proxy {
@@ -202,16 +203,21 @@ impl Proxy {
     /// served.
     fn serve_found_below(
         &self,
-        (entry, tier): (Arc<CachedResponse>, TierKind),
+        found: FoundBelow,
         keyed: &Keyed,
         leader: Option<Leader>,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
+        let FoundBelow {
+            entry,
+            tier,
+            decoded,
+        } = found;
         if let Some(leader) = leader {
             leader.land(Some(Arc::clone(&entry)));
         }
         log.reserve_used = tier == TierKind::Reserve;
-        self.serve_keyed_hit(&entry, keyed, tier, log)
+        self.serve_hit(&entry, &keyed.key, tier, decoded, &keyed.policy, log)
     }
 
     /// The answer to a request whose flight's leader (here or elsewhere in

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{META_FORMAT, META_FORMAT_ZSTD};
 use crate::compression::BodyEncoding;
 use crate::entry::filter::{EntryFilter, EntryScope};
-use crate::entry::{CachedResponse, TokenUsage};
+use crate::entry::{CachedResponse, Received, TokenUsage};
 use crate::key::{CacheKey, Tenant};
 
 /// Bytes at the start of an entry object that hold the metadata's length.
@@ -180,7 +180,10 @@ impl Metadata {
             && blake3::hash(body).to_hex().as_str() == self.body_digest
     }
 
-    pub(super) fn restore(&self, body: Bytes) -> Option<CachedResponse> {
+    /// The entry this metadata and `body` make, with the body decoded to
+    /// check it (see [`Received`]); `None` when `body` is not the one
+    /// described or does not decode.
+    pub(super) fn restore(&self, body: Bytes) -> Option<Received> {
         if !self.describes(&body) {
             return None;
         }
@@ -193,7 +196,7 @@ impl Metadata {
         }
         let now = unix_ms(SystemTime::now());
         let ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(now));
-        let mut entry = CachedResponse::restore(
+        let mut received = CachedResponse::restore(
             &headers,
             self.body_encoding,
             &body,
@@ -207,11 +210,12 @@ impl Metadata {
             },
             self.model.as_deref().map(std::sync::Arc::from),
         )?;
+        let entry = &mut received.entry;
         entry.tenant = self.tenant.as_deref().and_then(Tenant::from_id);
         entry.namespace = self.namespace.as_deref().map(std::sync::Arc::from);
         // The TTL as stored, from creation: an expired entry then knows how
         // long ago it expired (for stale-if-error).
         entry.ttl = Duration::from_millis(self.fresh_until_ms.saturating_sub(self.created_ms));
-        Some(entry)
+        Some(received)
     }
 }

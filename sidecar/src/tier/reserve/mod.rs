@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use super::{Tier, TierError, TierFuture, TierKind, TierStats};
 use crate::config::ReserveConfig;
 use crate::entry::filter::EntryFilter;
-use crate::entry::CachedResponse;
+use crate::entry::{CachedResponse, Received};
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 
@@ -192,6 +192,13 @@ impl ReserveTier {
     /// store slower than `read_timeout`, and undecodable entries are misses
     /// (and counted; undecodable entries are removed).
     pub async fn lookup(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        let received = self.lookup_within(key, None).await?;
+        Some(Arc::new(received.entry))
+    }
+
+    /// [`lookup`](Self::lookup), with the body decoded to check the entry
+    /// (see [`Received`]), for the hit that asked.
+    pub async fn lookup_received(&self, key: &CacheKey) -> Option<Received> {
         self.lookup_within(key, None).await
     }
 
@@ -202,14 +209,15 @@ impl ReserveTier {
         key: &CacheKey,
         window: Duration,
     ) -> Option<Arc<CachedResponse>> {
-        self.lookup_within(key, Some(window)).await
+        let received = self.lookup_within(key, Some(window)).await?;
+        Some(Arc::new(received.entry))
     }
 
     async fn lookup_within(
         &self,
         key: &CacheKey,
         stale_within: Option<Duration>,
-    ) -> Option<Arc<CachedResponse>> {
+    ) -> Option<Received> {
         let timeout = self.inner.settings.read_timeout;
         match tokio::time::timeout(timeout, self.read(key, stale_within)).await {
             Ok(found) => found,
@@ -224,11 +232,7 @@ impl ReserveTier {
         }
     }
 
-    async fn read(
-        &self,
-        key: &CacheKey,
-        stale_within: Option<Duration>,
-    ) -> Option<Arc<CachedResponse>> {
+    async fn read(&self, key: &CacheKey, stale_within: Option<Duration>) -> Option<Received> {
         let inner = &self.inner;
         if inner.surely_absent(key) {
             return None;
@@ -270,10 +274,11 @@ impl ReserveTier {
         if !fresh && !stale_ok {
             return None;
         }
-        let Some(entry) = meta.restore(body) else {
+        let Some(received) = meta.restore(body) else {
             self.mismatch(key);
             return None;
         };
+        let entry = &received.entry;
         let metrics = &inner.metrics;
         metrics.reserve.reads.inc();
         metrics
@@ -295,7 +300,7 @@ impl ReserveTier {
                 },
             });
         }
-        Some(Arc::new(entry))
+        Some(received)
     }
 
     /// A body that does not match its metadata (a damaged object): a miss,

@@ -349,8 +349,8 @@ impl Inner {
             if !(meta.is_selected_by(filter) && self.is_kept(&key, &meta, now).await) {
                 continue;
             }
-            if let Some(entry) = meta.restore(body) {
-                if to.send((key, entry)).await.is_err() {
+            if let Some(received) = meta.restore(body) {
+                if to.send((key, received.entry)).await.is_err() {
                     return Ok(());
                 }
             }

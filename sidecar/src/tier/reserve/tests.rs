@@ -96,6 +96,13 @@ async fn a_compressed_entry_is_one_smaller_object_and_comes_back_as_stored() {
     let found = reserve.lookup(&key).await.expect("reserve hit");
     assert_eq!(found.stored_body(), stored.stored_body(), "kept as stored");
     assert_eq!(found.body(), body);
+    let received = reserve.lookup_received(&key).await.expect("reserve hit");
+    assert_eq!(received.entry.stored_body(), stored.stored_body());
+    assert_eq!(
+        received.decoded.as_deref(),
+        Some(&body[..]),
+        "the body decoded to check the frame comes along"
+    );
 }
 
 fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
