@@ -122,7 +122,8 @@ impl Tiers {
         owner: OwnerRead,
     ) -> Option<FoundBelow> {
         if let Some(peers) = &self.peers {
-            if let Some(entry) = peers.lookup(key, owner).await {
+            if let Some(Received { entry, decoded }) = peers.lookup(key, owner).await {
+                let entry = Arc::new(entry);
                 self.memory.insert(*key, Arc::clone(&entry));
                 if matches!(owner, OwnerRead::Led(_)) {
                     peers.replicate(*key, Arc::clone(&entry), ReserveCopy::NotNeeded, origin());
@@ -130,7 +131,7 @@ impl Tiers {
                 return Some(FoundBelow {
                     entry,
                     tier: TierKind::Peer,
-                    decoded: None,
+                    decoded,
                 });
             }
         }
@@ -168,9 +169,9 @@ impl Tiers {
             // A read quorum above one answer reads the other replicas too,
             // and the freshest copy wins.
             if let Some(other) = peers.lookup(key, OwnerRead::Answered).await {
-                if other.version > entry.version {
-                    *entry = other;
-                    *decoded = None;
+                if other.entry.version > entry.version {
+                    *entry = Arc::new(other.entry);
+                    *decoded = other.decoded;
                 }
             }
             self.memory.insert(*key, Arc::clone(entry));

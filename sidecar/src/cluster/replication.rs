@@ -12,22 +12,22 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use super::membership::Member;
 use super::proto::{ClearRequest, DeleteRequest, GetRequest, PurgeRequest, SetRequest};
 use super::security::PeerClient;
-use super::wire::{entry_from_wire, entry_from_wire_within, entry_to_wire, origin_to_wire};
+use super::wire::{entry_from_wire_within, entry_to_wire, origin_to_wire, received_from_wire};
 use super::writes::ReplicaWrites;
 use super::Cluster;
 use crate::entry::filter::EntryFilter;
-use crate::entry::CachedResponse;
+use crate::entry::{CachedResponse, Received};
 use crate::key::{CacheKey, KeyOrigin};
 use crate::metrics::cluster::PeerCall;
 use crate::version::Version;
 
-/// Keeps in `freshest` the copy with the higher version of the one held so
-/// far and `candidate`. Equal versions are the same write, so on a tie the
-/// copy already held stays.
-fn keep_freshest(freshest: &mut Option<CachedResponse>, candidate: CachedResponse) {
+/// Keeps in `freshest` the copy with the higher version (`version` reads
+/// it) of the one held so far and `candidate`. Equal versions are the same
+/// write, so on a tie the copy already held stays.
+fn keep_freshest<T>(freshest: &mut Option<T>, candidate: T, version: impl Fn(&T) -> Version) {
     if freshest
         .as_ref()
-        .is_none_or(|held| candidate.version > held.version)
+        .is_none_or(|held| version(&candidate) > version(held))
     {
         *freshest = Some(candidate);
     }
@@ -89,9 +89,10 @@ impl Cluster {
     }
 
     /// The freshest copy of `key` among its replicas, if `read_quorum`
-    /// replicas answered and one of them holds it. With [`OwnerRead::Led`]
-    /// the primary owner is not asked; its claim answered for it.
-    pub async fn lookup(&self, key: &CacheKey, owner: OwnerRead) -> Option<Arc<CachedResponse>> {
+    /// replicas answered and one of them holds it, with the body decoded
+    /// to check it (see [`Received`]). With [`OwnerRead::Led`] the primary
+    /// owner is not asked; its claim answered for it.
+    pub async fn lookup(&self, key: &CacheKey, owner: OwnerRead) -> Option<Received> {
         let view = self.view();
         if !self.has_quorum(&view) {
             self.metrics.cluster.skipped_below_quorum.inc();
@@ -147,7 +148,7 @@ impl Cluster {
             // Nobody left to ask.
             return None;
         }
-        let mut freshest: Option<CachedResponse> = None;
+        let mut freshest: Option<Received> = None;
         while let Some(result) = calls.next().await {
             match result {
                 Ok(Ok(reply)) => {
@@ -156,12 +157,17 @@ impl Cluster {
                     let found = reply
                         .into_inner()
                         .entry
-                        .and_then(|e| entry_from_wire(&e))
+                        .and_then(|e| received_from_wire(&e))
                         .filter(|(k, _)| k == key)
-                        .and_then(|(_, entry)| self.admit(entry));
-                    if let Some(entry) = found {
-                        self.observe(entry.version);
-                        keep_freshest(&mut freshest, entry);
+                        .and_then(|(_, Received { entry, decoded })| {
+                            // Admitting keeps the body, so its decoded copy
+                            // still holds.
+                            let entry = self.admit(entry)?;
+                            Some(Received { entry, decoded })
+                        });
+                    if let Some(received) = found {
+                        self.observe(received.entry.version);
+                        keep_freshest(&mut freshest, received, |r| r.entry.version);
                     }
                 }
                 Ok(Err(status)) => {
@@ -182,7 +188,7 @@ impl Cluster {
             tracing::debug!(%key, answers, needed, "cluster read below read_quorum; treated as a miss");
             return None;
         }
-        freshest.map(Arc::new)
+        freshest
     }
 
     /// The freshest copy of `key` among its replicas that expired no longer
@@ -221,7 +227,7 @@ impl Cluster {
                 .filter(|(k, _)| k == key)
                 .and_then(|(_, entry)| self.admit(entry));
             if let Some(entry) = found {
-                keep_freshest(&mut freshest, entry);
+                keep_freshest(&mut freshest, entry, |e| e.version);
             }
         }
         freshest.map(Arc::new)
@@ -446,7 +452,7 @@ mod tests {
     fn pick(answers: &[(&'static str, Version)]) -> String {
         let mut freshest = None;
         for &(body, version) in answers {
-            keep_freshest(&mut freshest, copy(body, version));
+            keep_freshest(&mut freshest, copy(body, version), |e| e.version);
         }
         let body = freshest.expect("a copy was kept").body();
         String::from_utf8(body.to_vec()).expect("utf-8 body")

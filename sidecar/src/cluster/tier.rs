@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::replication::{OwnerRead, ReserveCopy};
 use super::Cluster;
 use crate::entry::filter::EntryFilter;
-use crate::entry::CachedResponse;
+use crate::entry::{CachedResponse, Received};
 use crate::key::{CacheKey, KeyOrigin};
 use crate::tier::{Tier, TierError, TierFuture, TierKind};
 
@@ -31,8 +31,9 @@ impl PeerTier {
     }
 
     /// The freshest copy among the key's replicas (the primary owner left
-    /// out when `owner` says a claim there follows).
-    pub async fn lookup(&self, key: &CacheKey, owner: OwnerRead) -> Option<Arc<CachedResponse>> {
+    /// out when `owner` says a claim there follows), with the body decoded
+    /// to check it.
+    pub async fn lookup(&self, key: &CacheKey, owner: OwnerRead) -> Option<Received> {
         self.cluster.lookup(key, owner).await
     }
 
@@ -85,7 +86,10 @@ impl Tier for PeerTier {
     }
 
     fn get<'a>(&'a self, key: &'a CacheKey) -> TierFuture<'a, Option<Arc<CachedResponse>>> {
-        Box::pin(async move { Ok(self.lookup(key, OwnerRead::Asked).await) })
+        Box::pin(async move {
+            let found = self.lookup(key, OwnerRead::Asked).await;
+            Ok(found.map(|received| Arc::new(received.entry)))
+        })
     }
 
     fn set<'a>(&'a self, key: CacheKey, entry: Arc<CachedResponse>) -> TierFuture<'a, ()> {

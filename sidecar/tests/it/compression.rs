@@ -140,6 +140,27 @@ async fn a_peer_hands_the_frame_on_and_the_client_serves_either_form() {
         ("hit", "memory")
     );
     assert_eq!(plain.body, answer);
+    // A client that does not accept zstd, asking a peer: it serves the body
+    // the peer read decoded to check the frame.
+    let plain_client = Relay::start(&client_config(&upstream.url(), &grpc, 1));
+    plain_client.wait_for_members(1).await;
+    let from_peer = post_messages(
+        &plain_client,
+        "k",
+        &body,
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(
+        (
+            from_peer.status,
+            from_peer.cache_status(),
+            from_peer.header("x-relaycache-tier")
+        ),
+        (200, "hit", "peer")
+    );
+    assert_eq!(from_peer.header("content-encoding"), "");
+    assert_eq!(from_peer.body, answer, "decoded to the upstream's bytes");
     let used = client.stats().await["bytes_used"].as_u64().unwrap();
     assert!(
         used < answer.len() as u64,
