@@ -948,10 +948,10 @@ async fn an_insecure_cluster_says_so_at_start_and_in_stats() {
     relay.wait_for_members(1).await;
     assert_eq!(relay.stats().await["cluster"]["insecure"], true);
     assert!(
-        relay
-            .logs()
-            .iter()
-            .any(|l| l.contains("WARN") && l.contains("cache.ha.insecure")),
+        !relay
+            .logged(1, |l| l.contains("WARN") && l.contains("cache.ha.insecure"))
+            .await
+            .is_empty(),
         "no warning: {:?}",
         relay.logs()
     );

@@ -91,10 +91,10 @@ async fn a_member_restarted_empty_pulls_what_it_owns_before_it_is_ready() {
     );
     assert_eq!(stats["cluster"]["warming"], false, "{stats}");
     assert!(
-        members[1]
-            .logs()
-            .iter()
-            .any(|l| l.contains("warm start done")),
+        !members[1]
+            .logged(1, |l| l.contains("warm start done"))
+            .await
+            .is_empty(),
         "no summary line"
     );
     // What it pulled answers as its own: through the member, no upstream.
