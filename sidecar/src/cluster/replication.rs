@@ -160,8 +160,8 @@ impl Cluster {
                         .and_then(|e| received_from_wire(&e))
                         .filter(|(k, _)| k == key)
                         .and_then(|(_, Received { entry, decoded })| {
-                            // Admitting keeps the body, so its decoded copy
-                            // still holds.
+                            // Admitting may rebuild the entry, never change
+                            // the answer's bytes, so the decoded copy holds.
                             let entry = self.admit(entry)?;
                             Some(Received { entry, decoded })
                         });

@@ -114,6 +114,7 @@ async fn a_partition_shows_the_quorum_behaviour_and_heals() {
         .await;
     // /stats shows C alone before the writer thread has written the line.
     let down = c
+        .relay
         .logged(1, |l| l.contains("member is down") && l.contains(&grpc[0]))
         .await;
     assert!(!down.is_empty(), "C logged A down: {:?}", c.logs());

@@ -290,11 +290,4 @@ impl Member {
     pub(crate) fn logs(&self) -> Vec<String> {
         self.relay.logs()
     }
-
-    /// The log lines that match `wanted`, once there are at least `count`
-    /// of them (see `Relay::logged`: a line goes through the asynchronous
-    /// log writer after the state it reports is visible in `/stats`).
-    pub(crate) async fn logged(&self, count: usize, wanted: impl Fn(&str) -> bool) -> Vec<String> {
-        self.relay.logged(count, wanted).await
-    }
 }
